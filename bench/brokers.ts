@@ -1,0 +1,198 @@
+// Starts each broker under test as a child process on a free loopback port and stops it again.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+export const BROKERS = ['emqx-ts', 'mosquitto', 'aedes'] as const;
+export type BrokerName = (typeof BROKERS)[number];
+
+export const HOST = '127.0.0.1';
+
+/** The broker cannot run here (not built / not installed): reported and skipped, not a failure. */
+export class BrokerUnavailable extends Error {}
+
+export interface Broker {
+  readonly name: BrokerName;
+  readonly port: number;
+  readonly pid: number;
+  /** Set when the process exits; a broker exiting during a run is a crash. */
+  exit: string | null;
+  logTail(): string;
+  stop(): Promise<void>;
+}
+
+const MOSQUITTO_PATHS = ['/usr/sbin/mosquitto', '/usr/local/sbin/mosquitto', '/usr/bin/mosquitto'];
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, HOST, () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function tryConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: HOST, port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+class ChildBroker implements Broker {
+  exit: string | null = null;
+  private readonly tail: string[] = [];
+  private readonly exited: Promise<void>;
+  private lineWaiters: { re: RegExp; resolve: () => void }[] = [];
+
+  constructor(
+    readonly name: BrokerName,
+    readonly port: number,
+    private readonly proc: ChildProcess,
+  ) {
+    this.exited = new Promise((resolve) => {
+      proc.once('exit', (code, signal) => {
+        this.exit = signal !== null ? `killed by ${signal}` : `exited with code ${code}`;
+        resolve();
+      });
+    });
+    proc.once('error', (err) => {
+      this.exit = `failed to start: ${err.message}`;
+    });
+    // Always drain stdout/stderr: a full pipe would block a logging broker and distort the figures.
+    for (const stream of [proc.stdout, proc.stderr]) {
+      let partial = '';
+      stream?.setEncoding('utf8');
+      stream?.on('data', (s: string) => {
+        const lines = (partial + s).split('\n');
+        partial = lines.pop() ?? '';
+        for (const line of lines) this.onLine(line);
+      });
+    }
+  }
+
+  get pid(): number {
+    return this.proc.pid ?? -1;
+  }
+
+  private onLine(line: string): void {
+    this.tail.push(line);
+    if (this.tail.length > 40) this.tail.shift();
+    this.lineWaiters = this.lineWaiters.filter((w) => {
+      if (!w.re.test(line)) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  logTail(): string {
+    return this.tail.join('\n');
+  }
+
+  async waitReady(how: 'tcp' | RegExp, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    if (how instanceof RegExp) {
+      const seen = new Promise<void>((resolve) => this.lineWaiters.push({ re: how, resolve }));
+      const res = await Promise.race([
+        seen.then(() => 'ok'),
+        this.exited.then(() => 'exit'),
+        sleep(timeoutMs),
+      ]);
+      if (res === 'ok') return;
+      throw new Error(`${this.name}: ${this.exit ?? 'no "listening" log line'} within ${timeoutMs} ms`);
+    }
+    while (Date.now() < deadline) {
+      if (this.exit !== null) throw new Error(`${this.name}: ${this.exit}`);
+      if (await tryConnect(this.port)) return;
+      await sleep(50);
+    }
+    throw new Error(`${this.name}: port ${this.port} not accepting connections within ${timeoutMs} ms`);
+  }
+
+  async stop(): Promise<void> {
+    if (this.exit !== null) return;
+    this.proc.kill('SIGTERM');
+    const res = await Promise.race([this.exited.then(() => 'exit'), sleep(3000)]);
+    if (res !== 'exit') {
+      this.proc.kill('SIGKILL');
+      await this.exited;
+    }
+  }
+}
+
+export interface StartOptions {
+  repoRoot: string;
+  tmpDir: string;
+}
+
+export async function startBroker(name: BrokerName, opts: StartOptions): Promise<Broker> {
+  const port = await freePort();
+  let proc: ChildProcess;
+  let ready: 'tcp' | RegExp = 'tcp';
+  const stdio: ['ignore', 'pipe', 'pipe'] = ['ignore', 'pipe', 'pipe'];
+  switch (name) {
+    case 'emqx-ts': {
+      const main = path.join(opts.repoRoot, 'dist/src/main.js');
+      if (!existsSync(main)) throw new BrokerUnavailable(`${main} not found (run npm run build)`);
+      proc = spawn(process.execPath, [main, '--port', String(port), '--host', HOST], {
+        cwd: opts.repoRoot,
+        stdio,
+      });
+      ready = /"msg":"listening"/;
+      break;
+    }
+    case 'mosquitto': {
+      const bin = MOSQUITTO_PATHS.find((p) => existsSync(p));
+      if (bin === undefined)
+        throw new BrokerUnavailable('mosquitto not installed (apt-get install mosquitto)');
+      const conf = path.join(opts.tmpDir, `mosquitto-${port}.conf`);
+      writeFileSync(
+        conf,
+        [
+          `listener ${port} ${HOST}`,
+          'allow_anonymous true',
+          // Large queue so QoS 1/2 is never dropped by the queue limit; the bench bounds in-flight itself.
+          'max_queued_messages 1000000',
+          'persistence false',
+          // Same as the Node brokers (noDelay): otherwise Nagle + delayed ACK adds up to 40 ms of latency.
+          'set_tcp_nodelay true',
+          // Per-connection notices would cost CPU during connection storms.
+          'log_dest stderr',
+          'log_type error',
+          'log_type warning',
+          '',
+        ].join('\n'),
+      );
+      proc = spawn(bin, ['-c', conf], { stdio });
+      break;
+    }
+    case 'aedes': {
+      const script = path.join(opts.repoRoot, 'bench/aedes-server.ts');
+      proc = spawn(process.execPath, ['--import', 'tsx', script, '--port', String(port), '--host', HOST], {
+        cwd: opts.repoRoot,
+        stdio,
+      });
+      break;
+    }
+  }
+  const broker = new ChildBroker(name, port, proc);
+  try {
+    await broker.waitReady(ready, 20_000);
+  } catch (err) {
+    await broker.stop();
+    const tail = broker.logTail();
+    throw new Error(`${(err as Error).message}${tail ? `\n--- last output ---\n${tail}` : ''}`);
+  }
+  return broker;
+}

@@ -1,0 +1,8 @@
+{
+  "targets": [
+    {
+      "target_name": "fdutil",
+      "sources": ["native/fdutil.c"]
+    }
+  ]
+}

@@ -1,0 +1,111 @@
+import type { Socket } from 'node:net';
+import type { Logger } from '../log.js';
+import { Counter, type Counters } from '../metrics/counters.js';
+import { ConnackCode, PacketType } from '../protocol/constants.js';
+import { type ConnectPacket, encodeConnack, encodeConnackV5, ProtocolError, parseConnect } from '../protocol/codec.js';
+import { generateClientId } from './client-id.js';
+
+export interface AcceptedConnect {
+  connect: ConnectPacket;
+  leftover: Buffer;
+  assignedClientId: boolean;
+}
+
+export interface ConnectReaderOptions {
+  maxPacketSize: number;
+  maxClientIdLength: number;
+  connectTimeoutMs: number;
+  log: Logger;
+  counters: Counters;
+}
+
+/**
+ * Reads exactly the first packet of a new connection on the main thread. It must be a valid
+ * CONNECT [MQTT-3.1.0-1]; otherwise the connection is refused here (CONNACK with a return code
+ * where the spec asks for one, else closed) and never reaches a shard. On success the socket is
+ * left paused and `onConnect` gets the parsed packet and any pipelined bytes after it.
+ */
+export function readConnect(
+  socket: Socket,
+  opts: ConnectReaderOptions,
+  onConnect: (accepted: AcceptedConnect) => void,
+): void {
+  let buf: Buffer | null = null;
+  let done = false;
+  const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+
+  const refuse = (reason: string, reply?: Buffer): void => {
+    done = true;
+    clearTimeout(timer);
+    socket.removeListener('data', onData);
+    opts.counters.row[Counter.connectRejected]++;
+    opts.log.info({ remote, reason }, 'connection refused');
+    if (reply) socket.end(reply);
+    else socket.destroy();
+    // A peer that never reads must not keep the socket open forever.
+    socket.setTimeout(5000, () => socket.destroy());
+  };
+
+  const timer = setTimeout(() => {
+    if (!done) refuse('no CONNECT within connect timeout');
+  }, opts.connectTimeoutMs);
+
+  const onData = (chunk: Buffer): void => {
+    if (done) return;
+    buf = buf ? Buffer.concat([buf, chunk]) : chunk;
+    opts.counters.row[Counter.bytesReceived] += chunk.length;
+    if (buf.length < 2) return;
+    const type = buf[0] >> 4;
+    if (type !== PacketType.CONNECT) return refuse(`first packet is type ${type}, not CONNECT`);
+    if ((buf[0] & 0x0f) !== 0) return refuse('CONNECT fixed-header flags not 0 [MQTT-2.2.2-2]');
+    let len = 0;
+    let mul = 1;
+    let i = 1;
+    for (; ; i++) {
+      if (i >= buf.length) return; // need more bytes
+      if (i > 4) return refuse('malformed remaining length');
+      len += (buf[i] & 0x7f) * mul;
+      mul *= 128;
+      if ((buf[i] & 0x80) === 0) break;
+    }
+    const start = i + 1;
+    const end = start + len;
+    if (end > opts.maxPacketSize) return refuse(`CONNECT of ${end} bytes exceeds maximum packet size`);
+    if (buf.length < end) return;
+
+    let connect: ConnectPacket;
+    try {
+      connect = parseConnect(buf, start, end);
+    } catch (e) {
+      const err = e as ProtocolError;
+      if (err.connackCode === ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION && err.reason === 0x84) {
+        return refuse(err.message, encodeConnack(false, ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION));
+      }
+      if (err.connackCode !== undefined) return refuse(err.message, encodeConnack(false, err.connackCode));
+      return refuse(err.message);
+    }
+    if (connect.protocolVersion === 5) {
+      // MQTT 5 is not implemented yet: answer in MQTT 5 form, 0x84 Unsupported Protocol Version.
+      return refuse('MQTT 5 is not supported yet', encodeConnackV5(0x84));
+    }
+    let assignedClientId = false;
+    if (connect.clientId.length === 0) {
+      // A zero-byte client id needs clean session 1 [MQTT-3.1.3-7], else return code 2 [MQTT-3.1.3-8].
+      if (!connect.clean) {
+        return refuse('empty client id with clean session 0', encodeConnack(false, ConnackCode.IDENTIFIER_REJECTED));
+      }
+      connect.clientId = generateClientId();
+      assignedClientId = true;
+    } else if (connect.clientId.length > opts.maxClientIdLength) {
+      return refuse('client id too long', encodeConnack(false, ConnackCode.IDENTIFIER_REJECTED));
+    }
+
+    done = true;
+    clearTimeout(timer);
+    socket.removeListener('data', onData);
+    socket.pause();
+    onConnect({ connect, leftover: buf.subarray(end), assignedClientId });
+  };
+
+  socket.on('data', onData);
+}

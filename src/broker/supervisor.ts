@@ -1,0 +1,187 @@
+import { EventEmitter } from 'node:events';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { Counter, type Counters } from '../metrics/counters.js';
+import { RUNNING_TS } from '../paths.js';
+import type { TopicIndex } from '../routing/topic-index.js';
+import type { Handoff, MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
+import { fdutil } from './fdutil.js';
+
+class ShardHandle {
+  worker: Worker | null = null;
+  generation = 0;
+  ready = false;
+  /** Handoffs waiting for the next flush (or for the shard to become ready) */
+  pending: Handoff[] = [];
+  startedAt = 0;
+  constructor(readonly id: number) {}
+}
+
+export interface SupervisorEvents {
+  message: [shard: number, msg: ShardToMain];
+  fatal: [reason: string];
+}
+
+/**
+ * Owns the shard worker threads: starts them, wires a MessagePort between every pair, hands
+ * them sockets, and restarts a shard that dies (exponential backoff, restart-intensity limit
+ * like an OTP supervisor; past the limit the broker gives up and exits so that the pod restarts).
+ */
+export class Supervisor extends EventEmitter<SupervisorEvents> {
+  readonly shards: ShardHandle[];
+  private stopping = false;
+  private restarts: number[] = [];
+  private flushScheduled = false;
+
+  constructor(
+    private readonly config: Config,
+    count: number,
+    private readonly index: TopicIndex,
+    private readonly counters: Counters,
+    private readonly log: Logger,
+  ) {
+    super();
+    this.shards = Array.from({ length: count }, (_, i) => new ShardHandle(i));
+  }
+
+  /** Starts every shard; resolves when all report ready. */
+  async start(): Promise<void> {
+    await Promise.all(this.shards.map((s) => this.spawn(s)));
+  }
+
+  get allReady(): boolean {
+    return this.shards.every((s) => s.ready);
+  }
+
+  private spawn(shard: ShardHandle): Promise<void> {
+    shard.generation++;
+    shard.ready = false;
+    const peers: (MessagePort | null)[] = this.shards.map(() => null);
+    const transfer: MessagePort[] = [];
+    for (const other of this.shards) {
+      if (other === shard || !other.worker) continue;
+      const ch = new MessageChannel();
+      peers[other.id] = ch.port1;
+      transfer.push(ch.port1);
+      this.post(other, { t: 'peer', shard: shard.id, port: ch.port2 }, [ch.port2]);
+    }
+    const init: ShardInit = {
+      shardId: shard.id,
+      shardCount: this.shards.length,
+      generation: shard.generation,
+      config: this.config,
+      index: this.index.shared,
+      counters: this.counters.shared,
+      peers,
+    };
+    const entry = new URL(RUNNING_TS ? '../../workers/shard.ts' : '../../workers/shard.js', import.meta.url);
+    const worker = RUNNING_TS
+      ? new Worker(new URL('../../workers/tsx-entry.mjs', import.meta.url), {
+          workerData: { ...init, entry: entry.href },
+          transferList: transfer,
+        })
+      : new Worker(entry, { workerData: init, transferList: transfer });
+    shard.worker = worker;
+    shard.startedAt = Date.now();
+    const generation = shard.generation;
+
+    return new Promise<void>((resolve) => {
+      worker.on('message', (msg: ShardToMain) => {
+        if (msg.t === 'ready') {
+          shard.ready = true;
+          this.log.info({ shard: shard.id, generation, ms: Date.now() - shard.startedAt }, 'shard ready');
+          this.flush();
+          resolve();
+          return;
+        }
+        this.emit('message', shard.id, msg);
+      });
+      worker.on('error', (err) => {
+        this.log.error({ shard: shard.id, generation, err }, 'shard crashed');
+      });
+      worker.on('exit', (code) => {
+        if (shard.worker === worker) shard.worker = null;
+        shard.ready = false;
+        if (this.stopping) return;
+        this.onShardDied(shard, code);
+        resolve();
+      });
+    });
+  }
+
+  private onShardDied(shard: ShardHandle, code: number): void {
+    this.counters.row[Counter.shardRestarts]++;
+    // Its subscriptions went with it: stop routing to it.
+    this.index.clearShardEverywhere(shard.id);
+    this.counters.resetRow(shard.id + 1, true);
+    const now = Date.now();
+    const period = this.config['node.shard_restart_period'] * 1000;
+    this.restarts = this.restarts.filter((t) => now - t < period);
+    this.restarts.push(now);
+    if (this.restarts.length > this.config['node.shard_restart_intensity']) {
+      const reason = `${this.restarts.length} shard restarts within ${period / 1000}s`;
+      this.log.fatal({ shard: shard.id, code }, `restart intensity exceeded: ${reason}`);
+      this.emit('fatal', reason);
+      return;
+    }
+    const delay = Math.min(5000, 50 * 2 ** (this.restarts.length - 1));
+    this.log.error({ shard: shard.id, code, restartInMs: delay }, 'shard exited; restarting');
+    setTimeout(() => {
+      if (!this.stopping) void this.spawn(shard);
+    }, delay).unref();
+  }
+
+  /** Queues a connection for its shard; handoffs are posted in batches once per tick. */
+  handoff(shardId: number, h: Handoff): void {
+    this.shards[shardId].pending.push(h);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    for (const s of this.shards) {
+      if (s.pending.length === 0 || !s.ready || !s.worker) continue;
+      const conns = s.pending;
+      s.pending = [];
+      this.counters.row[Counter.handoffs] += conns.length;
+      s.worker.postMessage({ t: 'adopt', conns } satisfies MainToShard);
+    }
+  }
+
+  post(shard: ShardHandle | number, msg: MainToShard, transfer?: MessagePort[]): void {
+    const s = typeof shard === 'number' ? this.shards[shard] : shard;
+    s.worker?.postMessage(msg, transfer);
+  }
+
+  /** Asks every shard to close its clients, then stops the threads. */
+  async stop(timeoutMs = 5000): Promise<void> {
+    this.stopping = true;
+    const live = this.shards.filter((s) => s.worker);
+    await Promise.all(
+      live.map(
+        (s) =>
+          new Promise<void>((resolve) => {
+            const w = s.worker!;
+            const timer = setTimeout(() => void w.terminate().then(() => resolve()), timeoutMs);
+            w.once('exit', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            w.on('message', (m: ShardToMain) => {
+              if (m.t === 'shutdownDone') void w.terminate();
+            });
+            w.postMessage({ t: 'shutdown' } satisfies MainToShard);
+          }),
+      ),
+    );
+    // Connections handed off but never adopted: close their fds.
+    for (const s of this.shards) {
+      for (const h of s.pending) fdutil.close(h.fd);
+      s.pending = [];
+    }
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * The one place where every option, its type and its default live. The README's table is
+ * generated from this (`npm run config:docs`) and a test checks they agree.
+ */
+export type OptionType = 'number' | 'string' | 'boolean';
+
+export interface OptionSpec {
+  type: OptionType;
+  default: number | string | boolean;
+  doc: string;
+  /** Inclusive bounds for numbers */
+  min?: number;
+  max?: number;
+  /** Allowed values for strings */
+  choices?: readonly string[];
+  /** Short CLI flag name, e.g. `--port` */
+  flag?: string;
+}
+
+export const SCHEMA = {
+  'listener.host': { type: 'string', default: '0.0.0.0', doc: 'Address of the MQTT TCP listener', flag: 'host' },
+  'listener.port': { type: 'number', default: 1883, min: 0, max: 65535, doc: 'MQTT TCP port (0 = ephemeral)', flag: 'port' },
+  'listener.backlog': { type: 'number', default: 1024, min: 1, max: 65535, doc: 'TCP accept backlog' },
+  'listener.connect_timeout': { type: 'number', default: 10, min: 1, max: 3600, doc: 'Seconds a new connection may take to send CONNECT' },
+  'node.shards': { type: 'number', default: 0, min: 0, max: 32, doc: 'Shard worker threads; 0 = CPUs this process may use (cgroup quota aware)', flag: 'shards' },
+  'node.name': { type: 'string', default: 'emqx-ts@127.0.0.1', doc: 'Node name (used in $SYS and cluster)', flag: 'name' },
+  'node.shard_restart_intensity': { type: 'number', default: 10, min: 1, max: 1000, doc: 'Shard restarts allowed within shard_restart_period before the broker gives up' },
+  'node.shard_restart_period': { type: 'number', default: 60, min: 1, max: 86400, doc: 'Seconds of the restart-intensity window' },
+  'mqtt.max_packet_size': { type: 'number', default: 1048576, min: 64, max: 268435455, doc: 'Largest accepted MQTT packet in bytes' },
+  'mqtt.max_clientid_len': { type: 'number', default: 65535, min: 23, max: 65535, doc: 'Longest accepted client id' },
+  'mqtt.max_inflight': { type: 'number', default: 32, min: 1, max: 65535, doc: 'QoS 1/2 messages sent to a client and not yet acknowledged' },
+  'mqtt.max_awaiting_rel': { type: 'number', default: 100, min: 1, max: 65535, doc: 'Inbound QoS 2 messages awaiting PUBREL per client' },
+  'mqtt.max_mqueue_len': { type: 'number', default: 1000, min: 0, max: 10000000, doc: 'Queued messages per session (offline or beyond inflight); oldest dropped when full' },
+  'mqtt.mqueue_store_qos0': { type: 'boolean', default: true, doc: 'Queue QoS 0 messages for offline persistent sessions' },
+  'mqtt.session_expiry_interval': { type: 'number', default: 7200, min: 0, max: 4294967295, doc: 'Seconds a disconnected persistent (clean session 0) session is kept' },
+  'mqtt.keepalive_multiplier': { type: 'number', default: 1.5, min: 1, max: 10, doc: 'Close after this many keep-alive intervals without a packet' },
+  'mqtt.output_high_watermark': { type: 'number', default: 1048576, min: 1024, max: 1073741824, doc: 'Bytes buffered for a slow client before QoS 0 is dropped and QoS 1/2 queued' },
+  'mqtt.allow_anonymous': { type: 'boolean', default: true, doc: 'Accept clients without credentials' },
+  'log.level': { type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], doc: 'Log level', flag: 'log-level' },
+} as const satisfies Record<string, OptionSpec>;
+
+export type OptionKey = keyof typeof SCHEMA;
+
+type ValueOf<S> = S extends { type: 'number' } ? number : S extends { type: 'boolean' } ? boolean : string;
+
+/** Flat, fully-resolved configuration. Plain data: it is posted to every thread. */
+export type Config = { -readonly [K in OptionKey]: ValueOf<(typeof SCHEMA)[K]> };
+
+export function defaults(): Config {
+  const out: Record<string, unknown> = {};
+  for (const [k, spec] of Object.entries(SCHEMA)) out[k] = spec.default;
+  return out as Config;
+}

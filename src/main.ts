@@ -1,0 +1,28 @@
+#!/usr/bin/env node
+import { Broker } from './broker/broker.js';
+import { ConfigError } from './config/load.js';
+
+/** CLI entry: `npm start -- --port 1883 --shards 2 --host 0.0.0.0 [--config file.json]` */
+async function main(): Promise<void> {
+  let broker: Broker;
+  try {
+    broker = await Broker.start({ argv: process.argv.slice(2), env: process.env });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`emqx-ts: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    broker.log.info({ signal }, 'shutting down');
+    void broker.stop().then(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+void main();

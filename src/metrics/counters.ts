@@ -1,0 +1,101 @@
+/**
+ * Hot-path counters in shared memory. Every thread owns one row of a Float64Array over a
+ * SharedArrayBuffer and increments its own cells with a plain `+=` (single writer, no Atomics,
+ * no prom-client call per message); the main thread sums the rows at scrape time. Float64 is
+ * exact up to 2^53, and aligned 8-byte loads do not tear on the platforms Node supports.
+ */
+export const Counter = {
+  connections: 0, // gauge: live connections on this thread
+  sessions: 1, // gauge: sessions (online + offline) on this thread
+  messagesReceived: 2,
+  messagesSent: 3,
+  messagesDropped: 4,
+  messagesDroppedNoSubscribers: 5,
+  deliveryDroppedQueueFull: 6,
+  deliveryDroppedQos0Slow: 7,
+  packetsReceived: 8,
+  packetsSent: 9,
+  bytesReceived: 10,
+  bytesSent: 11,
+  malformedPackets: 12,
+  protocolErrors: 13,
+  oversizedPackets: 14,
+  crossShardMessages: 15,
+  crossShardBatches: 16,
+  clientConnected: 17,
+  clientDisconnected: 18,
+  sessionCreated: 19,
+  sessionResumed: 20,
+  sessionTakenover: 21,
+  sessionDiscarded: 22,
+  sessionTerminated: 23,
+  sessionExpired: 24,
+  keepaliveTimeouts: 25,
+  willsPublished: 26,
+  shardRestarts: 27,
+  handoffs: 28,
+  connectRejected: 29,
+  subscriptions: 30, // gauge
+  retainedCount: 31, // gauge (main thread)
+  messagesRetained: 32,
+} as const;
+
+export type CounterName = keyof typeof Counter;
+export const COUNTER_SLOTS = 48;
+
+export interface CountersShared {
+  sab: SharedArrayBuffer;
+  rows: number;
+}
+
+export class Counters {
+  readonly row: Float64Array;
+  private readonly all: Float64Array;
+
+  private constructor(
+    readonly shared: CountersShared,
+    rowIndex: number,
+  ) {
+    this.all = new Float64Array(shared.sab);
+    this.row = new Float64Array(shared.sab, rowIndex * COUNTER_SLOTS * 8, COUNTER_SLOTS);
+  }
+
+  /** Row 0 is the main thread's; row i+1 is shard i's. */
+  static create(rows: number): Counters {
+    const sab = new SharedArrayBuffer(rows * COUNTER_SLOTS * 8);
+    return new Counters({ sab, rows }, 0);
+  }
+
+  static attach(shared: CountersShared, rowIndex: number): Counters {
+    return new Counters(shared, rowIndex);
+  }
+
+  /** Resets one row (a restarted shard starts its gauges from zero). */
+  resetRow(rowIndex: number, keepTotals: boolean): void {
+    const base = rowIndex * COUNTER_SLOTS;
+    if (!keepTotals) {
+      this.all.fill(0, base, base + COUNTER_SLOTS);
+      return;
+    }
+    this.all[base + Counter.connections] = 0;
+    this.all[base + Counter.sessions] = 0;
+    this.all[base + Counter.subscriptions] = 0;
+  }
+
+  /** Sum of a counter over all threads. */
+  total(c: number): number {
+    let s = 0;
+    for (let r = 0; r < this.shared.rows; r++) s += this.all[r * COUNTER_SLOTS + c];
+    return s;
+  }
+
+  get(rowIndex: number, c: number): number {
+    return this.all[rowIndex * COUNTER_SLOTS + c];
+  }
+
+  snapshot(): Record<CounterName, number> {
+    const out = {} as Record<CounterName, number>;
+    for (const [name, idx] of Object.entries(Counter)) out[name as CounterName] = this.total(idx);
+    return out;
+  }
+}

@@ -1,0 +1,386 @@
+/**
+ * MQTT 3.1 / 3.1.1 wire codec. Hand-written because PUBLISH and the acks are the hot path:
+ * a zero-copy PUBLISH parse costs ~0.6 µs versus 4-9 µs through a generic parser (design notes).
+ * Control packets are parsed here too so that each validation failure maps to the exact
+ * normative statement and CONNACK code it violates.
+ */
+import { PacketType, type QoS } from './constants.js';
+import { validUtf8 } from './topic.js';
+
+/** A protocol violation or malformed packet: the connection is closed (3.1.1) or gets a reason code (5.0). */
+export class ProtocolError extends Error {
+  constructor(
+    message: string,
+    /** CONNACK return code to send before closing, when the error is in CONNECT */
+    readonly connackCode?: number,
+    /** MQTT 5 reason code (0x81 malformed, 0x82 protocol error, 0x95 too large…) */
+    readonly reason = 0x81,
+  ) {
+    super(message);
+  }
+}
+
+/** Receives complete frames from a FrameReader. `body` is valid only during the call. */
+export interface FrameSink {
+  onFrame(type: number, flags: number, body: Buffer, start: number, end: number): void;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Splits a byte stream into MQTT frames. Frames that arrive whole in one chunk are passed on as
+ * zero-copy views; only a trailing partial frame is copied and kept.
+ */
+export class FrameReader {
+  private pending: Buffer = EMPTY;
+
+  constructor(
+    private readonly sink: FrameSink,
+    public maxPacketSize: number,
+  ) {}
+
+  /** Feeds bytes; throws ProtocolError on a malformed or oversized frame. */
+  push(chunk: Buffer): void {
+    let buf = chunk;
+    if (this.pending.length > 0) {
+      buf = Buffer.concat([this.pending, chunk]);
+      this.pending = EMPTY;
+    }
+    const n = buf.length;
+    let pos = 0;
+    while (pos < n) {
+      if (n - pos < 2) break;
+      const b0 = buf[pos];
+      // Remaining length: up to 4 bytes, 7 bits each [MQTT-2.2.3].
+      let len = 0;
+      let mul = 1;
+      let i = pos + 1;
+      let complete = false;
+      for (let k = 0; k < 4; k++, i++) {
+        if (i >= n) break;
+        const b = buf[i];
+        len += (b & 0x7f) * mul;
+        mul *= 128;
+        if ((b & 0x80) === 0) {
+          complete = true;
+          i++;
+          break;
+        }
+        if (k === 3) throw new ProtocolError('malformed remaining length');
+      }
+      if (!complete) break;
+      if (len + (i - pos) > this.maxPacketSize) {
+        throw new ProtocolError(`packet of ${len + (i - pos)} bytes exceeds maximum ${this.maxPacketSize}`, undefined, 0x95);
+      }
+      const end = i + len;
+      if (end > n) break;
+      this.sink.onFrame(b0 >> 4, b0 & 0x0f, buf, i, end);
+      pos = end;
+    }
+    if (pos < n) this.pending = Buffer.from(buf.subarray(pos));
+  }
+
+  /** Bytes of a partial frame still waiting for the rest. */
+  get buffered(): number {
+    return this.pending.length;
+  }
+}
+
+/** Required fixed-header flags per packet type; PUBLISH (3) is checked separately. [MQTT-2.2.2-1] */
+export const REQUIRED_FLAGS: readonly number[] = [-1, 0, 0, -1, 0, 0, 2, 0, 2, 0, 2, 0, 0, 0, 0, 0];
+
+// ---------------------------------------------------------------------------------------------
+// Field readers (cold path: throw on error)
+
+class Cursor {
+  constructor(
+    readonly buf: Buffer,
+    public pos: number,
+    readonly end: number,
+  ) {}
+
+  u8(): number {
+    if (this.pos >= this.end) throw new ProtocolError('packet too short');
+    return this.buf[this.pos++];
+  }
+
+  u16(): number {
+    if (this.pos + 2 > this.end) throw new ProtocolError('packet too short');
+    const v = (this.buf[this.pos] << 8) | this.buf[this.pos + 1];
+    this.pos += 2;
+    return v;
+  }
+
+  bytes(): Buffer {
+    const len = this.u16();
+    if (this.pos + len > this.end) throw new ProtocolError('packet too short');
+    const out = this.buf.subarray(this.pos, this.pos + len);
+    this.pos += len;
+    return out;
+  }
+
+  /** UTF-8 string field; ill-formed UTF-8 or U+0000 is a protocol violation [MQTT-1.5.3-1], [MQTT-1.5.3-2]. */
+  str(what: string, connackCode?: number): string {
+    const b = this.bytes();
+    if (!validUtf8(b)) throw new ProtocolError(`invalid UTF-8 in ${what}`, connackCode);
+    return b.toString('utf8');
+  }
+
+  get left(): number {
+    return this.end - this.pos;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CONNECT
+
+export interface WillMessage {
+  topic: string;
+  payload: Buffer;
+  qos: QoS;
+  retain: boolean;
+}
+
+export interface ConnectPacket {
+  protocolName: string;
+  protocolVersion: number;
+  clean: boolean;
+  keepalive: number;
+  clientId: string;
+  will: WillMessage | null;
+  username: string | null;
+  password: Buffer | null;
+}
+
+/**
+ * Parses a CONNECT body of MQTT 3.1 (MQIsdp/3) or 3.1.1 (MQTT/4). Another protocol level throws
+ * with CONNACK code 1 [MQTT-3.1.2-2]; a level-5 CONNECT is reported with `protocolVersion` 5 so the
+ * caller can refuse it in MQTT 5 form.
+ */
+export function parseConnect(buf: Buffer, start: number, end: number): ConnectPacket {
+  const c = new Cursor(buf, start, end);
+  const nameBytes = c.bytes();
+  const protocolName = nameBytes.toString('latin1');
+  const protocolVersion = c.u8();
+  if (protocolName !== 'MQTT' && protocolName !== 'MQIsdp') {
+    // [MQTT-3.1.2-1]: a wrong protocol name may be disconnected without CONNACK.
+    throw new ProtocolError(`unknown protocol name ${JSON.stringify(protocolName.slice(0, 16))}`);
+  }
+  if (
+    (protocolName === 'MQTT' && protocolVersion !== 4 && protocolVersion !== 5) ||
+    (protocolName === 'MQIsdp' && protocolVersion !== 3)
+  ) {
+    throw new ProtocolError(`unsupported protocol level ${protocolVersion}`, 1, 0x84);
+  }
+  const flags = c.u8();
+  const keepalive = c.u16();
+  const base: ConnectPacket = {
+    protocolName,
+    protocolVersion,
+    clean: (flags & 0x02) !== 0,
+    keepalive,
+    clientId: '',
+    will: null,
+    username: null,
+    password: null,
+  };
+  if (protocolVersion === 5) return base; // refused by the caller; properties are not parsed here
+  if (flags & 0x01) throw new ProtocolError('CONNECT reserved flag is set [MQTT-3.1.2-3]');
+  const willFlag = (flags & 0x04) !== 0;
+  const willQos = (flags >> 3) & 0x03;
+  const willRetain = (flags & 0x20) !== 0;
+  const passwordFlag = (flags & 0x40) !== 0;
+  const usernameFlag = (flags & 0x80) !== 0;
+  if (!willFlag && (willQos !== 0 || willRetain)) {
+    throw new ProtocolError('will QoS/retain set without will flag [MQTT-3.1.2-13], [MQTT-3.1.2-15]');
+  }
+  if (willQos === 3) throw new ProtocolError('will QoS 3 [MQTT-3.1.2-14]');
+  if (!usernameFlag && passwordFlag) throw new ProtocolError('password flag without username flag [MQTT-3.1.2-22]');
+  base.clientId = c.str('client identifier', 2);
+  if (willFlag) {
+    const topic = c.str('will topic');
+    const payload = Buffer.from(c.bytes());
+    base.will = { topic, payload, qos: willQos as QoS, retain: willRetain };
+  }
+  if (usernameFlag) base.username = c.str('user name');
+  if (passwordFlag) base.password = Buffer.from(c.bytes());
+  if (c.left !== 0) throw new ProtocolError('trailing bytes in CONNECT');
+  return base;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PUBLISH
+
+/** Fields of an inbound PUBLISH; topic and payload are zero-copy views into the frame. */
+export interface PublishFrame {
+  qos: QoS;
+  dup: boolean;
+  retain: boolean;
+  topicStart: number;
+  topicEnd: number;
+  packetId: number;
+  payloadStart: number;
+}
+
+/**
+ * Parses a PUBLISH body into `out` (reused across calls: no allocation per message).
+ * Throws on QoS 3 [MQTT-3.3.1-4] or a truncated frame.
+ */
+export function parsePublish(flags: number, buf: Buffer, start: number, end: number, out: PublishFrame): void {
+  const qos = (flags >> 1) & 3;
+  if (qos === 3) throw new ProtocolError('PUBLISH with QoS 3 [MQTT-3.3.1-4]');
+  if (end - start < 2) throw new ProtocolError('PUBLISH too short');
+  const tlen = (buf[start] << 8) | buf[start + 1];
+  const topicStart = start + 2;
+  const topicEnd = topicStart + tlen;
+  let pos = topicEnd;
+  let packetId = 0;
+  if (qos > 0) {
+    if (pos + 2 > end) throw new ProtocolError('PUBLISH too short');
+    packetId = (buf[pos] << 8) | buf[pos + 1];
+    if (packetId === 0) throw new ProtocolError('PUBLISH packet identifier 0 [MQTT-2.3.1-1]');
+    pos += 2;
+  } else if (flags & 0x08) {
+    throw new ProtocolError('DUP set on QoS 0 PUBLISH [MQTT-3.3.1-2]');
+  }
+  if (pos > end) throw new ProtocolError('PUBLISH too short');
+  out.qos = qos as QoS;
+  out.dup = (flags & 0x08) !== 0;
+  out.retain = (flags & 0x01) !== 0;
+  out.topicStart = topicStart;
+  out.topicEnd = topicEnd;
+  out.packetId = packetId;
+  out.payloadStart = pos;
+}
+
+/** Encodes the variable-length "remaining length" into `buf` at `pos`; returns the new position. */
+function writeLength(buf: Buffer, pos: number, len: number): number {
+  do {
+    let b = len % 128;
+    len = Math.floor(len / 128);
+    if (len > 0) b |= 0x80;
+    buf[pos++] = b;
+  } while (len > 0);
+  return pos;
+}
+
+function lengthBytes(len: number): number {
+  return len < 128 ? 1 : len < 16384 ? 2 : len < 2097152 ? 3 : 4;
+}
+
+/**
+ * Encodes a PUBLISH. For QoS > 0 the packet id is at `publishPacketIdOffset(buf)`; delivering to
+ * many subscribers copies this once and patches header byte and id (cheaper than re-encoding).
+ */
+export function encodePublish(
+  topic: Buffer,
+  payload: Buffer,
+  qos: number,
+  retain: boolean,
+  dup: boolean,
+  packetId: number,
+): Buffer {
+  const rem = 2 + topic.length + (qos > 0 ? 2 : 0) + payload.length;
+  const out = Buffer.allocUnsafe(1 + lengthBytes(rem) + rem);
+  out[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0);
+  let pos = writeLength(out, 1, rem);
+  out[pos++] = topic.length >> 8;
+  out[pos++] = topic.length & 0xff;
+  pos += topic.copy(out, pos);
+  if (qos > 0) {
+    out[pos++] = packetId >> 8;
+    out[pos++] = packetId & 0xff;
+  }
+  payload.copy(out, pos);
+  return out;
+}
+
+/** Offset of the packet id in a PUBLISH frame encoded with QoS > 0. */
+export function publishPacketIdOffset(frame: Buffer): number {
+  let i = 1;
+  while (frame[i] & 0x80) i++;
+  i++;
+  return i + 2 + ((frame[i] << 8) | frame[i + 1]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acks and small packets
+
+/** Body of PUBACK/PUBREC/PUBREL/PUBCOMP/UNSUBACK: just the packet id. */
+export function parsePacketId(buf: Buffer, start: number, end: number): number {
+  if (end - start !== 2) throw new ProtocolError('acknowledgement must be 2 bytes');
+  return (buf[start] << 8) | buf[start + 1];
+}
+
+export function encodeAck(type: number, packetId: number): Buffer {
+  const out = Buffer.allocUnsafe(4);
+  out[0] = (type << 4) | (type === PacketType.PUBREL ? 2 : 0);
+  out[1] = 2;
+  out[2] = packetId >> 8;
+  out[3] = packetId & 0xff;
+  return out;
+}
+
+export function encodeConnack(sessionPresent: boolean, code: number): Buffer {
+  return Buffer.from([0x20, 2, sessionPresent ? 1 : 0, code]);
+}
+
+/** A v5-shaped CONNACK carrying only a reason code (used to refuse MQTT 5 clients cleanly). */
+export function encodeConnackV5(code: number): Buffer {
+  return Buffer.from([0x20, 3, 0, code, 0]);
+}
+
+export const PINGRESP = Buffer.from([0xd0, 0]);
+
+export function encodeSuback(packetId: number, codes: readonly number[]): Buffer {
+  const rem = 2 + codes.length;
+  const out = Buffer.allocUnsafe(1 + lengthBytes(rem) + rem);
+  out[0] = 0x90;
+  let pos = writeLength(out, 1, rem);
+  out[pos++] = packetId >> 8;
+  out[pos++] = packetId & 0xff;
+  for (const c of codes) out[pos++] = c;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SUBSCRIBE / UNSUBSCRIBE
+
+export interface SubscribePacket {
+  packetId: number;
+  subscriptions: { filter: string; qos: number }[];
+}
+
+/**
+ * SUBSCRIBE: at least one filter [MQTT-3.8.3-3]; requested QoS byte's upper bits reserved
+ * [MQTT-3-8.3-4]. Filter syntax is validated by the handler so that it can answer 0x80 per filter.
+ */
+export function parseSubscribe(buf: Buffer, start: number, end: number): SubscribePacket {
+  const c = new Cursor(buf, start, end);
+  const packetId = c.u16();
+  if (packetId === 0) throw new ProtocolError('SUBSCRIBE packet identifier 0 [MQTT-2.3.1-1]');
+  const subscriptions: { filter: string; qos: number }[] = [];
+  while (c.left > 0) {
+    const filter = c.str('topic filter');
+    const opts = c.u8();
+    if (opts & 0xfc || (opts & 3) === 3) throw new ProtocolError('invalid requested QoS [MQTT-3-8.3-4]');
+    subscriptions.push({ filter, qos: opts & 3 });
+  }
+  if (subscriptions.length === 0) throw new ProtocolError('SUBSCRIBE without filters [MQTT-3.8.3-3]');
+  return { packetId, subscriptions };
+}
+
+export interface UnsubscribePacket {
+  packetId: number;
+  filters: string[];
+}
+
+export function parseUnsubscribe(buf: Buffer, start: number, end: number): UnsubscribePacket {
+  const c = new Cursor(buf, start, end);
+  const packetId = c.u16();
+  if (packetId === 0) throw new ProtocolError('UNSUBSCRIBE packet identifier 0 [MQTT-2.3.1-1]');
+  const filters: string[] = [];
+  while (c.left > 0) filters.push(c.str('topic filter'));
+  if (filters.length === 0) throw new ProtocolError('UNSUBSCRIBE without filters [MQTT-3.10.3-2]');
+  return { packetId, filters };
+}
