@@ -118,6 +118,7 @@ class Conn implements FrameSink {
 
   write(buf: Buffer): boolean {
     this.lastWriteMs = this.run.nowMs;
+    this.run.writes++;
     return this.sock.write(buf);
   }
 
@@ -179,6 +180,8 @@ class Run {
   readonly connectHist = hdr.build({ numberOfSignificantValueDigits: 3 });
   nowMs = Date.now();
   sent = 0;
+  reads = 0;
+  writes = 0;
   unique = 0;
   dups = 0;
   stray = 0;
@@ -201,6 +204,9 @@ class Run {
   private localDelivered = false;
   private remoteMask = 0;
   private readonly maxBatch: number;
+  /** Closed loop refills only when half the window is free: a few large writes instead of many tiny
+   *  ones (a syscall per message would make the generator cost more CPU than the broker). */
+  private readonly refill: number;
 
   constructor(
     readonly spec: RunSpec,
@@ -213,6 +219,7 @@ class Run {
     this.housekeeping = setInterval(() => this.tick(), 50);
     const frameLen = encodePublishTemplate('bench/x', spec.qos, spec.payload, 0, 0).frame.length;
     this.maxBatch = Math.max(1, Math.floor(MAX_BATCH_BYTES / frameLen));
+    this.refill = spec.ratePerPub > 0 ? 1 : Math.max(1, Math.floor(spec.window / 2));
   }
 
   error(msg: string): void {
@@ -346,7 +353,7 @@ class Run {
     for (const p of this.pubs) {
       if (p.waitDrain || p.conn.closed) continue;
       let n = this.room(p);
-      if (n <= 0) {
+      if (n < this.refill) {
         blocked = true;
         continue;
       }
@@ -382,7 +389,7 @@ class Run {
       // landed before the flag was visible.
       Atomics.store(this.ctrl, STALLED_BASE + workerId, 1);
       for (const p of this.pubs) {
-        if (!p.waitDrain && !p.conn.closed && this.room(p) > 0) {
+        if (!p.waitDrain && !p.conn.closed && this.room(p) >= this.refill) {
           this.schedulePump();
           break;
         }
@@ -391,6 +398,7 @@ class Run {
   }
 
   onData(c: Conn, chunk: Buffer): void {
+    this.reads++;
     this.chunkNs = 0;
     this.recording = Atomics.load(this.ctrl, PHASE) === PHASE_MEASURE;
     try {
@@ -485,7 +493,7 @@ class Run {
         p.progressMs = this.nowMs;
         continue;
       }
-      if (this.room(p) > 0 || this.nowMs - p.progressMs < this.spec.stallMs) continue;
+      if (this.room(p) >= this.refill || this.nowMs - p.progressMs < this.spec.stallMs) continue;
       const d = Math.floor(Atomics.load(this.delivered, p.idx) / this.spec.fanout);
       p.offDelivered = p.sent - d;
       p.offAcked = p.sent - p.acked;
@@ -529,6 +537,8 @@ class Run {
       stray: this.stray,
       acked: this.pubs.reduce((a, p) => a + p.acked, 0),
       writeOffs: this.writeOffs,
+      reads: this.reads,
+      writes: this.writes,
       reordered: this.reordered,
       latency: this.hist.totalCount > 0 ? hdr.encodeIntoCompressedBase64(this.hist) : null,
       connectLatency:

@@ -184,7 +184,8 @@ function progress(o: Outcome): string {
   const us = (x: number): string => (o.windowDelivered > 0 ? (x / o.windowDelivered).toFixed(2) : '-');
   return (
     `${Math.round(o.msgsPerS)} msg/s brk ${us(o.brokerCpuUs)} µs/msg gen ${us(o.genCpuUs)} µs/msg ` +
-    `sent ${o.sent} recv ${o.received} lost ${o.lost} dup ${o.dups}` +
+    `sent ${o.sent} recv ${o.received} lost ${o.lost} dup ${o.dups} ` +
+    `(gen ${(o.genReads / Math.max(1, o.received)).toFixed(2)} reads, ${(o.genWrites / Math.max(1, o.received)).toFixed(2)} writes /msg)` +
     (o.writeOffs > 0 ? ` stalls ${o.writeOffs}` : '')
   );
 }

@@ -63,6 +63,8 @@ export interface Outcome {
   stray: number;
   writeOffs: number;
   reordered: number;
+  genReads: number;
+  genWrites: number;
   windowS: number;
   windowDelivered: number;
   msgsPerS: number;
@@ -195,6 +197,8 @@ function emptyOutcome(broker: Broker, c: CaseSpec, round: number): Outcome {
     stray: 0,
     writeOffs: 0,
     reordered: 0,
+    genReads: 0,
+    genWrites: 0,
     windowS: 0,
     windowDelivered: 0,
     msgsPerS: 0,
@@ -218,6 +222,8 @@ function absorb(out: Outcome, results: WorkerResult[]): void {
     out.stray += r.stray;
     out.writeOffs += r.writeOffs;
     out.reordered += r.reordered;
+    out.genReads += r.reads;
+    out.genWrites += r.writes;
     if (r.latency !== null) out.latency.push(r.latency);
     if (r.connectLatency !== null) out.connectLatency.push(r.connectLatency);
     out.errors.push(...r.errors);

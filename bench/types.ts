@@ -77,6 +77,9 @@ export interface WorkerResult {
   stray: number;
   acked: number;
   writeOffs: number;
+  /** Socket reads ('data' events) and writes by the generator: syscalls dominate its cost. */
+  reads: number;
+  writes: number;
   /** Messages received out of order (gaps later filled). */
   reordered: number;
   latency: string | null;

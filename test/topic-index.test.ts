@@ -106,7 +106,7 @@ describe('TopicIndex wildcard semantics', () => {
   ];
 
   const index = TopicIndex.create({ maxNodes: 4096, arenaBytes: 1 << 16 });
-  table.forEach(([filter], i) => subscribe(index, filter, i % 32));
+  for (const [i, [filter]] of table.entries()) subscribe(index, filter, i % 32);
 
   for (const [filter, topic, expected] of table) {
     it(`${JSON.stringify(filter)} ${expected ? 'matches' : 'does not match'} ${JSON.stringify(topic)}`, () => {
@@ -157,7 +157,7 @@ describe('TopicIndex wildcard semantics', () => {
   it('grows MatchResult when more nodes match than it holds', () => {
     const idx = TopicIndex.create({ maxNodes: 256, arenaBytes: 1024 });
     const filters = ['#', 'a/#', 'a/+', 'a/b', '+/b', '+/+', '+/#', 'a/b/#', '+/b/#'];
-    filters.forEach((f, i) => subscribe(idx, f, i));
+    for (const [i, f] of filters.entries()) subscribe(idx, f, i);
     const out = new MatchResult(1);
     assert.deepEqual(matchedFilters(idx, 'a/b', out), [...filters].sort());
     assert.ok(out.nodeIds.length >= filters.length);
@@ -227,7 +227,8 @@ describe('TopicIndex randomized differential test', () => {
       const actual = matchedFilters(index, topic, out);
       totalMatches += actual.length;
       if (JSON.stringify(actual) !== JSON.stringify(expected) || out.mask !== expectedMask) {
-        if (mismatches++ < 5) assert.deepEqual({ topic, actual, mask: out.mask }, { topic, expected, expectedMask });
+        if (mismatches++ < 5)
+          assert.deepEqual({ topic, actual, mask: out.mask }, { topic, expected, expectedMask });
       }
     }
     assert.equal(mismatches, 0);
@@ -333,7 +334,20 @@ describe('TopicIndex capacity', () => {
 describe('TopicIndex bookkeeping', () => {
   it('round-trips filterOf and finds without creating', () => {
     const index = TopicIndex.create({ maxNodes: 1024, arenaBytes: 4096 });
-    const filters = ['a', '/', '//', 'a/', '/a', '+', '#', '+/+/#', '$SYS/#', 'häuser/+/温度', '😀', 'a/b/c/d/e/f'];
+    const filters = [
+      'a',
+      '/',
+      '//',
+      'a/',
+      '/a',
+      '+',
+      '#',
+      '+/+/#',
+      '$SYS/#',
+      'häuser/+/温度',
+      '😀',
+      'a/b/c/d/e/f',
+    ];
     const ids = filters.map((f) => index.ensure(f));
     assert.equal(new Set(ids).size, filters.length);
     filters.forEach((f, i) => {
@@ -429,7 +443,9 @@ function nextMessage<T>(worker: Worker): Promise<T> {
 }
 
 describe('TopicIndex across threads', () => {
-  it('a reader worker never sees half-built state while two threads insert', { timeout: 180_000 }, async (t) => {
+  it('a reader worker never sees half-built state while two threads insert', {
+    timeout: 180_000,
+  }, async (t) => {
     const count = 6000;
     // Shapes exercise literal, '+', '#', multi-byte and empty levels, and crowd one parent per writer.
     const shapes = [
@@ -445,8 +461,25 @@ describe('TopicIndex across threads', () => {
     const writers = [{ count }, { count }];
     const shared: TopicIndexShared = index.shared;
 
-    const reader = startWorker({ role: 'reader', shared, writers, shapes, progress, maxIterations: 200_000, seed: 7 });
-    const writer = startWorker({ role: 'writer', shared, writer: 1, count, shapes, sharedFilter, progress, go });
+    const reader = startWorker({
+      role: 'reader',
+      shared,
+      writers,
+      shapes,
+      progress,
+      maxIterations: 200_000,
+      seed: 7,
+    });
+    const writer = startWorker({
+      role: 'writer',
+      shared,
+      writer: 1,
+      count,
+      shapes,
+      sharedFilter,
+      progress,
+      go,
+    });
     await nextMessage(reader); // attached and about to loop: make the writes overlap its reads
     const readerDone = nextMessage<ReaderResult>(reader);
     const writerDone = nextMessage<WriterResult>(writer);
@@ -480,7 +513,10 @@ describe('TopicIndex across threads', () => {
       const serial = TopicIndex.create({ maxNodes: 1 << 16, arenaBytes: 1 << 20 });
       for (let w = 0; w < 2; w++) {
         for (let k = 0; k < count; k++) {
-          const t = shapes[k % shapes.length]!.filter.replaceAll('{w}', String(w)).replaceAll('{k}', String(k));
+          const t = shapes[k % shapes.length]!.filter.replaceAll('{w}', String(w)).replaceAll(
+            '{k}',
+            String(k),
+          );
           serial.setShard(serial.ensure(t), k % 32);
           serial.ensure(`shared/${k}`);
         }

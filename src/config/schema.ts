@@ -35,7 +35,6 @@ export const SCHEMA = {
   'mqtt.session_expiry_interval': { type: 'number', default: 7200, min: 0, max: 4294967295, doc: 'Seconds a disconnected persistent (clean session 0) session is kept' },
   'mqtt.keepalive_multiplier': { type: 'number', default: 1.5, min: 1, max: 10, doc: 'Close after this many keep-alive intervals without a packet' },
   'mqtt.output_high_watermark': { type: 'number', default: 1048576, min: 1024, max: 1073741824, doc: 'Bytes buffered for a slow client before QoS 0 is dropped and QoS 1/2 queued' },
-  'mqtt.allow_anonymous': { type: 'boolean', default: true, doc: 'Accept clients without credentials' },
   'log.level': { type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], doc: 'Log level', flag: 'log-level' },
 } as const satisfies Record<string, OptionSpec>;
 

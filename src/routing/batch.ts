@@ -90,6 +90,10 @@ export function readBatch(ab: ArrayBuffer, len: number, visitor: BatchVisitor): 
     p = (p + 3) & ~3;
     const nodeIds = new Int32Array(ab, p, nodeCount);
     p += nodeCount * 4;
-    visitor.onRoutedMessage(new Message(topic, payload, (flags & 3) as QoS, (flags & 4) !== 0, from), nodeIds, nodeCount);
+    visitor.onRoutedMessage(
+      new Message(topic, payload, (flags & 3) as QoS, (flags & 4) !== 0, from),
+      nodeIds,
+      nodeCount,
+    );
   }
 }
