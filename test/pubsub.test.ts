@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { client, idOnShard, Inbox, publish, startBroker, subscribe } from './helpers/broker.js';
+import { client, Inbox, idOnShard, publish, startBroker, subscribe } from './helpers/broker.js';
 
 test('publisher and subscribers on different shards, all QoS levels, order kept', async (t) => {
   const broker = await startBroker(t, { 'node.shards': 2 });
@@ -75,7 +75,9 @@ test('re-subscribing replaces the subscription QoS [MQTT-3.8.4-3]; unsubscribe s
   await subscribe(sub, 'r/1', 0);
   await publish(pub, 'r/1', 'a', { qos: 2 });
   assert.equal((await inbox.wait(1))[0].qos, 0);
-  await new Promise<void>((resolve, reject) => sub.unsubscribe('r/1', (err) => (err ? reject(err) : resolve())));
+  await new Promise<void>((resolve, reject) =>
+    sub.unsubscribe('r/1', (err) => (err ? reject(err) : resolve())),
+  );
   await subscribe(sub, 'r/2', 1);
   await publish(pub, 'r/1', 'dropped', { qos: 1 });
   await publish(pub, 'r/2', 'b', { qos: 1 });

@@ -1,8 +1,14 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
+import {
+  type ConnectPacket,
+  encodeConnack,
+  encodeConnackV5,
+  type ProtocolError,
+  parseConnect,
+} from '../protocol/codec.js';
 import { ConnackCode, PacketType } from '../protocol/constants.js';
-import { type ConnectPacket, encodeConnack, encodeConnackV5, ProtocolError, parseConnect } from '../protocol/codec.js';
 import { generateClientId } from './client-id.js';
 
 export interface AcceptedConnect {
@@ -92,7 +98,10 @@ export function readConnect(
     if (connect.clientId.length === 0) {
       // A zero-byte client id needs clean session 1 [MQTT-3.1.3-7], else return code 2 [MQTT-3.1.3-8].
       if (!connect.clean) {
-        return refuse('empty client id with clean session 0', encodeConnack(false, ConnackCode.IDENTIFIER_REJECTED));
+        return refuse(
+          'empty client id with clean session 0',
+          encodeConnack(false, ConnackCode.IDENTIFIER_REJECTED),
+        );
       }
       connect.clientId = generateClientId();
       assignedClientId = true;

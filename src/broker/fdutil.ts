@@ -8,4 +8,6 @@ interface FdUtil {
 }
 
 /** The native dup(2)/close(2) addon built by node-gyp at `npm install` (native/fdutil.c). */
-export const fdutil: FdUtil = createRequire(import.meta.url)(join(packageRoot(), 'build/Release/fdutil.node'));
+export const fdutil: FdUtil = createRequire(import.meta.url)(
+  join(packageRoot(), 'build/Release/fdutil.node'),
+);

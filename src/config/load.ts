@@ -17,20 +17,26 @@ function coerce(key: string, raw: unknown, source: string): number | string | bo
       throw new ConfigError(`option '${key}' must be a number, got ${JSON.stringify(raw)} (from ${source})`);
     }
     if ((spec.min !== undefined && v < spec.min) || (spec.max !== undefined && v > spec.max)) {
-      throw new ConfigError(`option '${key}' must be between ${spec.min} and ${spec.max}, got ${v} (from ${source})`);
+      throw new ConfigError(
+        `option '${key}' must be between ${spec.min} and ${spec.max}, got ${v} (from ${source})`,
+      );
     }
   } else if (spec.type === 'boolean') {
     if (v === 'true') v = true;
     else if (v === 'false') v = false;
     if (typeof v !== 'boolean') {
-      throw new ConfigError(`option '${key}' must be true or false, got ${JSON.stringify(raw)} (from ${source})`);
+      throw new ConfigError(
+        `option '${key}' must be true or false, got ${JSON.stringify(raw)} (from ${source})`,
+      );
     }
   } else {
     if (typeof v !== 'string') {
       throw new ConfigError(`option '${key}' must be a string, got ${JSON.stringify(raw)} (from ${source})`);
     }
     if (spec.choices && !spec.choices.includes(v)) {
-      throw new ConfigError(`option '${key}' must be one of ${spec.choices.join(', ')}, got '${v}' (from ${source})`);
+      throw new ConfigError(
+        `option '${key}' must be one of ${spec.choices.join(', ')}, got '${v}' (from ${source})`,
+      );
     }
   }
   return v as number | string | boolean;

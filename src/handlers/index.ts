@@ -1,5 +1,5 @@
 import { PacketType } from '../protocol/constants.js';
-import { handlePubcomp, handlePuback, handlePubrec, handlePubrel } from './acks.js';
+import { handlePuback, handlePubcomp, handlePubrec, handlePubrel } from './acks.js';
 import { handleConnect } from './connect.js';
 import { handleDisconnect } from './disconnect.js';
 import { handlePingreq } from './ping.js';

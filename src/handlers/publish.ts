@@ -10,7 +10,8 @@ function checkTopicName(buf: Buffer, start: number, end: number): void {
   if (start === end) throw new ProtocolError('empty topic name [MQTT-4.7.3-1]', undefined, 0x82);
   for (let i = start; i < end; i++) {
     const c = buf[i];
-    if (c === 0x2b || c === 0x23) throw new ProtocolError('wildcard in PUBLISH topic [MQTT-3.3.2-2]', undefined, 0x82);
+    if (c === 0x2b || c === 0x23)
+      throw new ProtocolError('wildcard in PUBLISH topic [MQTT-3.3.2-2]', undefined, 0x82);
     if (c === 0) throw new ProtocolError('U+0000 in topic [MQTT-1.5.3-2]', undefined, 0x82);
   }
   if (!isUtf8(buf.subarray(start, end))) throw new ProtocolError('topic is not UTF-8 [MQTT-1.5.3-1]');
@@ -47,7 +48,11 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
   }
   if (session.awaitingRel.size >= shard.config['mqtt.max_awaiting_rel']) {
     row[Counter.messagesDropped]++;
-    throw new ProtocolError(`more than ${shard.config['mqtt.max_awaiting_rel']} QoS 2 messages awaiting PUBREL`, undefined, 0x93);
+    throw new ProtocolError(
+      `more than ${shard.config['mqtt.max_awaiting_rel']} QoS 2 messages awaiting PUBREL`,
+      undefined,
+      0x93,
+    );
   }
   session.awaitingRel.add(f.packetId);
   shard.publish(msg, conn, encodeAck(PacketType.PUBREC, f.packetId));

@@ -70,7 +70,11 @@ export class FrameReader {
       }
       if (!complete) break;
       if (len + (i - pos) > this.maxPacketSize) {
-        throw new ProtocolError(`packet of ${len + (i - pos)} bytes exceeds maximum ${this.maxPacketSize}`, undefined, 0x95);
+        throw new ProtocolError(
+          `packet of ${len + (i - pos)} bytes exceeds maximum ${this.maxPacketSize}`,
+          undefined,
+          0x95,
+        );
       }
       const end = i + len;
       if (end > n) break;
@@ -195,7 +199,8 @@ export function parseConnect(buf: Buffer, start: number, end: number): ConnectPa
     throw new ProtocolError('will QoS/retain set without will flag [MQTT-3.1.2-13], [MQTT-3.1.2-15]');
   }
   if (willQos === 3) throw new ProtocolError('will QoS 3 [MQTT-3.1.2-14]');
-  if (!usernameFlag && passwordFlag) throw new ProtocolError('password flag without username flag [MQTT-3.1.2-22]');
+  if (!usernameFlag && passwordFlag)
+    throw new ProtocolError('password flag without username flag [MQTT-3.1.2-22]');
   base.clientId = c.str('client identifier', 2);
   if (willFlag) {
     const topic = c.str('will topic');
@@ -226,7 +231,13 @@ export interface PublishFrame {
  * Parses a PUBLISH body into `out` (reused across calls: no allocation per message).
  * Throws on QoS 3 [MQTT-3.3.1-4] or a truncated frame.
  */
-export function parsePublish(flags: number, buf: Buffer, start: number, end: number, out: PublishFrame): void {
+export function parsePublish(
+  flags: number,
+  buf: Buffer,
+  start: number,
+  end: number,
+  out: PublishFrame,
+): void {
   const qos = (flags >> 1) & 3;
   if (qos === 3) throw new ProtocolError('PUBLISH with QoS 3 [MQTT-3.3.1-4]');
   if (end - start < 2) throw new ProtocolError('PUBLISH too short');

@@ -25,7 +25,14 @@ export class Message {
     readonly deliverRetained = false,
   ) {}
 
-  static fromStrings(topic: string, payload: Buffer, qos: QoS, retain: boolean, from: string, deliverRetained = false): Message {
+  static fromStrings(
+    topic: string,
+    payload: Buffer,
+    qos: QoS,
+    retain: boolean,
+    from: string,
+    deliverRetained = false,
+  ): Message {
     const m = new Message(Buffer.from(topic, 'utf8'), payload, qos, retain, from, deliverRetained);
     m.topicStr = topic;
     return m;
@@ -38,7 +45,8 @@ export class Message {
 
   /** The QoS 0 PUBLISH frame, shared by all QoS 0 deliveries. Do not mutate. */
   qos0Frame(): Buffer {
-    if (this.frame0 === null) this.frame0 = encodePublish(this.topicBytes, this.payload, 0, this.deliverRetained, false, 0);
+    if (this.frame0 === null)
+      this.frame0 = encodePublish(this.topicBytes, this.payload, 0, this.deliverRetained, false, 0);
     return this.frame0;
   }
 

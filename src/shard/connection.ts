@@ -1,11 +1,17 @@
 import type { Socket } from 'node:net';
+import { HANDLERS } from '../handlers/index.js';
 import type { Logger } from '../log.js';
 import { Counter } from '../metrics/counters.js';
-import { FrameReader, type FrameSink, ProtocolError, type PublishFrame, REQUIRED_FLAGS } from '../protocol/codec.js';
+import {
+  FrameReader,
+  type FrameSink,
+  ProtocolError,
+  type PublishFrame,
+  REQUIRED_FLAGS,
+} from '../protocol/codec.js';
 import { PacketType } from '../protocol/constants.js';
 import type { Session } from '../session/session.js';
 import type { Handoff } from '../threads/messages.js';
-import { HANDLERS } from '../handlers/index.js';
 import type { Shard } from './shard.js';
 
 /** An acknowledgement that must wait (a retained PUBLISH's ack waits for the store). */
@@ -53,7 +59,10 @@ export class Connection implements FrameSink {
     this.protocolVersion = handoff.connect.protocolVersion;
     this.keepaliveMs = handoff.connect.keepalive * 1000 * shard.config['mqtt.keepalive_multiplier'];
     this.reader = new FrameReader(this, shard.config['mqtt.max_packet_size']);
-    this.log = shard.log.child({ clientId: this.clientId, remote: `${handoff.remoteAddress}:${handoff.remotePort}` });
+    this.log = shard.log.child({
+      clientId: this.clientId,
+      remote: `${handoff.remoteAddress}:${handoff.remotePort}`,
+    });
   }
 
   /** Starts reading: first the bytes main read after CONNECT, then the socket. */
@@ -97,7 +106,11 @@ export class Connection implements FrameSink {
     if (this.closed) return;
     this.shard.counters.row[Counter.packetsReceived]++;
     if (type !== PacketType.PUBLISH && flags !== REQUIRED_FLAGS[type]) {
-      throw new ProtocolError(`invalid fixed-header flags ${flags} for packet type ${type} [MQTT-2.2.2-2]`, undefined, 0x81);
+      throw new ProtocolError(
+        `invalid fixed-header flags ${flags} for packet type ${type} [MQTT-2.2.2-2]`,
+        undefined,
+        0x81,
+      );
     }
     const handler = HANDLERS[type];
     if (!handler) throw new ProtocolError(`unexpected packet type ${type} from client`, undefined, 0x82);

@@ -5,7 +5,7 @@ import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import { encodeAck, encodeConnack } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
-import { BatchWriter, type BatchVisitor, readBatch } from '../routing/batch.js';
+import { type BatchVisitor, BatchWriter, readBatch } from '../routing/batch.js';
 import { SubscriberTable } from '../routing/subscribers.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { Message } from '../session/message.js';
@@ -59,7 +59,11 @@ export class Shard implements BatchVisitor {
   ) {
     this.id = init.shardId;
     this.config = init.config;
-    this.log = createLogger(this.config['log.level'], { thread: 'shard', shard: this.id, gen: init.generation });
+    this.log = createLogger(this.config['log.level'], {
+      thread: 'shard',
+      shard: this.id,
+      gen: init.generation,
+    });
     this.counters = Counters.attach(init.counters, this.id + 1);
     this.index = TopicIndex.attach(init.index);
     this.peers = init.peers;
@@ -155,7 +159,12 @@ export class Shard implements BatchVisitor {
     row[Counter.connections]++;
     row[Counter.clientConnected]++;
     conn.log.info(
-      { clean: c.clean, keepalive: c.keepalive, sessionPresent, handoffUs: Math.round((Number(process.hrtime.bigint()) - h.acceptedAt) / 1000) },
+      {
+        clean: c.clean,
+        keepalive: c.keepalive,
+        sessionPresent,
+        handoffUs: Math.round((Number(process.hrtime.bigint()) - h.acceptedAt) / 1000),
+      },
       'client connected',
     );
     // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
@@ -282,7 +291,7 @@ export class Shard implements BatchVisitor {
     for (const r of records) {
       const payload = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.length);
       const msg = Message.fromStrings(r.topic, payload, r.qos, true, '', true);
-      this.deliver(session, msg, (r.qos < sub.qos ? r.qos : sub.qos) as QoS);
+      this.deliver(session, msg, Math.min(r.qos, sub.qos) as QoS);
     }
   }
 
@@ -370,7 +379,7 @@ export class Shard implements BatchVisitor {
     }
     for (let i = 0; i < targets.length; i++) {
       const s = targets[i];
-      this.deliver(s, msg, (msg.qos < s.markQos ? msg.qos : s.markQos) as QoS);
+      this.deliver(s, msg, Math.min(msg.qos, s.markQos) as QoS);
     }
     targets.length = 0;
   }
@@ -390,7 +399,11 @@ export class Shard implements BatchVisitor {
         row[Counter.messagesSent]++;
         return;
       }
-      if (session.queue.length === 0 && session.inflight.size < this.config['mqtt.max_inflight'] && !conn.congested) {
+      if (
+        session.queue.length === 0 &&
+        session.inflight.size < this.config['mqtt.max_inflight'] &&
+        !conn.congested
+      ) {
         this.sendInflight(session, conn, msg, qos);
         return;
       }

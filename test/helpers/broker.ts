@@ -72,7 +72,13 @@ export class Inbox {
 
   constructor(c: MqttClient) {
     c.on('message', (topic, payload, packet) => {
-      this.messages.push({ topic, payload: payload.toString(), qos: packet.qos, retain: packet.retain, dup: packet.dup });
+      this.messages.push({
+        topic,
+        payload: payload.toString(),
+        qos: packet.qos,
+        retain: packet.retain,
+        dup: packet.dup,
+      });
       this.waiters = this.waiters.filter((w) => {
         if (this.messages.length >= w.n) w.resolve();
         return this.messages.length < w.n;
@@ -85,7 +91,12 @@ export class Inbox {
     if (this.messages.length >= n) return Promise.resolve(this.messages);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`waited for ${n} messages, got ${this.messages.length}: ${JSON.stringify(this.messages)}`)),
+        () =>
+          reject(
+            new Error(
+              `waited for ${n} messages, got ${this.messages.length}: ${JSON.stringify(this.messages)}`,
+            ),
+          ),
         timeoutMs,
       );
       this.waiters.push({
@@ -101,13 +112,22 @@ export class Inbox {
 
 export function subscribe(c: MqttClient, filter: string | string[], qos: 0 | 1 | 2 = 0): Promise<number[]> {
   return new Promise((resolve, reject) => {
-    c.subscribe(filter, { qos }, (err, granted) => (err ? reject(err) : resolve((granted ?? []).map((g) => g.qos))));
+    c.subscribe(filter, { qos }, (err, granted) =>
+      err ? reject(err) : resolve((granted ?? []).map((g) => g.qos)),
+    );
   });
 }
 
-export function publish(c: MqttClient, topic: string, payload: string | Buffer, opts: { qos?: 0 | 1 | 2; retain?: boolean } = {}): Promise<void> {
+export function publish(
+  c: MqttClient,
+  topic: string,
+  payload: string | Buffer,
+  opts: { qos?: 0 | 1 | 2; retain?: boolean } = {},
+): Promise<void> {
   return new Promise((resolve, reject) => {
-    c.publish(topic, payload, { qos: opts.qos ?? 0, retain: opts.retain ?? false }, (err) => (err ? reject(err) : resolve()));
+    c.publish(topic, payload, { qos: opts.qos ?? 0, retain: opts.retain ?? false }, (err) =>
+      err ? reject(err) : resolve(),
+    );
   });
 }
 
@@ -116,12 +136,20 @@ export function publish(c: MqttClient, topic: string, payload: string | Buffer, 
  * broker had to send this client before answering a PINGREQ... is not guaranteed across shards,
  * so tests use a marker message on a private topic instead (see `sync`).
  */
-export async function sync(pub: MqttClient, sub: MqttClient, inbox: Inbox, marker = `sync/${Math.random()}`): Promise<void> {
+export async function sync(
+  pub: MqttClient,
+  sub: MqttClient,
+  inbox: Inbox,
+  marker = `sync/${Math.random()}`,
+): Promise<void> {
   await subscribe(sub, marker, 1);
   const before = inbox.messages.length;
   await publish(pub, marker, 'sync', { qos: 1 });
   await inbox.wait(before + 1);
-  inbox.messages.splice(inbox.messages.findIndex((m) => m.topic === marker), 1);
+  inbox.messages.splice(
+    inbox.messages.findIndex((m) => m.topic === marker),
+    1,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,7 +191,11 @@ export class RawClient {
       if (this.closed) throw new Error(`connection closed after ${this.buf.length}/${n} bytes`);
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`timed out waiting for ${n} bytes (have ${this.buf.length})`);
-      await Promise.race([once(this.socket, 'raw-data'), this.closedPromise, new Promise((r) => setTimeout(r, left))]);
+      await Promise.race([
+        once(this.socket, 'raw-data'),
+        this.closedPromise,
+        new Promise((r) => setTimeout(r, left)),
+      ]);
     }
     const out = this.buf.subarray(0, n);
     this.buf = this.buf.subarray(n);
@@ -188,7 +220,10 @@ export class RawClient {
 }
 
 /** Encodes a 3.1.1 CONNECT. */
-export function connectPacket(clientId: string, opts: { clean?: boolean; keepalive?: number; level?: number; name?: string; flags?: number } = {}): Buffer {
+export function connectPacket(
+  clientId: string,
+  opts: { clean?: boolean; keepalive?: number; level?: number; name?: string; flags?: number } = {},
+): Buffer {
   const name = Buffer.from(opts.name ?? 'MQTT');
   const id = Buffer.from(clientId);
   const flags = opts.flags ?? ((opts.clean ?? true) ? 0x02 : 0);
