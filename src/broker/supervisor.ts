@@ -15,6 +15,8 @@ class ShardHandle {
   /** Handoffs waiting for the next flush (or for the shard to become ready) */
   pending: Handoff[] = [];
   startedAt = 0;
+  /** Recorded at start: Node reports -1 once the worker has exited */
+  threadId = -1;
   constructor(readonly id: number) {}
 }
 
@@ -83,6 +85,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         })
       : new Worker(entry, { workerData: init, transferList: transfer });
     shard.worker = worker;
+    shard.threadId = worker.threadId;
     shard.startedAt = Date.now();
     const generation = shard.generation;
 
@@ -112,6 +115,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
 
   private onShardDied(shard: ShardHandle, code: number): void {
     this.counters.row[Counter.shardRestarts]++;
+    // A shard that died inside a subscribe must not leave the index's writer lock held.
+    if (this.index.releaseLockHeldBy(shard.threadId))
+      this.log.warn({ shard: shard.id }, 'released topic-index lock held by dead shard');
     // Its subscriptions went with it: stop routing to it.
     this.index.clearShardEverywhere(shard.id);
     this.counters.resetRow(shard.id + 1, true);

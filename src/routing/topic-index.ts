@@ -17,18 +17,24 @@
  * Concurrency: data is append-only. A node and its level bytes are written in full before the
  * pointer to it (slot child id, or the parent's PLUS/HASH field) is published with Atomics.store;
  * readers load pointers with Atomics.load, which orders their later plain reads after the writes.
- * A writer that dies mid-insert therefore leaves at most an unreachable node, never a broken one,
- * which is why `releaseLockHeldBy` can safely recover the lock from a dead thread.
+ * A writer that dies mid-insert leaves only complete nodes (a published prefix of its filter) and
+ * at most one unreachable one, never a broken one, so `releaseLockHeldBy` can safely recover the
+ * lock from a dead thread.
  *
  * Nodes are never freed: an unsubscribed filter keeps its node with mask 0. Reclaiming space
  * (compaction) is future work: build a fresh index from the live filters and swap it in.
  * Capacity is fixed at create time; when it is exhausted `ensure` returns -1.
  *
- * Memory: SAB pages are committed lazily by the OS, so the default reservation (~80 MiB virtual:
- * 24 MiB nodes + 16 MiB slots + 32 MiB arena + control) costs ~0 RSS until used. Measured on
- * Node 20.20 / Linux: RSS +0.1 MiB after `create()` with defaults; ~100k filters ≈ +8 MiB.
+ * Memory: SAB pages are committed lazily by the OS, so the default reservation (72 MiB virtual:
+ * 24 MiB nodes + 16 MiB slots + 32 MiB arena) costs no RSS until used. Measured (Node 20.20,
+ * Linux, 2 vCPU): RSS +0.0 MiB after `create()` with defaults; +25 MiB after 100k filters
+ * (217k nodes), mostly the slot table, whose pages all get touched because keys scatter. The JS
+ * heap does not grow. A smaller maxNodes shrinks that table.
  *
- * Rough cost (2 vCPU, Node 20, 100k filters incl. wildcards): ~0.5–1 µs per match.
+ * Micro-benchmark (same machine, 100k filters with 5% '+' and 3% '#', 10k distinct 4-level
+ * topics, ~10 child lookups and 2.5 hits per match): 2.5-4 µs per match, about half of a
+ * Map-based trie on the same data (6.7-9 µs including decoding and splitting the topic); the
+ * cost is mostly cache misses (slot, node, arena bytes), ~1.6 µs when the working set is hot.
  */
 import { Buffer } from 'node:buffer';
 import { threadId } from 'node:worker_threads';
