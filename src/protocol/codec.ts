@@ -6,6 +6,7 @@
  */
 import { PacketType, type QoS } from './constants.js';
 import { validUtf8 } from './topic.js';
+import { type Properties, parseConnectProps, parseWillProps } from './v5-control.js';
 
 /** A protocol violation or malformed packet: the connection is closed (3.1.1) or gets a reason code (5.0). */
 export class ProtocolError extends Error {
@@ -143,6 +144,11 @@ export interface WillMessage {
   payload: Buffer;
   qos: QoS;
   retain: boolean;
+  /** MQTT 5: will properties to forward (raw), Will Delay Interval, Message Expiry, Payload Format */
+  props?: Buffer | null;
+  delay?: number;
+  expiry?: number;
+  payloadFormat?: number;
 }
 
 export interface ConnectPacket {
@@ -154,6 +160,8 @@ export interface ConnectPacket {
   will: WillMessage | null;
   username: string | null;
   password: Buffer | null;
+  /** MQTT 5 CONNECT properties */
+  properties?: Properties;
 }
 
 /**
@@ -188,7 +196,7 @@ export function parseConnect(buf: Buffer, start: number, end: number): ConnectPa
     username: null,
     password: null,
   };
-  if (protocolVersion === 5) return base; // refused by the caller; properties are not parsed here
+  const v5 = protocolVersion === 5;
   if (flags & 0x01) throw new ProtocolError('CONNECT reserved flag is set [MQTT-3.1.2-3]');
   const willFlag = (flags & 0x04) !== 0;
   const willQos = (flags >> 3) & 0x03;
@@ -199,13 +207,41 @@ export function parseConnect(buf: Buffer, start: number, end: number): ConnectPa
     throw new ProtocolError('will QoS/retain set without will flag [MQTT-3.1.2-13], [MQTT-3.1.2-15]');
   }
   if (willQos === 3) throw new ProtocolError('will QoS 3 [MQTT-3.1.2-14]');
-  if (!usernameFlag && passwordFlag)
+  // MQTT 5 allows a password without a user name.
+  if (!v5 && !usernameFlag && passwordFlag) {
     throw new ProtocolError('password flag without username flag [MQTT-3.1.2-22]');
+  }
+  if (v5) {
+    const { props, next } = parseConnectProps(buf, c.pos, end);
+    base.properties = props;
+    c.pos = next;
+  }
   base.clientId = c.str('client identifier', 2);
   if (willFlag) {
+    let wp: ReturnType<typeof parseWillProps> | null = null;
+    if (v5) {
+      wp = parseWillProps(buf, c.pos, end);
+      c.pos = wp.next;
+    }
     const topic = c.str('will topic');
+    if (topic.length === 0 || topic.includes('+') || topic.includes('#')) {
+      throw new ProtocolError('invalid will topic [MQTT-3.1.2-?]', undefined, 0x82);
+    }
     const payload = Buffer.from(c.bytes());
     base.will = { topic, payload, qos: willQos as QoS, retain: willRetain };
+    if (wp) {
+      base.will.props = wp.forward;
+      base.will.delay = wp.delay;
+      base.will.expiry = wp.expiry;
+      base.will.payloadFormat = wp.payloadFormat;
+      if (wp.payloadFormat === 1 && !validUtf8(payload)) {
+        throw new ProtocolError(
+          'will payload is not UTF-8 but Payload Format Indicator is 1',
+          undefined,
+          0x99,
+        );
+      }
+    }
   }
   if (usernameFlag) base.username = c.str('user name');
   if (passwordFlag) base.password = Buffer.from(c.bytes());
