@@ -165,6 +165,10 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
           // Large queue so QoS 1/2 is never dropped by the queue limit; the bench bounds in-flight itself.
           'max_queued_messages 1000000',
           'persistence false',
+          // No inflight limit: with the default 20, mosquitto 2.0.11 stops delivering queued QoS 2
+          // messages to a subscriber after the first 20 (reproduced; see docs/PERFORMANCE.md).
+          // In-flight is bounded by the bench's own per-publisher window instead.
+          'max_inflight_messages 0',
           // Same as the Node brokers (noDelay): otherwise Nagle + delayed ACK adds up to 40 ms of latency.
           'set_tcp_nodelay true',
           // Per-connection notices would cost CPU during connection storms.

@@ -52,6 +52,7 @@ let current: Run | null = null;
 const nowNs = (): number => Number(process.hrtime.bigint());
 const MAX_BATCH_BYTES = 64 * 1024;
 const MAX_ERRORS = 10;
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 
 function post(msg: FromWorker): void {
   parent.postMessage(msg);
@@ -83,6 +84,8 @@ class Conn implements FrameSink {
   onConnack: ((rc: number) => void) | null = null;
   onSuback: ((rc: number) => void) | null = null;
   closed = false;
+  /** CONNACK received: only then may anything but CONNECT be sent. */
+  connected = false;
   lastWriteMs = 0;
   pub: Pub | null = null;
   tracks: Map<number, Track> | null = null;
@@ -94,18 +97,33 @@ class Conn implements FrameSink {
     readonly run: Run,
     readonly clientId: string,
   ) {
-    const sock = net.connect({ host: run.spec.host, port: run.spec.port });
+    // `onread` reads into one reused buffer: no Readable stream machinery and no Buffer allocation per
+    // read. Frames must therefore be fully handled before the callback returns (the splitter copies
+    // any partial frame).
+    const sock = net.connect({
+      host: run.spec.host,
+      port: run.spec.port,
+      onread: {
+        buffer: READ_BUFFER,
+        callback: (n: number): boolean => {
+          run.onData(this, READ_BUFFER.subarray(0, n));
+          return true;
+        },
+      },
+    });
     this.sock = sock;
     sock.setNoDelay(true);
     sock.on('connect', () => this.write(encodeConnect(clientId, run.spec.keepaliveS)));
-    sock.on('data', (chunk: Buffer) => run.onData(this, chunk));
     sock.on('drain', () => {
       if (this.pub !== null) {
         this.pub.waitDrain = false;
         run.schedulePump();
       }
     });
-    sock.on('error', (err) => run.error(`${clientId}: ${err.message}`));
+    // Resets after our DISCONNECT are normal; before it they are a broker failure.
+    sock.on('error', (err) => {
+      if (!run.finishing) run.error(`${clientId}: ${err.message}`);
+    });
     sock.on('close', () => {
       this.closed = true;
       run.onClose(this);
@@ -117,6 +135,8 @@ class Conn implements FrameSink {
   }
 
   write(buf: Buffer): boolean {
+    // Acks for data still arriving after our DISCONNECT are dropped (the session ends anyway).
+    if (this.sock.writableEnded || this.closed) return true;
     this.lastWriteMs = this.run.nowMs;
     this.run.writes++;
     return this.sock.write(buf);
@@ -192,7 +212,8 @@ class Run {
   connectEndNs = 0;
   errors: string[] = [];
   errorCount = 0;
-  private finishing = false;
+  finishing = false;
+  private closedCount = 0;
   private onAllClosed: (() => void) | null = null;
   private pumpScheduled = false;
   private goNs = 0;
@@ -289,6 +310,7 @@ class Run {
         clearTimeout(timer);
         c.onConnack = null;
         if (rc !== 0) return reject(new Error(`${clientId}: CONNACK return code ${rc}`));
+        c.connected = true;
         this.connected++;
         this.stats[this.statBase + STAT_CONNECTED] = this.connected;
         this.connectHist.recordValue(Math.max(1, Math.round((nowNs() - t0) / 1000)));
@@ -478,7 +500,7 @@ class Run {
       this.lastPingCheck = this.nowMs;
       const idleMs = (this.spec.keepaliveS * 1000) / 2;
       for (const c of this.conns) {
-        if (!c.closed && this.nowMs - c.lastWriteMs > idleMs) c.write(PINGREQ_FRAME);
+        if (c.connected && !c.closed && this.nowMs - c.lastWriteMs > idleMs) c.write(PINGREQ_FRAME);
       }
     }
   }
@@ -504,11 +526,12 @@ class Run {
   }
 
   onClose(c: Conn): void {
+    this.closedCount++;
     if (!this.finishing) {
       this.error(`${c.clientId}: connection closed by broker`);
       return;
     }
-    if (this.onAllClosed !== null && this.conns.every((x) => x.closed)) this.onAllClosed();
+    if (this.onAllClosed !== null && this.closedCount === this.conns.length) this.onAllClosed();
   }
 
   async finish(): Promise<WorkerResult> {
@@ -523,7 +546,7 @@ class Run {
       if (c.sock.readyState === 'open') c.sock.end(DISCONNECT_FRAME);
       else c.sock.destroy();
     }
-    if (!this.conns.every((x) => x.closed)) {
+    if (this.closedCount < this.conns.length) {
       const timer = setTimeout(() => {
         for (const c of this.conns) c.sock.destroy();
       }, 3000);

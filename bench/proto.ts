@@ -135,6 +135,7 @@ export class FrameSplitter {
       sink.onFrame(buf[off]!, buf, i, i + len);
       off = i + len;
     }
-    if (off < n) this.rest = buf.subarray(off);
+    // Copy: the chunk may be a reused read buffer (net `onread`).
+    if (off < n) this.rest = Buffer.from(buf.subarray(off));
   }
 }

@@ -25,6 +25,7 @@ export interface Summary {
   connectsPerS: number;
   kibPerConn: number;
   brokerUsPerConn: number;
+  genUsPerConn: number;
   connectP50Ms: number;
   connectP99Ms: number;
   errors: number;
@@ -75,6 +76,7 @@ export function summarize(outcomes: Outcome[]): Summary[] {
       connectsPerS: median(ok.map((o) => o.connectsPerS)),
       kibPerConn: median(ok.map((o) => (o.rssAfter - o.rssBefore) / o.connections / 1024)),
       brokerUsPerConn: median(ok.map((o) => o.brokerCpuUs / o.connections)),
+      genUsPerConn: median(ok.map((o) => o.genCpuUs / o.connections)),
       connectP50Ms: pct(con, 50),
       connectP99Ms: pct(con, 99),
       errors: sum(g.map((o) => o.errors.length)),
@@ -122,8 +124,10 @@ export function render(summaries: Summary[], brokerOrder: string[]): string {
             'KiB/conn',
             'vs mosq',
             'brk µs/conn',
+            'vs mosq',
             'p50 ms',
             'p99 ms',
+            'gen µs/conn',
             'errors',
           ],
           rows.map((s) => [
@@ -134,8 +138,10 @@ export function render(summaries: Summary[], brokerOrder: string[]): string {
             fmt(s.kibPerConn),
             ratio(s.kibPerConn, m?.kibPerConn),
             fmt(s.brokerUsPerConn),
+            ratio(s.brokerUsPerConn, m?.brokerUsPerConn),
             fmt(s.connectP50Ms, 2),
             fmt(s.connectP99Ms, 2),
+            fmt(s.genUsPerConn),
             String(s.errors),
           ]),
         ),

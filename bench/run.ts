@@ -4,6 +4,7 @@
 //     [--connections n] [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s]
 //     [--out results.json] [--smoke]
 
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,7 +30,8 @@ const { values: args } = parseArgs({
     warmup: { type: 'string', default: '1' },
     rounds: { type: 'string', default: '3' },
     connections: { type: 'string' },
-    threads: { type: 'string', default: '2' },
+    // One load thread per two CPUs: on 2 cores one thread plus the broker already fill the machine.
+    threads: { type: 'string', default: String(Math.max(1, Math.floor(os.availableParallelism() / 2))) },
     rate: { type: 'string', default: '10000' },
     inflight: { type: 'string', default: '1000' },
     window: { type: 'string' },
@@ -190,7 +192,25 @@ function progress(o: Outcome): string {
   );
 }
 
+/** Which broker code was measured (read-only git query; the lead commits). */
+function revision(): string {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], {
+      cwd: repoRoot,
+      encoding: 'utf8',
+    }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'workers'], {
+      cwd: repoRoot,
+      encoding: 'utf8',
+    }).trim();
+    return `${head}${dirty ? ' (src modified)' : ''}`;
+  } catch {
+    return 'unknown';
+  }
+}
+
 async function main(): Promise<void> {
+  console.log(`emqx-ts revision ${revision()}, ${new Date().toISOString()}`);
   console.log(
     `emqx-ts bench: ${cases.length} case(s) x ${rounds} round(s) x brokers [${wanted.join(', ')}]; ` +
       `node ${process.version}, ${os.cpus().length} CPUs, CLK_TCK ${clockTicks()}, load ${os

@@ -160,7 +160,7 @@ function plan(c: CaseSpec, port: number): Plan {
       pubOwner: owner,
       keepaliveS: 60,
       connectConcurrency: c.scenario === 'conn' ? Math.ceil(100 / threads) : 20,
-      stallMs: 250,
+      stallMs: 500,
     }),
   );
   return { specs, pubs, fanout };

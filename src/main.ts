@@ -12,6 +12,10 @@ async function main(): Promise<void> {
       process.stderr.write(`emqx-ts: ${err.message}\n`);
       process.exit(2);
     }
+    if (err instanceof Error && err.message.startsWith('cannot listen')) {
+      process.stderr.write(`emqx-ts: ${err.message}\n`);
+      process.exit(1);
+    }
     throw err;
   }
   let stopping = false;
@@ -23,6 +27,16 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  // SIGHUP: reload the configuration from the same sources; what can change at runtime does.
+  process.on('SIGHUP', () => {
+    broker.log.info({ signal: 'SIGHUP' }, 'reloading configuration');
+    broker.reload().catch((err: Error) => {
+      broker.log.error(
+        { err: err.message },
+        'configuration reload failed; keeping the running configuration',
+      );
+    });
+  });
 }
 
 void main();

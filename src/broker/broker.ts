@@ -1,15 +1,27 @@
 import { once } from 'node:events';
+import type { Server as HttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
-import { type ConfigInput, loadConfig, shardCount } from '../config/load.js';
+import type { Registry } from 'prom-client';
+import { type ConfigInput, type LoadSources, loadConfig, shardCount } from '../config/load.js';
+import { type ConfigDiff, diffConfig } from '../config/reload.js';
 import type { Config } from '../config/schema.js';
+import { apiHandler } from '../http/api.js';
+import { type ApiCredentials, loadOrCreateCredentials } from '../http/credentials.js';
+import { metricsHandler } from '../http/metrics-server.js';
+import { boundPort, closeServer, listen } from '../http/util.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
+import { StatsTracker } from '../metrics/emqx.js';
+import { createRegistry } from '../metrics/prometheus.js';
 import { RetainedStore } from '../retained/store.js';
-import { TopicIndex } from '../routing/topic-index.js';
-import type { RetainedRecord, ShardToMain } from '../threads/messages.js';
+import { MatchResult, TopicIndex } from '../routing/topic-index.js';
+import { SysPublisher } from '../sys/publisher.js';
+import type { BrokerPublish, RetainedRecord, ShardToMain } from '../threads/messages.js';
+import { VERSION } from '../version.js';
 import { shardOf } from './client-id.js';
 import { readConnect } from './connect-reader.js';
 import { fdutil } from './fdutil.js';
+import { ShardQueries } from './queries.js';
 import { Supervisor } from './supervisor.js';
 
 export interface BrokerOptions {
@@ -18,6 +30,20 @@ export interface BrokerOptions {
   argv?: readonly string[];
   env?: NodeJS.ProcessEnv;
   logger?: Logger;
+  /**
+   * Called when the shard supervisor gives up (restart intensity exceeded). The default stops
+   * the broker and exits the process with code 1 so that the pod restarts; embedders and
+   * tests may handle it themselves.
+   */
+  onFatal?: (reason: string, broker: Broker) => void;
+}
+
+/** What /readyz reports. */
+export interface Readiness {
+  ready: boolean;
+  listener: boolean;
+  stopping: boolean;
+  shards: { shard: number; running: boolean }[];
 }
 
 /**
@@ -35,20 +61,46 @@ export class Broker {
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
   private stopped: Promise<void> | null = null;
+  // Operating it (metrics, $SYS, health, REST API, reload): see docs/ARCHITECTURE.md.
+  readonly startedAt = Date.now();
+  readonly version = VERSION;
+  readonly sysdescr = 'emqx-ts';
+  readonly stats: StatsTracker;
+  readonly registry: Registry;
+  readonly queries: ShardQueries;
+  credentials: ApiCredentials;
+  private readonly sys: SysPublisher;
+  private readonly sources: LoadSources;
+  private metricsServer: HttpServer | null = null;
+  private apiServer: HttpServer | null = null;
+  private statsTimer: NodeJS.Timeout | null = null;
+  private stopping = false;
+  private readonly scratch = new MatchResult(8);
 
   private constructor(opts: BrokerOptions) {
-    this.config = loadConfig({ argv: opts.argv, env: opts.env, overrides: opts.config });
+    this.sources = { argv: opts.argv, env: opts.env, overrides: opts.config };
+    this.config = loadConfig(this.sources);
     this.log = opts.logger ?? createLogger(this.config['log.level'], { thread: 'main' });
+    this.credentials = loadOrCreateCredentials(this.config, this.log);
     const shards = shardCount(this.config);
     this.counters = Counters.create(shards + 1);
     this.index = TopicIndex.create();
     this.supervisor = new Supervisor(this.config, shards, this.index, this.counters, this.log);
     this.supervisor.on('message', (shard, msg) => this.onShardMessage(shard, msg));
+    const onFatal = opts.onFatal ?? (() => void this.stop().then(() => process.exit(1)));
     this.supervisor.on('fatal', (reason) => {
       this.log.fatal({ reason }, 'giving up');
-      void this.stop().then(() => process.exit(1));
+      onFatal(reason, this);
     });
     this.server = createServer({ noDelay: true }, (socket) => this.onSocket(socket));
+    this.stats = new StatsTracker(this.counters, this.index);
+    this.registry = createRegistry({
+      counters: this.counters,
+      stats: this.stats,
+      supervisor: this.supervisor,
+    });
+    this.queries = new ShardQueries(this.supervisor);
+    this.sys = new SysPublisher(this);
   }
 
   static async start(opts: BrokerOptions = {}): Promise<Broker> {
@@ -64,7 +116,92 @@ export class Broker {
       { host: broker.config['listener.host'], port: broker.port, shards: broker.supervisor.shards.length },
       'listening',
     );
+    await broker.startOperations();
     return broker;
+  }
+
+  /** Metrics/health and REST API servers, $SYS messages, the 1 s stats sample (for the maxima). */
+  private async startOperations(): Promise<void> {
+    const cfg = this.config;
+    try {
+      this.metricsServer = await listen(
+        metricsHandler(this),
+        cfg['metrics.host'],
+        cfg['metrics.port'],
+        'metrics',
+      );
+      this.apiServer = await listen(apiHandler(this), cfg['api.host'], cfg['api.port'], 'REST API');
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.statsTimer = setInterval(() => this.stats.sample(), 1000).unref();
+    this.sys.start();
+    this.log.info(
+      { metricsPort: this.metricsPort, apiPort: this.apiPort, apiKeyFile: this.credentials.file },
+      'metrics, health and REST API listening',
+    );
+  }
+
+  /** Bound port of the metrics/health server (useful with `metrics.port` 0). */
+  get metricsPort(): number {
+    return boundPort(this.metricsServer);
+  }
+
+  /** Bound port of the REST API (useful with `api.port` 0). */
+  get apiPort(): number {
+    return boundPort(this.apiServer);
+  }
+
+  /** For /readyz: the MQTT listener is up, every shard is running, and no shutdown has begun. */
+  readiness(): Readiness {
+    const shards = this.supervisor.shards.map((s) => ({
+      shard: s.id,
+      running: s.ready && s.worker !== null,
+    }));
+    const listener = this.server.listening;
+    const ready = listener && !this.stopping && shards.every((s) => s.running);
+    return { ready, listener, stopping: this.stopping, shards };
+  }
+
+  /** Routes messages from the broker itself ($SYS, REST publish) through a running shard. */
+  publishInternal(messages: BrokerPublish[]): boolean {
+    const shard = this.supervisor.shards.find((s) => s.ready && s.worker);
+    if (!shard || messages.length === 0) return false;
+    this.supervisor.post(shard, { t: 'publish', messages });
+    return true;
+  }
+
+  hasSubscribers(topic: string): boolean {
+    return this.index.matchString(topic, this.scratch) > 0;
+  }
+
+  /**
+   * SIGHUP: reads the configuration again from the same sources (file, environment, flags,
+   * options), validates it (a ConfigError leaves everything as it was), applies what can change
+   * at runtime (log level, MQTT limits, $SYS intervals, API key…) here and in every shard, and
+   * reports options that only a restart changes.
+   */
+  async reload(): Promise<ConfigDiff> {
+    const next = loadConfig(this.sources);
+    const diff = diffConfig(this.config, next);
+    const cfg = this.config as Record<string, unknown>;
+    for (const key of diff.applied) cfg[key] = next[key];
+    if (diff.applied.includes('api.key') || diff.applied.includes('api.secret')) {
+      this.credentials = loadOrCreateCredentials(this.config, this.log);
+    }
+    this.log.level = this.config['log.level'];
+    for (const s of this.supervisor.shards)
+      this.supervisor.post(s, { t: 'reconfigure', config: { ...this.config } });
+    this.sys.schedule();
+    this.log.info({ applied: diff.applied, needRestart: diff.needRestart }, 'configuration reloaded');
+    if (diff.needRestart.length > 0) {
+      this.log.warn(
+        { options: diff.needRestart },
+        'these options change only with a restart; kept as they were',
+      );
+    }
+    return diff;
   }
 
   get port(): number {
@@ -138,19 +275,30 @@ export class Broker {
         this.supervisor.post(shard, { t: 'retained', reqId: msg.reqId, records });
         break;
       }
+      case 'queryResult':
+        this.queries.onResult(msg);
+        break;
       default:
         break;
     }
   }
 
-  /** Graceful stop: no new connections, shards close their clients, threads end. */
+  /**
+   * Graceful stop: not ready any more (/readyz 503), no new connections, shards close their
+   * clients spread over `node.shutdown_drain_period`, threads end, then the HTTP servers close.
+   */
   stop(): Promise<void> {
     if (!this.stopped) {
       this.stopped = (async () => {
-        this.log.info('stopping');
+        this.stopping = true;
+        this.log.info({ drainS: this.config['node.shutdown_drain_period'] }, 'stopping');
+        this.sys.stop();
+        if (this.statsTimer) clearInterval(this.statsTimer);
         this.server.close();
         for (const s of this.sockets) s.destroy();
-        await this.supervisor.stop();
+        await this.supervisor.stop(undefined, this.config['node.shutdown_drain_period'] * 1000);
+        this.queries.close();
+        await Promise.all([closeServer(this.metricsServer), closeServer(this.apiServer)]);
         this.log.info('stopped');
       })();
     }

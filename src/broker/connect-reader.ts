@@ -1,11 +1,16 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../log.js';
-import { Counter, type Counters } from '../metrics/counters.js';
+import {
+  Counter,
+  type Counters,
+  PACKETS_RECEIVED_BY_TYPE,
+  PACKETS_SENT_BY_TYPE,
+} from '../metrics/counters.js';
 import {
   type ConnectPacket,
   encodeConnack,
   encodeConnackV5,
-  type ProtocolError,
+  ProtocolError,
   parseConnect,
 } from '../protocol/codec.js';
 import { ConnackCode, PacketType } from '../protocol/constants.js';
@@ -40,16 +45,23 @@ export function readConnect(
   let done = false;
   const remote = `${socket.remoteAddress}:${socket.remotePort}`;
 
-  const refuse = (reason: string, reply?: Buffer): void => {
+  /** `violation`: the counter of a malformed/oversized packet or protocol error, as on a shard. */
+  const refuse = (reason: string, reply?: Buffer, violation?: number): void => {
     done = true;
     clearTimeout(timer);
     socket.removeListener('data', onData);
     opts.counters.row[Counter.connectRejected]++;
+    if (violation !== undefined) opts.counters.row[violation]++;
+    if (reply) countReply(opts.counters.row, reply);
     opts.log.info({ remote, reason }, 'connection refused');
     if (reply) socket.end(reply);
     else socket.destroy();
-    // A peer that never reads must not keep the socket open forever.
-    socket.setTimeout(5000, () => socket.destroy());
+    // The CONNACK gets a grace period to be read, then the connection is closed [MQTT-3.2.2-5]:
+    // an absolute deadline, not an idle timeout, which a peer that keeps sending would never hit.
+    if (reply) {
+      const linger = setTimeout(() => socket.destroy(), Math.min(5000, opts.connectTimeoutMs));
+      socket.once('close', () => clearTimeout(linger));
+    }
   };
 
   const timer = setTimeout(() => {
@@ -62,22 +74,34 @@ export function readConnect(
     opts.counters.row[Counter.bytesReceived] += chunk.length;
     if (buf.length < 2) return;
     const type = buf[0] >> 4;
-    if (type !== PacketType.CONNECT) return refuse(`first packet is type ${type}, not CONNECT`);
-    if ((buf[0] & 0x0f) !== 0) return refuse('CONNECT fixed-header flags not 0 [MQTT-2.2.2-2]');
+    if (type !== PacketType.CONNECT) {
+      return refuse(`first packet is type ${type}, not CONNECT`, undefined, Counter.protocolErrors);
+    }
+    if ((buf[0] & 0x0f) !== 0) {
+      return refuse('CONNECT fixed-header flags not 0 [MQTT-2.2.2-2]', undefined, Counter.malformedPackets);
+    }
     let len = 0;
     let mul = 1;
     let i = 1;
     for (; ; i++) {
       if (i >= buf.length) return; // need more bytes
-      if (i > 4) return refuse('malformed remaining length');
+      if (i > 4) return refuse('malformed remaining length', undefined, Counter.malformedPackets);
       len += (buf[i] & 0x7f) * mul;
       mul *= 128;
       if ((buf[i] & 0x80) === 0) break;
     }
     const start = i + 1;
     const end = start + len;
-    if (end > opts.maxPacketSize) return refuse(`CONNECT of ${end} bytes exceeds maximum packet size`);
+    if (end > opts.maxPacketSize) {
+      return refuse(
+        `CONNECT of ${end} bytes exceeds maximum packet size`,
+        undefined,
+        Counter.oversizedPackets,
+      );
+    }
     if (buf.length < end) return;
+    opts.counters.row[Counter.packetsReceived]++;
+    opts.counters.row[PACKETS_RECEIVED_BY_TYPE + PacketType.CONNECT]++;
 
     let connect: ConnectPacket;
     try {
@@ -88,7 +112,8 @@ export function readConnect(
         return refuse(err.message, encodeConnack(false, ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION));
       }
       if (err.connackCode !== undefined) return refuse(err.message, encodeConnack(false, err.connackCode));
-      return refuse(err.message);
+      const malformed = err instanceof ProtocolError && err.reason === 0x81;
+      return refuse(err.message, undefined, malformed ? Counter.malformedPackets : Counter.protocolErrors);
     }
     if (connect.protocolVersion === 5) {
       // MQTT 5 is not implemented yet: answer in MQTT 5 form, 0x84 Unsupported Protocol Version.
@@ -117,4 +142,22 @@ export function readConnect(
   };
 
   socket.on('data', onData);
+  // A client that goes away before its CONNECT is complete was not refused: stop the timer.
+  socket.once('close', () => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+  });
+}
+
+/** Counts a refusal CONNACK as EMQX does: sent, error, and auth_error for credential codes. */
+function countReply(row: Float64Array, reply: Buffer): void {
+  row[Counter.packetsSent]++;
+  row[Counter.bytesSent] += reply.length;
+  row[PACKETS_SENT_BY_TYPE + (reply[0] >> 4)]++;
+  if (reply[0] >> 4 !== PacketType.CONNACK || reply.length < 4) return;
+  const code = reply[3];
+  if (code !== 0) row[Counter.packetsConnackError]++;
+  // 3.1.1: 4 bad user name or password, 5 not authorised; MQTT 5: 0x86, 0x87.
+  if (code === 4 || code === 5 || code === 0x86 || code === 0x87) row[Counter.packetsConnackAuthError]++;
 }

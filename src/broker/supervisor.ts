@@ -163,8 +163,11 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     s.worker?.postMessage(msg, transfer);
   }
 
-  /** Asks every shard to close its clients, then stops the threads. */
-  async stop(timeoutMs = 5000): Promise<void> {
+  /**
+   * Asks every shard to close its clients (spread over `drainMs` when > 0), then stops the
+   * threads; a shard that has not finished `timeoutMs` after the drain is terminated.
+   */
+  async stop(timeoutMs = 5000, drainMs = 0): Promise<void> {
     this.stopping = true;
     const live = this.shards.filter((s) => s.worker);
     await Promise.all(
@@ -172,7 +175,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         (s) =>
           new Promise<void>((resolve) => {
             const w = s.worker!;
-            const timer = setTimeout(() => void w.terminate().then(() => resolve()), timeoutMs);
+            const timer = setTimeout(() => void w.terminate().then(() => resolve()), timeoutMs + drainMs);
             w.once('exit', () => {
               clearTimeout(timer);
               resolve();
@@ -180,7 +183,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
             w.on('message', (m: ShardToMain) => {
               if (m.t === 'shutdownDone') void w.terminate();
             });
-            w.postMessage({ t: 'shutdown' } satisfies MainToShard);
+            w.postMessage({ t: 'shutdown', drainMs } satisfies MainToShard);
           }),
       ),
     );

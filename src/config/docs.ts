@@ -8,7 +8,8 @@ export function renderConfigTable(): string {
     const flag = spec.flag ? `\`--${spec.flag}\`` : `\`--${key}\``;
     let doc = spec.doc;
     if (spec.choices) doc += ` (${spec.choices.join(', ')})`;
-    rows.push(`| \`${key}\` | \`${env}\` | ${flag} | \`${String(spec.default)}\` | ${doc} |`);
+    const dflt = spec.default === '' ? '""' : String(spec.default);
+    rows.push(`| \`${key}\` | \`${env}\` | ${flag} | \`${dflt}\` | ${doc} |`);
   }
   return rows.join('\n');
 }

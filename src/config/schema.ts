@@ -136,6 +136,84 @@ export const SCHEMA = {
     doc: 'Log level',
     flag: 'log-level',
   },
+  'node.data_dir': {
+    type: 'string',
+    default: './data',
+    doc: 'Directory for state the broker keeps between starts (the generated REST API key)',
+  },
+  'node.shutdown_drain_period': {
+    type: 'number',
+    default: 5,
+    min: 0,
+    max: 3600,
+    doc: 'Seconds over which a graceful shutdown closes client connections (spread, not all at once)',
+  },
+  'mqtt.await_rel_timeout': {
+    type: 'number',
+    default: 300,
+    min: 1,
+    max: 4294967,
+    doc: 'Seconds an inbound QoS 2 packet id waits for PUBREL before it is dropped',
+  },
+  'metrics.host': {
+    type: 'string',
+    default: '0.0.0.0',
+    doc: 'Address of the HTTP server for Prometheus metrics and health probes',
+  },
+  'metrics.port': {
+    type: 'number',
+    default: 8082,
+    min: 0,
+    max: 65535,
+    doc: 'Port for /metrics, /api/v5/prometheus/stats, /healthz and /readyz (0 = ephemeral)',
+  },
+  'prometheus.enable_basic_auth': {
+    type: 'boolean',
+    default: false,
+    doc: 'Require the API key for /api/v5/prometheus/stats on the REST API port (the metrics port never does)',
+  },
+  'api.host': { type: 'string', default: '0.0.0.0', doc: 'Address of the REST API (/api/v5)' },
+  'api.port': {
+    type: 'number',
+    default: 18083,
+    min: 0,
+    max: 65535,
+    doc: 'REST API port (0 = ephemeral)',
+  },
+  'api.key': {
+    type: 'string',
+    default: '',
+    doc: 'REST API key (basic-auth user); empty = generated at first start and kept in node.data_dir/api_key',
+  },
+  'api.secret': {
+    type: 'string',
+    default: '',
+    doc: 'REST API secret (basic-auth password); set together with api.key',
+  },
+  'sys_topics.sys_msg_interval': {
+    type: 'number',
+    default: 60,
+    min: 0,
+    max: 86400,
+    doc: 'Seconds between $SYS version/brokers/stats/metrics messages (0 = off; fractions allowed)',
+  },
+  'sys_topics.sys_heartbeat_interval': {
+    type: 'number',
+    default: 30,
+    min: 0,
+    max: 86400,
+    doc: 'Seconds between $SYS uptime/datetime messages (0 = off; fractions allowed)',
+  },
+  'sys_topics.sys_event_messages.client_connected': {
+    type: 'boolean',
+    default: true,
+    doc: 'Publish $SYS/brokers/{node}/clients/{clientid}/connected events',
+  },
+  'sys_topics.sys_event_messages.client_disconnected': {
+    type: 'boolean',
+    default: true,
+    doc: 'Publish $SYS/brokers/{node}/clients/{clientid}/disconnected events',
+  },
 } as const satisfies Record<string, OptionSpec>;
 
 export type OptionKey = keyof typeof SCHEMA;

@@ -19,11 +19,17 @@ function checkTopicName(buf: Buffer, start: number, end: number): void {
 
 export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
   const f = conn.publishFrame;
-  parsePublish(flags, body, start, end, f);
-  checkTopicName(body, f.topicStart, f.topicEnd);
   const shard = conn.shard;
   const row = shard.counters.row;
+  try {
+    parsePublish(flags, body, start, end, f);
+    checkTopicName(body, f.topicStart, f.topicEnd);
+  } catch (err) {
+    row[Counter.packetsPublishError]++;
+    throw err;
+  }
   row[Counter.messagesReceived]++;
+  row[Counter.messagesQos0Received + f.qos]++;
   const msg = new Message(
     body.subarray(f.topicStart, f.topicEnd),
     body.subarray(f.payloadStart, end),
@@ -43,11 +49,13 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
   // QoS 2, method A: route now, remember the id until PUBREL so that a resent PUBLISH with the
   // same id is acknowledged but not routed again [MQTT-4.3.3-2].
   if (session.awaitingRel.has(f.packetId)) {
+    row[Counter.packetsPublishInuse]++;
     conn.writeAck(encodeAck(PacketType.PUBREC, f.packetId));
     return;
   }
   if (session.awaitingRel.size >= shard.config['mqtt.max_awaiting_rel']) {
     row[Counter.messagesDropped]++;
+    row[Counter.packetsPublishDropped]++;
     throw new ProtocolError(
       `more than ${shard.config['mqtt.max_awaiting_rel']} QoS 2 messages awaiting PUBREL`,
       undefined,
@@ -55,5 +63,6 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
     );
   }
   session.awaitingRel.add(f.packetId);
+  session.awaitingRelAt.set(f.packetId, conn.lastReceivedAt);
   shard.publish(msg, conn, encodeAck(PacketType.PUBREC, f.packetId));
 };

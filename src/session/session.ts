@@ -34,6 +34,8 @@ export class Session {
   queue: QueuedDelivery[] = [];
   /** Inbound QoS 2 packet ids received (PUBREC sent) and not yet released */
   readonly awaitingRel = new Set<number>();
+  /** When each awaitingRel id arrived (ms), for mqtt.await_rel_timeout (swept once a second) */
+  readonly awaitingRelAt = new Map<number, number>();
   nextPacketId = 1;
   will: WillMessage | null = null;
   /** ms since epoch when an offline session expires; 0 while connected */

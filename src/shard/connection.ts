@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import { HANDLERS } from '../handlers/index.js';
 import type { Logger } from '../log.js';
-import { Counter } from '../metrics/counters.js';
+import { Counter, PACKETS_RECEIVED_BY_TYPE, PACKETS_SENT_BY_TYPE } from '../metrics/counters.js';
 import {
   FrameReader,
   type FrameSink,
@@ -31,7 +31,10 @@ export class Connection implements FrameSink {
   closed = false;
   /** DISCONNECT received: the will is not published [MQTT-3.14.4-3] */
   gracefulDisconnect = false;
+  /** When the last whole packet arrived, for keep-alive [MQTT-3.1.2-24] (partial ones do not count) */
   lastReceivedAt = Date.now();
+  /** Arrival time of the chunk being parsed */
+  private chunkAt = 0;
   /** Reused by the PUBLISH handler: no allocation per parse */
   readonly publishFrame: PublishFrame = {
     qos: 0,
@@ -43,11 +46,21 @@ export class Connection implements FrameSink {
     payloadStart: 0,
   };
   corked = false;
+  /** Bytes written since this turn's cork: about to be flushed, not a backlog */
+  private turnBytes = 0;
   /** Acks queued behind a held ack, so acks leave in PUBLISH order [MQTT-4.6.0-2] */
   heldAcks: (Buffer | HeldAck)[] | null = null;
   readonly keepaliveMs: number;
   readonly protocolVersion: number;
   readonly clientId: string;
+  // For the REST API and $SYS client events (read when asked, never per packet).
+  readonly connectedAt = Date.now();
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly localPort: number;
+  readonly username: string | null;
+  readonly protocolName: string;
+  readonly keepalive: number;
 
   constructor(
     readonly shard: Shard,
@@ -57,6 +70,12 @@ export class Connection implements FrameSink {
   ) {
     this.clientId = handoff.connect.clientId;
     this.protocolVersion = handoff.connect.protocolVersion;
+    this.remoteAddress = handoff.remoteAddress;
+    this.remotePort = handoff.remotePort;
+    this.localPort = socket.localPort ?? 0;
+    this.username = handoff.connect.username;
+    this.protocolName = handoff.connect.protocolName;
+    this.keepalive = handoff.connect.keepalive;
     this.keepaliveMs = handoff.connect.keepalive * 1000 * shard.config['mqtt.keepalive_multiplier'];
     this.reader = new FrameReader(this, shard.config['mqtt.max_packet_size']);
     this.log = shard.log.child({
@@ -78,7 +97,7 @@ export class Connection implements FrameSink {
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
-    this.lastReceivedAt = Date.now();
+    this.chunkAt = Date.now();
     this.shard.counters.row[Counter.bytesReceived] += chunk.length;
     try {
       this.reader.push(chunk);
@@ -104,7 +123,10 @@ export class Connection implements FrameSink {
 
   onFrame(type: number, flags: number, body: Buffer, start: number, end: number): void {
     if (this.closed) return;
-    this.shard.counters.row[Counter.packetsReceived]++;
+    this.lastReceivedAt = this.chunkAt;
+    const row = this.shard.counters.row;
+    row[Counter.packetsReceived]++;
+    row[PACKETS_RECEIVED_BY_TYPE + type]++;
     if (type !== PacketType.PUBLISH && flags !== REQUIRED_FLAGS[type]) {
       throw new ProtocolError(
         `invalid fixed-header flags ${flags} for packet type ${type} [MQTT-2.2.2-2]`,
@@ -122,12 +144,15 @@ export class Connection implements FrameSink {
     if (this.closed) return;
     if (!this.corked) {
       this.corked = true;
+      this.turnBytes = 0;
       this.socket.cork();
       this.shard.scheduleUncork(this);
     }
     this.socket.write(frame);
+    this.turnBytes += frame.length;
     const row = this.shard.counters.row;
     row[Counter.packetsSent]++;
+    row[PACKETS_SENT_BY_TYPE + (frame[0] >> 4)]++;
     row[Counter.bytesSent] += frame.length;
   }
 
@@ -158,9 +183,14 @@ export class Connection implements FrameSink {
     if (q.length === 0) this.heldAcks = null;
   }
 
-  /** Output beyond the high-water mark: QoS 0 is dropped, QoS 1/2 waits in the session queue. */
+  /**
+   * Output the client has not taken, beyond the high-water mark: QoS 0 is dropped, QoS 1/2 waits
+   * in the session queue. This turn's own corked writes are not a backlog: a burst to a client
+   * that keeps up must not count as congestion.
+   */
   get congested(): boolean {
-    return this.socket.writableLength > this.shard.config['mqtt.output_high_watermark'];
+    const backlog = this.socket.writableLength - (this.corked ? this.turnBytes : 0);
+    return backlog > this.shard.config['mqtt.output_high_watermark'];
   }
 
   /** Closes the connection; the shard decides about will and session (see Shard.onConnectionClosed). */

@@ -2,7 +2,7 @@ import { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
 import { createLogger, type Logger } from '../log.js';
-import { Counter, Counters } from '../metrics/counters.js';
+import { Counter, Counters, observeHandoff } from '../metrics/counters.js';
 import { encodeAck, encodeConnack } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
 import { type BatchVisitor, BatchWriter, readBatch } from '../routing/batch.js';
@@ -10,8 +10,10 @@ import { SubscriberTable } from '../routing/subscribers.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { Message } from '../session/message.js';
 import { Session } from '../session/session.js';
+import { publishClientEvent } from '../sys/events.js';
 import type { Handoff, MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
 import { Connection, type HeldAck } from './connection.js';
+import { answerQuery } from './queries.js';
 
 interface PeerBatch {
   buf: ArrayBuffer;
@@ -105,7 +107,21 @@ export class Shard implements BatchVisitor {
         this.onRetained(msg.reqId, msg.records);
         break;
       case 'shutdown':
-        this.shutdown();
+        if (msg.drainMs) this.drain(msg.drainMs);
+        else this.shutdown();
+        break;
+      case 'publish':
+        for (const p of msg.messages) {
+          const payload = Buffer.from(p.payload.buffer, p.payload.byteOffset, p.payload.length);
+          // from '' marks the broker's own $SYS messages (client ids are never empty here).
+          this.publish(Message.fromStrings(p.topic, payload, p.qos, p.retain, p.sys ? '' : 'http_api'), null);
+        }
+        break;
+      case 'query':
+        this.main.postMessage({ t: 'queryResult', reqId: msg.reqId, result: answerQuery(this, msg.query) });
+        break;
+      case 'reconfigure':
+        this.reconfigure(msg.config);
         break;
       case 'crash':
         // Test hook for the supervisor: an uncaught exception, as a bug would throw.
@@ -120,7 +136,15 @@ export class Shard implements BatchVisitor {
   // Connections and sessions
 
   private adopt(h: Handoff): void {
-    const socket = new Socket({ fd: h.fd, readable: true, writable: true });
+    // Stream high-water mark = ours: whenever the connection is congested, a write has seen the
+    // buffer at the mark, so 'drain' (which moves the session queue) is sure to follow.
+    const socketOpts: ConstructorParameters<typeof Socket>[0] & { writableHighWaterMark: number } = {
+      fd: h.fd,
+      readable: true,
+      writable: true,
+      writableHighWaterMark: this.config['mqtt.output_high_watermark'],
+    };
+    const socket = new Socket(socketOpts);
     socket.setNoDelay(true);
     if (this.stopping) {
       socket.destroy();
@@ -138,6 +162,11 @@ export class Shard implements BatchVisitor {
       session = this.sessions.get(c.clientId);
     }
     let sessionPresent = false;
+    if (session && !session.conn && session.expiresAt > 0 && Date.now() >= session.expiresAt) {
+      // Expired but not swept yet (the sweep runs once a second): it must not be resumed.
+      this.expireSession(session);
+      session = undefined;
+    }
     if (session && c.clean) {
       this.discardSession(session);
       session = undefined;
@@ -167,6 +196,8 @@ export class Shard implements BatchVisitor {
       },
       'client connected',
     );
+    observeHandoff(row, Number(process.hrtime.bigint()) - h.acceptedAt);
+    publishClientEvent(this, conn, 'connected');
     // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
     conn.write(encodeConnack(sessionPresent, 0));
     if (sessionPresent) this.resend(session);
@@ -189,13 +220,16 @@ export class Shard implements BatchVisitor {
     row[Counter.connections]--;
     row[Counter.clientDisconnected]++;
     conn.log.info({ reason }, 'client disconnected');
+    if (!this.stopping) publishClientEvent(this, conn, 'disconnected', reason);
     if (session.conn === conn) session.conn = null;
     for (const [reqId, p] of this.heldAcks) if (p.conn === conn) this.heldAcks.delete(reqId);
     if (session.will && !conn.gracefulDisconnect && !this.stopping) {
       // Will on any close other than DISCONNECT [MQTT-3.1.2-8].
       const w = session.will;
       row[Counter.willsPublished]++;
-      this.publish(Message.fromStrings(w.topic, w.payload, w.qos, w.retain, session.clientId), null);
+      // The CONNECT came from main by structured clone: the payload is a Uint8Array, not a Buffer.
+      const payload = Buffer.from(w.payload.buffer, w.payload.byteOffset, w.payload.length);
+      this.publish(Message.fromStrings(w.topic, payload, w.qos, w.retain, session.clientId), null);
     }
     session.will = null;
     if (session.clean) {
@@ -228,6 +262,7 @@ export class Shard implements BatchVisitor {
   private sweep(): void {
     const now = Date.now();
     for (const session of this.sessions.values()) {
+      if (session.awaitingRelAt.size > 0) this.expireAwaitingRel(session, now);
       const conn = session.conn;
       if (conn) {
         if (conn.keepaliveMs > 0 && now - conn.lastReceivedAt > conn.keepaliveMs) {
@@ -321,7 +356,8 @@ export class Shard implements BatchVisitor {
     const topic = msg.topicBytes;
     const n = this.index.match(topic, 0, topic.length, m);
     if (n === 0) {
-      this.counters.row[Counter.messagesDroppedNoSubscribers]++;
+      // As EMQX: the broker's own $SYS messages (from '') are not counted as dropped.
+      if (msg.from !== '') this.counters.row[Counter.messagesDroppedNoSubscribers]++;
       return;
     }
     const mask = m.mask;
@@ -397,6 +433,7 @@ export class Shard implements BatchVisitor {
         }
         conn.write(msg.qos0Frame());
         row[Counter.messagesSent]++;
+        row[Counter.messagesQos0Sent]++;
         return;
       }
       if (
@@ -419,6 +456,7 @@ export class Shard implements BatchVisitor {
     session.inflight.set(id, { msg, qos, released: false });
     conn.write(msg.qosFrame(qos, id, false));
     this.counters.row[Counter.messagesSent]++;
+    this.counters.row[Counter.messagesQos0Sent + qos]++;
   }
 
   private enqueue(session: Session, msg: Message, qos: QoS): void {
@@ -445,6 +483,7 @@ export class Shard implements BatchVisitor {
       if (d.qos === 0) {
         conn.write(d.msg.qos0Frame());
         this.counters.row[Counter.messagesSent]++;
+        this.counters.row[Counter.messagesQos0Sent]++;
       } else {
         if (session.inflight.size >= max) break;
         this.sendInflight(session, conn, d.msg, d.qos);
@@ -476,6 +515,55 @@ export class Shard implements BatchVisitor {
     }
     list.length = 0;
   };
+
+  /** Inbound QoS 2 ids not released within mqtt.await_rel_timeout are forgotten and counted (as EMQX). */
+  private expireAwaitingRel(session: Session, now: number): void {
+    const limit = this.config['mqtt.await_rel_timeout'] * 1000;
+    for (const [id, at] of session.awaitingRelAt) {
+      if (now - at < limit) break; // insertion order is arrival order
+      session.awaitingRelAt.delete(id);
+      if (session.awaitingRel.delete(id)) this.counters.row[Counter.messagesDroppedAwaitPubrelTimeout]++;
+    }
+  }
+
+  /** REST API kick: closes the client's connection (if any) and discards its session. */
+  kick(clientId: string): boolean {
+    const session = this.sessions.get(clientId);
+    if (!session) return false;
+    session.conn?.log.info('kicked by the REST API');
+    session.conn?.close('kicked');
+    const still = this.sessions.get(clientId);
+    if (still === session) this.discardSession(session);
+    return true;
+  }
+
+  /** SIGHUP: runtime-changeable options (limits, log level, $SYS switches) take effect. */
+  private reconfigure(config: Config): void {
+    Object.assign(this.config, config);
+    const level = config['log.level'];
+    this.log.level = level;
+    for (const session of this.sessions.values()) if (session.conn) session.conn.log.level = level;
+    this.log.info({ logLevel: level }, 'configuration reloaded');
+  }
+
+  /**
+   * Graceful drain: no new clients (main stopped accepting), then close the connections spread
+   * over `ms` (every 100 ms a share of them), so that they do not all reconnect elsewhere at
+   * once; then the normal shutdown. Wills are not published, as in a shutdown.
+   */
+  private drain(ms: number): void {
+    this.stopping = true;
+    const live = [...this.sessions.values()].filter((s) => s.conn).map((s) => s.conn!);
+    const steps = Math.max(1, Math.floor(ms / 100));
+    const perStep = Math.max(1, Math.ceil(live.length / steps));
+    this.log.info({ connections: live.length, ms }, 'draining connections');
+    const step = (): void => {
+      for (const c of live.splice(0, perStep)) c.close('server shutting down');
+      if (live.length > 0) setTimeout(step, 100);
+      else this.shutdown();
+    };
+    step();
+  }
 
   private shutdown(): void {
     this.stopping = true;

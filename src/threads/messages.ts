@@ -52,8 +52,15 @@ export type MainToShard =
   | { t: 'peer'; shard: number; port: MessagePort }
   | { t: 'retainAck'; reqId: number }
   | { t: 'retained'; reqId: number; records: RetainedRecord[] }
-  | { t: 'shutdown' }
-  | { t: 'crash' };
+  /** Close the clients and end; with drainMs, the closes are spread over that many ms first. */
+  | { t: 'shutdown'; drainMs?: number }
+  | { t: 'crash' }
+  /** Route messages published by the broker itself ($SYS, REST API) as if a client had sent them. */
+  | { t: 'publish'; messages: BrokerPublish[] }
+  /** A read-only question (or a kick) from the REST API; answered with `queryResult`. */
+  | { t: 'query'; reqId: number; query: ShardQuery }
+  /** Runtime-changeable options reloaded (SIGHUP): the shard swaps them into its config. */
+  | { t: 'reconfigure'; config: Config };
 
 export type ShardToMain =
   | { t: 'ready'; generation: number }
@@ -61,4 +68,92 @@ export type ShardToMain =
   | { t: 'retain'; reqId: number; record: RetainedRecord }
   /** Retained messages matching these filters, for a new subscription. */
   | { t: 'retainedLookup'; reqId: number; filters: string[] }
-  | { t: 'shutdownDone' };
+  | { t: 'shutdownDone' }
+  | { t: 'queryResult'; reqId: number; result: ShardQueryResult };
+
+/** A message published by the broker (not by a client). */
+export interface BrokerPublish {
+  topic: string;
+  payload: Uint8Array;
+  qos: 0 | 1 | 2;
+  retain: boolean;
+  /** `$SYS` messages: not counted as dropped when nobody subscribes (as EMQX) */
+  sys: boolean;
+}
+
+/** One client (session) as the REST API shows it; field names are EMQX's. */
+export interface ClientInfo {
+  clientid: string;
+  username: string | null;
+  connected: boolean;
+  ip_address: string;
+  port: number;
+  keepalive: number;
+  clean_start: boolean;
+  proto_name: string;
+  proto_ver: number;
+  /** ms since epoch (the REST layer formats them) */
+  connected_at: number;
+  disconnected_at: number;
+  created_at: number;
+  expiry_interval: number;
+  subscriptions_cnt: number;
+  inflight_cnt: number;
+  mqueue_len: number;
+  awaiting_rel_cnt: number;
+  shard: number;
+}
+
+export interface SubscriptionInfo {
+  clientid: string;
+  topic: string;
+  qos: 0 | 1 | 2;
+}
+
+/** Filters the REST API passes down, so shards return only what matches. */
+export interface ClientFilter {
+  clientid?: string;
+  like_clientid?: string;
+  username?: string;
+  like_username?: string;
+  ip_address?: string;
+  conn_state?: 'connected' | 'disconnected';
+  clean_start?: boolean;
+  proto_ver?: number;
+  gte_created_at?: number;
+  lte_created_at?: number;
+  gte_connected_at?: number;
+  lte_connected_at?: number;
+}
+
+export interface SubscriptionFilter {
+  clientid?: string;
+  topic?: string;
+  qos?: number;
+  /** subscriptions whose topic filter is matched by this filter (EMQX: emqx_topic:match(Topic, MatchTopic)) */
+  match_topic?: string;
+}
+
+/**
+ * Queries a shard answers from its own state. Lists come back sorted, at most `limit` items
+ * plus the total count, so main merges the shards' first pages instead of everything.
+ */
+export type ShardQuery =
+  | { q: 'clients'; filter: ClientFilter; limit: number }
+  | { q: 'client'; clientId: string }
+  | { q: 'kick'; clientId: string }
+  | { q: 'subscriptions'; filter: SubscriptionFilter; limit: number }
+  | { q: 'clientSubscriptions'; clientId: string }
+  | { q: 'topics'; topic?: string };
+
+export interface ShardQueryResults {
+  clients: { count: number; items: ClientInfo[] };
+  client: ClientInfo | null;
+  kick: boolean;
+  subscriptions: { count: number; items: SubscriptionInfo[] };
+  clientSubscriptions: SubscriptionInfo[] | null;
+  /** topic filters with subscribers on this shard */
+  topics: string[];
+}
+
+export type ShardQueryResult = ShardQueryResults[keyof ShardQueryResults];

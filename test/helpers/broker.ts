@@ -2,14 +2,37 @@
  * Test harness: a real broker (main thread + real shard worker threads) on an ephemeral port,
  * real TCP clients (`mqtt` from npm, raw sockets for malformed input). Nothing is mocked.
  */
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { Broker } from '../../src/broker/broker.js';
+import mqttPacket, { type IConnackPacket, type IConnectPacket, type Packet } from 'mqtt-packet';
+import { Broker, type BrokerOptions } from '../../src/broker/broker.js';
 import { shardOf } from '../../src/broker/client-id.js';
 
 type Ctx = Pick<TestContext, 'after'>;
+
+/**
+ * Metrics/health and REST API servers on ephemeral ports (tests run side by side), the generated
+ * API key kept in a temp dir instead of ./data, no drain wait at stop, and no periodic $SYS
+ * messages (their retained ones would show in retained counts); tests of those turn them on.
+ */
+export const TEST_HTTP_DEFAULTS = {
+  'metrics.host': '127.0.0.1',
+  'metrics.port': 0,
+  'api.host': '127.0.0.1',
+  'api.port': 0,
+  'node.data_dir': join(tmpdir(), 'emqx-ts-test-data'),
+  'node.shutdown_drain_period': 0,
+  'sys_topics.sys_msg_interval': 0,
+  'sys_topics.sys_heartbeat_interval': 0,
+} as const;
+
+/** The same as CLI flags, for tests that spawn the broker as a process. */
+export const TEST_HTTP_FLAGS: string[] = Object.entries(TEST_HTTP_DEFAULTS).map(([k, v]) => `--${k}=${v}`);
 
 /** Starts a broker on 127.0.0.1 with an ephemeral port; it is stopped after the test. */
 export async function startBroker(t: Ctx, config: Record<string, unknown> = {}): Promise<Broker> {
@@ -19,6 +42,7 @@ export async function startBroker(t: Ctx, config: Record<string, unknown> = {}):
       'listener.port': 0,
       'node.shards': 2,
       'log.level': process.env.TEST_LOG_LEVEL ?? 'silent',
+      ...TEST_HTTP_DEFAULTS,
       ...config,
     },
   });
@@ -235,4 +259,457 @@ export function connectPacket(
     id,
   ]);
   return Buffer.concat([Buffer.from([0x10, body.length]), body]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event waits, mqtt.js sessions, and a parsed-packet raw client (exact wire control)
+
+/** Polls `cond` until true; rejects after timeoutMs (a hang guard, not a timing assertion). */
+export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Rejects with `what` if `p` does not settle within timeoutMs. */
+export async function within<T>(p: Promise<T>, what: string, timeoutMs = 10_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Connects an mqtt.js client like `client`, but with its Inbox attached before CONNACK (a resumed
+ * session may deliver right behind it) and the CONNACK's session-present flag.
+ */
+export async function clientWithInbox(
+  t: Ctx,
+  broker: Broker,
+  opts: IClientOptions = {},
+): Promise<{ c: MqttClient; inbox: Inbox; sessionPresent: boolean }> {
+  const c = mqtt.connect({
+    host: '127.0.0.1',
+    port: broker.port,
+    protocolVersion: 4,
+    reconnectPeriod: 0,
+    connectTimeout: 10_000,
+    ...opts,
+  });
+  t.after(() => {
+    c.end(true);
+  });
+  const inbox = new Inbox(c);
+  const sessionPresent = await new Promise<boolean>((resolve, reject) => {
+    c.once('connect', (connack) => resolve(connack.sessionPresent));
+    c.once('error', reject);
+    c.once('close', () => reject(new Error('closed before CONNACK')));
+  });
+  c.removeAllListeners('error');
+  c.on('error', () => {});
+  return { c, inbox, sessionPresent };
+}
+
+/** Ends an mqtt.js client with DISCONNECT (graceful) or by destroying its socket (`force`), and waits for close. */
+export function endClient(c: MqttClient, force = false): Promise<void> {
+  return within(
+    new Promise<void>((resolve) => {
+      if (c.disconnected) resolve();
+      else c.end(force, {}, () => resolve());
+    }),
+    'client end',
+  );
+}
+
+export type ConnectOptions = Omit<IConnectPacket, 'cmd' | 'clientId'>;
+
+/**
+ * A raw TCP client that speaks in parsed packets (mqtt-packet): it sends exactly what the test
+ * says, acknowledges nothing by itself, and lets the test read packets one by one in wire order.
+ */
+export class PacketClient {
+  private readonly queue: Packet[] = [];
+  private readonly parser = mqttPacket.parser({ protocolVersion: 4 });
+  private notify: (() => void) | null = null;
+  private parseError: Error | null = null;
+  closed = false;
+  /** PUBLISH packets received so far (all of them, also after they were read with next) */
+  publishes = 0;
+
+  private constructor(readonly socket: Socket) {
+    this.parser.on('packet', (p: Packet) => {
+      if (p.cmd === 'publish') this.publishes++;
+      this.queue.push(p);
+    });
+    this.parser.on('error', (err: Error) => {
+      this.parseError = err;
+    });
+    socket.on('data', (d: Buffer) => {
+      this.parser.parse(d);
+      this.wake();
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+  }
+
+  private wake(): void {
+    const n = this.notify;
+    this.notify = null;
+    n?.();
+  }
+
+  /** Opens a TCP connection and sends CONNECT; resolves with the CONNACK. */
+  static async connect(
+    t: Ctx,
+    broker: Broker,
+    clientId: string,
+    opts: ConnectOptions = {},
+  ): Promise<{ pc: PacketClient; connack: IConnackPacket }> {
+    const s = netConnect({ host: '127.0.0.1', port: broker.port });
+    await within(once(s, 'connect'), 'TCP connect');
+    t.after(() => {
+      s.destroy();
+    });
+    const pc = new PacketClient(s);
+    pc.send({
+      cmd: 'connect',
+      protocolId: 'MQTT',
+      protocolVersion: 4,
+      clean: true,
+      keepalive: 60,
+      ...opts,
+      clientId,
+    });
+    const connack = await pc.expect('connack');
+    return { pc, connack };
+  }
+
+  send(p: Packet | Buffer): void {
+    this.socket.write(Buffer.isBuffer(p) ? p : mqttPacket.generate(p));
+  }
+
+  /** The next packet in wire order; rejects on close or after timeoutMs. */
+  async next(timeoutMs = 10_000): Promise<Packet> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const p = this.queue.shift();
+      if (p) return p;
+      if (this.parseError) throw this.parseError;
+      if (this.closed) throw new Error('connection closed while waiting for a packet');
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error('timed out waiting for a packet');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.notify = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** The next packet, which must be a `cmd`. */
+  async expect<C extends Packet['cmd']>(cmd: C, timeoutMs = 10_000): Promise<Extract<Packet, { cmd: C }>> {
+    const p = await this.next(timeoutMs);
+    if (p.cmd !== cmd) throw new Error(`expected ${cmd}, got ${JSON.stringify(p)}`);
+    return p as Extract<Packet, { cmd: C }>;
+  }
+
+  /**
+   * PINGREQ round trip: resolves with the packets that arrived before the PINGRESP. When it
+   * resolves, the broker has handled everything this client sent before.
+   */
+  async ping(timeoutMs = 10_000): Promise<Packet[]> {
+    this.send({ cmd: 'pingreq' });
+    const before: Packet[] = [];
+    for (;;) {
+      const p = await this.next(timeoutMs);
+      if (p.cmd === 'pingresp') return before;
+      before.push(p);
+    }
+  }
+
+  subscribe(filter: string, qos: 0 | 1 | 2, messageId = 1): Promise<Extract<Packet, { cmd: 'suback' }>> {
+    this.send({ cmd: 'subscribe', messageId, subscriptions: [{ topic: filter, qos }] });
+    return this.expect('suback');
+  }
+
+  /** Packets already received and not yet read. */
+  get pending(): readonly Packet[] {
+    return this.queue;
+  }
+
+  /** Resolves when the connection is closed (by either side); rejects after timeoutMs. */
+  async waitClosed(timeoutMs = 10_000): Promise<void> {
+    await waitFor(() => this.closed, 'connection close', timeoutMs);
+  }
+
+  /** Closes the socket without DISCONNECT and waits for it to be closed. */
+  async destroy(): Promise<void> {
+    this.socket.destroy();
+    await this.waitClosed();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker options, client close, child processes (events with a hang guard, no fixed sleeps)
+
+/** Starts a broker with any BrokerOptions (e.g. `onFatal`); the test config defaults apply. */
+export async function startBrokerWith(t: Ctx, opts: BrokerOptions): Promise<Broker> {
+  const broker = await Broker.start({
+    ...opts,
+    config: {
+      'listener.host': '127.0.0.1',
+      'listener.port': 0,
+      'node.shards': 2,
+      'log.level': process.env.TEST_LOG_LEVEL ?? 'silent',
+      ...TEST_HTTP_DEFAULTS,
+      ...(opts.config ?? {}),
+    },
+  });
+  t.after(() => broker.stop());
+  return broker;
+}
+
+/** Resolves when the mqtt.js client's connection closes (at once if its socket is already destroyed). */
+export function closed(c: MqttClient, timeoutMs = 10_000): Promise<void> {
+  if (!c.connected && c.stream?.destroyed) return Promise.resolve();
+  return within(
+    new Promise<void>((resolve) => c.once('close', () => resolve())),
+    `client ${c.options.clientId} to be disconnected`,
+    timeoutMs,
+  );
+}
+
+/** Waits for the first message (already received or coming) that satisfies `pred`. */
+export async function waitForMessage(
+  inbox: Inbox,
+  pred: (m: Received) => boolean,
+  timeoutMs = 10_000,
+): Promise<Received> {
+  const deadline = Date.now() + timeoutMs;
+  for (let n = 1; ; n++) {
+    const msgs = await inbox.wait(n, Math.max(1, deadline - Date.now()));
+    const found = msgs.find(pred);
+    if (found) return found;
+  }
+}
+
+/** The lines a child process writes on a stream, with a wait for a matching line. */
+export class LineReader {
+  readonly lines: string[] = [];
+  private partial = '';
+  private waiters: { pred: (line: string) => boolean; resolve: (line: string) => void }[] = [];
+
+  constructor(stream: NodeJS.ReadableStream) {
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      const parts = (this.partial + chunk).split('\n');
+      this.partial = parts.pop() ?? '';
+      for (const line of parts) this.push(line);
+    });
+    stream.on('end', () => {
+      if (this.partial) this.push(this.partial);
+      this.partial = '';
+    });
+  }
+
+  private push(line: string): void {
+    this.lines.push(line);
+    this.waiters = this.waiters.filter((w) => {
+      if (!w.pred(line)) return true;
+      w.resolve(line);
+      return false;
+    });
+  }
+
+  /** The first line (already seen or coming) that satisfies `pred`; rejects after timeoutMs. */
+  waitFor(pred: (line: string) => boolean, what: string, timeoutMs = 10_000): Promise<string> {
+    const seen = this.lines.find(pred);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise<string>((resolve, reject) => {
+      const waiter = {
+        pred,
+        resolve: (line: string) => {
+          clearTimeout(timer);
+          resolve(line);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        reject(
+          new Error(`timed out after ${timeoutMs} ms waiting for ${what}; output so far:\n${this.text}`),
+        );
+      }, timeoutMs);
+      this.waiters.push(waiter);
+    });
+  }
+
+  get text(): string {
+    return this.lines.join('\n') + (this.partial ? `\n${this.partial}` : '');
+  }
+}
+
+/** Exit code and signal of a child process (resolves immediately if it has already exited). */
+export function exited(
+  child: ChildProcess,
+  timeoutMs = 10_000,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  }
+  return within(
+    once(child, 'exit').then(([code, signal]) => ({
+      code: code as number | null,
+      signal: signal as NodeJS.Signals | null,
+    })),
+    `process ${child.pid} to exit`,
+    timeoutMs,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-made (and deliberately malformed) frames for RawClient, and a broker health check
+
+type Bytes = Buffer | string | readonly number[];
+
+function toBuf(b: Bytes): Buffer {
+  return Buffer.isBuffer(b) ? b : typeof b === 'string' ? Buffer.from(b, 'utf8') : Buffer.from(b);
+}
+
+/** A frame: first header byte `b0`, the variable-byte remaining length of the parts, the parts. */
+export function rawFrame(b0: number, ...parts: Bytes[]): Buffer {
+  const body = Buffer.concat(parts.map(toBuf));
+  const len: number[] = [];
+  let n = body.length;
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    len.push(b);
+  } while (n > 0);
+  return Buffer.concat([Buffer.from([b0, ...len]), body]);
+}
+
+/** A length-prefixed MQTT string / binary field (bytes taken as given, so they may be invalid UTF-8). */
+export function mqttString(s: Bytes): Buffer {
+  const b = toBuf(s);
+  return Buffer.concat([Buffer.from([b.length >> 8, b.length & 0xff]), b]);
+}
+
+export interface ConnectSpec {
+  clientId?: Bytes;
+  /** Protocol name (default 'MQTT') and level (default 4) */
+  name?: string;
+  level?: number;
+  clean?: boolean;
+  keepalive?: number;
+  will?: { topic: Bytes; payload?: Bytes; qos?: number; retain?: boolean };
+  username?: Bytes;
+  password?: Bytes;
+  /** Connect-flags byte to send instead of the one derived from the fields above */
+  flags?: number;
+}
+
+/**
+ * Encodes a CONNECT of any level (a level-5 CONNECT gets an empty property block) with a correct
+ * remaining length; `flags` lets a test send flag bits that contradict the fields present.
+ */
+export function connectFrame(spec: ConnectSpec = {}): Buffer {
+  const level = spec.level ?? 4;
+  let flags = (spec.clean ?? true) ? 0x02 : 0;
+  if (spec.will) flags |= 0x04 | ((spec.will.qos ?? 0) << 3) | (spec.will.retain ? 0x20 : 0);
+  if (spec.username !== undefined) flags |= 0x80;
+  if (spec.password !== undefined) flags |= 0x40;
+  const ka = spec.keepalive ?? 60;
+  const parts: Bytes[] = [
+    mqttString(spec.name ?? 'MQTT'),
+    [level, spec.flags ?? flags, ka >> 8, ka & 0xff],
+    ...(level === 5 ? [[0]] : []),
+    mqttString(spec.clientId ?? ''),
+  ];
+  if (spec.will)
+    parts.push(
+      ...(level === 5 ? [[0]] : []),
+      mqttString(spec.will.topic),
+      mqttString(spec.will.payload ?? ''),
+    );
+  if (spec.username !== undefined) parts.push(mqttString(spec.username));
+  if (spec.password !== undefined) parts.push(mqttString(spec.password));
+  return rawFrame(0x10, ...parts);
+}
+
+export interface RawFrame {
+  type: number;
+  flags: number;
+  body: Buffer;
+}
+
+/** Reads one whole frame (any remaining length) from a RawClient. */
+export async function readFrame(raw: RawClient, timeoutMs = 10_000): Promise<RawFrame> {
+  const b0 = (await raw.read(1, timeoutMs))[0];
+  let len = 0;
+  let mul = 1;
+  for (let i = 0; i < 4; i++) {
+    const b = (await raw.read(1, timeoutMs))[0];
+    len += (b & 0x7f) * mul;
+    mul *= 128;
+    if ((b & 0x80) === 0) break;
+  }
+  const body = len > 0 ? Buffer.from(await raw.read(len, timeoutMs)) : Buffer.alloc(0);
+  return { type: b0 >> 4, flags: b0 & 0x0f, body };
+}
+
+/**
+ * Opens a raw connection, sends `spec` as CONNECT and checks the CONNACK is exactly "accepted,
+ * no session present" (20 02 00 00).
+ */
+export async function rawConnected(t: Ctx, broker: Broker, spec: ConnectSpec): Promise<RawClient> {
+  const raw = await RawClient.connect(t, broker.port);
+  raw.send(connectFrame(spec));
+  const connack = await raw.read(4);
+  if (!connack.equals(Buffer.from([0x20, 2, 0, 0]))) {
+    throw new Error(`expected CONNACK 20 02 00 00, got ${connack.toString('hex')}`);
+  }
+  return raw;
+}
+
+/** PINGREQ → PINGRESP on a raw connection: proves the connection is open and served. */
+export async function rawPing(raw: RawClient, timeoutMs = 10_000): Promise<void> {
+  raw.send([0xc0, 0]);
+  const f = await readFrame(raw, timeoutMs);
+  if (f.type !== 13 || f.body.length !== 0) throw new Error(`expected PINGRESP, got type ${f.type}`);
+}
+
+/**
+ * The broker still works: a fresh subscriber on shard 0 gets a QoS 1 message from a fresh
+ * publisher on the last shard (so it crosses shards when there are several).
+ */
+export async function assertBrokerServes(t: Ctx, broker: Broker): Promise<void> {
+  const tag = `${process.hrtime.bigint().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+  const sub = await client(t, broker, { clientId: idOnShard(broker, 0, `health-sub-${tag}`) });
+  const pub = await client(t, broker, {
+    clientId: idOnShard(broker, broker.shardCount - 1, `health-pub-${tag}`),
+  });
+  const inbox = new Inbox(sub);
+  await subscribe(sub, `health/${tag}`, 1);
+  await publish(pub, `health/${tag}`, tag, { qos: 1 });
+  const [m] = await inbox.wait(1);
+  if (m.topic !== `health/${tag}` || m.payload !== tag || m.qos !== 1) {
+    throw new Error(`health check got ${JSON.stringify(m)}`);
+  }
+  sub.end(true);
+  pub.end(true);
 }

@@ -1,0 +1,202 @@
+/**
+ * The Prometheus exposition, built on the main thread at scrape time. Nothing here runs per
+ * message: every collector reads the shared counter rows (one sum per metric over the threads),
+ * the shard supervisor (per-shard state, `eventLoopUtilization()` of each worker) or the topic
+ * index's control block when Prometheus asks.
+ */
+import type { Worker } from 'node:worker_threads';
+import { collectDefaultMetrics, Gauge, type Metric, Counter as PromCounter, Registry } from 'prom-client';
+import type { Supervisor } from '../broker/supervisor.js';
+import { Counter, type Counters, HANDOFF_BUCKETS, HANDOFF_BUCKETS_S } from './counters.js';
+import { EMQX_METRICS, EMQX_STATS, promName, type StatsTracker } from './emqx.js';
+
+export interface PrometheusSources {
+  counters: Counters;
+  stats: StatsTracker;
+  supervisor: Supervisor;
+}
+
+type EventLoopUtilization = ReturnType<Worker['performance']['eventLoopUtilization']>;
+
+export function createRegistry(src: PrometheusSources): Registry {
+  const registry = new Registry();
+  const { counters, stats, supervisor } = src;
+  const registers = [registry];
+
+  // EMQX's counters, named as EMQX names them (no `_total`).
+  for (const def of EMQX_METRICS) {
+    new PromCounter({
+      name: def.prom ?? promName(def.name),
+      help: def.help,
+      registers,
+      collect() {
+        this.reset();
+        this.inc(Math.max(0, def.value(counters)));
+      },
+    });
+  }
+
+  // EMQX's stats, `_count` and `_max` (sampling also updates the maxima; it is a few loads).
+  for (const name of EMQX_STATS) {
+    for (const kind of ['count', 'max'] as const) {
+      new Gauge({
+        name: promName(`${name}.${kind}`),
+        help: `${kind === 'count' ? 'Current' : 'Highest seen'} ${name.replaceAll('.', ' ')}`,
+        registers,
+        collect() {
+          this.set(stats.sample()[`${name}.${kind}`] ?? 0);
+        },
+      });
+    }
+  }
+  new Gauge({
+    name: 'emqx_cluster_nodes_running',
+    help: 'Running nodes (this broker is a single node)',
+    registers,
+    collect() {
+      this.set(1);
+    },
+  });
+  new Gauge({
+    name: 'emqx_cluster_nodes_stopped',
+    help: 'Stopped nodes',
+    registers,
+    collect() {
+      this.set(0);
+    },
+  });
+
+  // This broker's own: per shard.
+  const labelNames = ['shard'] as const;
+  new Gauge({
+    name: 'emqx_ts_shard_up',
+    help: '1 while the shard worker is running and ready, 0 while it is restarting',
+    labelNames,
+    registers,
+    collect() {
+      this.reset();
+      for (const s of supervisor.shards) this.set({ shard: String(s.id) }, s.ready && s.worker ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'emqx_ts_shard_connections',
+    help: 'Connected clients per shard',
+    labelNames,
+    registers,
+    collect() {
+      this.reset();
+      for (const s of supervisor.shards)
+        this.set({ shard: String(s.id) }, counters.get(s.id + 1, Counter.connections));
+    },
+  });
+  new Gauge({
+    name: 'emqx_ts_shard_sessions',
+    help: 'Sessions (connected or not) per shard',
+    labelNames,
+    registers,
+    collect() {
+      this.reset();
+      for (const s of supervisor.shards)
+        this.set({ shard: String(s.id) }, counters.get(s.id + 1, Counter.sessions));
+    },
+  });
+  const lastElu = new WeakMap<Worker, EventLoopUtilization>();
+  new Gauge({
+    name: 'emqx_ts_shard_event_loop_utilization',
+    help: "Share of time each shard's event loop was busy since the previous scrape (0..1)",
+    labelNames,
+    registers,
+    collect() {
+      this.reset();
+      for (const s of supervisor.shards) {
+        const w = s.worker;
+        if (!w) continue;
+        const now = w.performance.eventLoopUtilization();
+        const prev = lastElu.get(w);
+        const u = prev ? w.performance.eventLoopUtilization(now, prev).utilization : now.utilization;
+        lastElu.set(w, now);
+        this.set({ shard: String(s.id) }, Number.isFinite(u) ? u : 0);
+      }
+    },
+  });
+
+  const own: [string, string, number][] = [
+    ['emqx_ts_shard_restarts_total', 'Shard worker restarts after a crash', Counter.shardRestarts],
+    ['emqx_ts_cross_shard_messages_total', 'Messages routed to another shard', Counter.crossShardMessages],
+    ['emqx_ts_cross_shard_batches_total', 'Batches posted between shards', Counter.crossShardBatches],
+    ['emqx_ts_handoffs_total', 'Connections handed from the acceptor to a shard', Counter.handoffs],
+    [
+      'emqx_ts_connect_rejected_total',
+      'Connections refused before reaching a shard',
+      Counter.connectRejected,
+    ],
+    [
+      'emqx_ts_malformed_packets_total',
+      'Connections closed for a malformed packet',
+      Counter.malformedPackets,
+    ],
+    ['emqx_ts_protocol_errors_total', 'Connections closed for a protocol violation', Counter.protocolErrors],
+    [
+      'emqx_ts_oversized_packets_total',
+      'Connections closed for an oversized packet',
+      Counter.oversizedPackets,
+    ],
+    ['emqx_ts_keepalive_timeouts_total', 'Connections closed by keep-alive', Counter.keepaliveTimeouts],
+    ['emqx_ts_wills_published_total', 'Will messages published', Counter.willsPublished],
+    ['emqx_ts_sessions_expired_total', 'Persistent sessions expired', Counter.sessionExpired],
+  ];
+  for (const [name, help, idx] of own) {
+    new PromCounter({
+      name,
+      help,
+      registers,
+      collect() {
+        this.reset();
+        this.inc(counters.total(idx));
+      },
+    });
+  }
+  registry.registerMetric(handoffHistogram(counters) as unknown as Metric);
+
+  // Process metrics of the main thread (CPU, memory, event-loop lag, GC).
+  collectDefaultMetrics({ register: registry });
+  return registry;
+}
+
+/**
+ * Accept → adoption latency of connections. Shards record each handoff in bucket cells of their
+ * counter row (counters.ts `observeHandoff`); this turns the sums into Prometheus' cumulative
+ * histogram form. prom-client's Histogram cannot be fed bucket counts, hence a small metric
+ * object of the shape the Registry expects.
+ */
+function handoffHistogram(counters: Counters) {
+  const name = 'emqx_ts_handoff_latency_seconds';
+  return {
+    name,
+    help: 'Time from accepting a connection on the main thread to its adoption by the owning shard',
+    type: 'histogram',
+    aggregator: 'sum',
+    labelNames: [],
+    reset() {},
+    async get() {
+      const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+      let cum = 0;
+      for (let i = 0; i <= HANDOFF_BUCKETS_S.length; i++) {
+        cum += counters.total(HANDOFF_BUCKETS + i);
+        const le = i < HANDOFF_BUCKETS_S.length ? HANDOFF_BUCKETS_S[i] : '+Inf';
+        values.push({ labels: { le }, value: cum, metricName: `${name}_bucket` });
+      }
+      values.push({
+        labels: {},
+        value: counters.total(Counter.handoffLatencySumNs) / 1e9,
+        metricName: `${name}_sum`,
+      });
+      values.push({
+        labels: {},
+        value: counters.total(Counter.handoffLatencyCount),
+        metricName: `${name}_count`,
+      });
+      return { name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+    },
+  };
+}
