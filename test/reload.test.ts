@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Broker } from '../src/broker/broker.js';
-import { ConfigError } from '../src/config/load.js';
+import { ConfigError, loadConfig } from '../src/config/load.js';
 import { packageRoot } from '../src/paths.js';
 import {
   client,
@@ -99,6 +99,10 @@ test('reload can rotate the REST API key', async (t) => {
   t.after(() => broker.stop());
   assert.equal((await api(broker, 'GET', '/status')).status, 200);
   const old = `Basic ${Buffer.from('k1:secret-one').toString('base64')}`;
+  file.write({ api: { key: 'k2' }, mqtt: { max_inflight: 7 } });
+  await assert.rejects(broker.reload(), /api\.key.*api\.secret/);
+  assert.equal(broker.config['mqtt.max_inflight'], 32, 'a failed reload changes nothing');
+  assert.equal((await api(broker, 'GET', '/status', { auth: old })).status, 200);
   file.write({ api: { key: 'k2', secret: 'secret-two' } });
   await broker.reload();
   assert.equal((await api(broker, 'GET', '/status', { auth: old })).status, 401);
@@ -189,4 +193,24 @@ test('CLI: JSON logs per connection event and error, SIGHUP changes the level, S
   await closed(c1);
   const { code } = await exited(child, 30_000);
   assert.equal(code, 0, err.text);
+});
+
+test('the new options come from the environment (EMQX_ prefix, __ nesting) and flags, validated', () => {
+  const cfg = loadConfig({
+    env: {
+      EMQX_METRICS__PORT: '9100',
+      EMQX_SYS_TOPICS__SYS_EVENT_MESSAGES__CLIENT_CONNECTED: 'false',
+      EMQX_API__KEY: 'k',
+      EMQX_API__SECRET: 's',
+    },
+    argv: ['--api.port=18084', '--node.shutdown_drain_period', '2.5'],
+  });
+  assert.equal(cfg['metrics.port'], 9100);
+  assert.equal(cfg['sys_topics.sys_event_messages.client_connected'], false);
+  assert.equal(cfg['api.key'], 'k');
+  assert.equal(cfg['api.port'], 18084);
+  assert.equal(cfg['node.shutdown_drain_period'], 2.5);
+  assert.equal(cfg['sys_topics.sys_msg_interval'], 60, 'EMQX default: 1 minute');
+  assert.throws(() => loadConfig({ argv: ['--metrics.port=70000'] }), /metrics\.port.*between 0 and 65535/);
+  assert.throws(() => loadConfig({ env: { EMQX_PROMETHEUS__ENABLE_BASIC_AUTH: 'yes' } }), /true or false/);
 });

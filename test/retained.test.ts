@@ -155,7 +155,7 @@ test('retained messages are matched through + and # (# also matches the parent l
       assert.deepEqual(topicsOf(got), [...expected].sort(), `${filter}: ${why}`);
     }
     for (const m of got) {
-      assert.equal(m.payload, `v:${m.topic}`);
+      if (topics.includes(m.topic)) assert.equal(m.payload, `v:${m.topic}`);
       assert.equal(m.retain, true, 'sent because of a new subscription: RETAIN 1 [MQTT-3.3.1-8]');
     }
   }
@@ -375,4 +375,27 @@ test('PUBACK and PUBREC are sent in PUBLISH order when retained and non-retained
   }
   assert.deepEqual(acks2, expected2);
   assert.equal(broker.retained.get('order/r/60')?.qos, 1);
+});
+
+test('a retained message published after SUBACK reaches the new subscriber once, live, with RETAIN 0 [MQTT-3.3.1-9] (20 rounds)', {
+  timeout: T,
+}, async (t) => {
+  const a = await client(t, broker, { clientId: idOnShard(broker, 0, 'after-a') });
+  const b = await client(t, broker, { clientId: idOnShard(broker, 1, 'after-b') });
+  const inboxA = new Inbox(a);
+  const inboxB = new Inbox(b);
+  for (let i = 0; i < 20; i++) {
+    const [pub, sub, inbox] = i % 2 === 0 ? [a, b, inboxB] : [b, a, inboxA];
+    const topic = `after/${i}`;
+    // SUBACK received: the subscription is established, and only then is the message published.
+    await subscribe(sub, topic, 1);
+    await publish(pub, topic, `v${i}`, { qos: 1, retain: true });
+    await waitForMessage(inbox, (m) => m.topic === topic);
+    await retainedBarrier(sub, inbox);
+    assert.deepEqual(
+      inbox.messages.filter((m) => m.topic === topic).map((m) => [m.payload, m.retain]),
+      [[`v${i}`, false]],
+      `round ${i}: a copy sent as a retained message for the subscription made before it was published`,
+    );
+  }
 });

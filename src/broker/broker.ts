@@ -185,11 +185,15 @@ export class Broker {
   async reload(): Promise<ConfigDiff> {
     const next = loadConfig(this.sources);
     const diff = diffConfig(this.config, next);
-    const cfg = this.config as Record<string, unknown>;
-    for (const key of diff.applied) cfg[key] = next[key];
-    if (diff.applied.includes('api.key') || diff.applied.includes('api.secret')) {
-      this.credentials = loadOrCreateCredentials(this.config, this.log);
-    }
+    const merged: Record<string, unknown> = { ...this.config };
+    for (const key of diff.applied) merged[key] = next[key];
+    // Checked before anything changes: a key without its secret fails the whole reload.
+    const rotated =
+      diff.applied.includes('api.key') || diff.applied.includes('api.secret')
+        ? loadOrCreateCredentials(merged as Config, this.log)
+        : null;
+    Object.assign(this.config, merged);
+    if (rotated) this.credentials = rotated;
     this.log.level = this.config['log.level'];
     for (const s of this.supervisor.shards)
       this.supervisor.post(s, { t: 'reconfigure', config: { ...this.config } });

@@ -16,6 +16,9 @@ function coerce(key: string, raw: unknown, source: string): number | string | bo
     if (typeof v !== 'number' || !Number.isFinite(v)) {
       throw new ConfigError(`option '${key}' must be a number, got ${JSON.stringify(raw)} (from ${source})`);
     }
+    if (spec.integer && !Number.isInteger(v)) {
+      throw new ConfigError(`option '${key}' must be an integer, got ${v} (from ${source})`);
+    }
     if ((spec.min !== undefined && v < spec.min) || (spec.max !== undefined && v > spec.max)) {
       throw new ConfigError(
         `option '${key}' must be between ${spec.min} and ${spec.max}, got ${v} (from ${source})`,

@@ -8,6 +8,8 @@ export interface OptionSpec {
   type: OptionType;
   default: number | string | boolean;
   doc: string;
+  /** Whole numbers only (ports, counts, sizes) */
+  integer?: boolean;
   /** Inclusive bounds for numbers */
   min?: number;
   max?: number;
@@ -26,13 +28,21 @@ export const SCHEMA = {
   },
   'listener.port': {
     type: 'number',
+    integer: true,
     default: 1883,
     min: 0,
     max: 65535,
     doc: 'MQTT TCP port (0 = ephemeral)',
     flag: 'port',
   },
-  'listener.backlog': { type: 'number', default: 1024, min: 1, max: 65535, doc: 'TCP accept backlog' },
+  'listener.backlog': {
+    type: 'number',
+    integer: true,
+    default: 1024,
+    min: 1,
+    max: 65535,
+    doc: 'TCP accept backlog',
+  },
   'listener.connect_timeout': {
     type: 'number',
     default: 10,
@@ -42,6 +52,7 @@ export const SCHEMA = {
   },
   'node.shards': {
     type: 'number',
+    integer: true,
     default: 0,
     min: 0,
     max: 32,
@@ -56,6 +67,7 @@ export const SCHEMA = {
   },
   'node.shard_restart_intensity': {
     type: 'number',
+    integer: true,
     default: 10,
     min: 1,
     max: 1000,
@@ -70,6 +82,7 @@ export const SCHEMA = {
   },
   'mqtt.max_packet_size': {
     type: 'number',
+    integer: true,
     default: 1048576,
     min: 64,
     max: 268435455,
@@ -77,6 +90,7 @@ export const SCHEMA = {
   },
   'mqtt.max_clientid_len': {
     type: 'number',
+    integer: true,
     default: 65535,
     min: 23,
     max: 65535,
@@ -84,6 +98,7 @@ export const SCHEMA = {
   },
   'mqtt.max_inflight': {
     type: 'number',
+    integer: true,
     default: 32,
     min: 1,
     max: 65535,
@@ -91,6 +106,7 @@ export const SCHEMA = {
   },
   'mqtt.max_awaiting_rel': {
     type: 'number',
+    integer: true,
     default: 100,
     min: 1,
     max: 65535,
@@ -98,6 +114,7 @@ export const SCHEMA = {
   },
   'mqtt.max_mqueue_len': {
     type: 'number',
+    integer: true,
     default: 1000,
     min: 0,
     max: 10000000,
@@ -124,10 +141,61 @@ export const SCHEMA = {
   },
   'mqtt.output_high_watermark': {
     type: 'number',
+    integer: true,
     default: 1048576,
     min: 1024,
     max: 1073741824,
     doc: 'Bytes buffered for a slow client before QoS 0 is dropped and QoS 1/2 queued',
+  },
+  'mqtt.max_qos_allowed': {
+    type: 'number',
+    default: 2,
+    min: 0,
+    max: 2,
+    doc: 'Highest QoS accepted from publishers (MQTT 5 Maximum QoS)',
+  },
+  'mqtt.retain_available': {
+    type: 'boolean',
+    default: true,
+    doc: 'Accept retained messages (MQTT 5 Retain Available)',
+  },
+  'mqtt.wildcard_subscription': { type: 'boolean', default: true, doc: 'Allow wildcard subscriptions' },
+  'mqtt.shared_subscription': {
+    type: 'boolean',
+    default: true,
+    doc: 'Allow shared subscriptions ($share/…, $queue/…)',
+  },
+  'mqtt.shared_subscription_strategy': {
+    type: 'string',
+    default: 'round_robin',
+    choices: ['round_robin', 'random', 'sticky', 'hash_clientid', 'hash_topic'],
+    doc: 'How a shared group picks the member for a message',
+  },
+  'mqtt.max_topic_alias': {
+    type: 'number',
+    default: 65535,
+    min: 0,
+    max: 65535,
+    doc: 'Topic aliases a MQTT 5 client may use towards the broker (Topic Alias Maximum)',
+  },
+  'mqtt.receive_maximum': {
+    type: 'number',
+    default: 32,
+    min: 1,
+    max: 65535,
+    doc: 'Unacknowledged QoS 1/2 PUBLISH a MQTT 5 client may send (Receive Maximum); more is 0x93',
+  },
+  'mqtt.server_keepalive': {
+    type: 'number',
+    default: 0,
+    min: 0,
+    max: 65535,
+    doc: "Keep alive the broker imposes on MQTT 5 clients (Server Keep Alive); 0 = the client's",
+  },
+  'mqtt.response_information': {
+    type: 'string',
+    default: '',
+    doc: 'Response Information prefix returned to MQTT 5 clients that request it; empty = none',
   },
   'log.level': {
     type: 'string',
@@ -162,6 +230,7 @@ export const SCHEMA = {
   },
   'metrics.port': {
     type: 'number',
+    integer: true,
     default: 8082,
     min: 0,
     max: 65535,
@@ -175,6 +244,7 @@ export const SCHEMA = {
   'api.host': { type: 'string', default: '0.0.0.0', doc: 'Address of the REST API (/api/v5)' },
   'api.port': {
     type: 'number',
+    integer: true,
     default: 18083,
     min: 0,
     max: 65535,

@@ -28,8 +28,10 @@ export const handleSubscribe: PacketHandler = (conn, _flags, body, start, end) =
     granted.push({ filter, qos: qos as QoS });
   }
   if (granted.length < codes.length) conn.shard.counters.row[Counter.packetsSubscribeError]++;
-  conn.writeAck(encodeSuback(packet.packetId, codes));
-  if (granted.length > 0) conn.shard.sendRetained(conn, granted);
+  const suback = encodeSuback(packet.packetId, codes);
+  // With new subscriptions, SUBACK waits for their retained messages (see Shard.sendRetained).
+  if (granted.length > 0) conn.shard.sendRetained(conn, granted, suback);
+  else conn.writeAck(suback);
 };
 
 /** UNSUBSCRIBE: always answered with UNSUBACK, even when nothing matched [MQTT-3.10.4-5]. */

@@ -97,7 +97,12 @@ export class SharedGroup {
   /**
    * Picks the member to receive a message; `exclude` skips a member (redispatch after it left).
    */
-  pick(strategy: SharedStrategy, publisher: string, topic: string, exclude: string | null): SharedMember | null {
+  pick(
+    strategy: SharedStrategy,
+    publisher: string,
+    topic: string,
+    exclude: string | null,
+  ): SharedMember | null {
     const ms = this.members;
     const n = ms.length;
     if (n === 0) return null;

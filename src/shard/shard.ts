@@ -15,6 +15,13 @@ import type { Handoff, MainToShard, ShardInit, ShardToMain } from '../threads/me
 import { Connection, type HeldAck } from './connection.js';
 import { answerQuery } from './queries.js';
 
+/** One SUBSCRIBE's retained lookups; its SUBACK is held until all are answered. */
+interface RetainedBatch {
+  held: HeldAck;
+  left: number;
+  answers: { filter: string; records: { topic: string; payload: Uint8Array; qos: QoS }[] }[];
+}
+
 interface PeerBatch {
   buf: ArrayBuffer;
   len: number;
@@ -51,7 +58,10 @@ export class Shard implements BatchVisitor {
   private uncorkScheduled = false;
   private reqSeq = 0;
   private readonly heldAcks = new Map<number, { conn: Connection; held: HeldAck }>();
-  private readonly retainedRequests = new Map<number, { conn: Connection; filter: string; qos: QoS }>();
+  private readonly retainedRequests = new Map<
+    number,
+    { conn: Connection; filter: string; batch: RetainedBatch }
+  >();
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping = false;
 
@@ -306,11 +316,17 @@ export class Shard implements BatchVisitor {
     this.counters.row[Counter.subscriptions] = this.subscribers.count;
   }
 
-  /** Asks main for retained messages matching new subscriptions; they are sent when it answers. */
-  sendRetained(conn: Connection, granted: { filter: string; qos: QoS }[]): void {
+  /**
+   * Asks main for the retained messages matching new subscriptions. The SUBACK is held until main
+   * has answered every filter (acks behind it wait, in order) and the retained messages follow
+   * it: the lookup then sees the store as it was before the client saw SUBACK, so a message
+   * published after that reaches the subscriber live only, not also as a retained message.
+   */
+  sendRetained(conn: Connection, granted: { filter: string; qos: QoS }[], suback: Buffer): void {
+    const batch: RetainedBatch = { held: conn.holdAck(suback), left: granted.length, answers: [] };
     for (const g of granted) {
       const reqId = ++this.reqSeq;
-      this.retainedRequests.set(reqId, { conn, filter: g.filter, qos: g.qos });
+      this.retainedRequests.set(reqId, { conn, filter: g.filter, batch });
       this.main.postMessage({ t: 'retainedLookup', reqId, filters: [g.filter] });
     }
   }
@@ -319,14 +335,22 @@ export class Shard implements BatchVisitor {
     const req = this.retainedRequests.get(reqId);
     if (!req) return;
     this.retainedRequests.delete(reqId);
-    const session = req.conn.session;
-    if (req.conn.closed || session.conn !== req.conn) return;
-    const sub = session.subscriptions.get(req.filter);
-    if (!sub) return;
-    for (const r of records) {
-      const payload = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.length);
-      const msg = Message.fromStrings(r.topic, payload, r.qos, true, '', true);
-      this.deliver(session, msg, Math.min(r.qos, sub.qos) as QoS);
+    const { conn, batch } = req;
+    // Main answers in request order: the last answer completes the SUBSCRIBE.
+    batch.answers.push({ filter: req.filter, records });
+    if (--batch.left > 0) return;
+    batch.held.ready = true;
+    conn.releaseAcks();
+    const session = conn.session;
+    if (conn.closed || session.conn !== conn) return;
+    for (const a of batch.answers) {
+      const sub = session.subscriptions.get(a.filter);
+      if (!sub) continue;
+      for (const r of a.records) {
+        const payload = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.length);
+        const msg = Message.fromStrings(r.topic, payload, r.qos, true, '', true);
+        this.deliver(session, msg, Math.min(r.qos, sub.qos) as QoS);
+      }
     }
   }
 
