@@ -56,6 +56,7 @@ export class Broker {
   readonly log: Logger;
   readonly counters: Counters;
   readonly index: TopicIndex;
+  readonly sharedIndex: TopicIndex;
   readonly retained = new RetainedStore();
   readonly supervisor: Supervisor;
   private readonly server: Server;
@@ -85,7 +86,16 @@ export class Broker {
     const shards = shardCount(this.config);
     this.counters = Counters.create(shards + 1);
     this.index = TopicIndex.create();
-    this.supervisor = new Supervisor(this.config, shards, this.index, this.counters, this.log);
+    // Shared-subscription filters are far fewer than plain ones: a smaller reservation.
+    this.sharedIndex = TopicIndex.create({ maxNodes: 1 << 16, arenaBytes: 4 << 20 });
+    this.supervisor = new Supervisor(
+      this.config,
+      shards,
+      this.index,
+      this.sharedIndex,
+      this.counters,
+      this.log,
+    );
     this.supervisor.on('message', (shard, msg) => this.onShardMessage(shard, msg));
     const onFatal = opts.onFatal ?? (() => void this.stop().then(() => process.exit(1)));
     this.supervisor.on('fatal', (reason) => {

@@ -103,26 +103,41 @@ export function readConnect(
     opts.counters.row[Counter.packetsReceived]++;
     opts.counters.row[PACKETS_RECEIVED_BY_TYPE + PacketType.CONNECT]++;
 
+    // The protocol level decides the form of a refusal CONNACK (3.1.1 return code or 5.0 reason).
+    const nameLen = end - start >= 2 ? buf.readUInt16BE(start) : 0;
+    const v5 = buf[start + 2 + nameLen] === 5 && end > start + 2 + nameLen;
+    const connack = (v3code: number, v5reason: number): Buffer =>
+      v5 ? encodeConnackV5(v5reason) : encodeConnack(false, v3code);
+
     let connect: ConnectPacket;
     try {
       connect = parseConnect(buf, start, end);
     } catch (e) {
-      const err = e as ProtocolError;
-      if (err.connackCode === ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION && err.reason === 0x84) {
-        return refuse(err.message, encodeConnack(false, ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION));
+      if (!(e instanceof ProtocolError)) {
+        return refuse(String(e), v5 ? encodeConnackV5(0x81) : undefined, Counter.malformedPackets);
       }
-      if (err.connackCode !== undefined) return refuse(err.message, encodeConnack(false, err.connackCode));
-      const malformed = err instanceof ProtocolError && err.reason === 0x81;
-      return refuse(err.message, undefined, malformed ? Counter.malformedPackets : Counter.protocolErrors);
+      const malformed = e.reason === 0x81;
+      const counter = malformed ? Counter.malformedPackets : Counter.protocolErrors;
+      if (e.connackCode !== undefined) {
+        // 3.1.1 names a return code (1: level, 2: identifier); MQTT 5 the matching reason.
+        const reason = e.connackCode === ConnackCode.IDENTIFIER_REJECTED ? 0x85 : e.reason;
+        return refuse(e.message, connack(e.connackCode, reason), counter);
+      }
+      // MQTT 5: a CONNACK with the reason code before closing [MQTT-4.13.1-1]; 3.1.1 just closes.
+      return refuse(e.message, v5 ? encodeConnackV5(e.reason) : undefined, counter);
     }
-    if (connect.protocolVersion === 5) {
-      // MQTT 5 is not implemented yet: answer in MQTT 5 form, 0x84 Unsupported Protocol Version.
-      return refuse('MQTT 5 is not supported yet', encodeConnackV5(0x84));
+    if (connect.properties?.authenticationMethod !== undefined) {
+      // Enhanced authentication is not implemented: refuse its methods [MQTT-4.12.0-1].
+      return refuse(
+        `unsupported authentication method ${connect.properties.authenticationMethod}`,
+        encodeConnackV5(0x8c),
+      );
     }
     let assignedClientId = false;
     if (connect.clientId.length === 0) {
-      // A zero-byte client id needs clean session 1 [MQTT-3.1.3-7], else return code 2 [MQTT-3.1.3-8].
-      if (!connect.clean) {
+      // 3.1.1: a zero-byte client id needs clean session 1 [MQTT-3.1.3-7], else return code 2
+      // [MQTT-3.1.3-8]. MQTT 5 assigns one either way and says so in CONNACK [MQTT-3.1.3-7].
+      if (!connect.clean && !v5) {
         return refuse(
           'empty client id with clean session 0',
           encodeConnack(false, ConnackCode.IDENTIFIER_REJECTED),
@@ -131,7 +146,7 @@ export function readConnect(
       connect.clientId = generateClientId();
       assignedClientId = true;
     } else if (connect.clientId.length > opts.maxClientIdLength) {
-      return refuse('client id too long', encodeConnack(false, ConnackCode.IDENTIFIER_REJECTED));
+      return refuse('client id too long', connack(ConnackCode.IDENTIFIER_REJECTED, 0x85));
     }
 
     done = true;

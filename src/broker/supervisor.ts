@@ -40,6 +40,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     private readonly config: Config,
     count: number,
     private readonly index: TopicIndex,
+    private readonly sharedIndex: TopicIndex,
     private readonly counters: Counters,
     private readonly log: Logger,
   ) {
@@ -95,6 +96,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       generation: shard.generation,
       config: this.config,
       index: this.index.shared,
+      sharedIndex: this.sharedIndex.shared,
       counters: this.counters.shared,
       peers,
     };
@@ -133,8 +135,14 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     // A shard that died inside a subscribe must not leave the index's writer lock held.
     if (this.index.releaseLockHeldBy(shard.threadId))
       this.log.warn({ shard: shard.id }, 'released topic-index lock held by dead shard');
-    // Its subscriptions went with it: stop routing to it.
+    if (this.sharedIndex.releaseLockHeldBy(shard.threadId)) {
+      this.log.warn({ shard: shard.id }, 'released shared-index lock held by dead shard');
+    }
+    // Its subscriptions went with it: stop routing to it, and to its shared-group members.
     this.index.clearShardEverywhere(shard.id);
+    this.sharedIndex.clearShardEverywhere(shard.id);
+    for (const other of this.shards)
+      if (other !== shard && other.worker) this.post(other, { t: 'shardDown', shard: shard.id });
     this.counters.resetRow(shard.id + 1, true);
     const now = Date.now();
     const period = this.config['node.shard_restart_period'] * 1000;

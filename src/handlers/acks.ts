@@ -1,11 +1,20 @@
 import { Counter } from '../metrics/counters.js';
 import { encodeAck, parsePacketId } from '../protocol/codec.js';
 import { PacketType } from '../protocol/constants.js';
+import { encodeAckV5, parseAckV5 } from '../protocol/v5-control.js';
+import type { Connection } from '../shard/connection.js';
 import type { PacketHandler } from './types.js';
+
+/** Packet id and reason code of an ack (3.1.1 has no reason code: 0). */
+function ack(conn: Connection, body: Buffer, start: number, end: number): { id: number; reason: number } {
+  if (!conn.v5) return { id: parsePacketId(body, start, end), reason: 0 };
+  const a = parseAckV5(body, start, end);
+  return { id: a.packetId, reason: a.reason };
+}
 
 /** PUBACK: QoS 1 delivery complete; frees the inflight slot [MQTT-4.3.2]. */
 export const handlePuback: PacketHandler = (conn, _flags, body, start, end) => {
-  const id = parsePacketId(body, start, end);
+  const { id } = ack(conn, body, start, end);
   const entry = conn.session.inflight.get(id);
   // An ack for an unknown id is ignored (it may answer a message resent before a reconnect).
   if (entry && entry.qos === 1) {
@@ -16,18 +25,29 @@ export const handlePuback: PacketHandler = (conn, _flags, body, start, end) => {
   }
 };
 
-/** PUBREC: the client has the QoS 2 message; answer PUBREL [MQTT-4.3.3-1]. */
+/**
+ * PUBREC: the client has the QoS 2 message; answer PUBREL [MQTT-4.3.3-1]. A MQTT 5 PUBREC with
+ * a failure reason code (≥ 0x80) ends the exchange: no PUBREL, the slot is freed [MQTT-4.3.3-?].
+ */
 export const handlePubrec: PacketHandler = (conn, _flags, body, start, end) => {
-  const id = parsePacketId(body, start, end);
+  const { id, reason } = ack(conn, body, start, end);
   const entry = conn.session.inflight.get(id);
+  if (reason >= 0x80) {
+    if (entry && entry.qos === 2) {
+      conn.session.inflight.delete(id);
+      conn.shard.drainSession(conn.session);
+    }
+    return;
+  }
   if (entry && entry.qos === 2) entry.released = true;
   else conn.shard.counters.row[Counter.packetsPubrecMissed]++;
-  conn.write(encodeAck(PacketType.PUBREL, id));
+  if (conn.v5 && !entry) conn.write(encodeAckV5(PacketType.PUBREL, id, 0x92));
+  else conn.write(encodeAck(PacketType.PUBREL, id));
 };
 
 /** PUBCOMP: QoS 2 delivery complete. */
 export const handlePubcomp: PacketHandler = (conn, _flags, body, start, end) => {
-  const id = parsePacketId(body, start, end);
+  const { id } = ack(conn, body, start, end);
   const entry = conn.session.inflight.get(id);
   if (entry && entry.qos === 2 && entry.released) {
     conn.session.inflight.delete(id);
@@ -37,10 +57,15 @@ export const handlePubcomp: PacketHandler = (conn, _flags, body, start, end) => 
   }
 };
 
-/** PUBREL from the publisher: forget the id and answer PUBCOMP (also for an unknown id) [MQTT-4.3.3-2]. */
+/**
+ * PUBREL from the publisher: forget the id and answer PUBCOMP [MQTT-4.3.3-2]; for an unknown id
+ * MQTT 3.1.1 still answers PUBCOMP, MQTT 5 with 0x92 Packet Identifier not found.
+ */
 export const handlePubrel: PacketHandler = (conn, _flags, body, start, end) => {
-  const id = parsePacketId(body, start, end);
-  if (!conn.session.awaitingRel.delete(id)) conn.shard.counters.row[Counter.packetsPubrelMissed]++;
+  const { id } = ack(conn, body, start, end);
+  const known = conn.session.awaitingRel.delete(id);
   conn.session.awaitingRelAt.delete(id);
-  conn.writeAck(encodeAck(PacketType.PUBCOMP, id));
+  if (!known) conn.shard.counters.row[Counter.packetsPubrelMissed]++;
+  if (conn.v5 && !known) conn.writeAck(encodeAckV5(PacketType.PUBCOMP, id, 0x92));
+  else conn.writeAck(encodeAck(PacketType.PUBCOMP, id));
 };

@@ -1,10 +1,36 @@
 import { ProtocolError } from '../protocol/codec.js';
+import { parseDisconnectV5 } from '../protocol/v5-control.js';
 import type { PacketHandler } from './types.js';
 
-/** DISCONNECT: discard the will [MQTT-3.14.4-3] and close [MQTT-3.14.4-1]. */
-export const handleDisconnect: PacketHandler = (conn, _flags, _body, start, end) => {
-  if (end !== start) throw new ProtocolError('DISCONNECT with a body');
-  conn.gracefulDisconnect = true;
-  conn.session.will = null;
-  conn.close('client disconnected');
+/**
+ * DISCONNECT: the will is discarded [MQTT-3.14.4-3] and the connection closed [MQTT-3.14.4-1].
+ * MQTT 5: reason 0x04 "Disconnect with Will Message" publishes the will; a Session Expiry
+ * Interval may replace the CONNECT's, except that 0 cannot become non-zero [MQTT-3.14.2-2].
+ */
+export const handleDisconnect: PacketHandler = (conn, _flags, body, start, end) => {
+  const session = conn.session;
+  if (!conn.v5) {
+    if (end !== start) throw new ProtocolError('DISCONNECT with a body');
+    conn.gracefulDisconnect = true;
+    session.will = null;
+    conn.close('client disconnected');
+    return;
+  }
+  const { reason, props } = parseDisconnectV5(body, start, end);
+  const expiry = props.sessionExpiryInterval;
+  if (expiry !== undefined) {
+    if (session.expiryInterval === 0 && expiry !== 0) {
+      throw new ProtocolError(
+        'Session Expiry Interval set at DISCONNECT after 0 in CONNECT [MQTT-3.14.2-2]',
+        undefined,
+        0x82,
+      );
+    }
+    session.expiryInterval = expiry;
+  }
+  if (reason !== 0x04) {
+    conn.gracefulDisconnect = true;
+    session.will = null;
+  }
+  conn.close(reason === 0 ? 'client disconnected' : `client disconnected (reason 0x${reason.toString(16)})`);
 };

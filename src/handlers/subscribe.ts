@@ -1,41 +1,132 @@
 import { Counter } from '../metrics/counters.js';
-import { encodeAck, encodeSuback, parseSubscribe, parseUnsubscribe } from '../protocol/codec.js';
+import {
+  encodeAck,
+  encodeSuback,
+  ProtocolError,
+  parseSubscribe,
+  parseUnsubscribe,
+} from '../protocol/codec.js';
 import { PacketType, type QoS, SUBACK_FAILURE } from '../protocol/constants.js';
-import { topicFilterError } from '../protocol/topic.js';
+import { hasWildcard, topicFilterError } from '../protocol/topic.js';
+import {
+  encodeSubackV5,
+  encodeUnsubackV5,
+  parseSubscribeV5,
+  parseUnsubscribeV5,
+  type SubscriptionRequest,
+} from '../protocol/v5-control.js';
+import { parseSharedFilter } from '../routing/shared.js';
+import type { Connection } from '../shard/connection.js';
 import type { PacketHandler } from './types.js';
+
+/** MQTT 5 SUBACK reason codes [MQTT-3.9.3] */
+const Reason = {
+  UNSPECIFIED: 0x80,
+  TOPIC_FILTER_INVALID: 0x8f,
+  SHARED_NOT_SUPPORTED: 0x9e,
+  WILDCARD_NOT_SUPPORTED: 0xa2,
+} as const;
+
+/**
+ * Grants one subscription or returns a failure code (3.1.1: 0x80 [MQTT-3.9.3-2]; 5.0: the
+ * specific reason). Returns the granted QoS and whether the retained messages are to be sent.
+ */
+function subscribeOne(
+  conn: Connection,
+  r: SubscriptionRequest,
+  subId: number,
+): { code: number; sendRetained: boolean } {
+  const cfg = conn.shard.config;
+  const v5 = conn.v5;
+  const fail = (code: number, reason: string): { code: number; sendRetained: boolean } => {
+    conn.log.info({ filter: r.filter, reason }, 'subscription refused');
+    return { code: v5 ? code : SUBACK_FAILURE, sendRetained: false };
+  };
+  const shared = parseSharedFilter(r.filter);
+  if (typeof shared === 'string') return fail(Reason.TOPIC_FILTER_INVALID, shared);
+  if (shared) {
+    if (!cfg['mqtt.shared_subscription'])
+      return fail(Reason.SHARED_NOT_SUPPORTED, 'shared subscriptions disabled');
+    // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+    if (r.noLocal)
+      throw new ProtocolError('No Local on a shared subscription [MQTT-3.8.3-4]', undefined, 0x82);
+  } else {
+    const err = topicFilterError(r.filter);
+    if (err) return fail(Reason.TOPIC_FILTER_INVALID, err);
+  }
+  if (!cfg['mqtt.wildcard_subscription'] && hasWildcard(shared ? shared.filter : r.filter)) {
+    return fail(Reason.WILDCARD_NOT_SUPPORTED, 'wildcard subscriptions disabled');
+  }
+  const qos = Math.min(r.qos, cfg['mqtt.max_qos_allowed']) as QoS;
+  const result = conn.shard.subscribe(
+    conn.session,
+    r.filter,
+    {
+      qos,
+      noLocal: r.noLocal,
+      retainAsPublished: r.retainAsPublished,
+      retainHandling: r.retainHandling,
+      subId,
+    },
+    shared,
+  );
+  if (result === null) return fail(v5 ? 0x97 : SUBACK_FAILURE, 'topic index full');
+  // Retain Handling: 0 send, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11]; shared
+  // subscriptions get no retained messages [MQTT-4.8.2-?].
+  const sendRetained = !shared && (r.retainHandling === 0 || (r.retainHandling === 1 && result === 'new'));
+  return { code: qos, sendRetained };
+}
 
 /**
  * SUBSCRIBE: one return code per filter, in order [MQTT-3.8.4-5]; a filter that is invalid or
- * cannot be stored gets 0x80 [MQTT-3.9.3-2] while the others still succeed. A subscription with
- * the same filter replaces the old one [MQTT-3.8.4-3]; retained messages are (re)sent after SUBACK.
+ * cannot be stored fails alone while the others still succeed. A subscription with the same
+ * filter replaces the old one [MQTT-3.8.4-3]; retained messages are (re)sent after SUBACK.
  */
 export const handleSubscribe: PacketHandler = (conn, _flags, body, start, end) => {
-  const packet = parseSubscribe(body, start, end);
-  const codes: number[] = [];
-  const granted: { filter: string; qos: QoS }[] = [];
-  for (const { filter, qos } of packet.subscriptions) {
-    const err = topicFilterError(filter);
-    if (err) {
-      conn.log.info({ filter, reason: err }, 'subscription refused');
-      codes.push(SUBACK_FAILURE);
-      continue;
-    }
-    if (!conn.shard.subscribe(conn.session, filter, qos as QoS)) {
-      codes.push(SUBACK_FAILURE);
-      continue;
-    }
-    codes.push(qos);
-    granted.push({ filter, qos: qos as QoS });
+  let packetId: number;
+  let requests: SubscriptionRequest[];
+  let subId = 0;
+  if (conn.v5) {
+    const p = parseSubscribeV5(body, start, end);
+    packetId = p.packetId;
+    requests = p.subscriptions;
+    subId = p.subscriptionId;
+  } else {
+    const p = parseSubscribe(body, start, end);
+    packetId = p.packetId;
+    requests = p.subscriptions.map((s) => ({
+      filter: s.filter,
+      qos: s.qos,
+      noLocal: false,
+      retainAsPublished: false,
+      retainHandling: 0,
+    }));
   }
-  if (granted.length < codes.length) conn.shard.counters.row[Counter.packetsSubscribeError]++;
-  const suback = encodeSuback(packet.packetId, codes);
+  const codes: number[] = [];
+  const retained: string[] = [];
+  for (const r of requests) {
+    const { code, sendRetained } = subscribeOne(conn, r, subId);
+    codes.push(code);
+    if (sendRetained) retained.push(r.filter);
+  }
+  if (codes.some((c) => c >= 0x80)) conn.shard.counters.row[Counter.packetsSubscribeError]++;
+  const suback = conn.v5 ? encodeSubackV5(packetId, codes) : encodeSuback(packetId, codes);
   // With new subscriptions, SUBACK waits for their retained messages (see Shard.sendRetained).
-  if (granted.length > 0) conn.shard.sendRetained(conn, granted, suback);
+  if (retained.length > 0) conn.shard.sendRetained(conn, retained, suback);
   else conn.writeAck(suback);
 };
 
-/** UNSUBSCRIBE: always answered with UNSUBACK, even when nothing matched [MQTT-3.10.4-5]. */
+/**
+ * UNSUBSCRIBE: always answered with UNSUBACK, even when nothing matched [MQTT-3.10.4-5];
+ * MQTT 5 says per filter 0x00 Success or 0x11 No subscription existed.
+ */
 export const handleUnsubscribe: PacketHandler = (conn, _flags, body, start, end) => {
+  if (conn.v5) {
+    const p = parseUnsubscribeV5(body, start, end);
+    const codes = p.filters.map((f) => (conn.shard.unsubscribe(conn.session, f) ? 0x00 : 0x11));
+    conn.writeAck(encodeUnsubackV5(p.packetId, codes));
+    return;
+  }
   const packet = parseUnsubscribe(body, start, end);
   for (const filter of packet.filters) conn.shard.unsubscribe(conn.session, filter);
   conn.writeAck(encodeAck(PacketType.UNSUBACK, packet.packetId));

@@ -63,7 +63,12 @@ export const Counter = {
   packetsConnackAuthError: 49,
   handoffLatencySumNs: 50,
   handoffLatencyCount: 51,
-  // 52..63 free for more named counters.
+  deliveryDroppedTooLarge: 52,
+  deliveryDroppedNoLocal: 53,
+  deliveryDroppedExpired: 54,
+  messagesDroppedExpired: 55,
+  subscriptionsShared: 56, // gauge
+  // 57..63 free for more named counters.
 } as const;
 
 export type CounterName = keyof typeof Counter;

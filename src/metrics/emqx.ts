@@ -158,11 +158,15 @@ export const EMQX_METRICS: readonly EmqxMetric[] = [
     'Deliveries dropped (queue full, QoS 0 to a congested or offline client)',
     (c) => c.total(Counter.messagesDropped) - c.total(Counter.packetsPublishDropped),
   ),
-  m('delivery.dropped.no_local', 'Deliveries dropped by No Local (MQTT 5 only: 0)', zero),
+  m(
+    'delivery.dropped.no_local',
+    'Deliveries skipped by No Local (MQTT 5)',
+    total(Counter.deliveryDroppedNoLocal),
+  ),
   m(
     'delivery.dropped.too_large',
-    'Deliveries dropped as larger than the client accepts (MQTT 5 only: 0)',
-    zero,
+    'Deliveries dropped as larger than the client accepts (MQTT 5 Maximum Packet Size)',
+    total(Counter.deliveryDroppedTooLarge),
   ),
   m(
     'delivery.dropped.qos0_msg',
@@ -174,7 +178,11 @@ export const EMQX_METRICS: readonly EmqxMetric[] = [
     'Deliveries dropped because the session queue was full',
     total(Counter.deliveryDroppedQueueFull),
   ),
-  m('delivery.dropped.expired', 'Deliveries dropped by message expiry (MQTT 5 only: 0)', zero),
+  m(
+    'delivery.dropped.expired',
+    'Deliveries dropped by message expiry (MQTT 5)',
+    total(Counter.deliveryDroppedExpired),
+  ),
   m('client.connect', 'CONNECT packets received', received(CONNECT)),
   m('client.connack', 'CONNACK packets sent', sent(CONNACK)),
   m('client.connected', 'Clients connected', total(Counter.clientConnected)),
@@ -232,7 +240,8 @@ export class StatsTracker {
   current(): Record<StatName, number> {
     const c = this.counters;
     const sessions = c.total(Counter.sessions);
-    const subs = c.total(Counter.subscriptions);
+    const shared = c.total(Counter.subscriptionsShared);
+    const subs = c.total(Counter.subscriptions) + shared;
     return {
       // EMQX counts a persistent session whose client is away as a connection (its channel
       // lives on); live_connections are the connected ones.
@@ -243,8 +252,7 @@ export class StatsTracker {
       suboptions: subs,
       subscribers: subs,
       subscriptions: subs,
-      // Shared subscriptions are not implemented yet.
-      'subscriptions.shared': 0,
+      'subscriptions.shared': shared,
       retained: c.total(Counter.retainedCount),
     };
   }

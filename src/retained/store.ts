@@ -75,7 +75,18 @@ export class RetainedStore {
   /** Retained messages whose topic matches `filter` (wildcards allowed). */
   match(filter: string, out: RetainedRecord[] = []): RetainedRecord[] {
     const levels = filter.split('/');
+    const from = out.length;
     this.walk(this.root, levels, 0, out);
+    // Expired messages (MQTT 5 Message Expiry Interval) are removed when found [MQTT-3.3.2-5].
+    const now = Date.now();
+    let w = from;
+    for (let r = from; r < out.length; r++) {
+      const rec = out[r];
+      if (rec.expiryAt && rec.expiryAt <= now)
+        this.set({ topic: rec.topic, payload: new Uint8Array(0), qos: 0 });
+      else out[w++] = rec;
+    }
+    out.length = w;
     return out;
   }
 

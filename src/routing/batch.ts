@@ -2,13 +2,22 @@ import type { QoS } from '../protocol/constants.js';
 import { Message } from '../session/message.js';
 
 /**
- * Cross-shard batches. Routed messages for one peer shard are appended to one ArrayBuffer and
- * posted (transferred, not copied) once per event-loop turn: a postMessage per message costs
- * 11-33 µs, a 64-message batch 0.7-2 µs per message (design notes). Layout per message:
- *   u8 flags (qos | retain<<2) · u16 topic length · topic · u32 payload length · payload ·
- *   u16 publisher id length · publisher id · u16 node count · i32 node ids…
- * Node ids are the topic-index nodes the publisher matched, so the receiver need not match again.
+ * Cross-shard batches. Messages for one peer shard are appended to one ArrayBuffer and posted
+ * (transferred, not copied) once per event-loop turn: a postMessage per message costs 11-33 µs,
+ * a 64-message batch 0.7-2 µs per message (design notes). Layout per entry:
+ *   u8 flags (qos | retain<<2 | kind<<3) · u16 topic length · topic · u32 payload length ·
+ *   payload · u16 publisher id length · publisher id · f64 expiryAt · u32 props length · props ·
+ *   then by kind:
+ *   ROUTED / SHARED: u16 node count · (pad to 4) · i32 node ids   — nodes the publisher matched
+ *                    (in the topic index / the shared-subscription index), so the receiver
+ *                    does not match again;
+ *   DIRECT:          u16 len · client id · u8 qos · u32 subscription id · u16 len · group key
+ *                    — one shared-group member picked by the group's owner shard;
+ *   REDISPATCH:      u16 len · group key · u16 len · client id to exclude
+ *                    — a message a leaving member never acknowledged, back to the owner.
  */
+export const BatchKind = { ROUTED: 0, SHARED: 1, DIRECT: 2, REDISPATCH: 3 } as const;
+
 export class BatchWriter {
   private buf: Buffer;
   private pos = 0;
@@ -27,14 +36,16 @@ export class BatchWriter {
     this.buf = next;
   }
 
-  add(msg: Message, nodeIds: Int32Array, nodeCount: number): void {
+  /** Writes the common part; reserves `extra` more bytes for the kind-specific tail. */
+  private head(msg: Message, kind: number, extra: number): void {
     const topic = msg.topicBytes;
-    const from = msg.from;
-    const fromLen = Buffer.byteLength(from);
-    this.ensure(1 + 2 + topic.length + 4 + msg.payload.length + 2 + fromLen + 2 + 4 * nodeCount + 3);
+    const fromLen = Buffer.byteLength(msg.from);
+    const props = msg.props;
+    const propsLen = props ? props.length : 0;
+    this.ensure(1 + 2 + topic.length + 4 + msg.payload.length + 2 + fromLen + 8 + 4 + propsLen + extra + 3);
     const b = this.buf;
     let p = this.pos;
-    b[p++] = msg.qos | (msg.retain ? 4 : 0);
+    b[p++] = msg.qos | (msg.retain ? 4 : 0) | (kind << 3);
     b.writeUInt16LE(topic.length, p);
     p += 2;
     p += topic.copy(b, p);
@@ -43,14 +54,52 @@ export class BatchWriter {
     p += msg.payload.copy(b, p);
     b.writeUInt16LE(fromLen, p);
     p += 2;
-    p += b.write(from, p, 'utf8');
+    p += b.write(msg.from, p, 'utf8');
+    b.writeDoubleLE(msg.expiryAt, p);
+    p += 8;
+    b.writeUInt32LE(propsLen, p);
+    p += 4;
+    if (props) p += props.copy(b, p);
+    this.pos = p;
+    this.count++;
+  }
+
+  private str(s: string): void {
+    const b = this.buf;
+    const p = this.pos;
+    const n = b.write(s, p + 2, 'utf8');
+    b.writeUInt16LE(n, p);
+    this.pos = p + 2 + n;
+  }
+
+  /** A message for the subscribers at these index nodes (kind ROUTED or SHARED). */
+  add(msg: Message, nodeIds: Int32Array, nodeCount: number, kind: number = BatchKind.ROUTED): void {
+    this.head(msg, kind, 2 + 4 * nodeCount);
+    const b = this.buf;
+    let p = this.pos;
     b.writeUInt16LE(nodeCount, p);
     p += 2;
     // Align node ids to 4 bytes so the reader can view them as an Int32Array.
     p = (p + 3) & ~3;
     for (let i = 0; i < nodeCount; i++, p += 4) b.writeInt32LE(nodeIds[i], p);
     this.pos = p;
-    this.count++;
+  }
+
+  /** A message for one shared-group member on the receiving shard. */
+  addDirect(msg: Message, clientId: string, qos: QoS, subId: number, group: string): void {
+    this.head(msg, BatchKind.DIRECT, 2 + 3 * clientId.length + 5 + 2 + 3 * group.length);
+    this.str(clientId);
+    this.buf[this.pos++] = qos;
+    this.buf.writeUInt32LE(subId, this.pos);
+    this.pos += 4;
+    this.str(group);
+  }
+
+  /** A message to give to another member of a shared group (the receiver owns the group). */
+  addRedispatch(msg: Message, group: string, exclude: string): void {
+    this.head(msg, BatchKind.REDISPATCH, 4 + 3 * group.length + 3 * exclude.length);
+    this.str(group);
+    this.str(exclude);
   }
 
   /** Hands over the filled buffer (to be transferred) and starts a new one. */
@@ -65,12 +114,21 @@ export class BatchWriter {
 
 export interface BatchVisitor {
   onRoutedMessage(msg: Message, nodeIds: Int32Array, nodeCount: number): void;
+  onSharedMessage(msg: Message, nodeIds: Int32Array, nodeCount: number): void;
+  onDirectMessage(msg: Message, clientId: string, qos: QoS, subId: number, group: string): void;
+  onRedispatch(msg: Message, group: string, exclude: string): void;
 }
 
 /** Decodes a batch; payloads are zero-copy views into the transferred buffer. */
 export function readBatch(ab: ArrayBuffer, len: number, visitor: BatchVisitor): void {
   const b = Buffer.from(ab, 0, len);
   let p = 0;
+  const str = (): string => {
+    const n = b.readUInt16LE(p);
+    const s = b.toString('utf8', p + 2, p + 2 + n);
+    p += 2 + n;
+    return s;
+  };
   while (p < len) {
     const flags = b[p++];
     const tlen = b.readUInt16LE(p);
@@ -81,19 +139,33 @@ export function readBatch(ab: ArrayBuffer, len: number, visitor: BatchVisitor): 
     p += 4;
     const payload = b.subarray(p, p + plen);
     p += plen;
-    const flen = b.readUInt16LE(p);
-    p += 2;
-    const from = b.toString('utf8', p, p + flen);
-    p += flen;
-    const nodeCount = b.readUInt16LE(p);
-    p += 2;
-    p = (p + 3) & ~3;
-    const nodeIds = new Int32Array(ab, p, nodeCount);
-    p += nodeCount * 4;
-    visitor.onRoutedMessage(
-      new Message(topic, payload, (flags & 3) as QoS, (flags & 4) !== 0, from),
-      nodeIds,
-      nodeCount,
-    );
+    const from = str();
+    const expiryAt = b.readDoubleLE(p);
+    p += 8;
+    const propsLen = b.readUInt32LE(p);
+    p += 4;
+    const msg = new Message(topic, payload, (flags & 3) as QoS, (flags & 4) !== 0, from);
+    if (propsLen > 0) msg.props = b.subarray(p, p + propsLen);
+    p += propsLen;
+    msg.expiryAt = expiryAt;
+    const kind = flags >> 3;
+    if (kind === BatchKind.ROUTED || kind === BatchKind.SHARED) {
+      const nodeCount = b.readUInt16LE(p);
+      p += 2;
+      p = (p + 3) & ~3;
+      const nodeIds = new Int32Array(ab, p, nodeCount);
+      p += nodeCount * 4;
+      if (kind === BatchKind.ROUTED) visitor.onRoutedMessage(msg, nodeIds, nodeCount);
+      else visitor.onSharedMessage(msg, nodeIds, nodeCount);
+    } else if (kind === BatchKind.DIRECT) {
+      const clientId = str();
+      const qos = b[p++] as QoS;
+      const subId = b.readUInt32LE(p);
+      p += 4;
+      visitor.onDirectMessage(msg, clientId, qos, subId, str());
+    } else {
+      const group = str();
+      visitor.onRedispatch(msg, group, str());
+    }
   }
 }

@@ -1,10 +1,10 @@
-import type { QoS } from '../protocol/constants.js';
-import type { Session } from '../session/session.js';
+import type { Session, Subscription } from '../session/session.js';
 
 /** One session's subscription at a node of the topic index. */
 export interface Subscriber {
   session: Session;
-  qos: QoS;
+  /** The session's subscription object itself: re-subscribing updates it in place */
+  sub: Subscription;
 }
 
 /**
@@ -21,7 +21,7 @@ export class SubscriberTable {
   }
 
   /** Adds or updates; returns true when the node went from no local subscribers to some. */
-  add(nodeId: number, session: Session, qos: QoS): boolean {
+  add(nodeId: number, session: Session, sub: Subscription): boolean {
     let list = this.byNode.get(nodeId);
     if (!list) {
       list = [];
@@ -29,11 +29,11 @@ export class SubscriberTable {
     }
     for (const s of list) {
       if (s.session === session) {
-        s.qos = qos;
+        s.sub = sub;
         return false;
       }
     }
-    list.push({ session, qos });
+    list.push({ session, sub });
     this.count++;
     return list.length === 1;
   }

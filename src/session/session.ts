@@ -1,16 +1,36 @@
 import type { WillMessage } from '../protocol/codec.js';
 import type { QoS } from '../protocol/constants.js';
+import type { SharedFilter } from '../routing/shared.js';
 import type { Connection } from '../shard/connection.js';
 import type { Message } from './message.js';
 
 export interface Subscription {
   qos: QoS;
-  /** Node of the filter in the shared topic index */
+  /** Node of the filter in the topic index (-1 for a shared subscription: its owner shard indexes it) */
   nodeId: number;
+  /** MQTT 5 subscription options [MQTT-3.8.3.1] */
+  noLocal: boolean;
+  retainAsPublished: boolean;
+  retainHandling: number;
+  /** Subscription Identifier, 0 = none */
+  subId: number;
+  /** Set for `$share/{group}/{filter}` and `$queue/{filter}` */
+  shared: SharedFilter | null;
+}
+
+/** What a delivery carries besides the message: how it is encoded for this subscriber. */
+export interface DeliveryOptions {
+  qos: QoS;
+  /** RETAIN flag on the wire (Retain As Published, or a retained message sent on subscribe) */
+  retainFlag: boolean;
+  /** Subscription identifiers of the matching subscriptions, or null */
+  subIds: number[] | null;
+  /** Shared group key when delivered through a shared subscription (for redispatch) */
+  group: string | null;
 }
 
 /** A QoS 1/2 message sent to the client and not yet fully acknowledged. */
-export interface InflightEntry {
+export interface InflightEntry extends DeliveryOptions {
   msg: Message;
   qos: 1 | 2;
   /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP */
@@ -18,10 +38,12 @@ export interface InflightEntry {
 }
 
 /** A message waiting for an inflight slot or for the client to come back. */
-export interface QueuedDelivery {
+export interface QueuedDelivery extends DeliveryOptions {
   msg: Message;
-  qos: QoS;
 }
+
+/** Session Expiry Interval meaning "never" [MQTT-3.1.2-?] */
+export const NEVER_EXPIRES = 0xffffffff;
 
 /**
  * Session state [MQTT-3.1.2-4]: plain data, so that a durable store and cross-node takeover can
@@ -38,19 +60,31 @@ export class Session {
   readonly awaitingRelAt = new Map<number, number>();
   nextPacketId = 1;
   will: WillMessage | null = null;
-  /** ms since epoch when an offline session expires; 0 while connected */
+  /** A will waiting for its Will Delay Interval (MQTT 5), published at `willAt` unless resumed */
+  pendingWill: WillMessage | null = null;
+  willAt = 0;
+  /**
+   * Seconds the session outlives its connection: 0 = ends with it (clean session 1, or MQTT 5
+   * without Session Expiry Interval), NEVER_EXPIRES = never.
+   */
+  expiryInterval = 0;
+  /** ms since epoch when an offline session expires; 0 while connected or never */
   expiresAt = 0;
   createdAt = Date.now();
 
   /** Transient, not session state: the connection using the session, if any */
   conn: Connection | null = null;
 
-  // Scratch for de-duplicating overlapping subscriptions during one delivery (no allocation).
+  // Scratch for de-duplicating overlapping subscriptions during one delivery (no allocation
+  // unless subscription identifiers are in use).
   mark = 0;
   markQos: QoS = 0;
+  markRetain = false;
+  markSubIds: number[] | null = null;
 
   constructor(
     readonly clientId: string,
+    /** Clean Session / Clean Start of the connection that created or last resumed it */
     public clean: boolean,
   ) {}
 

@@ -9,7 +9,10 @@ import {
   type PublishFrame,
   REQUIRED_FLAGS,
 } from '../protocol/codec.js';
-import { PacketType } from '../protocol/constants.js';
+import { PacketType, type QoS } from '../protocol/constants.js';
+import type { DeliveryProps } from '../protocol/v5.js';
+import { encodeDisconnectV5 } from '../protocol/v5-control.js';
+import type { Message } from '../session/message.js';
 import type { Session } from '../session/session.js';
 import type { Handoff } from '../threads/messages.js';
 import type { Shard } from './shard.js';
@@ -25,6 +28,8 @@ export interface HeldAck {
  * header and dispatches each packet to its handler (`handlers/*.ts`); it batches writes per
  * event-loop turn (cork/uncork) and applies the output high-water mark.
  */
+const NO_IDS: number[] = [];
+
 export class Connection implements FrameSink {
   readonly reader: FrameReader;
   readonly log: Logger;
@@ -62,6 +67,23 @@ export class Connection implements FrameSink {
   readonly protocolName: string;
   readonly keepalive: number;
 
+  // MQTT 5 per-connection state [MQTT-3.1.2-?]
+  readonly v5: boolean;
+  /** Client's Receive Maximum: QoS 1/2 deliveries unacknowledged at once */
+  readonly clientReceiveMax: number;
+  /** Client's Maximum Packet Size; 0 = no limit beyond the protocol's */
+  readonly clientMaxPacket: number;
+  /** Client's Topic Alias Maximum for broker → client aliases */
+  readonly clientAliasMax: number;
+  /** Reason strings and user properties allowed on acks (Request Problem Information) */
+  readonly problemInfo: boolean;
+  /** Inbound topic aliases (client → broker), valid for this connection only [MQTT-3.3.2-7] */
+  inAliases: Map<number, Buffer> | null = null;
+  /** Outbound topic aliases (broker → client) */
+  private outAliases: Map<string, number> | null = null;
+  /** Reused per-delivery property holder: no allocation for aliases and subscription ids */
+  private readonly delivery: DeliveryProps = { expiry: -1, subIds: [], topicAlias: 0, omitTopic: false };
+
   constructor(
     readonly shard: Shard,
     readonly socket: Socket,
@@ -75,8 +97,17 @@ export class Connection implements FrameSink {
     this.localPort = socket.localPort ?? 0;
     this.username = handoff.connect.username;
     this.protocolName = handoff.connect.protocolName;
-    this.keepalive = handoff.connect.keepalive;
-    this.keepaliveMs = handoff.connect.keepalive * 1000 * shard.config['mqtt.keepalive_multiplier'];
+    const c = handoff.connect;
+    this.v5 = c.protocolVersion === 5;
+    const p = c.properties ?? {};
+    this.clientReceiveMax = p.receiveMaximum ?? 65535;
+    this.clientMaxPacket = p.maximumPacketSize ?? 0;
+    this.clientAliasMax = p.topicAliasMaximum ?? 0;
+    this.problemInfo = p.requestProblemInformation !== 0;
+    // Server Keep Alive overrides the client's for MQTT 5 [MQTT-3.2.2-21].
+    const serverKeepalive = shard.config['mqtt.server_keepalive'];
+    this.keepalive = this.v5 && serverKeepalive > 0 ? serverKeepalive : c.keepalive;
+    this.keepaliveMs = this.keepalive * 1000 * shard.config['mqtt.keepalive_multiplier'];
     this.reader = new FrameReader(this, shard.config['mqtt.max_packet_size']);
     this.log = shard.log.child({
       clientId: this.clientId,
@@ -106,7 +137,10 @@ export class Connection implements FrameSink {
     }
   }
 
-  /** A malformed packet or protocol violation closes this connection and never escapes the shard. */
+  /**
+   * A malformed packet or protocol violation closes this connection (MQTT 5: after a DISCONNECT
+   * with the reason code [MQTT-4.13.1-1]) and never escapes the shard.
+   */
   private onBadInput(err: unknown): void {
     const row = this.shard.counters.row;
     if (err instanceof ProtocolError) {
@@ -114,11 +148,87 @@ export class Connection implements FrameSink {
       else if (err.reason === 0x81) row[Counter.malformedPackets]++;
       else row[Counter.protocolErrors]++;
       this.log.warn({ reason: err.message }, 'protocol violation; closing connection');
-    } else {
-      row[Counter.protocolErrors]++;
-      this.log.error({ err }, 'error handling packet; closing connection');
+      this.disconnect(err.reason, err.message);
+      return;
     }
-    this.close(err instanceof Error ? err.message : 'error');
+    row[Counter.protocolErrors]++;
+    this.log.error({ err }, 'error handling packet; closing connection');
+    this.disconnect(0x80, 'unspecified error');
+  }
+
+  /**
+   * Server-initiated close. MQTT 5 clients first get a DISCONNECT with the reason code (and the
+   * reason string unless they opted out of problem information); MQTT 3 clients are just closed.
+   */
+  disconnect(reasonCode: number, reason: string): void {
+    if (this.closed) return;
+    if (this.v5) {
+      const frame = encodeDisconnectV5(reasonCode, this.problemInfo ? { reasonString: reason } : undefined);
+      this.closed = true;
+      if (this.corked) this.socket.uncork();
+      // end() flushes what is queued, then FIN; a peer that never reads is cut off shortly after.
+      this.socket.end(frame);
+      setTimeout(() => this.socket.destroy(), 2000).unref();
+      this.shard.onConnectionClosed(this, reason);
+      return;
+    }
+    this.close(reason);
+  }
+
+  /** QoS 1/2 deliveries allowed unacknowledged: ours, capped by the client's Receive Maximum. */
+  get inflightLimit(): number {
+    const own = this.shard.config['mqtt.max_inflight'];
+    return Math.min(own, this.clientReceiveMax);
+  }
+
+  /**
+   * Writes one PUBLISH to this client, encoded for its protocol version. Returns false (and
+   * writes nothing) when it would exceed the client's Maximum Packet Size [MQTT-3.1.2-24].
+   */
+  sendPublish(
+    msg: Message,
+    qos: QoS,
+    packetId: number,
+    dup: boolean,
+    retainFlag: boolean,
+    subIds: number[] | null,
+  ): boolean {
+    if (!this.v5) {
+      this.write(msg.frame(false, qos, packetId, dup, retainFlag, null));
+      return true;
+    }
+    let d: DeliveryProps | null = null;
+    let newAlias = '';
+    if (subIds !== null || msg.expiryAt > 0 || this.clientAliasMax > 0) {
+      d = this.delivery;
+      d.subIds = subIds ?? NO_IDS;
+      // The remaining lifetime is sent, not the original interval [MQTT-3.3.2-6].
+      d.expiry = msg.expiryAt > 0 ? Math.max(0, Math.ceil((msg.expiryAt - Date.now()) / 1000)) : -1;
+      d.topicAlias = 0;
+      d.omitTopic = false;
+      if (this.clientAliasMax > 0) {
+        if (!this.outAliases) this.outAliases = new Map();
+        const topic = msg.topic;
+        const known = this.outAliases.get(topic);
+        if (known !== undefined) {
+          d.topicAlias = known;
+          d.omitTopic = true;
+        } else if (this.outAliases.size < this.clientAliasMax) {
+          d.topicAlias = this.outAliases.size + 1;
+          this.outAliases.set(topic, d.topicAlias);
+          newAlias = topic;
+        }
+      }
+    }
+    const frame = msg.frame(true, qos, packetId, dup, retainFlag, d);
+    if (this.clientMaxPacket > 0 && frame.length > this.clientMaxPacket) {
+      // Never send more than the client accepts: drop and count [MQTT-3.1.2-25].
+      if (newAlias) this.outAliases!.delete(newAlias);
+      this.shard.counters.row[Counter.deliveryDroppedTooLarge]++;
+      return false;
+    }
+    this.write(frame);
+    return true;
   }
 
   onFrame(type: number, flags: number, body: Buffer, start: number, end: number): void {

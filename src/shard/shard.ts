@@ -3,15 +3,24 @@ import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters, observeHandoff } from '../metrics/counters.js';
-import { encodeAck, encodeConnack } from '../protocol/codec.js';
+import { encodeAck, encodeConnack, type WillMessage } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
+import { encodeAckV5, encodeConnackV5Full } from '../protocol/v5-control.js';
 import { type BatchVisitor, BatchWriter, readBatch } from '../routing/batch.js';
+import { ownerShard, SharedGroups, type SharedStrategy } from '../routing/shared.js';
 import { SubscriberTable } from '../routing/subscribers.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { Message } from '../session/message.js';
-import { Session } from '../session/session.js';
+import { NEVER_EXPIRES, Session, type Subscription } from '../session/session.js';
 import { publishClientEvent } from '../sys/events.js';
-import type { Handoff, MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
+import type {
+  Handoff,
+  MainToShard,
+  RetainedRecord,
+  ShardInit,
+  ShardToMain,
+  ShardToShard,
+} from '../threads/messages.js';
 import { Connection, type HeldAck } from './connection.js';
 import { answerQuery } from './queries.js';
 
@@ -19,13 +28,7 @@ import { answerQuery } from './queries.js';
 interface RetainedBatch {
   held: HeldAck;
   left: number;
-  answers: { filter: string; records: { topic: string; payload: Uint8Array; qos: QoS }[] }[];
-}
-
-interface PeerBatch {
-  buf: ArrayBuffer;
-  len: number;
-  count: number;
+  answers: { filter: string; records: RetainedRecord[] }[];
 }
 
 /** Posts to the main thread; a port in a worker, a plain callback when embedded in one thread. */
@@ -34,23 +37,42 @@ export interface MainLink {
   on(event: 'message', listener: (msg: MainToShard) => void): unknown;
 }
 
+/** Subscription options as requested (MQTT 3 clients get the defaults). */
+export interface SubscribeOptions {
+  qos: QoS;
+  noLocal: boolean;
+  retainAsPublished: boolean;
+  retainHandling: number;
+  subId: number;
+}
+
+/** Rebuilds a Buffer view of a Uint8Array that arrived by structured clone. */
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.length);
+}
+
 /**
  * A shard owns the sessions of the client ids that hash to it: their connections, protocol
  * state, subscriptions, inflight windows, queues, keep-alive and wills. It routes each PUBLISH
  * by matching the shared topic index once, delivering to its own sessions directly and to
- * other shards in one batch per shard per event-loop turn.
+ * other shards in one batch per shard per event-loop turn. It also owns the shared-subscription
+ * groups whose owner it is (routing/shared.ts).
  */
 export class Shard implements BatchVisitor {
   readonly id: number;
+  readonly shardCount: number;
   readonly config: Config;
   readonly log: Logger;
   readonly counters: Counters;
   readonly index: TopicIndex;
+  readonly sharedIndex: TopicIndex;
   readonly sessions = new Map<string, Session>();
   readonly subscribers = new SubscriberTable();
+  readonly sharedGroups = new SharedGroups();
   private readonly peers: (MessagePort | null)[];
   private readonly batches: (BatchWriter | null)[];
   private readonly match = new MatchResult();
+  private readonly sharedMatch = new MatchResult(8);
   private readonly targets: Session[] = [];
   private deliverySeq = 0;
   private flushScheduled = false;
@@ -62,6 +84,8 @@ export class Shard implements BatchVisitor {
     number,
     { conn: Connection; filter: string; batch: RetainedBatch }
   >();
+  /** Shared subscriptions of this shard's sessions: count, for the gauge */
+  private sharedSubs = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping = false;
 
@@ -70,6 +94,7 @@ export class Shard implements BatchVisitor {
     private readonly main: MainLink,
   ) {
     this.id = init.shardId;
+    this.shardCount = init.shardCount;
     this.config = init.config;
     this.log = createLogger(this.config['log.level'], {
       thread: 'shard',
@@ -78,6 +103,7 @@ export class Shard implements BatchVisitor {
     });
     this.counters = Counters.attach(init.counters, this.id + 1);
     this.index = TopicIndex.attach(init.index);
+    this.sharedIndex = TopicIndex.attach(init.sharedIndex);
     this.peers = init.peers;
     this.batches = init.peers.map((_, i) => (i === this.id ? null : new BatchWriter()));
     for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
@@ -92,7 +118,11 @@ export class Shard implements BatchVisitor {
   private listenPeer(i: number): void {
     const port = this.peers[i];
     if (!port) return;
-    port.on('message', (b: PeerBatch) => readBatch(b.buf, b.len, this));
+    port.on('message', (m: ShardToShard) => {
+      if (m.t === 'batch') readBatch(m.buf, m.len, this);
+      else if (m.t === 'sharedJoin') this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId);
+      else this.sharedLeave(m.group, m.filter, m.clientId);
+    });
   }
 
   private onMainMessage(msg: MainToShard): void {
@@ -104,6 +134,12 @@ export class Shard implements BatchVisitor {
         this.peers[msg.shard]?.close();
         this.peers[msg.shard] = msg.port;
         this.listenPeer(msg.shard);
+        // A restarted shard lost the shared groups it owned: members here join them again.
+        this.rejoinSharedGroupsOwnedBy(msg.shard);
+        break;
+      case 'shardDown':
+        for (const nodeId of this.sharedGroups.dropShard(msg.shard))
+          this.sharedIndex.clearShard(nodeId, this.id);
         break;
       case 'retainAck': {
         const pending = this.heldAcks.get(msg.reqId);
@@ -122,9 +158,11 @@ export class Shard implements BatchVisitor {
         break;
       case 'publish':
         for (const p of msg.messages) {
-          const payload = Buffer.from(p.payload.buffer, p.payload.byteOffset, p.payload.length);
           // from '' marks the broker's own $SYS messages (client ids are never empty here).
-          this.publish(Message.fromStrings(p.topic, payload, p.qos, p.retain, p.sys ? '' : 'http_api'), null);
+          this.publish(
+            Message.fromStrings(p.topic, asBuffer(p.payload), p.qos, p.retain, p.sys ? '' : 'http_api'),
+            null,
+          );
         }
         break;
       case 'query':
@@ -161,14 +199,16 @@ export class Shard implements BatchVisitor {
       return;
     }
     const c = h.connect;
+    const v5 = c.protocolVersion === 5;
     const row = this.counters.row;
     let session = this.sessions.get(c.clientId);
     if (session?.conn) {
       // Takeover: the same client id is already connected here [MQTT-3.1.4-2]. The old
-      // connection closes without DISCONNECT, so its will is published.
+      // connection closes without DISCONNECT, so its will is published (MQTT 5: after its
+      // Will Delay Interval, unless this connection resumes the session first).
       row[Counter.sessionTakenover]++;
       session.conn.log.info('session taken over by a new connection');
-      session.conn.close('session taken over');
+      session.conn.disconnect(0x8e, 'session taken over');
       session = this.sessions.get(c.clientId);
     }
     let sessionPresent = false;
@@ -184,6 +224,9 @@ export class Shard implements BatchVisitor {
     if (session) {
       sessionPresent = true;
       session.expiresAt = 0;
+      // Resumed in time: a delayed will is not sent [MQTT-3.1.3-9].
+      session.pendingWill = null;
+      session.willAt = 0;
       row[Counter.sessionResumed]++;
     } else {
       session = new Session(c.clientId, c.clean);
@@ -192,26 +235,61 @@ export class Shard implements BatchVisitor {
       row[Counter.sessions]++;
     }
     session.clean = c.clean;
+    // MQTT 3: clean session 1 ends with the connection, 0 lives mqtt.session_expiry_interval.
+    // MQTT 5: the client's Session Expiry Interval, absent = 0 [MQTT-3.1.2-?].
+    session.expiryInterval = v5
+      ? (c.properties?.sessionExpiryInterval ?? 0)
+      : c.clean
+        ? 0
+        : this.config['mqtt.session_expiry_interval'];
     session.will = c.will;
     const conn = new Connection(this, socket, session, h);
     session.conn = conn;
     row[Counter.connections]++;
     row[Counter.clientConnected]++;
+    const handoffNs = Number(process.hrtime.bigint()) - h.acceptedAt;
     conn.log.info(
       {
+        proto: c.protocolVersion,
         clean: c.clean,
-        keepalive: c.keepalive,
+        keepalive: conn.keepalive,
+        expiry: session.expiryInterval,
         sessionPresent,
-        handoffUs: Math.round((Number(process.hrtime.bigint()) - h.acceptedAt) / 1000),
+        handoffUs: Math.round(handoffNs / 1000),
       },
       'client connected',
     );
-    observeHandoff(row, Number(process.hrtime.bigint()) - h.acceptedAt);
+    observeHandoff(row, handoffNs);
     publishClientEvent(this, conn, 'connected');
     // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
-    conn.write(encodeConnack(sessionPresent, 0));
-    if (sessionPresent) this.resend(session);
+    conn.write(v5 ? this.connackV5(h, conn, sessionPresent) : encodeConnack(sessionPresent, 0));
+    if (sessionPresent) {
+      for (const [filter, sub] of session.subscriptions) {
+        if (sub.shared) this.sendMembership('sharedJoin', session, filter, sub);
+      }
+      this.resend(session);
+    }
     conn.start(h.leftover);
+  }
+
+  /** CONNACK properties: the server's limits and capabilities [MQTT-3.2.2.3]. */
+  private connackV5(h: Handoff, conn: Connection, sessionPresent: boolean): Buffer {
+    const cfg = this.config;
+    const req = h.connect.properties ?? {};
+    const respInfo = cfg['mqtt.response_information'];
+    return encodeConnackV5Full(sessionPresent, 0, {
+      receiveMaximum: cfg['mqtt.receive_maximum'],
+      maximumPacketSize: cfg['mqtt.max_packet_size'],
+      topicAliasMaximum: cfg['mqtt.max_topic_alias'] > 0 ? cfg['mqtt.max_topic_alias'] : undefined,
+      maximumQoS: cfg['mqtt.max_qos_allowed'] < 2 ? cfg['mqtt.max_qos_allowed'] : undefined,
+      retainAvailable: cfg['mqtt.retain_available'] ? undefined : false,
+      wildcardSubscriptionAvailable: cfg['mqtt.wildcard_subscription'],
+      subscriptionIdentifiersAvailable: true,
+      sharedSubscriptionAvailable: cfg['mqtt.shared_subscription'],
+      assignedClientIdentifier: h.assignedClientId ? h.connect.clientId : undefined,
+      serverKeepAlive: cfg['mqtt.server_keepalive'] > 0 ? conn.keepalive : undefined,
+      responseInformation: req.requestResponseInformation === 1 && respInfo ? respInfo : undefined,
+    });
   }
 
   /** On resume: resend unacknowledged PUBLISH with DUP and PUBREL, in original order [MQTT-4.4.0-1]. */
@@ -219,7 +297,7 @@ export class Shard implements BatchVisitor {
     const conn = session.conn!;
     for (const [id, e] of session.inflight) {
       if (e.released) conn.write(encodeAck(PacketType.PUBREL, id));
-      else conn.write(e.msg.qosFrame(e.qos, id, true));
+      else conn.sendPublish(e.msg, e.qos, id, true, e.retainFlag, e.subIds);
     }
     this.drainSession(session);
   }
@@ -233,28 +311,46 @@ export class Shard implements BatchVisitor {
     if (!this.stopping) publishClientEvent(this, conn, 'disconnected', reason);
     if (session.conn === conn) session.conn = null;
     for (const [reqId, p] of this.heldAcks) if (p.conn === conn) this.heldAcks.delete(reqId);
-    if (session.will && !conn.gracefulDisconnect && !this.stopping) {
-      // Will on any close other than DISCONNECT [MQTT-3.1.2-8].
-      const w = session.will;
-      row[Counter.willsPublished]++;
-      // The CONNECT came from main by structured clone: the payload is a Uint8Array, not a Buffer.
-      const payload = Buffer.from(w.payload.buffer, w.payload.byteOffset, w.payload.length);
-      this.publish(Message.fromStrings(w.topic, payload, w.qos, w.retain, session.clientId), null);
-    }
+    // A shared-group member that goes away gets no more messages, and what it had not
+    // acknowledged goes to another member.
+    this.leaveSharedGroups(session, true);
+    const will = session.will;
     session.will = null;
-    if (session.clean) {
-      // Clean session: state ends with the connection [MQTT-3.1.2-6].
+    if (will && !conn.gracefulDisconnect && !this.stopping) {
+      // Will on any close other than DISCONNECT [MQTT-3.1.2-8]; MQTT 5 may delay it [MQTT-3.1.3-9].
+      if (will.delay && will.delay > 0 && session.expiryInterval > 0) {
+        session.pendingWill = will;
+        session.willAt = Date.now() + will.delay * 1000;
+      } else {
+        this.publishWill(session.clientId, will);
+      }
+    }
+    if (session.expiryInterval === 0) {
+      // State ends with the connection [MQTT-3.1.2-6].
       this.discardSession(session);
       row[Counter.sessionTerminated]++;
     } else {
-      const expiry = this.config['mqtt.session_expiry_interval'];
-      session.expiresAt = Date.now() + expiry * 1000;
-      if (expiry === 0) this.expireSession(session);
+      session.expiresAt =
+        session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
     }
+  }
+
+  private publishWill(clientId: string, w: WillMessage): void {
+    this.counters.row[Counter.willsPublished]++;
+    // The CONNECT came from main by structured clone: payload and props are Uint8Arrays.
+    const msg = Message.fromStrings(w.topic, asBuffer(w.payload), w.qos, w.retain, clientId);
+    if (w.props) msg.props = asBuffer(w.props);
+    if (w.expiry !== undefined && w.expiry >= 0) msg.expiryAt = Date.now() + w.expiry * 1000;
+    this.publish(msg, null);
   }
 
   private discardSession(session: Session): void {
     for (const [filter] of session.subscriptions) this.unsubscribe(session, filter);
+    if (session.pendingWill) {
+      // The session ends before the will delay: the will is published now [MQTT-3.1.3-9].
+      this.publishWill(session.clientId, session.pendingWill);
+      session.pendingWill = null;
+    }
     if (this.sessions.get(session.clientId) === session) {
       this.sessions.delete(session.clientId);
       this.counters.row[Counter.sessions]--;
@@ -268,7 +364,10 @@ export class Shard implements BatchVisitor {
     this.discardSession(session);
   }
 
-  /** Once a second: keep-alive [MQTT-3.1.2-24] and offline-session expiry (expiry is data, not a timer each). */
+  /**
+   * Once a second: keep-alive [MQTT-3.1.2-24], delayed wills and offline-session expiry
+   * (expiry is data, not a timer per session).
+   */
   private sweep(): void {
     const now = Date.now();
     for (const session of this.sessions.values()) {
@@ -278,42 +377,77 @@ export class Shard implements BatchVisitor {
         if (conn.keepaliveMs > 0 && now - conn.lastReceivedAt > conn.keepaliveMs) {
           this.counters.row[Counter.keepaliveTimeouts]++;
           conn.log.info({ keepaliveMs: conn.keepaliveMs }, 'keep-alive timeout');
-          conn.close('keep-alive timeout');
+          conn.disconnect(0x8d, 'keep-alive timeout');
         }
-      } else if (session.expiresAt > 0 && now >= session.expiresAt) {
-        this.expireSession(session);
+        continue;
       }
+      if (session.pendingWill && now >= session.willAt) {
+        const w = session.pendingWill;
+        session.pendingWill = null;
+        this.publishWill(session.clientId, w);
+      }
+      if (session.expiresAt > 0 && now >= session.expiresAt) this.expireSession(session);
     }
   }
 
   // ------------------------------------------------------------------------------------------
   // Subscriptions
 
-  /** Adds or replaces a subscription; false when the topic index is full. */
-  subscribe(session: Session, filter: string, qos: QoS): boolean {
+  /**
+   * Adds or replaces a subscription. Returns 'new' or 'existing' (for Retain Handling 1), or
+   * null when the topic index is full.
+   */
+  subscribe(
+    session: Session,
+    filter: string,
+    o: SubscribeOptions,
+    shared: Subscription['shared'] = null,
+  ): 'new' | 'existing' | null {
     const existing = session.subscriptions.get(filter);
     if (existing) {
-      existing.qos = qos;
-      this.subscribers.add(existing.nodeId, session, qos);
-      return true;
+      existing.qos = o.qos;
+      existing.noLocal = o.noLocal;
+      existing.retainAsPublished = o.retainAsPublished;
+      existing.retainHandling = o.retainHandling;
+      existing.subId = o.subId;
+      if (existing.shared) this.sendMembership('sharedJoin', session, filter, existing);
+      else this.subscribers.add(existing.nodeId, session, existing);
+      return 'existing';
+    }
+    const sub: Subscription = { ...o, nodeId: -1, shared };
+    if (shared) {
+      session.subscriptions.set(filter, sub);
+      this.sharedSubs++;
+      this.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
+      this.sendMembership('sharedJoin', session, filter, sub);
+      return 'new';
     }
     const nodeId = this.index.ensure(filter);
     if (nodeId < 0) {
       this.log.error({ filter }, 'topic index full; subscription refused');
-      return false;
+      return null;
     }
-    session.subscriptions.set(filter, { qos, nodeId });
-    if (this.subscribers.add(nodeId, session, qos)) this.index.setShard(nodeId, this.id);
+    sub.nodeId = nodeId;
+    session.subscriptions.set(filter, sub);
+    if (this.subscribers.add(nodeId, session, sub)) this.index.setShard(nodeId, this.id);
     this.counters.row[Counter.subscriptions] = this.subscribers.count;
-    return true;
+    return 'new';
   }
 
-  unsubscribe(session: Session, filter: string): void {
+  /** Returns false when there was no such subscription. */
+  unsubscribe(session: Session, filter: string): boolean {
     const sub = session.subscriptions.get(filter);
-    if (!sub) return;
+    if (!sub) return false;
     session.subscriptions.delete(filter);
+    if (sub.shared) {
+      this.sharedSubs--;
+      this.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
+      if (session.conn) this.sendMembership('sharedLeave', session, filter, sub);
+      return true;
+    }
     if (this.subscribers.remove(sub.nodeId, session)) this.index.clearShard(sub.nodeId, this.id);
     this.counters.row[Counter.subscriptions] = this.subscribers.count;
+    return true;
   }
 
   /**
@@ -322,16 +456,16 @@ export class Shard implements BatchVisitor {
    * it: the lookup then sees the store as it was before the client saw SUBACK, so a message
    * published after that reaches the subscriber live only, not also as a retained message.
    */
-  sendRetained(conn: Connection, granted: { filter: string; qos: QoS }[], suback: Buffer): void {
-    const batch: RetainedBatch = { held: conn.holdAck(suback), left: granted.length, answers: [] };
-    for (const g of granted) {
+  sendRetained(conn: Connection, filters: string[], suback: Buffer): void {
+    const batch: RetainedBatch = { held: conn.holdAck(suback), left: filters.length, answers: [] };
+    for (const filter of filters) {
       const reqId = ++this.reqSeq;
-      this.retainedRequests.set(reqId, { conn, filter: g.filter, batch });
-      this.main.postMessage({ t: 'retainedLookup', reqId, filters: [g.filter] });
+      this.retainedRequests.set(reqId, { conn, filter, batch });
+      this.main.postMessage({ t: 'retainedLookup', reqId, filters: [filter] });
     }
   }
 
-  private onRetained(reqId: number, records: { topic: string; payload: Uint8Array; qos: QoS }[]): void {
+  private onRetained(reqId: number, records: RetainedRecord[]): void {
     const req = this.retainedRequests.get(reqId);
     if (!req) return;
     this.retainedRequests.delete(reqId);
@@ -343,58 +477,253 @@ export class Shard implements BatchVisitor {
     conn.releaseAcks();
     const session = conn.session;
     if (conn.closed || session.conn !== conn) return;
+    const now = Date.now();
     for (const a of batch.answers) {
       const sub = session.subscriptions.get(a.filter);
       if (!sub) continue;
       for (const r of a.records) {
-        const payload = Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.length);
-        const msg = Message.fromStrings(r.topic, payload, r.qos, true, '', true);
-        this.deliver(session, msg, Math.min(r.qos, sub.qos) as QoS);
+        if (r.expiryAt && r.expiryAt <= now) continue;
+        const msg = Message.fromStrings(r.topic, asBuffer(r.payload), r.qos, true, '', true);
+        if (r.props) msg.props = asBuffer(r.props);
+        if (r.expiryAt) msg.expiryAt = r.expiryAt;
+        // Retained messages sent on subscribe carry RETAIN 1 whatever Retain As Published says.
+        this.deliver(
+          session,
+          msg,
+          Math.min(r.qos, sub.qos) as QoS,
+          true,
+          sub.subId ? [sub.subId] : null,
+          null,
+        );
       }
     }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Shared subscriptions
+
+  /** Tells the group's owner shard (maybe this one) that a session joins or leaves. */
+  private sendMembership(
+    t: 'sharedJoin' | 'sharedLeave',
+    session: Session,
+    filter: string,
+    sub: Subscription,
+  ): void {
+    const sf = sub.shared!;
+    void filter;
+    const owner = ownerShard(sf.group, sf.filter, this.shardCount);
+    if (owner === this.id) {
+      if (t === 'sharedJoin')
+        this.sharedJoin(sf.group, sf.filter, session.clientId, this.id, sub.qos, sub.subId);
+      else this.sharedLeave(sf.group, sf.filter, session.clientId);
+      return;
+    }
+    this.peers[owner]?.postMessage({
+      t,
+      group: sf.group,
+      filter: sf.filter,
+      clientId: session.clientId,
+      shard: this.id,
+      qos: sub.qos,
+      subId: sub.subId,
+    } satisfies ShardToShard);
+  }
+
+  private sharedJoin(
+    group: string,
+    filter: string,
+    clientId: string,
+    shard: number,
+    qos: QoS,
+    subId: number,
+  ): void {
+    const nodeId = this.sharedIndex.ensure(filter);
+    if (nodeId < 0) {
+      this.log.error({ group, filter }, 'shared-subscription index full; member not added');
+      return;
+    }
+    if (this.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId })) {
+      this.sharedIndex.setShard(nodeId, this.id);
+    }
+  }
+
+  private sharedLeave(group: string, filter: string, clientId: string): void {
+    const g = this.sharedGroups.get(`${group}\u0000${filter}`);
+    if (!g) return;
+    if (this.sharedGroups.leave(group, filter, clientId)) this.sharedIndex.clearShard(g.nodeId, this.id);
+  }
+
+  /**
+   * A session went offline or ended: it leaves its groups; its unacknowledged and queued
+   * shared-group messages go back to the groups' owners for another member.
+   */
+  private leaveSharedGroups(session: Session, redispatch: boolean): void {
+    let any = false;
+    for (const [filter, sub] of session.subscriptions) {
+      if (!sub.shared) continue;
+      any = true;
+      this.sendMembership('sharedLeave', session, filter, sub);
+    }
+    if (!any || !redispatch) return;
+    for (const [id, e] of session.inflight) {
+      if (e.group === null || e.released) continue;
+      session.inflight.delete(id);
+      this.redispatch(e.msg, e.group, session.clientId);
+    }
+    if (session.queue.some((d) => d.group !== null)) {
+      const keep = [];
+      for (const d of session.queue) {
+        if (d.group === null) keep.push(d);
+        else this.redispatch(d.msg, d.group, session.clientId);
+      }
+      session.queue = keep;
+    }
+  }
+
+  private redispatch(msg: Message, groupKey: string, exclude: string): void {
+    const [group, filter] = groupKey.split('\u0000');
+    const owner = ownerShard(group, filter, this.shardCount);
+    if (owner === this.id) this.onRedispatch(msg, groupKey, exclude);
+    else this.batchFor(owner)?.addRedispatch(msg, groupKey, exclude);
+  }
+
+  /** Members here join the groups a restarted shard owns again. */
+  private rejoinSharedGroupsOwnedBy(shard: number): void {
+    for (const session of this.sessions.values()) {
+      if (!session.conn) continue;
+      for (const [filter, sub] of session.subscriptions) {
+        if (sub.shared && ownerShard(sub.shared.group, sub.shared.filter, this.shardCount) === shard) {
+          this.sendMembership('sharedJoin', session, filter, sub);
+        }
+      }
+    }
+  }
+
+  /** Owner side: one member of each matching group gets the message. */
+  onSharedMessage(msg: Message, nodeIds: Int32Array, n: number): void {
+    const strategy = this.config['mqtt.shared_subscription_strategy'] as SharedStrategy;
+    for (let i = 0; i < n; i++) {
+      const groups = this.sharedGroups.groupsAt(nodeIds[i]);
+      if (!groups) continue;
+      for (const g of groups) {
+        const m = g.pick(strategy, msg.from, msg.topic, null);
+        if (m) this.toMember(msg, m.clientId, m.shard, Math.min(msg.qos, m.qos) as QoS, m.subId, g.key);
+      }
+    }
+  }
+
+  onRedispatch(msg: Message, groupKey: string, exclude: string): void {
+    const g = this.sharedGroups.get(groupKey);
+    const m = g?.pick(
+      this.config['mqtt.shared_subscription_strategy'] as SharedStrategy,
+      msg.from,
+      msg.topic,
+      exclude,
+    );
+    if (!g || !m) {
+      this.counters.row[Counter.messagesDropped]++;
+      return;
+    }
+    this.toMember(msg, m.clientId, m.shard, Math.min(msg.qos, m.qos) as QoS, m.subId, g.key);
+  }
+
+  private toMember(
+    msg: Message,
+    clientId: string,
+    shard: number,
+    qos: QoS,
+    subId: number,
+    group: string,
+  ): void {
+    if (shard === this.id) this.onDirectMessage(msg, clientId, qos, subId, group);
+    else this.batchFor(shard)?.addDirect(msg, clientId, qos, subId, group);
+  }
+
+  /** Member side: a message its group's owner picked this session for. */
+  onDirectMessage(msg: Message, clientId: string, qos: QoS, subId: number, group: string): void {
+    const session = this.sessions.get(clientId);
+    if (!session?.conn) {
+      // Left meanwhile: back to the owner for someone else.
+      this.redispatch(msg, group, clientId);
+      return;
+    }
+    this.deliver(session, msg, qos, false, subId ? [subId] : null, group);
   }
 
   // ------------------------------------------------------------------------------------------
   // Publishing and routing
 
   /**
-   * Routes a message published by a client (or a will). `ack` is the PUBACK/PUBREC for `conn`:
-   * for a retained message it is held until main has stored it, so that a client that saw the
-   * ack and then subscribes is sure to get it.
+   * Routes a message published by a client (or a will, or the broker). For a client's QoS 1/2
+   * PUBLISH, `ackType` is PUBACK/PUBREC: MQTT 5 gets reason 0x10 when no subscriber matched.
+   * For a retained message the ack is held until main has stored it, so that a client that saw
+   * the ack and then subscribes is sure to get it. Returns whether any subscriber matched.
    */
-  publish(msg: Message, conn: Connection | null, ack?: Buffer): void {
-    this.route(msg);
+  publish(msg: Message, conn: Connection | null, ackType = 0, packetId = 0): boolean {
+    const matched = this.route(msg);
+    let ack: Buffer | null = null;
+    if (conn && ackType) {
+      ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
+    }
     if (msg.retain) {
       const reqId = conn && ack ? ++this.reqSeq : 0;
       if (conn && ack) this.heldAcks.set(reqId, { conn, held: conn.holdAck(ack) });
       const payload = new Uint8Array(msg.payload.length);
       payload.set(msg.payload);
-      this.main.postMessage({ t: 'retain', reqId, record: { topic: msg.topic, payload, qos: msg.qos } });
+      let props: Uint8Array | null = null;
+      if (msg.props) {
+        props = new Uint8Array(msg.props.length);
+        props.set(msg.props);
+      }
+      this.main.postMessage({
+        t: 'retain',
+        reqId,
+        record: { topic: msg.topic, payload, qos: msg.qos, props, expiryAt: msg.expiryAt },
+      });
     } else if (conn && ack) {
       conn.writeAck(ack);
     }
+    return matched;
   }
 
-  private route(msg: Message): void {
-    const m = this.match;
-    const topic = msg.topicBytes;
-    const n = this.index.match(topic, 0, topic.length, m);
-    if (n === 0) {
-      // As EMQX: the broker's own $SYS messages (from '') are not counted as dropped.
-      if (msg.from !== '') this.counters.row[Counter.messagesDroppedNoSubscribers]++;
-      return;
-    }
-    const mask = m.mask;
-    if (mask & (1 << this.id)) this.deliverLocal(msg, m.nodeIds, n);
-    if ((mask & ~(1 << this.id)) === 0) return;
-    for (let s = 0; s < this.batches.length; s++) {
-      const b = this.batches[s];
-      if (b && mask & (1 << s)) b.add(msg, m.nodeIds, n);
-    }
+  private batchFor(shard: number): BatchWriter | null {
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flushBatches);
     }
+    return this.batches[shard];
+  }
+
+  private route(msg: Message): boolean {
+    const m = this.match;
+    const topic = msg.topicBytes;
+    const n = this.index.match(topic, 0, topic.length, m);
+    let matched = n > 0;
+    if (n > 0) {
+      const mask = m.mask;
+      if (mask & (1 << this.id)) this.deliverLocal(msg, m.nodeIds, n);
+      if ((mask & ~(1 << this.id)) !== 0) {
+        for (let s = 0; s < this.batches.length; s++) {
+          if (s !== this.id && mask & (1 << s)) this.batchFor(s)!.add(msg, m.nodeIds, n);
+        }
+      }
+    }
+    if (this.sharedGroups.size > 0 || this.sharedIndex.stats().activeFilters > 0) {
+      const sm = this.sharedMatch;
+      const k = this.sharedIndex.match(topic, 0, topic.length, sm);
+      if (k > 0) {
+        matched = true;
+        const mask = sm.mask;
+        for (let s = 0; s < this.shardCount; s++) {
+          if (!(mask & (1 << s))) continue;
+          if (s === this.id) this.onSharedMessage(msg, sm.nodeIds, k);
+          else this.batchFor(s)!.add(msg, sm.nodeIds, k, 1);
+        }
+      }
+    }
+    // As EMQX: the broker's own $SYS messages (from '') are not counted as dropped.
+    if (!matched && msg.from !== '') this.counters.row[Counter.messagesDroppedNoSubscribers]++;
+    return matched;
   }
 
   private readonly flushBatches = (): void => {
@@ -408,7 +737,10 @@ export class Shard implements BatchVisitor {
       if (!port) continue; // peer restarting: its clients are gone anyway
       row[Counter.crossShardMessages] += batch.count;
       row[Counter.crossShardBatches]++;
-      port.postMessage(batch, [batch.buf]);
+      port.postMessage(
+        { t: 'batch', buf: batch.buf, len: batch.len, count: batch.count } satisfies ShardToShard,
+        [batch.buf],
+      );
     }
   };
 
@@ -419,35 +751,65 @@ export class Shard implements BatchVisitor {
 
   /**
    * Delivers to this shard's subscribers at the matched nodes: once per session, at the highest
-   * granted QoS of its overlapping subscriptions [MQTT-3.3.5-1], capped by the message's QoS.
+   * granted QoS of its overlapping subscriptions [MQTT-3.3.5-1], capped by the message's QoS,
+   * with every matching Subscription Identifier [MQTT-3.3.4-3]; No Local subscriptions skip the
+   * publisher's own messages [MQTT-3.8.3-3].
    */
   private deliverLocal(msg: Message, nodeIds: Int32Array, n: number): void {
     const seq = ++this.deliverySeq;
     const targets = this.targets;
+    const from = msg.from;
     for (let i = 0; i < n; i++) {
       const list = this.subscribers.get(nodeIds[i]);
       if (!list) continue;
       for (let j = 0; j < list.length; j++) {
-        const sub = list[j];
-        const s = sub.session;
+        const { session: s, sub } = list[j];
+        if (sub.noLocal && s.clientId === from) {
+          this.counters.row[Counter.deliveryDroppedNoLocal]++;
+          continue;
+        }
+        const rap = sub.retainAsPublished && msg.retain;
         if (s.mark !== seq) {
           s.mark = seq;
           s.markQos = sub.qos;
+          s.markRetain = rap;
+          s.markSubIds = sub.subId ? [sub.subId] : null;
           targets.push(s);
-        } else if (sub.qos > s.markQos) s.markQos = sub.qos;
+        } else {
+          if (sub.qos > s.markQos) s.markQos = sub.qos;
+          if (rap) s.markRetain = true;
+          if (sub.subId) {
+            if (s.markSubIds === null) s.markSubIds = [sub.subId];
+            else s.markSubIds.push(sub.subId);
+          }
+        }
       }
     }
     for (let i = 0; i < targets.length; i++) {
       const s = targets[i];
-      this.deliver(s, msg, Math.min(msg.qos, s.markQos) as QoS);
+      this.deliver(s, msg, Math.min(msg.qos, s.markQos) as QoS, s.markRetain, s.markSubIds, null);
+      s.markSubIds = null;
     }
     targets.length = 0;
   }
 
   /** Sends now, or queues (offline, inflight window full, or congested connection). */
-  deliver(session: Session, msg: Message, qos: QoS): void {
-    const conn = session.conn;
+  deliver(
+    session: Session,
+    msg: Message,
+    qos: QoS,
+    retainFlag: boolean,
+    subIds: number[] | null,
+    group: string | null,
+  ): void {
     const row = this.counters.row;
+    if (msg.expiryAt > 0 && Date.now() >= msg.expiryAt) {
+      // Expired messages are not delivered [MQTT-3.3.2-5].
+      row[Counter.deliveryDroppedExpired]++;
+      row[Counter.messagesDropped]++;
+      return;
+    }
+    const conn = session.conn;
     if (conn) {
       if (qos === 0) {
         if (conn.congested) {
@@ -455,35 +817,50 @@ export class Shard implements BatchVisitor {
           row[Counter.messagesDropped]++;
           return;
         }
-        conn.write(msg.qos0Frame());
-        row[Counter.messagesSent]++;
-        row[Counter.messagesQos0Sent]++;
+        if (conn.sendPublish(msg, 0, 0, false, retainFlag, subIds)) {
+          row[Counter.messagesSent]++;
+          row[Counter.messagesQos0Sent]++;
+        } else row[Counter.messagesDropped]++;
         return;
       }
-      if (
-        session.queue.length === 0 &&
-        session.inflight.size < this.config['mqtt.max_inflight'] &&
-        !conn.congested
-      ) {
-        this.sendInflight(session, conn, msg, qos);
+      if (session.queue.length === 0 && session.inflight.size < conn.inflightLimit && !conn.congested) {
+        this.sendInflight(session, conn, msg, qos, retainFlag, subIds, group);
         return;
       }
-    } else if (session.clean || (qos === 0 && !this.config['mqtt.mqueue_store_qos0'])) {
+    } else if (session.expiryInterval === 0 || (qos === 0 && !this.config['mqtt.mqueue_store_qos0'])) {
       row[Counter.messagesDropped]++;
       return;
     }
-    this.enqueue(session, msg, qos);
+    this.enqueue(session, msg, qos, retainFlag, subIds, group);
   }
 
-  private sendInflight(session: Session, conn: Connection, msg: Message, qos: 1 | 2): void {
+  private sendInflight(
+    session: Session,
+    conn: Connection,
+    msg: Message,
+    qos: 1 | 2,
+    retainFlag: boolean,
+    subIds: number[] | null,
+    group: string | null,
+  ): void {
     const id = session.allocatePacketId();
-    session.inflight.set(id, { msg, qos, released: false });
-    conn.write(msg.qosFrame(qos, id, false));
+    if (!conn.sendPublish(msg, qos, id, false, retainFlag, subIds)) {
+      this.counters.row[Counter.messagesDropped]++;
+      return;
+    }
+    session.inflight.set(id, { msg, qos, released: false, retainFlag, subIds, group });
     this.counters.row[Counter.messagesSent]++;
     this.counters.row[Counter.messagesQos0Sent + qos]++;
   }
 
-  private enqueue(session: Session, msg: Message, qos: QoS): void {
+  private enqueue(
+    session: Session,
+    msg: Message,
+    qos: QoS,
+    retainFlag: boolean,
+    subIds: number[] | null,
+    group: string | null,
+  ): void {
     const max = this.config['mqtt.max_mqueue_len'];
     if (session.queue.length >= max) {
       // Full: drop the oldest, as EMQX does, and count it.
@@ -492,7 +869,7 @@ export class Shard implements BatchVisitor {
       if (max === 0) return;
       session.queue.shift();
     }
-    session.queue.push({ msg, qos });
+    session.queue.push({ msg, qos, retainFlag, subIds, group });
   }
 
   /** Moves queued messages into the inflight window while there is room. */
@@ -500,17 +877,23 @@ export class Shard implements BatchVisitor {
     const conn = session.conn;
     if (!conn || conn.closed) return;
     const q = session.queue;
-    const max = this.config['mqtt.max_inflight'];
+    const max = conn.inflightLimit;
+    const row = this.counters.row;
+    const now = q.length > 0 ? Date.now() : 0;
     let i = 0;
     while (i < q.length && !conn.congested) {
       const d = q[i];
-      if (d.qos === 0) {
-        conn.write(d.msg.qos0Frame());
-        this.counters.row[Counter.messagesSent]++;
-        this.counters.row[Counter.messagesQos0Sent]++;
+      if (d.msg.expiryAt > 0 && now >= d.msg.expiryAt) {
+        row[Counter.deliveryDroppedExpired]++;
+        row[Counter.messagesDropped]++;
+      } else if (d.qos === 0) {
+        if (conn.sendPublish(d.msg, 0, 0, false, d.retainFlag, d.subIds)) {
+          row[Counter.messagesSent]++;
+          row[Counter.messagesQos0Sent]++;
+        } else row[Counter.messagesDropped]++;
       } else {
         if (session.inflight.size >= max) break;
-        this.sendInflight(session, conn, d.msg, d.qos);
+        this.sendInflight(session, conn, d.msg, d.qos, d.retainFlag, d.subIds, d.group);
       }
       i++;
     }
@@ -555,7 +938,7 @@ export class Shard implements BatchVisitor {
     const session = this.sessions.get(clientId);
     if (!session) return false;
     session.conn?.log.info('kicked by the REST API');
-    session.conn?.close('kicked');
+    session.conn?.disconnect(0x98, 'kicked');
     const still = this.sessions.get(clientId);
     if (still === session) this.discardSession(session);
     return true;
@@ -582,7 +965,7 @@ export class Shard implements BatchVisitor {
     const perStep = Math.max(1, Math.ceil(live.length / steps));
     this.log.info({ connections: live.length, ms }, 'draining connections');
     const step = (): void => {
-      for (const c of live.splice(0, perStep)) c.close('server shutting down');
+      for (const c of live.splice(0, perStep)) c.disconnect(0x8b, 'server shutting down');
       if (live.length > 0) setTimeout(step, 100);
       else this.shutdown();
     };
@@ -592,7 +975,7 @@ export class Shard implements BatchVisitor {
   private shutdown(): void {
     this.stopping = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
-    for (const session of this.sessions.values()) session.conn?.close('server shutting down');
+    for (const session of this.sessions.values()) session.conn?.disconnect(0x8b, 'server shutting down');
     this.main.postMessage({ t: 'shutdownDone' });
   }
 }

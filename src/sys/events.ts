@@ -52,7 +52,7 @@ export function publishClientEvent(
   if (event === 'connected') {
     payload.keepalive = conn.keepalive;
     payload.clean_start = conn.session.clean;
-    payload.expiry_interval = conn.session.clean ? 0 : cfg['mqtt.session_expiry_interval'];
+    payload.expiry_interval = conn.session.expiryInterval;
   } else {
     payload.reason = disconnectReason(conn, reason);
     payload.disconnected_at = now;

@@ -4,8 +4,9 @@
  *
  *   main  → shard : MainToShard   (worker.postMessage)
  *   shard → main  : ShardToMain   (parentPort.postMessage)
- *   shard ↔ shard : ArrayBuffer batches of routed messages (see routing/batch.ts), on a
- *                   MessagePort per pair of shards, created by main.
+ *   shard ↔ shard : ShardToShard: ArrayBuffer batches of routed messages (routing/batch.ts)
+ *                   and shared-subscription membership, on a MessagePort per pair of shards,
+ *                   created by main. One port per pair keeps batches and joins in order.
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
@@ -20,6 +21,8 @@ export interface ShardInit {
   generation: number;
   config: Config;
   index: TopicIndexShared;
+  /** Index of shared-subscription filters; only a group's owner shard sets its bit */
+  sharedIndex: TopicIndexShared;
   counters: CountersShared;
   /** peers[i] = port to shard i (null for itself) */
   peers: (MessagePort | null)[];
@@ -30,6 +33,10 @@ export interface RetainedRecord {
   topic: string;
   payload: Uint8Array;
   qos: 0 | 1 | 2;
+  /** MQTT 5 properties to forward (raw), if any */
+  props?: Uint8Array | null;
+  /** ms since epoch when it expires (Message Expiry Interval); 0 = never */
+  expiryAt?: number;
 }
 
 /** A connection whose CONNECT main has read and validated, handed to the owning shard. */
@@ -55,6 +62,8 @@ export type MainToShard =
   /** Close the clients and end; with drainMs, the closes are spread over that many ms first. */
   | { t: 'shutdown'; drainMs?: number }
   | { t: 'crash' }
+  /** A shard died: drop its members from the shared groups this shard owns. */
+  | { t: 'shardDown'; shard: number }
   /** Route messages published by the broker itself ($SYS, REST API) as if a client had sent them. */
   | { t: 'publish'; messages: BrokerPublish[] }
   /** A read-only question (or a kick) from the REST API; answered with `queryResult`. */
@@ -70,6 +79,27 @@ export type ShardToMain =
   | { t: 'retainedLookup'; reqId: number; filters: string[] }
   | { t: 'shutdownDone' }
   | { t: 'queryResult'; reqId: number; result: ShardQueryResult };
+
+/** A batch of routed messages (routing/batch.ts), transferred. */
+export interface PeerBatch {
+  t: 'batch';
+  buf: ArrayBuffer;
+  len: number;
+  count: number;
+}
+
+/** A session on the sending shard joins or leaves a shared group owned by the receiver. */
+export interface SharedMembership {
+  t: 'sharedJoin' | 'sharedLeave';
+  group: string;
+  filter: string;
+  clientId: string;
+  shard: number;
+  qos: 0 | 1 | 2;
+  subId: number;
+}
+
+export type ShardToShard = PeerBatch | SharedMembership;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {
