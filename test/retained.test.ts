@@ -40,8 +40,8 @@ let lateSeq = 0;
  * Resolves once every retained message the broker is going to send `c` for its earlier
  * subscriptions has arrived, so that a test can assert that something was NOT sent. A retained
  * marker is stored (its PUBACK is held until main has stored it) and then subscribed to: the
- * shard asks main for the marker after the earlier lookups on the same FIFO port, main answers
- * in order, and the connection writes in order, so the marker arrives after all of them.
+ * earlier subscriptions' retained messages were written right behind their SUBACKs, before this
+ * SUBSCRIBE was even sent, and the connection writes in order, so the marker arrives after them.
  * The marker lives under '$barrier/', which no filter starting with a wildcard matches [MQTT-4.7.2-1].
  */
 async function retainedBarrier(c: MqttClient, inbox: Inbox): Promise<void> {

@@ -338,14 +338,19 @@ export type ConnectOptions = Omit<IConnectPacket, 'cmd' | 'clientId'>;
  */
 export class PacketClient {
   private readonly queue: Packet[] = [];
-  private readonly parser = mqttPacket.parser({ protocolVersion: 4 });
+  private readonly parser: ReturnType<typeof mqttPacket.parser>;
   private notify: (() => void) | null = null;
   private parseError: Error | null = null;
   closed = false;
   /** PUBLISH packets received so far (all of them, also after they were read with next) */
   publishes = 0;
 
-  private constructor(readonly socket: Socket) {
+  /** `protocolVersion` 5 (from the CONNECT options): packets are parsed and generated as MQTT 5. */
+  private constructor(
+    readonly socket: Socket,
+    readonly protocolVersion: 3 | 4 | 5 = 4,
+  ) {
+    this.parser = mqttPacket.parser({ protocolVersion });
     this.parser.on('packet', (p: Packet) => {
       if (p.cmd === 'publish') this.publishes++;
       this.queue.push(p);
@@ -382,7 +387,7 @@ export class PacketClient {
     t.after(() => {
       s.destroy();
     });
-    const pc = new PacketClient(s);
+    const pc = new PacketClient(s, opts.protocolVersion === 5 ? 5 : 4);
     pc.send({
       cmd: 'connect',
       protocolId: 'MQTT',
@@ -397,7 +402,9 @@ export class PacketClient {
   }
 
   send(p: Packet | Buffer): void {
-    this.socket.write(Buffer.isBuffer(p) ? p : mqttPacket.generate(p));
+    this.socket.write(
+      Buffer.isBuffer(p) ? p : mqttPacket.generate(p, { protocolVersion: this.protocolVersion }),
+    );
   }
 
   /** The next packet in wire order; rejects on close or after timeoutMs. */
