@@ -357,6 +357,11 @@ export class TopicIndex {
   }
 
   /** `nodes` counts the root; `arenaBytes` is bytes used. */
+  /** Filters with at least one shard bit set; cheap enough for the publish path. */
+  activeFilters(): number {
+    return Atomics.load(this.control, C_ACTIVE);
+  }
+
   stats(): { nodes: number; arenaBytes: number; activeFilters: number; capacityNodes: number } {
     return {
       nodes: Atomics.load(this.control, C_NODE_COUNT),

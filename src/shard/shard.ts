@@ -708,7 +708,7 @@ export class Shard implements BatchVisitor {
         }
       }
     }
-    if (this.sharedGroups.size > 0 || this.sharedIndex.stats().activeFilters > 0) {
+    if (this.sharedIndex.activeFilters() > 0) {
       const sm = this.sharedMatch;
       const k = this.sharedIndex.match(topic, 0, topic.length, sm);
       if (k > 0) {
