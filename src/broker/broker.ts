@@ -238,6 +238,8 @@ export class Broker {
         maxPacketSize: this.config['mqtt.max_packet_size'],
         maxClientIdLength: this.config['mqtt.max_clientid_len'],
         connectTimeoutMs: this.config['listener.connect_timeout'] * 1000,
+        maxQosAllowed: this.config['mqtt.max_qos_allowed'],
+        retainAvailable: this.config['mqtt.retain_available'],
         log: this.log,
         counters: this.counters,
       },

@@ -26,6 +26,9 @@ export interface ConnectReaderOptions {
   maxPacketSize: number;
   maxClientIdLength: number;
   connectTimeoutMs: number;
+  /** mqtt.max_qos_allowed and mqtt.retain_available: an MQTT 5 will beyond them is refused */
+  maxQosAllowed?: number;
+  retainAvailable?: boolean;
   log: Logger;
   counters: Counters;
 }
@@ -125,6 +128,15 @@ export function readConnect(
       }
       // MQTT 5: a CONNACK with the reason code before closing [MQTT-4.13.1-1]; 3.1.1 just closes.
       return refuse(e.message, v5 ? encodeConnackV5(e.reason) : undefined, counter);
+    }
+    if (v5 && connect.will) {
+      // A will the server could not publish as asked is refused [MQTT-3.2.2-12], [MQTT-3.2.2-13].
+      if (connect.will.qos > (opts.maxQosAllowed ?? 2)) {
+        return refuse(`will QoS ${connect.will.qos} above Maximum QoS`, encodeConnackV5(0x9b));
+      }
+      if (connect.will.retain && opts.retainAvailable === false) {
+        return refuse('will RETAIN but retained messages are not available', encodeConnackV5(0x9a));
+      }
     }
     if (connect.properties?.authenticationMethod !== undefined) {
       // Enhanced authentication is not implemented: refuse its methods [MQTT-4.12.0-1].

@@ -76,7 +76,7 @@ const ALLOWED = {
 
 /**
  * Parses a property list at `pos` (starting with its length). Unknown or misplaced properties
- * and repeated single-valued ones are protocol errors [MQTT-2.2.2-?]; malformed values 0x81.
+ * are malformed (0x81, §2.2.2.2), repeated single-valued ones protocol errors (0x82).
  * Returns the properties, the position after them, and their raw bytes.
  */
 export function parseProperties(
@@ -96,7 +96,8 @@ export function parseProperties(
     p = q;
     const spec = PROPS[id];
     if (!spec || !allowed.has(id)) {
-      throw new ProtocolError(`property 0x${id.toString(16)} not allowed in ${what}`, undefined, 0x82);
+      // An identifier not valid for the packet type is a Malformed Packet (§2.2.2.2).
+      throw new ProtocolError(`property 0x${id.toString(16)} not allowed in ${what}`, undefined, 0x81);
     }
     const [name, type] = spec;
     if (type !== 'pair' && name in props)

@@ -166,7 +166,8 @@ export function parsePublishProps(buf: Buffer, pos: number, end: number, out: Pu
           0x82,
         );
       default:
-        throw new ProtocolError(`property 0x${id.toString(16)} not allowed in PUBLISH`, undefined, 0x82);
+        // An identifier not valid for PUBLISH is a Malformed Packet (§2.2.2.2).
+        throw new ProtocolError(`property 0x${id.toString(16)} not allowed in PUBLISH`, undefined, 0x81);
     }
     if (cut) {
       // Drop this property from the forwarded bytes.

@@ -163,9 +163,17 @@ export class Connection implements FrameSink {
   disconnect(reasonCode: number, reason: string): void {
     if (this.closed) return;
     if (this.v5) {
-      const frame = encodeDisconnectV5(reasonCode, this.problemInfo ? { reasonString: reason } : undefined);
+      let frame = encodeDisconnectV5(reasonCode, this.problemInfo ? { reasonString: reason } : undefined);
+      // No Reason String where it would exceed the client's Maximum Packet Size [MQTT-3.14.2-3].
+      if (this.clientMaxPacket > 0 && frame.length > this.clientMaxPacket)
+        frame = encodeDisconnectV5(reasonCode);
       this.closed = true;
       if (this.corked) this.socket.uncork();
+      // Counted as sent like every packet that goes through write() (packets.disconnect.sent).
+      const row = this.shard.counters.row;
+      row[Counter.packetsSent]++;
+      row[PACKETS_SENT_BY_TYPE + PacketType.DISCONNECT]++;
+      row[Counter.bytesSent] += frame.length;
       // end() flushes what is queued, then FIN; a peer that never reads is cut off shortly after.
       this.socket.end(frame);
       setTimeout(() => this.socket.destroy(), 2000).unref();
