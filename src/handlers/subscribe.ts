@@ -104,16 +104,24 @@ export const handleSubscribe: PacketHandler = (conn, _flags, body, start, end) =
   }
   const codes: number[] = [];
   const retained: string[] = [];
-  for (const r of requests) {
-    const { code, sendRetained } = subscribeOne(conn, r, subId);
-    codes.push(code);
-    if (sendRetained) retained.push(r.filter);
+  const shard = conn.shard;
+  shard.beginSubscribe();
+  try {
+    for (const r of requests) {
+      const { code, sendRetained } = subscribeOne(conn, r, subId);
+      codes.push(code);
+      if (sendRetained) retained.push(r.filter);
+    }
+  } catch (err) {
+    shard.endSubscribe();
+    throw err;
   }
-  if (codes.some((c) => c >= 0x80)) conn.shard.counters.row[Counter.packetsSubscribeError]++;
+  const joins = shard.endSubscribe();
+  if (codes.some((c) => c >= 0x80)) shard.counters.row[Counter.packetsSubscribeError]++;
   const suback = conn.v5 ? encodeSubackV5(packetId, codes) : encodeSuback(packetId, codes);
-  // With new subscriptions, SUBACK waits for their retained messages (see Shard.sendRetained).
-  if (retained.length > 0) conn.shard.sendRetained(conn, retained, suback);
-  else conn.writeAck(suback);
+  // SUBACK waits for the retained messages of new subscriptions and for the owners of shared
+  // groups on other shards to have the new members (see Shard.sendSuback).
+  shard.sendSuback(conn, retained, joins, suback);
 };
 
 /**

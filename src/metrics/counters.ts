@@ -136,6 +136,7 @@ export class Counters {
     this.all[base + Counter.connections] = 0;
     this.all[base + Counter.sessions] = 0;
     this.all[base + Counter.subscriptions] = 0;
+    this.all[base + Counter.subscriptionsShared] = 0;
   }
 
   /** Sum of a counter over all threads. */

@@ -71,7 +71,8 @@ export interface SharedMember {
 export class SharedGroup {
   readonly members: SharedMember[] = [];
   private rr = 0;
-  private sticky: SharedMember | null = null;
+  /** Client id of the sticky strategy's current member */
+  private sticky: string | null = null;
 
   constructor(
     readonly key: string,
@@ -90,7 +91,7 @@ export class SharedGroup {
   leave(clientId: string): void {
     const i = this.members.findIndex((x) => x.clientId === clientId);
     if (i < 0) return;
-    if (this.sticky?.clientId === clientId) this.sticky = null;
+    if (this.sticky === clientId) this.sticky = null;
     this.members.splice(i, 1);
   }
 
@@ -106,14 +107,24 @@ export class SharedGroup {
     const ms = this.members;
     const n = ms.length;
     if (n === 0) return null;
-    if (n === 1) return ms[0].clientId === exclude ? null : ms[0];
+    if (n === 1) {
+      const only = ms[0];
+      if (only.clientId === exclude) return null;
+      // A lone member is the sticky one too: it keeps the messages when others join.
+      if (strategy === 'sticky') this.sticky = only.clientId;
+      return only;
+    }
     let i: number;
     switch (strategy) {
       case 'random':
         i = Math.floor(Math.random() * n);
         break;
       case 'sticky':
-        if (this.sticky && this.sticky.clientId !== exclude && ms.includes(this.sticky)) return this.sticky;
+        if (this.sticky !== null && this.sticky !== exclude) {
+          // By client id: a re-subscribe replaces the member's entry but keeps it sticky.
+          const s = ms.find((x) => x.clientId === this.sticky);
+          if (s) return s;
+        }
         i = Math.floor(Math.random() * n);
         break;
       case 'hash_clientid':
@@ -128,7 +139,7 @@ export class SharedGroup {
     }
     let m = ms[i];
     if (m.clientId === exclude) m = ms[(i + 1) % n];
-    if (strategy === 'sticky') this.sticky = m;
+    if (strategy === 'sticky') this.sticky = m.clientId;
     return m;
   }
 }

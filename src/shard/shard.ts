@@ -24,11 +24,21 @@ import type {
 import { Connection, type HeldAck } from './connection.js';
 import { answerQuery } from './queries.js';
 
-/** One SUBSCRIBE's retained lookups; its SUBACK is held until all are answered. */
+/**
+ * One SUBSCRIBE's retained lookups and remote shared-group joins; its SUBACK is held until all
+ * are answered.
+ */
 interface RetainedBatch {
+  conn: Connection;
   held: HeldAck;
   left: number;
   answers: { filter: string; records: RetainedRecord[] }[];
+}
+
+/** A shared-group join sent to its owner shard, which the SUBACK of the SUBSCRIBE waits for. */
+interface PendingJoin {
+  owner: number;
+  reqId: number;
 }
 
 /** Posts to the main thread; a port in a worker, a plain callback when embedded in one thread. */
@@ -44,6 +54,18 @@ export interface SubscribeOptions {
   retainAsPublished: boolean;
   retainHandling: number;
   subId: number;
+}
+
+/** A session's subscription through the shared group with this key (`group\0filter`), if any. */
+function sharedSubscriptionOf(session: Session, groupKey: string): Subscription | undefined {
+  const cut = groupKey.indexOf('\u0000');
+  const group = groupKey.slice(0, cut);
+  const filter = groupKey.slice(cut + 1);
+  const sub = session.subscriptions.get(`$share/${group}/${filter}`);
+  if (sub?.shared) return sub;
+  // EMQX's $queue/{filter} is group '$queue'.
+  const queued = group === '$queue' ? session.subscriptions.get(`$queue/${filter}`) : undefined;
+  return queued?.shared ? queued : undefined;
 }
 
 /** Rebuilds a Buffer view of a Uint8Array that arrived by structured clone. */
@@ -84,6 +106,10 @@ export class Shard implements BatchVisitor {
     number,
     { conn: Connection; filter: string; batch: RetainedBatch }
   >();
+  /** Remote shared-group joins of the SUBSCRIBE being handled (see beginSubscribe) */
+  private joinCollector: PendingJoin[] | null = null;
+  /** SUBACKs waiting for owner shards to confirm joins, by request id */
+  private readonly joinWaits = new Map<number, { owner: number; batch: RetainedBatch }>();
   /** Shared subscriptions of this shard's sessions: count, for the gauge */
   private sharedSubs = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -120,7 +146,9 @@ export class Shard implements BatchVisitor {
     if (!port) return;
     port.on('message', (m: ShardToShard) => {
       if (m.t === 'batch') readBatch(m.buf, m.len, this);
-      else if (m.t === 'sharedJoin') this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId);
+      else if (m.t === 'sharedJoin')
+        this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
+      else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
       else this.sharedLeave(m.group, m.filter, m.clientId);
     });
   }
@@ -136,10 +164,13 @@ export class Shard implements BatchVisitor {
         this.listenPeer(msg.shard);
         // A restarted shard lost the shared groups it owned: members here join them again.
         this.rejoinSharedGroupsOwnedBy(msg.shard);
+        this.releaseJoinsTo(msg.shard);
         break;
       case 'shardDown':
         for (const nodeId of this.sharedGroups.dropShard(msg.shard))
           this.sharedIndex.clearShard(nodeId, this.id);
+        // A dead owner answers no join: those SUBACKs go now (its restart rejoins them).
+        this.releaseJoinsTo(msg.shard);
         break;
       case 'retainAck': {
         const pending = this.heldAcks.get(msg.reqId);
@@ -451,14 +482,41 @@ export class Shard implements BatchVisitor {
   }
 
   /**
-   * Asks main for the retained messages matching new subscriptions. The SUBACK is held until main
-   * has answered every filter (acks behind it wait, in order) and the retained messages follow
-   * it: the lookup then sees the store as it was before the client saw SUBACK, so a message
-   * published after that reaches the subscriber live only, not also as a retained message.
+   * Starts a SUBSCRIBE: joins of shared groups owned by other shards are collected, so that its
+   * SUBACK waits for the owners to confirm them. A message published after the client saw the
+   * SUBACK then finds the member in its group, as it finds a plain subscription in the index.
    */
-  sendRetained(conn: Connection, filters: string[], suback: Buffer): void {
-    const batch: RetainedBatch = { held: conn.holdAck(suback), left: filters.length, answers: [] };
-    for (const filter of filters) {
+  beginSubscribe(): void {
+    this.joinCollector = [];
+  }
+
+  /** Ends a SUBSCRIBE's collection of joins (also when it failed) and returns them. */
+  endSubscribe(): PendingJoin[] {
+    const joins = this.joinCollector ?? [];
+    this.joinCollector = null;
+    return joins;
+  }
+
+  /**
+   * Sends a SUBACK, or holds it until the owners of remote shared groups have confirmed the
+   * joins and main has answered the retained lookups for new subscriptions (acks behind it wait,
+   * in order); the retained messages follow it. The lookup then sees the store as it was before
+   * the client saw SUBACK, so a message published after that reaches the subscriber live only,
+   * not also as a retained message.
+   */
+  sendSuback(conn: Connection, retainedFilters: string[], joins: PendingJoin[], suback: Buffer): void {
+    if (retainedFilters.length === 0 && joins.length === 0) {
+      conn.writeAck(suback);
+      return;
+    }
+    const batch: RetainedBatch = {
+      conn,
+      held: conn.holdAck(suback),
+      left: retainedFilters.length + joins.length,
+      answers: [],
+    };
+    for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch });
+    for (const filter of retainedFilters) {
       const reqId = ++this.reqSeq;
       this.retainedRequests.set(reqId, { conn, filter, batch });
       this.main.postMessage({ t: 'retainedLookup', reqId, filters: [filter] });
@@ -469,10 +527,31 @@ export class Shard implements BatchVisitor {
     const req = this.retainedRequests.get(reqId);
     if (!req) return;
     this.retainedRequests.delete(reqId);
-    const { conn, batch } = req;
-    // Main answers in request order: the last answer completes the SUBSCRIBE.
-    batch.answers.push({ filter: req.filter, records });
+    // Main answers in request order.
+    req.batch.answers.push({ filter: req.filter, records });
+    this.subscribeStepDone(req.batch);
+  }
+
+  private onSharedJoined(reqId: number): void {
+    const w = this.joinWaits.get(reqId);
+    if (!w) return;
+    this.joinWaits.delete(reqId);
+    this.subscribeStepDone(w.batch);
+  }
+
+  /** Releases the SUBACKs waiting for joins sent to `owner` (it died or was restarted). */
+  private releaseJoinsTo(owner: number): void {
+    for (const [reqId, w] of this.joinWaits) {
+      if (w.owner !== owner) continue;
+      this.joinWaits.delete(reqId);
+      this.subscribeStepDone(w.batch);
+    }
+  }
+
+  /** One answer for a held SUBACK; the last one releases it and sends the retained messages. */
+  private subscribeStepDone(batch: RetainedBatch): void {
     if (--batch.left > 0) return;
+    const conn = batch.conn;
     batch.held.ready = true;
     conn.releaseAcks();
     const session = conn.session;
@@ -518,7 +597,15 @@ export class Shard implements BatchVisitor {
       else this.sharedLeave(sf.group, sf.filter, session.clientId);
       return;
     }
-    this.peers[owner]?.postMessage({
+    const port = this.peers[owner];
+    if (!port) return;
+    // Inside a SUBSCRIBE, its SUBACK waits for the owner to confirm the join.
+    let reqId = 0;
+    if (t === 'sharedJoin' && this.joinCollector) {
+      reqId = ++this.reqSeq;
+      this.joinCollector.push({ owner, reqId });
+    }
+    port.postMessage({
       t,
       group: sf.group,
       filter: sf.filter,
@@ -526,6 +613,7 @@ export class Shard implements BatchVisitor {
       shard: this.id,
       qos: sub.qos,
       subId: sub.subId,
+      reqId,
     } satisfies ShardToShard);
   }
 
@@ -536,15 +624,16 @@ export class Shard implements BatchVisitor {
     shard: number,
     qos: QoS,
     subId: number,
+    reqId = 0,
   ): void {
     const nodeId = this.sharedIndex.ensure(filter);
     if (nodeId < 0) {
       this.log.error({ group, filter }, 'shared-subscription index full; member not added');
-      return;
-    }
-    if (this.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId })) {
+    } else if (this.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId })) {
       this.sharedIndex.setShard(nodeId, this.id);
     }
+    // The member's SUBACK waits for this (answered also when the index is full: never held forever).
+    if (reqId > 0) this.peers[shard]?.postMessage({ t: 'sharedJoined', reqId } satisfies ShardToShard);
   }
 
   private sharedLeave(group: string, filter: string, clientId: string): void {
@@ -566,7 +655,9 @@ export class Shard implements BatchVisitor {
     }
     if (!any || !redispatch) return;
     for (const [id, e] of session.inflight) {
-      if (e.group === null || e.released) continue;
+      // QoS 2 stays with this member: its delivery completes if it resumes the session
+      // [MQTT-4.8.2-4], and must not go to another member if the session ends [MQTT-4.8.2-5].
+      if (e.group === null || e.qos === 2) continue;
       session.inflight.delete(id);
       this.redispatch(e.msg, e.group, session.clientId);
     }
@@ -639,15 +730,28 @@ export class Shard implements BatchVisitor {
     else this.batchFor(shard)?.addDirect(msg, clientId, qos, subId, group);
   }
 
-  /** Member side: a message its group's owner picked this session for. */
-  onDirectMessage(msg: Message, clientId: string, qos: QoS, subId: number, group: string): void {
+  /**
+   * Member side: a message its group's owner picked this session for. The session's own
+   * subscription decides the options: granted QoS, Retain As Published [MQTT-3.3.1-12]
+   * [MQTT-3.3.1-13], Subscription Identifier.
+   */
+  onDirectMessage(msg: Message, clientId: string, _qos: QoS, _subId: number, group: string): void {
     const session = this.sessions.get(clientId);
-    if (!session?.conn) {
-      // Left meanwhile: back to the owner for someone else.
+    const sub = session?.conn ? sharedSubscriptionOf(session, group) : undefined;
+    if (!session || !sub) {
+      // Offline, or unsubscribed meanwhile [MQTT-3.10.4-2]: back to the owner for someone else.
       this.redispatch(msg, group, clientId);
       return;
     }
-    this.deliver(session, msg, qos, false, subId ? [subId] : null, group);
+    const qos = Math.min(msg.qos, sub.qos) as QoS;
+    this.deliver(
+      session,
+      msg,
+      qos,
+      sub.retainAsPublished && msg.retain,
+      sub.subId ? [sub.subId] : null,
+      group,
+    );
   }
 
   // ------------------------------------------------------------------------------------------

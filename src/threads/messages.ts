@@ -97,9 +97,17 @@ export interface SharedMembership {
   shard: number;
   qos: 0 | 1 | 2;
   subId: number;
+  /** A join whose SUBACK waits: the owner answers `sharedJoined` with this id (0: no answer) */
+  reqId?: number;
 }
 
-export type ShardToShard = PeerBatch | SharedMembership;
+/** The owner has added the member: the SUBACK held for it can go (answers `reqId`). */
+export interface SharedJoined {
+  t: 'sharedJoined';
+  reqId: number;
+}
+
+export type ShardToShard = PeerBatch | SharedMembership | SharedJoined;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {
