@@ -13,6 +13,9 @@ const port = Number(arg('port', '1883'));
 const host = arg('host', '127.0.0.1');
 
 const broker = await Aedes.createBroker();
+// Surface why aedes drops a client (the bench reports the broker's last output on failures).
+broker.on('clientError', (client, err) => console.error(`clientError ${client.id}: ${err.message}`));
+broker.on('connectionError', (_client, err) => console.error(`connectionError: ${err.message}`));
 const server = net.createServer({ noDelay: true }, broker.handle);
 server.listen(port, host, () => {
   console.log(JSON.stringify({ msg: 'listening', broker: 'aedes', host, port }));

@@ -21,6 +21,8 @@ export interface Broker {
   exit: string | null;
   logTail(): string;
   stop(): Promise<void>;
+  /** Synchronous last resort when the bench itself exits abnormally. */
+  kill(): void;
 }
 
 const MOSQUITTO_PATHS = ['/usr/sbin/mosquitto', '/usr/local/sbin/mosquitto', '/usr/bin/mosquitto'];
@@ -118,6 +120,10 @@ class ChildBroker implements Broker {
       await sleep(50);
     }
     throw new Error(`${this.name}: port ${this.port} not accepting connections within ${timeoutMs} ms`);
+  }
+
+  kill(): void {
+    if (this.exit === null) this.proc.kill('SIGKILL');
   }
 
   async stop(): Promise<void> {

@@ -69,9 +69,8 @@ interface Pub {
   tpl: PublishTemplate;
   sent: number;
   acked: number;
-  // Offsets added when a stalled window is written off, so a lossy broker cannot freeze the loop.
+  // Added when a stalled delivery window is written off, so a lossy broker cannot freeze the loop.
   offDelivered: number;
-  offAcked: number;
   nextPid: number;
   waitDrain: boolean;
   progressMark: number;
@@ -213,6 +212,7 @@ class Run {
   errors: string[] = [];
   errorCount = 0;
   finishing = false;
+  private stopped = false;
   private closedCount = 0;
   private onAllClosed: (() => void) | null = null;
   private pumpScheduled = false;
@@ -240,7 +240,8 @@ class Run {
     this.housekeeping = setInterval(() => this.tick(), 50);
     const frameLen = encodePublishTemplate('bench/x', spec.qos, spec.payload, 0, 0).frame.length;
     this.maxBatch = Math.max(1, Math.floor(MAX_BATCH_BYTES / frameLen));
-    this.refill = spec.ratePerPub > 0 ? 1 : Math.max(1, Math.floor(spec.window / 2));
+    const window = spec.qos > 0 ? Math.min(spec.window, spec.ackWindow) : spec.window;
+    this.refill = spec.ratePerPub > 0 ? 1 : Math.max(1, Math.floor(window / 2));
   }
 
   error(msg: string): void {
@@ -269,7 +270,6 @@ class Run {
           sent: 0,
           acked: 0,
           offDelivered: 0,
-          offAcked: 0,
           nextPid: 1,
           waitDrain: false,
           progressMark: 0,
@@ -342,6 +342,15 @@ class Run {
     this.schedulePump();
   }
 
+  /** No message is sent after this returns, so `sent` is final before the drain starts. */
+  stop(): number {
+    this.stopped = true;
+    if (this.rateTimer !== null) clearInterval(this.rateTimer);
+    this.rateTimer = null;
+    this.stats[this.statBase + STAT_SENT] = this.sent;
+    return this.sent;
+  }
+
   schedulePump(): void {
     if (this.pumpScheduled || this.pubs.length === 0) return;
     this.pumpScheduled = true;
@@ -353,15 +362,16 @@ class Run {
 
   private room(p: Pub): number {
     const d = Math.floor(Atomics.load(this.delivered, p.idx) / this.spec.fanout);
-    let inflight = p.sent - d - p.offDelivered;
-    if (this.spec.qos > 0) inflight = Math.max(inflight, p.sent - p.acked - p.offAcked);
-    return this.spec.window - inflight;
+    const room = this.spec.window - (p.sent - d - p.offDelivered);
+    // QoS 1/2 in-flight is a protocol limit, never written off: brokers close clients that exceed
+    // theirs (emqx-ts and EMQX: 100 awaiting PUBREL; aedes: 1000).
+    return this.spec.qos > 0 ? Math.min(room, this.spec.ackWindow - (p.sent - p.acked)) : room;
   }
 
   /** Sends as many messages as windows (and the rate, if any) allow: one pre-built batch write per publisher. */
   pump(): void {
     const phase = Atomics.load(this.ctrl, PHASE);
-    if (phase < PHASE_GO) return;
+    if (phase < PHASE_GO || this.stopped) return;
     if (phase >= PHASE_STOP) {
       if (this.rateTimer !== null) clearInterval(this.rateTimer);
       this.rateTimer = null;
@@ -517,8 +527,8 @@ class Run {
       }
       if (this.room(p) >= this.refill || this.nowMs - p.progressMs < this.spec.stallMs) continue;
       const d = Math.floor(Atomics.load(this.delivered, p.idx) / this.spec.fanout);
+      if (p.sent - d - p.offDelivered === 0) continue; // blocked on acks only: nothing to write off
       p.offDelivered = p.sent - d;
-      p.offAcked = p.sent - p.acked;
       p.progressMs = this.nowMs;
       this.writeOffs++;
       this.schedulePump();
@@ -595,6 +605,9 @@ parent.on('message', (msg: ToWorker) => {
     }
     case 'go':
       current?.go();
+      break;
+    case 'stop':
+      if (current !== null) post({ type: 'stopped', sent: current.stop() });
       break;
     case 'finish': {
       const run = current;

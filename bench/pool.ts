@@ -116,6 +116,13 @@ export class LoadPool {
     for (let i = 0; i < this.active; i++) this.workers[i]!.postMessage({ type: 'go' } satisfies ToWorker);
   }
 
+  /** Resolves once every thread has stopped publishing (message handlers never interleave a pump). */
+  async stop(timeoutMs: number): Promise<void> {
+    const done = this.expect('stopped', timeoutMs);
+    for (let i = 0; i < this.active; i++) this.workers[i]!.postMessage({ type: 'stop' } satisfies ToWorker);
+    await done;
+  }
+
   async finish(timeoutMs: number): Promise<WorkerResult[]> {
     const done = this.expect('result', timeoutMs);
     for (let i = 0; i < this.active; i++) this.workers[i]!.postMessage({ type: 'finish' } satisfies ToWorker);

@@ -20,27 +20,38 @@ import type { Qos } from './types.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-const { values: args } = parseArgs({
-  options: {
-    scenario: { type: 'string', default: 'all' },
-    qos: { type: 'string', default: '0,1,2' },
-    payload: { type: 'string', default: '64,1024' },
-    brokers: { type: 'string', default: BROKERS.join(',') },
-    duration: { type: 'string', default: '5' },
-    warmup: { type: 'string', default: '1' },
-    rounds: { type: 'string', default: '3' },
-    connections: { type: 'string' },
-    // One load thread per two CPUs: on 2 cores one thread plus the broker already fill the machine.
-    threads: { type: 'string', default: String(Math.max(1, Math.floor(os.availableParallelism() / 2))) },
-    rate: { type: 'string', default: '10000' },
-    inflight: { type: 'string', default: '1000' },
-    window: { type: 'string' },
-    out: { type: 'string' },
-    smoke: { type: 'boolean', default: false },
-    help: { type: 'boolean', default: false },
-  },
-  strict: true,
-});
+function cli() {
+  return parseArgs({
+    options: {
+      scenario: { type: 'string', default: 'all' },
+      qos: { type: 'string', default: '0,1,2' },
+      payload: { type: 'string', default: '64,1024' },
+      brokers: { type: 'string', default: BROKERS.join(',') },
+      duration: { type: 'string', default: '5' },
+      warmup: { type: 'string', default: '1' },
+      rounds: { type: 'string', default: '3' },
+      connections: { type: 'string' },
+      // One load thread per two CPUs: on 2 cores one thread plus the broker already fill the machine.
+      threads: { type: 'string', default: String(Math.max(1, Math.floor(os.availableParallelism() / 2))) },
+      rate: { type: 'string', default: '10000' },
+      inflight: { type: 'string', default: '1000' },
+      window: { type: 'string' },
+      out: { type: 'string' },
+      smoke: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+}
+
+let parsed: ReturnType<typeof cli>;
+try {
+  parsed = cli();
+} catch (err) {
+  console.error(`${(err as Error).message}\nTry --help.`);
+  process.exit(2);
+}
+const args = parsed.values;
 
 if (args.help) {
   console.log(
@@ -155,6 +166,17 @@ const skipped: string[] = [];
 const outcomes: Outcome[] = [];
 const tmpDir = mkdtempSync(path.join(os.tmpdir(), 'emqx-ts-bench-'));
 const brokers = new Map<BrokerName, Broker>();
+// Never leave brokers behind, whatever ends the bench (watchdog, Ctrl-C, kill, uncaught error).
+process.on('exit', () => {
+  for (const b of brokers.values()) b.kill();
+  rmSync(tmpDir, { recursive: true, force: true });
+});
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(sig, () => {
+    console.error(`bench: ${sig}, stopping`);
+    process.exit(130);
+  });
+}
 
 async function start(name: BrokerName): Promise<Broker | null> {
   try {
@@ -226,6 +248,7 @@ async function main(): Promise<void> {
       console.log(`started ${name} pid ${b.pid} on 127.0.0.1:${b.port}`);
     }
   }
+  const used = new Set<BrokerName>();
   let pool = new LoadPool(Math.max(...cases.map((c) => c.threads)));
   for (const c of cases) {
     const key = caseKey(c);
@@ -234,7 +257,7 @@ async function main(): Promise<void> {
       for (const name of order) {
         let b = brokers.get(name);
         if (b === undefined) continue; // crashed earlier
-        if (c.scenario === 'conn') {
+        if (c.scenario === 'conn' && used.has(name)) {
           // Fresh process: RSS of a broker that already served connections includes freed-but-kept heap.
           await b.stop();
           const fresh = await start(name);
@@ -246,6 +269,8 @@ async function main(): Promise<void> {
           pool = new LoadPool(Math.max(...cases.map((x) => x.threads)));
         }
         let o: Outcome;
+        used.add(name);
+        const t0 = Date.now();
         try {
           o = await runCase(pool, b, c, r);
         } catch (err) {
@@ -256,10 +281,15 @@ async function main(): Promise<void> {
         }
         outcomes.push(o);
         const bad = problems(o, b);
+        const took = `[${((Date.now() - t0) / 1000).toFixed(1)} s]`;
         console.log(
-          `  r${r + 1} ${name.padEnd(9)} ${progress(o)}${bad.length ? `  !! ${bad.join('; ')}` : ''}`,
+          `  r${r + 1} ${name.padEnd(9)} ${progress(o)} ${took}${bad.length ? `  !! ${bad.join('; ')}` : ''}`,
         );
-        if (bad.length > 0) failures.push(`${name} ${key} round ${r + 1}: ${bad.join('; ')}`);
+        if (bad.length > 0) {
+          // The broker's own last words usually say why it dropped clients.
+          const said = [...new Set(b.logTail().split('\n').slice(-5))].join('\n    ');
+          failures.push(`${name} ${key} round ${r + 1}: ${bad.join('; ')}${said ? `\n    ${said}` : ''}`);
+        }
         if (b.exit !== null) {
           const tail = b.logTail();
           failures.push(`${name} crashed (${b.exit})${tail ? `\n--- last output ---\n${tail}` : ''}`);

@@ -86,6 +86,9 @@ interface Plan {
   fanout: number;
 }
 
+/** Unacknowledged QoS 1/2 per publisher: EMQX's (and emqx-ts's) default max_awaiting_rel. */
+const MAX_ACK_WINDOW = 100;
+
 let nextRunId = 1 + Math.floor(Math.random() * 1e6);
 
 function plan(c: CaseSpec, port: number): Plan {
@@ -156,6 +159,7 @@ function plan(c: CaseSpec, port: number): Plan {
       idlePrefix: `eb${runId}w${w}c`,
       fanout,
       window,
+      ackWindow: Math.min(window, MAX_ACK_WINDOW),
       ratePerPub,
       pubOwner: owner,
       keepaliveS: 60,
@@ -291,6 +295,7 @@ export async function runCase(pool: LoadPool, broker: Broker, c: CaseSpec, round
     const u1 = sumStat(stats, nw, STAT_UNIQUE);
     const t1 = process.hrtime.bigint();
     Atomics.store(ctrl, PHASE, PHASE_STOP);
+    await pool.stop(15_000);
     out.windowS = Number(t1 - t0) / 1e9;
     out.windowDelivered = u1 - u0;
     out.msgsPerS = out.windowDelivered / out.windowS;

@@ -31,6 +31,8 @@ export interface RunSpec {
   fanout: number;
   /** Max messages per publisher not yet delivered (and, at QoS 1/2, not yet acknowledged). */
   window: number;
+  /** Max QoS 1/2 messages per publisher not yet PUBACKed/PUBCOMPed (hard limit, never written off). */
+  ackWindow: number;
   /** Messages/s per publisher; 0 = closed loop as fast as the window allows. */
   ratePerPub: number;
   /** Worker id owning each publisher index (for cross-thread wake-ups). */
@@ -68,6 +70,7 @@ export type ToWorker =
   | { type: 'init'; id: number; ports: (MessagePort | null)[] }
   | { type: 'run'; spec: RunSpec; shared: SharedBuffers }
   | { type: 'go' }
+  | { type: 'stop' }
   | { type: 'finish' };
 
 export interface WorkerResult {
@@ -92,5 +95,6 @@ export interface WorkerResult {
 
 export type FromWorker =
   | { type: 'ready'; connectStartNs: number; connectEndNs: number }
+  | { type: 'stopped'; sent: number }
   | { type: 'result'; result: WorkerResult }
   | { type: 'fatal'; message: string };
