@@ -151,11 +151,26 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
     case 'emqx-ts': {
       const main = path.join(opts.repoRoot, 'dist/src/main.js');
       if (!existsSync(main)) throw new BrokerUnavailable(`${main} not found (run npm run build)`);
-      proc = spawn(process.execPath, [main, '--port', String(port), '--host', HOST], {
-        cwd: opts.repoRoot,
-        stdio,
-      });
-      ready = /"msg":"listening"/;
+      // Logs at warn, as mosquitto is configured (per-connection lines are not what is measured);
+      // HTTP ports ephemeral and the API key in the run's temp dir. The MQTT port accepts only
+      // once every shard is up, so a TCP connect is the readiness check.
+      proc = spawn(
+        process.execPath,
+        [
+          main,
+          '--port',
+          String(port),
+          '--host',
+          HOST,
+          '--log-level',
+          'warn',
+          '--metrics.port=0',
+          '--api.port=0',
+          `--node.data_dir=${opts.tmpDir}`,
+        ],
+        { cwd: opts.repoRoot, stdio },
+      );
+      ready = 'tcp';
       break;
     }
     case 'mosquitto': {

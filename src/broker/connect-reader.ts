@@ -10,6 +10,7 @@ import {
   type ConnectPacket,
   encodeConnack,
   encodeConnackV5,
+  ownBytes,
   ProtocolError,
   parseConnect,
 } from '../protocol/codec.js';
@@ -46,7 +47,6 @@ export function readConnect(
 ): void {
   let buf: Buffer | null = null;
   let done = false;
-  const remote = `${socket.remoteAddress}:${socket.remotePort}`;
 
   /** `violation`: the counter of a malformed/oversized packet or protocol error, as on a shard. */
   const refuse = (reason: string, reply?: Buffer, violation?: number): void => {
@@ -56,7 +56,7 @@ export function readConnect(
     opts.counters.row[Counter.connectRejected]++;
     if (violation !== undefined) opts.counters.row[violation]++;
     if (reply) countReply(opts.counters.row, reply);
-    opts.log.info({ remote, reason }, 'connection refused');
+    opts.log.info({ remote: `${socket.remoteAddress}:${socket.remotePort}`, reason }, 'connection refused');
     if (reply) socket.end(reply);
     else socket.destroy();
     // The CONNACK gets a grace period to be read, then the connection is closed [MQTT-3.2.2-5]:
@@ -165,7 +165,8 @@ export function readConnect(
     clearTimeout(timer);
     socket.removeListener('data', onData);
     socket.pause();
-    onConnect({ connect, leftover: buf.subarray(end), assignedClientId });
+    // Copied to an exact-size buffer: it is posted to the shard (see ownBytes).
+    onConnect({ connect, leftover: ownBytes(buf.subarray(end)), assignedClientId });
   };
 
   socket.on('data', onData);

@@ -139,6 +139,17 @@ class Cursor {
 // ---------------------------------------------------------------------------------------------
 // CONNECT
 
+/**
+ * A copy in an ArrayBuffer of its own. CONNECT fields cross to a shard by structured clone,
+ * which copies a view's whole underlying ArrayBuffer: a slice of the 8 KiB Buffer pool or of a
+ * 64 KiB socket read would cost that much per connection.
+ */
+export function ownBytes(b: Uint8Array): Buffer {
+  const u = new Uint8Array(b.length);
+  u.set(b);
+  return Buffer.from(u.buffer, 0, b.length);
+}
+
 export interface WillMessage {
   topic: string;
   payload: Buffer;
@@ -227,7 +238,7 @@ export function parseConnect(buf: Buffer, start: number, end: number): ConnectPa
     if (topic.length === 0 || topic.includes('+') || topic.includes('#')) {
       throw new ProtocolError('invalid will topic [MQTT-3.1.2-?]', undefined, 0x82);
     }
-    const payload = Buffer.from(c.bytes());
+    const payload = ownBytes(c.bytes());
     base.will = { topic, payload, qos: willQos as QoS, retain: willRetain };
     if (wp) {
       base.will.props = wp.forward;
@@ -244,7 +255,7 @@ export function parseConnect(buf: Buffer, start: number, end: number): ConnectPa
     }
   }
   if (usernameFlag) base.username = c.str('user name');
-  if (passwordFlag) base.password = Buffer.from(c.bytes());
+  if (passwordFlag) base.password = ownBytes(c.bytes());
   if (c.left !== 0) throw new ProtocolError('trailing bytes in CONNECT');
   return base;
 }

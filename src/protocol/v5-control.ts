@@ -4,7 +4,7 @@
  * mqtt-packet's generator.
  */
 import mqttPacket from 'mqtt-packet';
-import { ProtocolError } from './codec.js';
+import { ownBytes, ProtocolError } from './codec.js';
 import { PacketType } from './constants.js';
 import { validUtf8 } from './topic.js';
 import { readVarInt } from './v5.js';
@@ -136,7 +136,7 @@ export function parseProperties(
           if (!validUtf8(b)) throw new ProtocolError(`invalid UTF-8 in ${name}`);
           return b.toString('utf8');
         };
-        if (type === 'binary') value = Buffer.from(read());
+        if (type === 'binary') value = ownBytes(read());
         else if (type === 'string') value = text(read());
         else {
           const k = text(read());
@@ -204,7 +204,7 @@ export function parseWillProps(
   for (const [k, v] of props.userProperties ?? []) fwd.push(Buffer.concat([strProp(0x26, k), str(v)]));
   return {
     next,
-    forward: fwd.length > 0 ? Buffer.concat(fwd) : null,
+    forward: fwd.length > 0 ? ownBytes(Buffer.concat(fwd)) : null,
     delay: props.willDelayInterval ?? 0,
     expiry: props.messageExpiryInterval ?? -1,
     payloadFormat: props.payloadFormatIndicator ?? -1,

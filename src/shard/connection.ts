@@ -32,7 +32,7 @@ const NO_IDS: number[] = [];
 
 export class Connection implements FrameSink {
   readonly reader: FrameReader;
-  readonly log: Logger;
+  private logger: Logger | null = null;
   closed = false;
   /** DISCONNECT received: the will is not published [MQTT-3.14.4-3] */
   gracefulDisconnect = false;
@@ -62,7 +62,6 @@ export class Connection implements FrameSink {
   readonly connectedAt = Date.now();
   readonly remoteAddress: string;
   readonly remotePort: number;
-  readonly localPort: number;
   readonly username: string | null;
   readonly protocolName: string;
   readonly keepalive: number;
@@ -94,7 +93,6 @@ export class Connection implements FrameSink {
     this.protocolVersion = handoff.connect.protocolVersion;
     this.remoteAddress = handoff.remoteAddress;
     this.remotePort = handoff.remotePort;
-    this.localPort = socket.localPort ?? 0;
     this.username = handoff.connect.username;
     this.protocolName = handoff.connect.protocolName;
     const c = handoff.connect;
@@ -109,10 +107,30 @@ export class Connection implements FrameSink {
     this.keepalive = this.v5 && serverKeepalive > 0 ? serverKeepalive : c.keepalive;
     this.keepaliveMs = this.keepalive * 1000 * shard.config['mqtt.keepalive_multiplier'];
     this.reader = new FrameReader(this, shard.config['mqtt.max_packet_size']);
-    this.log = shard.log.child({
-      clientId: this.clientId,
-      remote: `${handoff.remoteAddress}:${handoff.remotePort}`,
-    });
+  }
+
+  /**
+   * Logger bound to client id, shard and peer. Made on first use: a pino child per connection
+   * costs CPU and about a KiB for each of what may be 100k mostly silent connections.
+   */
+  get log(): Logger {
+    if (this.logger === null) {
+      this.logger = this.shard.log.child({
+        clientId: this.clientId,
+        remote: `${this.remoteAddress}:${this.remotePort}`,
+      });
+    }
+    return this.logger;
+  }
+
+  /** Log level changed (SIGHUP): a child made earlier keeps its own level. */
+  setLogLevel(level: string): void {
+    if (this.logger) this.logger.level = level;
+  }
+
+  /** Read when asked (REST API, $SYS events): a getsockname call each time. */
+  get localPort(): number {
+    return this.socket.localPort ?? 0;
   }
 
   /** Starts reading: first the bytes main read after CONNECT, then the socket. */

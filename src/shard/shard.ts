@@ -279,8 +279,11 @@ export class Shard implements BatchVisitor {
     row[Counter.connections]++;
     row[Counter.clientConnected]++;
     const handoffNs = Number(process.hrtime.bigint()) - h.acceptedAt;
-    conn.log.info(
+    // Through the shard's logger with the client's fields: no per-connection child logger.
+    this.log.info(
       {
+        clientId: c.clientId,
+        remote: `${h.remoteAddress}:${h.remotePort}`,
         proto: c.protocolVersion,
         clean: c.clean,
         keepalive: conn.keepalive,
@@ -338,7 +341,10 @@ export class Shard implements BatchVisitor {
     const row = this.counters.row;
     row[Counter.connections]--;
     row[Counter.clientDisconnected]++;
-    conn.log.info({ reason }, 'client disconnected');
+    this.log.info(
+      { clientId: conn.clientId, remote: `${conn.remoteAddress}:${conn.remotePort}`, reason },
+      'client disconnected',
+    );
     if (!this.stopping) publishClientEvent(this, conn, 'disconnected', reason);
     if (session.conn === conn) session.conn = null;
     for (const [reqId, p] of this.heldAcks) if (p.conn === conn) this.heldAcks.delete(reqId);
@@ -1053,7 +1059,7 @@ export class Shard implements BatchVisitor {
     Object.assign(this.config, config);
     const level = config['log.level'];
     this.log.level = level;
-    for (const session of this.sessions.values()) if (session.conn) session.conn.log.level = level;
+    for (const session of this.sessions.values()) session.conn?.setLogLevel(level);
     this.log.info({ logLevel: level }, 'configuration reloaded');
   }
 
