@@ -311,8 +311,11 @@ export function parsePublish(
   out.payloadStart = pos;
 }
 
-/** Encodes the variable-length "remaining length" into `buf` at `pos`; returns the new position. */
-function writeLength(buf: Buffer, pos: number, len: number): number {
+/**
+ * Encodes a Variable Byte Integer (the remaining length, MQTT 5 property lengths) into `buf` at
+ * `pos`; returns the new position.
+ */
+export function writeLength(buf: Buffer, pos: number, len: number): number {
   do {
     let b = len % 128;
     len = Math.floor(len / 128);
@@ -322,7 +325,8 @@ function writeLength(buf: Buffer, pos: number, len: number): number {
   return pos;
 }
 
-function lengthBytes(len: number): number {
+/** Bytes a Variable Byte Integer takes. */
+export function lengthBytes(len: number): number {
   return len < 128 ? 1 : len < 16384 ? 2 : len < 2097152 ? 3 : 4;
 }
 

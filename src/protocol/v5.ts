@@ -8,7 +8,7 @@
  * (per connection) and Message Expiry Interval (rewritten with the remaining time) [MQTT-3.3.2-6].
  */
 import { isUtf8 } from 'node:buffer';
-import { ProtocolError } from './codec.js';
+import { lengthBytes, ProtocolError, writeLength } from './codec.js';
 
 export const Prop = {
   PAYLOAD_FORMAT: 0x01,
@@ -33,20 +33,6 @@ export function readVarInt(buf: Buffer, pos: number, end: number): [number, numb
     mul *= 128;
   }
   throw new ProtocolError('malformed variable byte integer');
-}
-
-export function varIntLength(v: number): number {
-  return v < 128 ? 1 : v < 16384 ? 2 : v < 2097152 ? 3 : 4;
-}
-
-export function writeVarInt(buf: Buffer, pos: number, v: number): number {
-  do {
-    let b = v % 128;
-    v = Math.floor(v / 128);
-    if (v > 0) b |= 0x80;
-    buf[pos++] = b;
-  } while (v > 0);
-  return pos;
 }
 
 /** Publish properties that the broker acts on, parsed without allocation into a reused object. */
@@ -218,13 +204,13 @@ export function encodePublishV5(
   if (d) {
     if (d.expiry >= 0) propsLen += 5;
     if (d.topicAlias > 0) propsLen += 3;
-    for (const id of d.subIds) propsLen += 1 + varIntLength(id);
+    for (const id of d.subIds) propsLen += 1 + lengthBytes(id);
   }
   const topicLen = d?.omitTopic ? 0 : topic.length;
-  const rem = 2 + topicLen + (qos > 0 ? 2 : 0) + varIntLength(propsLen) + propsLen + payload.length;
-  const out = Buffer.allocUnsafe(1 + varIntLength(rem) + rem);
+  const rem = 2 + topicLen + (qos > 0 ? 2 : 0) + lengthBytes(propsLen) + propsLen + payload.length;
+  const out = Buffer.allocUnsafe(1 + lengthBytes(rem) + rem);
   out[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0);
-  let pos = writeVarInt(out, 1, rem);
+  let pos = writeLength(out, 1, rem);
   out[pos++] = topicLen >> 8;
   out[pos++] = topicLen & 0xff;
   if (topicLen > 0) pos += topic.copy(out, pos);
@@ -232,7 +218,7 @@ export function encodePublishV5(
     out[pos++] = packetId >> 8;
     out[pos++] = packetId & 0xff;
   }
-  pos = writeVarInt(out, pos, propsLen);
+  pos = writeLength(out, pos, propsLen);
   if (d) {
     if (d.expiry >= 0) {
       out[pos++] = Prop.MESSAGE_EXPIRY;
@@ -246,7 +232,7 @@ export function encodePublishV5(
     }
     for (const id of d.subIds) {
       out[pos++] = Prop.SUBSCRIPTION_ID;
-      pos = writeVarInt(out, pos, id);
+      pos = writeLength(out, pos, id);
     }
   }
   if (forward) pos += forward.copy(out, pos);
