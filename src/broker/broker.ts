@@ -121,7 +121,15 @@ export class Broker {
       host: broker.config['listener.host'],
       backlog: broker.config['listener.backlog'],
     });
-    await once(broker.server, 'listening');
+    try {
+      await once(broker.server, 'listening');
+    } catch (err) {
+      // Port in use, address not available…: stop the shards, then a clear error for the CLI.
+      await broker.supervisor.stop();
+      const host = broker.config['listener.host'];
+      const port = broker.config['listener.port'];
+      throw new Error(`cannot listen on ${host}:${port} (MQTT): ${(err as Error).message}`);
+    }
     broker.log.info(
       { host: broker.config['listener.host'], port: broker.port, shards: broker.supervisor.shards.length },
       'listening',
