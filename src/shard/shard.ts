@@ -97,9 +97,10 @@ export class Shard implements BatchVisitor {
   private readonly sharedMatch = new MatchResult(8);
   private readonly targets: Session[] = [];
   private deliverySeq = 0;
-  private flushScheduled = false;
+  /** Batches to flush and/or connections to uncork at the end of this turn: one setImmediate */
+  private turnEndScheduled = false;
+  private batchesPending = false;
   private readonly corked: Connection[] = [];
-  private uncorkScheduled = false;
   private reqSeq = 0;
   private readonly heldAcks = new Map<number, { conn: Connection; held: HeldAck }>();
   private readonly retainedRequests = new Map<
@@ -224,7 +225,8 @@ export class Shard implements BatchVisitor {
       writableHighWaterMark: this.config['mqtt.output_high_watermark'],
     };
     const socket = new Socket(socketOpts);
-    socket.setNoDelay(true);
+    // No setNoDelay here: main's listener (noDelay) set TCP_NODELAY on the accepted socket, and
+    // the dup()ed fd is the same socket — a second setsockopt per connection would change nothing.
     if (this.stopping) {
       socket.destroy();
       return;
@@ -797,12 +799,23 @@ export class Shard implements BatchVisitor {
   }
 
   private batchFor(shard: number): BatchWriter | null {
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(this.flushBatches);
+    this.batchesPending = true;
+    if (!this.turnEndScheduled) {
+      this.turnEndScheduled = true;
+      setImmediate(this.endTurn);
     }
     return this.batches[shard];
   }
+
+  /**
+   * End of an event-loop turn's work: cross-shard batches are posted, then every connection
+   * written to is uncorked. One setImmediate for both (each costs a wake-up of the check phase).
+   */
+  private readonly endTurn = (): void => {
+    this.turnEndScheduled = false;
+    if (this.batchesPending) this.flushBatches();
+    if (this.corked.length > 0) this.uncorkAll();
+  };
 
   private route(msg: Message): boolean {
     const m = this.match;
@@ -836,8 +849,8 @@ export class Shard implements BatchVisitor {
     return matched;
   }
 
-  private readonly flushBatches = (): void => {
-    this.flushScheduled = false;
+  private flushBatches(): void {
+    this.batchesPending = false;
     const row = this.counters.row;
     for (let s = 0; s < this.batches.length; s++) {
       const b = this.batches[s];
@@ -852,7 +865,7 @@ export class Shard implements BatchVisitor {
         [batch.buf],
       );
     }
-  };
+  }
 
   /** A batch from a peer shard. */
   onRoutedMessage(msg: Message, nodeIds: Int32Array, nodeCount: number): void {
@@ -1016,14 +1029,13 @@ export class Shard implements BatchVisitor {
   /** Uncorks every connection written to in this turn, in one pass. */
   scheduleUncork(conn: Connection): void {
     this.corked.push(conn);
-    if (!this.uncorkScheduled) {
-      this.uncorkScheduled = true;
-      setImmediate(this.uncorkAll);
+    if (!this.turnEndScheduled) {
+      this.turnEndScheduled = true;
+      setImmediate(this.endTurn);
     }
   }
 
-  private readonly uncorkAll = (): void => {
-    this.uncorkScheduled = false;
+  private uncorkAll(): void {
     const list = this.corked;
     for (let i = 0; i < list.length; i++) {
       const c = list[i];
@@ -1031,7 +1043,7 @@ export class Shard implements BatchVisitor {
       c.socket.uncork();
     }
     list.length = 0;
-  };
+  }
 
   /** Inbound QoS 2 ids not released within mqtt.await_rel_timeout are forgotten and counted (as EMQX). */
   private expireAwaitingRel(session: Session, now: number): void {
