@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +14,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
 import { closed, LineReader, TEST_HTTP_FLAGS, within } from './helpers/broker.js';
 
-const T = 30_000;
+/** Per-test hang guard (a whole test on a loaded 2-core CI machine can take 15 s): a broker bug fails the test instead of hanging the run. */
+const T = 60_000;
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const MAIN = join(ROOT, 'dist/src/main.js');
 const CRASH_PRELOAD = pathToFileURL(join(ROOT, 'test/fixtures/crash-shards.mjs')).href;
@@ -97,13 +98,34 @@ async function roundTrip(c: MqttClient, topic: string): Promise<void> {
   assert.equal(await within(got, `message on ${topic}`), 'ping');
 }
 
-/** A TCP port that was free a moment ago. */
+/** The lowest port the kernel hands out for listen(0) and outgoing connections (Linux; else the IANA range). */
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (Number.isInteger(low) && low > 11_000) return low;
+  } catch {}
+  return 49_152;
+}
+
+/**
+ * A TCP port that was free a moment ago, chosen below the ephemeral range: the other tests running
+ * side by side listen on port 0 and connect from ephemeral ports, so none of them can take it
+ * between this check and the CLI's listen (a port from listen(0) could be reused meanwhile).
+ */
 async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
+  const low = ephemeralLow();
+  for (;;) {
+    const port = 10_000 + Math.floor(Math.random() * (low - 10_000));
+    const s = createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => resolve(true));
+    });
+    if (free) {
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+      return port;
+    }
+  }
 }
 
 const BASE = [

@@ -23,6 +23,12 @@ import type { Config } from '../../src/config/schema.js';
 type Ctx = Pick<TestContext, 'after'>;
 
 /**
+ * Default hang guard of every wait in these helpers: long enough that a loaded 2-core CI machine
+ * never trips it on a working broker, short enough that a broker bug fails the test, not the run.
+ */
+export const HANG_GUARD_MS = 20_000;
+
+/**
  * Metrics/health and REST API servers on ephemeral ports (tests run side by side), the generated
  * API key kept in a temp dir instead of ./data, no drain wait at stop, and no periodic $SYS
  * messages (their retained ones would show in retained counts); tests of those turn them on.
@@ -72,7 +78,7 @@ export async function client(t: Ctx, broker: Broker, opts: IClientOptions = {}):
     port: broker.port,
     protocolVersion: 4,
     reconnectPeriod: 0,
-    connectTimeout: 10_000,
+    connectTimeout: HANG_GUARD_MS,
     ...opts,
   });
   t.after(() => {
@@ -118,7 +124,7 @@ export class Inbox {
   }
 
   /** Resolves when at least n messages arrived; rejects after timeoutMs (a hang guard, not a timing assertion). */
-  wait(n: number, timeoutMs = 10_000): Promise<Received[]> {
+  wait(n: number, timeoutMs = HANG_GUARD_MS): Promise<Received[]> {
     if (this.messages.length >= n) return Promise.resolve(this.messages);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
@@ -216,7 +222,7 @@ export class RawClient {
   }
 
   /** Waits until at least n bytes arrived and takes them. */
-  async read(n: number, timeoutMs = 10_000): Promise<Buffer> {
+  async read(n: number, timeoutMs = HANG_GUARD_MS): Promise<Buffer> {
     const deadline = Date.now() + timeoutMs;
     while (this.buf.length < n) {
       if (this.closed) throw new Error(`connection closed after ${this.buf.length}/${n} bytes`);
@@ -234,7 +240,7 @@ export class RawClient {
   }
 
   /** Resolves when the broker closes the connection; rejects after timeoutMs. */
-  async waitClosed(timeoutMs = 10_000): Promise<void> {
+  async waitClosed(timeoutMs = HANG_GUARD_MS): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       this.closedPromise,
@@ -272,7 +278,7 @@ export function connectPacket(
 // Event waits, mqtt.js sessions, and a parsed-packet raw client (exact wire control)
 
 /** Polls `cond` until true; rejects after timeoutMs (a hang guard, not a timing assertion). */
-export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+export async function waitFor(cond: () => boolean, what: string, timeoutMs = HANG_GUARD_MS): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -281,7 +287,7 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_
 }
 
 /** Rejects with `what` if `p` does not settle within timeoutMs. */
-export async function within<T>(p: Promise<T>, what: string, timeoutMs = 10_000): Promise<T> {
+export async function within<T>(p: Promise<T>, what: string, timeoutMs = HANG_GUARD_MS): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
     return await Promise.race([
@@ -309,7 +315,7 @@ export async function clientWithInbox(
     port: broker.port,
     protocolVersion: 4,
     reconnectPeriod: 0,
-    connectTimeout: 10_000,
+    connectTimeout: HANG_GUARD_MS,
     ...opts,
   });
   t.after(() => {
@@ -415,7 +421,7 @@ export class PacketClient {
   }
 
   /** The next packet in wire order; rejects on close or after timeoutMs. */
-  async next(timeoutMs = 10_000): Promise<Packet> {
+  async next(timeoutMs = HANG_GUARD_MS): Promise<Packet> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const p = this.queue.shift();
@@ -435,7 +441,10 @@ export class PacketClient {
   }
 
   /** The next packet, which must be a `cmd`. */
-  async expect<C extends Packet['cmd']>(cmd: C, timeoutMs = 10_000): Promise<Extract<Packet, { cmd: C }>> {
+  async expect<C extends Packet['cmd']>(
+    cmd: C,
+    timeoutMs = HANG_GUARD_MS,
+  ): Promise<Extract<Packet, { cmd: C }>> {
     const p = await this.next(timeoutMs);
     if (p.cmd !== cmd) throw new Error(`expected ${cmd}, got ${JSON.stringify(p)}`);
     return p as Extract<Packet, { cmd: C }>;
@@ -445,7 +454,7 @@ export class PacketClient {
    * PINGREQ round trip: resolves with the packets that arrived before the PINGRESP. When it
    * resolves, the broker has handled everything this client sent before.
    */
-  async ping(timeoutMs = 10_000): Promise<Packet[]> {
+  async ping(timeoutMs = HANG_GUARD_MS): Promise<Packet[]> {
     this.send({ cmd: 'pingreq' });
     const before: Packet[] = [];
     for (;;) {
@@ -466,7 +475,7 @@ export class PacketClient {
   }
 
   /** Resolves when the connection is closed (by either side); rejects after timeoutMs. */
-  async waitClosed(timeoutMs = 10_000): Promise<void> {
+  async waitClosed(timeoutMs = HANG_GUARD_MS): Promise<void> {
     await waitFor(() => this.closed, 'connection close', timeoutMs);
   }
 
@@ -498,7 +507,7 @@ export async function startBrokerWith(t: Ctx, opts: BrokerOptions): Promise<Brok
 }
 
 /** Resolves when the mqtt.js client's connection closes (at once if its socket is already destroyed). */
-export function closed(c: MqttClient, timeoutMs = 10_000): Promise<void> {
+export function closed(c: MqttClient, timeoutMs = HANG_GUARD_MS): Promise<void> {
   if (!c.connected && c.stream?.destroyed) return Promise.resolve();
   return within(
     new Promise<void>((resolve) => c.once('close', () => resolve())),
@@ -511,7 +520,7 @@ export function closed(c: MqttClient, timeoutMs = 10_000): Promise<void> {
 export async function waitForMessage(
   inbox: Inbox,
   pred: (m: Received) => boolean,
-  timeoutMs = 10_000,
+  timeoutMs = HANG_GUARD_MS,
 ): Promise<Received> {
   const deadline = Date.now() + timeoutMs;
   for (let n = 1; ; n++) {
@@ -550,7 +559,7 @@ export class LineReader {
   }
 
   /** The first line (already seen or coming) that satisfies `pred`; rejects after timeoutMs. */
-  waitFor(pred: (line: string) => boolean, what: string, timeoutMs = 10_000): Promise<string> {
+  waitFor(pred: (line: string) => boolean, what: string, timeoutMs = HANG_GUARD_MS): Promise<string> {
     const seen = this.lines.find(pred);
     if (seen !== undefined) return Promise.resolve(seen);
     return new Promise<string>((resolve, reject) => {
@@ -579,7 +588,7 @@ export class LineReader {
 /** Exit code and signal of a child process (resolves immediately if it has already exited). */
 export function exited(
   child: ChildProcess,
-  timeoutMs = 10_000,
+  timeoutMs = HANG_GUARD_MS,
 ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (child.exitCode !== null || child.signalCode !== null) {
     return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
@@ -672,7 +681,7 @@ export interface RawFrame {
 }
 
 /** Reads one whole frame (any remaining length) from a RawClient. */
-export async function readFrame(raw: RawClient, timeoutMs = 10_000): Promise<RawFrame> {
+export async function readFrame(raw: RawClient, timeoutMs = HANG_GUARD_MS): Promise<RawFrame> {
   const b0 = (await raw.read(1, timeoutMs))[0];
   let len = 0;
   let mul = 1;
@@ -701,7 +710,7 @@ export async function rawConnected(t: Ctx, broker: Broker, spec: ConnectSpec): P
 }
 
 /** PINGREQ → PINGRESP on a raw connection: proves the connection is open and served. */
-export async function rawPing(raw: RawClient, timeoutMs = 10_000): Promise<void> {
+export async function rawPing(raw: RawClient, timeoutMs = HANG_GUARD_MS): Promise<void> {
   raw.send([0xc0, 0]);
   const f = await readFrame(raw, timeoutMs);
   if (f.type !== 13 || f.body.length !== 0) throw new Error(`expected PINGRESP, got type ${f.type}`);
@@ -1024,7 +1033,7 @@ export class PacketInbox {
   }
 
   /** Resolves when at least n packets arrived; rejects after timeoutMs (a hang guard). */
-  wait(n: number, timeoutMs = 10_000): Promise<IPublishPacket[]> {
+  wait(n: number, timeoutMs = HANG_GUARD_MS): Promise<IPublishPacket[]> {
     if (this.packets.length >= n) return Promise.resolve(this.packets);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
@@ -1056,7 +1065,7 @@ export async function client5(
     port: broker.port,
     protocolVersion: 5,
     reconnectPeriod: 0,
-    connectTimeout: 10_000,
+    connectTimeout: HANG_GUARD_MS,
     ...opts,
   });
   t.after(() => {
@@ -1087,7 +1096,7 @@ export async function waitForPacket(
   inbox: PacketInbox,
   pred: (p: IPublishPacket) => boolean,
   what: string,
-  timeoutMs = 10_000,
+  timeoutMs = HANG_GUARD_MS,
 ): Promise<IPublishPacket> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -1215,7 +1224,7 @@ export class PacketClient5 {
   }
 
   /** The next packet in wire order; rejects on close or after timeoutMs. */
-  async next(timeoutMs = 10_000): Promise<Packet> {
+  async next(timeoutMs = HANG_GUARD_MS): Promise<Packet> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const p = this.queue.shift();
@@ -1235,14 +1244,17 @@ export class PacketClient5 {
   }
 
   /** The next packet, which must be a `cmd`. */
-  async expect<C extends Packet['cmd']>(cmd: C, timeoutMs = 10_000): Promise<Extract<Packet, { cmd: C }>> {
+  async expect<C extends Packet['cmd']>(
+    cmd: C,
+    timeoutMs = HANG_GUARD_MS,
+  ): Promise<Extract<Packet, { cmd: C }>> {
     const p = await this.next(timeoutMs);
     if (p.cmd !== cmd) throw new Error(`expected ${cmd}, got ${JSON.stringify(p)}`);
     return p as Extract<Packet, { cmd: C }>;
   }
 
   /** PINGREQ round trip: resolves with the packets that arrived before the PINGRESP. */
-  async ping(timeoutMs = 10_000): Promise<Packet[]> {
+  async ping(timeoutMs = HANG_GUARD_MS): Promise<Packet[]> {
     this.send({ cmd: 'pingreq' });
     const before: Packet[] = [];
     for (;;) {
@@ -1273,7 +1285,7 @@ export class PacketClient5 {
   }
 
   /** Resolves when the connection is closed (by either side); rejects after timeoutMs. */
-  async waitClosed(timeoutMs = 10_000): Promise<void> {
+  async waitClosed(timeoutMs = HANG_GUARD_MS): Promise<void> {
     await waitFor(() => this.closed, 'connection close', timeoutMs);
   }
 
