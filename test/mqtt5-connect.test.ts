@@ -6,9 +6,9 @@
  * both shards (idOnShard) unless a test says otherwise.
  */
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
-import type { Broker } from '../src/broker/broker.js';
+import { test } from 'node:test';
 import {
+  brokerPool,
   type Connect5Spec,
   client,
   client5,
@@ -22,23 +22,13 @@ import {
   RawClient,
   rawConnect5,
   readFrame,
-  startBroker,
   subscribe,
   subscribeFrame5,
   within,
 } from './helpers/broker.js';
 
-/** Brokers shared by the tests of this file that need the same options. */
-const brokers = new Map<string, Promise<Broker>>();
-function shared(config: Record<string, unknown> = {}): Promise<Broker> {
-  const key = JSON.stringify(config);
-  let b = brokers.get(key);
-  if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
-  return b;
-}
-after(async () => {
-  await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
-});
+/** Brokers shared by this file's tests that need the same options (ids and topics are unique per test). */
+const shared = brokerPool();
 
 const LIMITED = {
   'mqtt.max_qos_allowed': 1,

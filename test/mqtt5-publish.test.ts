@@ -6,10 +6,11 @@
  * otherwise. Exact wire checks use raw sockets (property order) or mqtt-packet's parser.
  */
 import assert from 'node:assert/strict';
-import { after, type TestContext, test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import type { IPublishPacket, Packet } from 'mqtt-packet';
 import type { Broker } from '../src/broker/broker.js';
 import {
+  brokerPool,
   client,
   client5,
   Inbox,
@@ -24,23 +25,13 @@ import {
   rawConnected,
   rawFrame,
   readFrame,
-  startBroker,
   subscribe,
   subscribeFrame5,
   untilPast,
 } from './helpers/broker.js';
 
-/** Brokers shared by the tests of this file that need the same options (topics are unique per test). */
-const brokers = new Map<string, Promise<Broker>>();
-function shared(config: Record<string, unknown> = {}): Promise<Broker> {
-  const key = JSON.stringify(config);
-  let b = brokers.get(key);
-  if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
-  return b;
-}
-after(async () => {
-  await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
-});
+/** Brokers shared by this file's tests that need the same options (ids and topics are unique per test). */
+const shared = brokerPool();
 
 const RESTRICTED = { 'mqtt.max_qos_allowed': 1, 'mqtt.retain_available': false, 'mqtt.max_topic_alias': 4 };
 

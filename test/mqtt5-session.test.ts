@@ -5,11 +5,12 @@
  * properties. Clients sit on both shards and MQTT 3.1.1 and 5.0 are mixed unless a test says otherwise.
  */
 import assert from 'node:assert/strict';
-import { after, type TestContext, test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import type { IConnectPacket, IPublishPacket } from 'mqtt-packet';
 import type { Broker } from '../src/broker/broker.js';
 import { PACKETS_SENT_BY_TYPE } from '../src/metrics/counters.js';
 import {
+  brokerPool,
   client,
   client5,
   clientWithInbox,
@@ -33,17 +34,8 @@ import {
   waitFor,
 } from './helpers/broker.js';
 
-/** Brokers shared by the tests of this file that need the same options (ids and topics are unique per test). */
-const brokers = new Map<string, Promise<Broker>>();
-function shared(config: Record<string, unknown> = {}): Promise<Broker> {
-  const key = JSON.stringify(config);
-  let b = brokers.get(key);
-  if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
-  return b;
-}
-after(async () => {
-  await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
-});
+/** Brokers shared by this file's tests that need the same options (ids and topics are unique per test). */
+const shared = brokerPool();
 
 type Opts = Omit<IConnectPacket, 'cmd' | 'clientId'>;
 

@@ -4,23 +4,12 @@
  * the awaiting-PUBREL limit. Raw clients (PacketClient) give exact control over what is acked.
  */
 import assert from 'node:assert/strict';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import mqttPacket from 'mqtt-packet';
-import type { Broker } from '../src/broker/broker.js';
-import { client, idOnShard, PacketClient, publish, startBroker } from './helpers/broker.js';
+import { brokerPool, client, idOnShard, PacketClient, publish } from './helpers/broker.js';
 
-/** Brokers shared by the tests of this file that need the same options (ids and topics are unique per test). */
-const brokers = new Map<string, Promise<Broker>>();
-function shared(config: Record<string, unknown> = {}): Promise<Broker> {
-  const key = JSON.stringify(config);
-  let b = brokers.get(key);
-  // Stopped by the file-level `after` below, not by the first test that used it.
-  if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
-  return b;
-}
-after(async () => {
-  await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
-});
+/** Brokers shared by this file's tests that need the same options (ids and topics are unique per test). */
+const shared = brokerPool();
 
 test('QoS 1: unacknowledged messages are resent with DUP 1 on reconnect, in order [MQTT-4.4.0-1]', async (t) => {
   const broker = await shared();

@@ -3,11 +3,12 @@
  * queue, queue limit, session expiry and takeover, across shards.
  */
 import assert from 'node:assert/strict';
-import { after, type TestContext, test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import type { Broker } from '../src/broker/broker.js';
 import { shardOf } from '../src/broker/client-id.js';
 import { Counter } from '../src/metrics/counters.js';
 import {
+  brokerPool,
   client,
   clientWithInbox,
   endClient,
@@ -22,18 +23,8 @@ import {
   within,
 } from './helpers/broker.js';
 
-/** Brokers shared by the tests of this file that need the same options (ids and topics are unique per test). */
-const brokers = new Map<string, Promise<Broker>>();
-function shared(config: Record<string, unknown> = {}): Promise<Broker> {
-  const key = JSON.stringify(config);
-  let b = brokers.get(key);
-  // Stopped by the file-level `after` below, not by the first test that used it.
-  if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
-  return b;
-}
-after(async () => {
-  await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
-});
+/** Brokers shared by this file's tests that need the same options (ids and topics are unique per test). */
+const shared = brokerPool();
 
 /** Row of shard s in the counters (row 0 is the main thread). */
 const shardCounter = (broker: Broker, s: number, c: number): number => broker.counters.get(s + 1, c);

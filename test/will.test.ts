@@ -5,33 +5,23 @@
  * unless a test says otherwise.
  */
 import assert from 'node:assert/strict';
-import { after, type TestContext, test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import type { Broker } from '../src/broker/broker.js';
 import {
+  brokerPool,
   client,
   clientWithInbox,
   Inbox,
   idOnShard,
   PacketClient,
   publish,
-  startBroker,
   subscribe,
   sync,
   waitFor,
 } from './helpers/broker.js';
 
-/** Brokers shared by the tests of this file that need the same options (ids and topics are unique per test). */
-const brokers = new Map<string, Promise<Broker>>();
-function shared(config: Record<string, unknown> = {}): Promise<Broker> {
-  const key = JSON.stringify(config);
-  let b = brokers.get(key);
-  // Stopped by the file-level `after` below, not by the first test that used it.
-  if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
-  return b;
-}
-after(async () => {
-  await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
-});
+/** Brokers shared by this file's tests that need the same options (ids and topics are unique per test). */
+const shared = brokerPool();
 
 /** A subscriber to `topic` on `shard` (mqtt.js, QoS 2) and its inbox. */
 async function subscriber(t: TestContext, broker: Broker, shard: number, topic: string, name: string) {

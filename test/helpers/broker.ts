@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TestContext } from 'node:test';
+import { after, type TestContext } from 'node:test';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import mqttPacket, {
   type IConnackPacket,
@@ -1305,4 +1305,22 @@ export async function reconfigureShards(broker: Broker, patch: Partial<Config>):
   for (const s of broker.supervisor.shards)
     broker.supervisor.post(s, { t: 'reconfigure', config: { ...broker.config } });
   await broker.queries.askAll({ q: 'topics' });
+}
+
+/**
+ * Brokers shared by the tests of one file that need the same options (each test uses its own
+ * client ids and topics); all are stopped when the file's tests are done.
+ */
+export function brokerPool(): (config?: Record<string, unknown>) => Promise<Broker> {
+  const brokers = new Map<string, Promise<Broker>>();
+  after(async () => {
+    await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
+  });
+  return (config = {}) => {
+    const key = JSON.stringify(config);
+    let b = brokers.get(key);
+    // Stopped by the file-level `after` above, not by the first test that used it.
+    if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
+    return b;
+  };
 }
