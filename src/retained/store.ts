@@ -82,7 +82,7 @@ export class RetainedStore {
     let w = from;
     for (let r = from; r < out.length; r++) {
       const rec = out[r];
-      if (rec.expiryAt && rec.expiryAt <= now)
+      if (rec.expiryAt && rec.expiryAt < now)
         this.set({ topic: rec.topic, payload: new Uint8Array(0), qos: 0 });
       else out[w++] = rec;
     }

@@ -569,7 +569,7 @@ export class Shard implements BatchVisitor {
       const sub = session.subscriptions.get(a.filter);
       if (!sub) continue;
       for (const r of a.records) {
-        if (r.expiryAt && r.expiryAt <= now) continue;
+        if (r.expiryAt && r.expiryAt < now) continue;
         const msg = Message.fromStrings(r.topic, asBuffer(r.payload), r.qos, true, '', true);
         if (r.props) msg.props = asBuffer(r.props);
         if (r.expiryAt) msg.expiryAt = r.expiryAt;
@@ -926,8 +926,9 @@ export class Shard implements BatchVisitor {
     group: string | null,
   ): void {
     const row = this.counters.row;
-    if (msg.expiryAt > 0 && Date.now() >= msg.expiryAt) {
-      // Expired messages are not delivered [MQTT-3.3.2-5].
+    if (msg.expiryAt > 0 && Date.now() > msg.expiryAt) {
+      // Expired messages are not delivered [MQTT-3.3.2-5]: once the interval has *passed* (as EMQX
+      // does), so an interval of 0 still reaches subscribers that are online at once.
       row[Counter.deliveryDroppedExpired]++;
       row[Counter.messagesDropped]++;
       return;
@@ -1006,7 +1007,7 @@ export class Shard implements BatchVisitor {
     let i = 0;
     while (i < q.length && !conn.congested) {
       const d = q[i];
-      if (d.msg.expiryAt > 0 && now >= d.msg.expiryAt) {
+      if (d.msg.expiryAt > 0 && now > d.msg.expiryAt) {
         row[Counter.deliveryDroppedExpired]++;
         row[Counter.messagesDropped]++;
       } else if (d.qos === 0) {
