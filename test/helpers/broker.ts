@@ -464,8 +464,33 @@ export class PacketClient {
     }
   }
 
-  subscribe(filter: string, qos: 0 | 1 | 2, messageId = 1): Promise<Extract<Packet, { cmd: 'suback' }>> {
-    this.send({ cmd: 'subscribe', messageId, subscriptions: [{ topic: filter, qos }] });
+  /** SUBSCRIBE one filter; resolves with the SUBACK. */
+  subscribe(filter: string, qos: 0 | 1 | 2, messageId?: number): Promise<Extract<Packet, { cmd: 'suback' }>>;
+  /** SUBSCRIBE with v5 options and an optional Subscription Identifier; resolves with the SUBACK. */
+  subscribe(
+    subscriptions: ISubscription[],
+    messageId?: number,
+    subscriptionIdentifier?: number,
+  ): Promise<Extract<Packet, { cmd: 'suback' }>>;
+  subscribe(
+    what: string | ISubscription[],
+    a?: number,
+    b?: number,
+  ): Promise<Extract<Packet, { cmd: 'suback' }>> {
+    if (typeof what === 'string') {
+      this.send({
+        cmd: 'subscribe',
+        messageId: b ?? 1,
+        subscriptions: [{ topic: what, qos: a as 0 | 1 | 2 }],
+      });
+    } else {
+      this.send({
+        cmd: 'subscribe',
+        messageId: a ?? 1,
+        subscriptions: what,
+        ...(b !== undefined ? { properties: { subscriptionIdentifier: b } } : {}),
+      });
+    }
     return this.expect('suback');
   }
 
@@ -1160,141 +1185,17 @@ export function publish5(
   );
 }
 
-/**
- * A raw MQTT 5 TCP client in parsed packets (mqtt-packet, protocol version 5): it sends exactly
- * what the test says, acknowledges nothing by itself, and reads packets one by one in wire order.
- */
-export class PacketClient5 {
-  private readonly queue: Packet[] = [];
-  private readonly parser = mqttPacket.parser({ protocolVersion: 5 });
-  private notify: (() => void) | null = null;
-  private parseError: Error | null = null;
-  closed = false;
-
-  private constructor(readonly socket: Socket) {
-    this.parser.on('packet', (p: Packet) => this.queue.push(p));
-    this.parser.on('error', (err: Error) => {
-      this.parseError = err;
-    });
-    socket.on('data', (d: Buffer) => {
-      this.parser.parse(d);
-      this.wake();
-    });
-    socket.on('error', () => {});
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake();
-    });
-  }
-
-  private wake(): void {
-    const n = this.notify;
-    this.notify = null;
-    n?.();
-  }
-
-  /** Opens a TCP connection and sends a v5 CONNECT; resolves with the CONNACK. */
-  static async connect(
+/** PacketClient.connect with an MQTT 5 CONNECT. */
+export const PacketClient5 = {
+  connect(
     t: Ctx,
     broker: Broker,
     clientId: string,
     opts: ConnectOptions = {},
-  ): Promise<{ pc: PacketClient5; connack: IConnackPacket }> {
-    const s = netConnect({ host: '127.0.0.1', port: broker.port });
-    await within(once(s, 'connect'), 'TCP connect');
-    t.after(() => {
-      s.destroy();
-    });
-    const pc = new PacketClient5(s);
-    pc.send({
-      cmd: 'connect',
-      protocolId: 'MQTT',
-      clean: true,
-      keepalive: 60,
-      ...opts,
-      protocolVersion: 5,
-      clientId,
-    });
-    const connack = await pc.expect('connack');
-    return { pc, connack };
-  }
-
-  send(p: Packet | Buffer): void {
-    this.socket.write(Buffer.isBuffer(p) ? p : mqttPacket.generate(p, { protocolVersion: 5 }));
-  }
-
-  /** The next packet in wire order; rejects on close or after timeoutMs. */
-  async next(timeoutMs = HANG_GUARD_MS): Promise<Packet> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const p = this.queue.shift();
-      if (p) return p;
-      if (this.parseError) throw this.parseError;
-      if (this.closed) throw new Error('connection closed while waiting for a packet');
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error('timed out waiting for a packet');
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.notify = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-  }
-
-  /** The next packet, which must be a `cmd`. */
-  async expect<C extends Packet['cmd']>(
-    cmd: C,
-    timeoutMs = HANG_GUARD_MS,
-  ): Promise<Extract<Packet, { cmd: C }>> {
-    const p = await this.next(timeoutMs);
-    if (p.cmd !== cmd) throw new Error(`expected ${cmd}, got ${JSON.stringify(p)}`);
-    return p as Extract<Packet, { cmd: C }>;
-  }
-
-  /** PINGREQ round trip: resolves with the packets that arrived before the PINGRESP. */
-  async ping(timeoutMs = HANG_GUARD_MS): Promise<Packet[]> {
-    this.send({ cmd: 'pingreq' });
-    const before: Packet[] = [];
-    for (;;) {
-      const p = await this.next(timeoutMs);
-      if (p.cmd === 'pingresp') return before;
-      before.push(p);
-    }
-  }
-
-  /** SUBSCRIBE (v5 options, optional Subscription Identifier); resolves with the SUBACK. */
-  subscribe(
-    subscriptions: ISubscription[],
-    messageId = 1,
-    subscriptionIdentifier?: number,
-  ): Promise<Extract<Packet, { cmd: 'suback' }>> {
-    this.send({
-      cmd: 'subscribe',
-      messageId,
-      subscriptions,
-      ...(subscriptionIdentifier !== undefined ? { properties: { subscriptionIdentifier } } : {}),
-    });
-    return this.expect('suback');
-  }
-
-  /** Packets already received and not yet read. */
-  get pending(): readonly Packet[] {
-    return this.queue;
-  }
-
-  /** Resolves when the connection is closed (by either side); rejects after timeoutMs. */
-  async waitClosed(timeoutMs = HANG_GUARD_MS): Promise<void> {
-    await waitFor(() => this.closed, 'connection close', timeoutMs);
-  }
-
-  /** Closes the socket without DISCONNECT and waits for it to be closed. */
-  async destroy(): Promise<void> {
-    this.socket.destroy();
-    await this.waitClosed();
-  }
-}
+  ): Promise<{ pc: PacketClient; connack: IConnackPacket }> {
+    return PacketClient.connect(t, broker, clientId, { ...opts, protocolVersion: 5 });
+  },
+};
 
 /**
  * Changes runtime options in every shard, as a reload (SIGHUP) does, and resolves once every
