@@ -6,11 +6,12 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
-import { after, before, type TestContext, test } from 'node:test';
+import { before, type TestContext, test } from 'node:test';
 import type { Broker } from '../src/broker/broker.js';
 import type { CounterName } from '../src/metrics/counters.js';
 import {
   assertBrokerServes,
+  brokerPool,
   client,
   connectFrame,
   idOnShard,
@@ -21,20 +22,15 @@ import {
   rawFrame,
   rawPing,
   readFrame,
-  startBroker,
   waitFor,
 } from './helpers/broker.js';
 
 const MAX_PACKET = 1024;
-const cleanups: (() => unknown)[] = [];
-const fileScope = { after: (fn: () => unknown) => cleanups.push(fn) } as unknown as Pick<
-  TestContext,
-  'after'
->;
-after(() => Promise.all(cleanups.map((fn) => fn())));
+/** The file's brokers, stopped when its tests are done. */
+const fileBroker = brokerPool();
 let broker: Broker;
 before(async () => {
-  broker = await startBroker(fileScope, { 'node.shards': 2, 'mqtt.max_packet_size': MAX_PACKET });
+  broker = await fileBroker({ 'node.shards': 2, 'mqtt.max_packet_size': MAX_PACKET });
 });
 
 type Kind = 'malformedPackets' | 'protocolErrors' | 'oversizedPackets';

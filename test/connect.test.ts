@@ -4,11 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { connect as netConnect } from 'node:net';
-import { after, before, type TestContext, test } from 'node:test';
+import { before, type TestContext, test } from 'node:test';
 import mqtt from 'mqtt';
 import type { Broker } from '../src/broker/broker.js';
 import type { CounterName } from '../src/metrics/counters.js';
 import {
+  brokerPool,
   type ConnectSpec,
   client,
   connectFrame,
@@ -21,27 +22,22 @@ import {
   rawFrame,
   rawPing,
   readFrame,
-  startBroker,
   subscribe,
   waitFor,
   within,
 } from './helpers/broker.js';
 
 /** Brokers shared by the tests of this file (starting one costs seconds on a loaded machine). */
-const cleanups: (() => unknown)[] = [];
-const fileScope = { after: (fn: () => unknown) => cleanups.push(fn) } as unknown as Pick<
-  TestContext,
-  'after'
->;
-after(() => Promise.all(cleanups.map((fn) => fn())));
+/** The file's brokers, stopped when its tests are done. */
+const fileBroker = brokerPool();
 let broker: Broker;
 /** One shard, a 1 s connect timeout and the shortest allowed client id limit (23). */
 let strict: Broker;
 
 before(async () => {
   [broker, strict] = await Promise.all([
-    startBroker(fileScope, { 'node.shards': 2 }),
-    startBroker(fileScope, { 'node.shards': 1, 'listener.connect_timeout': 1, 'mqtt.max_clientid_len': 23 }),
+    fileBroker({ 'node.shards': 2 }),
+    fileBroker({ 'node.shards': 1, 'listener.connect_timeout': 1, 'mqtt.max_clientid_len': 23 }),
   ]);
 });
 

@@ -3,9 +3,10 @@
  * it has not heard from for 1.5 × its keep-alive [MQTT-3.1.2-24].
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, type TestContext, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import type { Broker } from '../src/broker/broker.js';
 import {
+  brokerPool,
   client,
   connectFrame,
   Inbox,
@@ -16,20 +17,15 @@ import {
   rawFrame,
   rawPing,
   readFrame,
-  startBroker,
   subscribe,
   waitFor,
 } from './helpers/broker.js';
 
-const cleanups: (() => unknown)[] = [];
-const fileScope = { after: (fn: () => unknown) => cleanups.push(fn) } as unknown as Pick<
-  TestContext,
-  'after'
->;
-after(() => Promise.all(cleanups.map((fn) => fn())));
+/** The file's brokers, stopped when its tests are done. */
+const fileBroker = brokerPool();
 let broker: Broker;
 before(async () => {
-  broker = await startBroker(fileScope, { 'node.shards': 2, 'mqtt.keepalive_multiplier': 1.5 });
+  broker = await fileBroker({ 'node.shards': 2, 'mqtt.keepalive_multiplier': 1.5 });
 });
 
 // The tests wait on the broker's keep-alive clock, not on CPU: they run side by side.
