@@ -300,8 +300,8 @@ export class Shard implements BatchVisitor {
     // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
     conn.write(v5 ? this.connackV5(h, conn, sessionPresent) : encodeConnack(sessionPresent, 0));
     if (sessionPresent) {
-      for (const [filter, sub] of session.subscriptions) {
-        if (sub.shared) this.sendMembership('sharedJoin', session, filter, sub);
+      for (const sub of session.subscriptions.values()) {
+        if (sub.shared) this.sendMembership('sharedJoin', session, sub);
       }
       this.resend(session);
     }
@@ -449,7 +449,7 @@ export class Shard implements BatchVisitor {
       existing.retainAsPublished = o.retainAsPublished;
       existing.retainHandling = o.retainHandling;
       existing.subId = o.subId;
-      if (existing.shared) this.sendMembership('sharedJoin', session, filter, existing);
+      if (existing.shared) this.sendMembership('sharedJoin', session, existing);
       else this.subscribers.add(existing.nodeId, session, existing);
       return 'existing';
     }
@@ -458,7 +458,7 @@ export class Shard implements BatchVisitor {
       session.subscriptions.set(filter, sub);
       this.sharedSubs++;
       this.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
-      this.sendMembership('sharedJoin', session, filter, sub);
+      this.sendMembership('sharedJoin', session, sub);
       return 'new';
     }
     const nodeId = this.index.ensure(filter);
@@ -481,7 +481,7 @@ export class Shard implements BatchVisitor {
     if (sub.shared) {
       this.sharedSubs--;
       this.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
-      if (session.conn) this.sendMembership('sharedLeave', session, filter, sub);
+      if (session.conn) this.sendMembership('sharedLeave', session, sub);
       return true;
     }
     if (this.subscribers.remove(sub.nodeId, session)) this.index.clearShard(sub.nodeId, this.id);
@@ -590,14 +590,8 @@ export class Shard implements BatchVisitor {
   // Shared subscriptions
 
   /** Tells the group's owner shard (maybe this one) that a session joins or leaves. */
-  private sendMembership(
-    t: 'sharedJoin' | 'sharedLeave',
-    session: Session,
-    filter: string,
-    sub: Subscription,
-  ): void {
+  private sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): void {
     const sf = sub.shared!;
-    void filter;
     const owner = ownerShard(sf.group, sf.filter, this.shardCount);
     if (owner === this.id) {
       if (t === 'sharedJoin')
@@ -656,10 +650,10 @@ export class Shard implements BatchVisitor {
    */
   private leaveSharedGroups(session: Session, redispatch: boolean): void {
     let any = false;
-    for (const [filter, sub] of session.subscriptions) {
+    for (const sub of session.subscriptions.values()) {
       if (!sub.shared) continue;
       any = true;
-      this.sendMembership('sharedLeave', session, filter, sub);
+      this.sendMembership('sharedLeave', session, sub);
     }
     if (!any || !redispatch) return;
     for (const [id, e] of session.inflight) {
@@ -690,9 +684,9 @@ export class Shard implements BatchVisitor {
   private rejoinSharedGroupsOwnedBy(shard: number): void {
     for (const session of this.sessions.values()) {
       if (!session.conn) continue;
-      for (const [filter, sub] of session.subscriptions) {
+      for (const sub of session.subscriptions.values()) {
         if (sub.shared && ownerShard(sub.shared.group, sub.shared.filter, this.shardCount) === shard) {
-          this.sendMembership('sharedJoin', session, filter, sub);
+          this.sendMembership('sharedJoin', session, sub);
         }
       }
     }
