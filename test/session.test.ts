@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { type TestContext, test } from 'node:test';
 import type { Broker } from '../src/broker/broker.js';
-import { shardOf } from '../src/broker/client-id.js';
+import { shardOf } from '../src/listener/client-id.js';
 import { Counter } from '../src/metrics/counters.js';
 import {
   brokerPool,

@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer } from 'node:net';
 import type { Registry } from 'prom-client';
 import { type ConfigInput, type LoadSources, loadConfig, shardCount } from '../config/load.js';
 import { type ConfigDiff, diffConfig } from '../config/reload.js';
@@ -18,9 +18,7 @@ import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { SysPublisher } from '../sys/publisher.js';
 import type { BrokerPublish, RetainedRecord, ShardToMain } from '../threads/messages.js';
 import { VERSION } from '../version.js';
-import { shardOf } from './client-id.js';
-import { readConnect } from './connect-reader.js';
-import { fdutil } from './fdutil.js';
+import { fdutil } from '../listener/fdutil.js';
 import { ShardQueries } from './queries.js';
 import { Supervisor } from './supervisor.js';
 
@@ -47,9 +45,9 @@ export interface Readiness {
 }
 
 /**
- * The main thread: accepts TCP connections, reads each one's CONNECT, and hands the socket to
- * the shard worker that owns the client id. It also owns the retained-message store and the
- * shard supervisor. It never touches a connection's bytes after the handoff.
+ * The main thread: binds the MQTT port and shares it with the shard workers, which accept and
+ * own the connections; it owns the retained-message store, the shard supervisor and the
+ * operations endpoints. It never touches a connection's bytes.
  */
 export class Broker {
   readonly config: Config;
@@ -59,8 +57,8 @@ export class Broker {
   readonly sharedIndex: TopicIndex;
   readonly retained = new RetainedStore();
   readonly supervisor: Supervisor;
-  private readonly server: Server;
-  private readonly sockets = new Set<Socket>();
+  /** Bound MQTT port (the listening socket itself lives in the shards' acceptors) */
+  private boundPort = 0;
   private stopped: Promise<void> | null = null;
   // Operating it (metrics, $SYS, health, REST API, reload): see docs/ARCHITECTURE.md.
   readonly startedAt = Date.now();
@@ -102,7 +100,6 @@ export class Broker {
       this.log.fatal({ reason }, 'giving up');
       onFatal(reason, this);
     });
-    this.server = createServer({ noDelay: true }, (socket) => this.onSocket(socket));
     this.stats = new StatsTracker(this.counters, this.index);
     this.registry = createRegistry({
       counters: this.counters,
@@ -116,13 +113,8 @@ export class Broker {
   static async start(opts: BrokerOptions = {}): Promise<Broker> {
     const broker = new Broker(opts);
     await broker.supervisor.start();
-    broker.server.listen({
-      port: broker.config['listener.port'],
-      host: broker.config['listener.host'],
-      backlog: broker.config['listener.backlog'],
-    });
     try {
-      await once(broker.server, 'listening');
+      await broker.listen();
     } catch (err) {
       // Port in use, address not available…: stop the shards, then a clear error for the CLI.
       await broker.supervisor.stop();
@@ -136,6 +128,28 @@ export class Broker {
     );
     await broker.startOperations();
     return broker;
+  }
+
+  /**
+   * Binds the MQTT port here, then the shards accept on it: main keeps a dup of the socket for
+   * shards that restart and closes its own handle before it could accept anything (the
+   * 'listening' continuation runs before the event loop polls), so connections never touch
+   * the main thread. Until every shard accepts, the kernel queues connections in the backlog.
+   */
+  private async listen(): Promise<void> {
+    const server = createServer();
+    server.listen({
+      port: this.config['listener.port'],
+      host: this.config['listener.host'],
+      backlog: this.config['listener.backlog'],
+    });
+    await once(server, 'listening');
+    const addr = server.address();
+    this.boundPort = addr && typeof addr === 'object' ? addr.port : 0;
+    // biome-ignore lint/suspicious/noExplicitAny: Node exposes no public accessor for the fd
+    const fd = fdutil.dup((server as any)._handle.fd as number);
+    server.close();
+    await this.supervisor.listen(fd);
   }
 
   /** Metrics/health and REST API servers, $SYS messages, the 1 s stats sample (for the maxima). */
@@ -177,7 +191,7 @@ export class Broker {
       shard: s.id,
       running: s.ready && s.worker !== null,
     }));
-    const listener = this.server.listening;
+    const listener = this.supervisor.accepting;
     const ready = listener && !this.stopping && shards.every((s) => s.running);
     return { ready, listener, stopping: this.stopping, shards };
   }
@@ -227,61 +241,11 @@ export class Broker {
   }
 
   get port(): number {
-    const addr = this.server.address();
-    return addr && typeof addr === 'object' ? addr.port : 0;
+    return this.boundPort;
   }
 
   get shardCount(): number {
     return this.supervisor.shards.length;
-  }
-
-  private onSocket(socket: Socket): void {
-    const acceptedAt = Number(process.hrtime.bigint());
-    this.sockets.add(socket);
-    socket.on('error', () => socket.destroy());
-    socket.on('close', () => this.sockets.delete(socket));
-    readConnect(
-      socket,
-      {
-        maxPacketSize: this.config['mqtt.max_packet_size'],
-        maxClientIdLength: this.config['mqtt.max_clientid_len'],
-        connectTimeoutMs: this.config['listener.connect_timeout'] * 1000,
-        maxQosAllowed: this.config['mqtt.max_qos_allowed'],
-        retainAvailable: this.config['mqtt.retain_available'],
-        log: this.log,
-        counters: this.counters,
-      },
-      ({ connect, leftover, assignedClientId }) => {
-        // biome-ignore lint/suspicious/noExplicitAny: Node exposes no public accessor for the fd
-        const handle = (socket as any)._handle as { fd?: number } | null;
-        if (!handle || typeof handle.fd !== 'number' || handle.fd < 0) {
-          socket.destroy();
-          return;
-        }
-        const shard = shardOf(connect.clientId, this.shardCount);
-        let fd: number;
-        try {
-          fd = fdutil.dup(handle.fd);
-        } catch (err) {
-          this.log.error({ err, clientId: connect.clientId }, 'dup failed; closing connection');
-          socket.destroy();
-          return;
-        }
-        const remoteAddress = socket.remoteAddress ?? '';
-        const remotePort = socket.remotePort ?? 0;
-        // Destroying our handle closes our fd only: the dup keeps the connection open, no FIN.
-        socket.destroy();
-        this.supervisor.handoff(shard, {
-          fd,
-          connect,
-          leftover,
-          assignedClientId,
-          remoteAddress,
-          remotePort,
-          acceptedAt,
-        });
-      },
-    );
   }
 
   private onShardMessage(shard: number, msg: ShardToMain): void {
@@ -318,8 +282,6 @@ export class Broker {
         this.log.info({ drainS: this.config['node.shutdown_drain_period'] }, 'stopping');
         this.sys.stop();
         if (this.statsTimer) clearInterval(this.statsTimer);
-        this.server.close();
-        for (const s of this.sockets) s.destroy();
         await this.supervisor.stop(undefined, this.config['node.shutdown_drain_period'] * 1000);
         this.queries.close();
         await Promise.all([closeServer(this.metricsServer), closeServer(this.apiServer)]);

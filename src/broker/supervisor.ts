@@ -5,15 +5,15 @@ import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { RUNNING_TS } from '../paths.js';
 import type { TopicIndex } from '../routing/topic-index.js';
-import type { Handoff, MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
-import { fdutil } from './fdutil.js';
+import { fdutil } from '../listener/fdutil.js';
+import type { MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
 
 class ShardHandle {
   worker: Worker | null = null;
   generation = 0;
   ready = false;
-  /** Handoffs waiting for the next flush (or for the shard to become ready) */
-  pending: Handoff[] = [];
+  /** Accepting on the listening socket (answered `listening`) */
+  listening = false;
   startedAt = 0;
   /** Recorded at start: Node reports -1 once the worker has exited */
   threadId = -1;
@@ -34,7 +34,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   readonly shards: ShardHandle[];
   private stopping = false;
   private restarts: number[] = [];
-  private flushScheduled = false;
+  /** Main's own dup of the listening socket: every shard (and a restarted one) gets a dup of it */
+  private listenFd = -1;
+  private onListening: ((err?: Error) => void) | null = null;
 
   constructor(
     private readonly config: Config,
@@ -111,8 +113,21 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         if (msg.t === 'ready') {
           shard.ready = true;
           this.log.info({ shard: shard.id, generation, ms: Date.now() - shard.startedAt }, 'shard ready');
-          this.flush();
+          // A restarted shard accepts again (the first start waits for listen()).
+          if (this.listenFd >= 0 && !this.stopping) this.postListen(shard);
           resolve();
+          return;
+        }
+        if (msg.t === 'listening') {
+          shard.listening = true;
+          if (this.onListening && this.shards.every((s) => s.listening)) this.onListening();
+          return;
+        }
+        if (msg.t === 'listenFailed') {
+          // A dup of a listening socket that cannot be listened on: no shard will accept either.
+          const err = new Error(`shard ${shard.id} cannot accept: ${msg.error}`);
+          if (this.onListening) this.onListening(err);
+          else this.emit('fatal', err.message);
           return;
         }
         this.emit('message', shard.id, msg);
@@ -123,6 +138,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       worker.on('exit', (code) => {
         if (shard.worker === worker) shard.worker = null;
         shard.ready = false;
+        shard.listening = false;
         if (this.stopping) return;
         this.onShardDied(shard, code);
         resolve();
@@ -161,24 +177,36 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     }, delay).unref();
   }
 
-  /** Queues a connection for its shard; handoffs are posted in batches once per tick. */
-  handoff(shardId: number, h: Handoff): void {
-    this.shards[shardId].pending.push(h);
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => this.flush());
-    }
+  /**
+   * Shares the listening socket with every shard: each accepts on its own dup of `fd` (which
+   * the supervisor now owns). Resolves when all of them accept.
+   */
+  listen(fd: number): Promise<void> {
+    this.listenFd = fd;
+    return new Promise((resolve, reject) => {
+      this.onListening = (err) => {
+        this.onListening = null;
+        if (err) reject(err);
+        else resolve();
+      };
+      for (const s of this.shards) if (s.ready) this.postListen(s);
+    });
   }
 
-  private flush(): void {
-    this.flushScheduled = false;
-    for (const s of this.shards) {
-      if (s.pending.length === 0 || !s.ready || !s.worker) continue;
-      const conns = s.pending;
-      s.pending = [];
-      this.counters.row[Counter.handoffs] += conns.length;
-      s.worker.postMessage({ t: 'adopt', conns } satisfies MainToShard);
+  /** Every live shard accepts (false while one is restarting: it queues in the backlog). */
+  get accepting(): boolean {
+    return this.listenFd >= 0 && this.shards.every((s) => s.listening);
+  }
+
+  private postListen(shard: ShardHandle): void {
+    let fd: number;
+    try {
+      fd = fdutil.dup(this.listenFd);
+    } catch (err) {
+      this.emit('fatal', `cannot share the listening socket: ${(err as Error).message}`);
+      return;
     }
+    this.post(shard, { t: 'listen', fd });
   }
 
   post(shard: ShardHandle | number, msg: MainToShard, transfer?: MessagePort[]): void {
@@ -210,10 +238,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
           }),
       ),
     );
-    // Connections handed off but never adopted: close their fds.
-    for (const s of this.shards) {
-      for (const h of s.pending) fdutil.close(h.fd);
-      s.pending = [];
+    if (this.listenFd >= 0) {
+      fdutil.close(this.listenFd);
+      this.listenFd = -1;
     }
   }
 }

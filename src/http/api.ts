@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { loadavg } from 'node:os';
 import type { Broker } from '../broker/broker.js';
-import { shardOf } from '../broker/client-id.js';
+import { shardOf } from '../listener/client-id.js';
 import { ShardUnavailableError } from '../broker/queries.js';
 import { metricsSnapshot } from '../metrics/emqx.js';
 import { topicFilterError, topicNameError } from '../protocol/topic.js';

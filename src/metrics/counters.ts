@@ -68,7 +68,8 @@ export const Counter = {
   deliveryDroppedExpired: 54,
   messagesDroppedExpired: 55,
   subscriptionsShared: 56, // gauge
-  // 57..63 free for more named counters.
+  handoffsCrossShard: 57,
+  // 58..63 free for more named counters.
 } as const;
 
 export type CounterName = keyof typeof Counter;
@@ -78,7 +79,7 @@ export const COUNTER_SLOTS = 128;
  * Unnamed ranges after the named counters (not part of `snapshot()`):
  * - packets received / sent by MQTT packet type: `row[PACKETS_RECEIVED_BY_TYPE + type]++`
  *   (counted where frames are read and written, so every packet type is covered at once);
- * - handoff latency histogram buckets (accept on main → adopted by the shard), one cell per
+ * - handoff latency histogram buckets (accept → adopted by the owning shard), one cell per
  *   bucket of HANDOFF_BUCKETS_S plus +Inf, non-cumulative (Prometheus' cumulative form is built
  *   at scrape time).
  */

@@ -124,7 +124,12 @@ export function createRegistry(src: PrometheusSources): Registry {
     ['emqx_ts_shard_restarts_total', 'Shard worker restarts after a crash', Counter.shardRestarts],
     ['emqx_ts_cross_shard_messages_total', 'Messages routed to another shard', Counter.crossShardMessages],
     ['emqx_ts_cross_shard_batches_total', 'Batches posted between shards', Counter.crossShardBatches],
-    ['emqx_ts_handoffs_total', 'Connections handed from the acceptor to a shard', Counter.handoffs],
+    ['emqx_ts_handoffs_total', 'Accepted connections adopted by their owning shard', Counter.handoffs],
+    [
+      'emqx_ts_handoffs_cross_shard_total',
+      'Accepted connections whose fd went to another shard (the owner of the client id)',
+      Counter.handoffsCrossShard,
+    ],
     [
       'emqx_ts_connect_rejected_total',
       'Connections refused before reaching a shard',

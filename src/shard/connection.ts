@@ -14,7 +14,7 @@ import type { DeliveryProps } from '../protocol/v5.js';
 import { encodeDisconnectV5 } from '../protocol/v5-control.js';
 import type { Message } from '../session/message.js';
 import type { Session } from '../session/session.js';
-import type { Handoff } from '../threads/messages.js';
+import type { ConnectionOrigin } from '../threads/messages.js';
 import type { Shard } from './shard.js';
 
 /** An acknowledgement that must wait (a retained PUBLISH's ack waits for the store). */
@@ -87,7 +87,7 @@ export class Connection implements FrameSink {
     readonly shard: Shard,
     readonly socket: Socket,
     readonly session: Session,
-    handoff: Handoff,
+    handoff: ConnectionOrigin,
   ) {
     this.clientId = handoff.connect.clientId;
     this.protocolVersion = handoff.connect.protocolVersion;
@@ -133,7 +133,7 @@ export class Connection implements FrameSink {
     return this.socket.localPort ?? 0;
   }
 
-  /** Starts reading: first the bytes main read after CONNECT, then the socket. */
+  /** Starts reading: first the bytes the acceptor read after CONNECT, then the socket. */
   start(leftover: Uint8Array): void {
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('drain', () => this.shard.drainSession(this.session));
@@ -142,6 +142,9 @@ export class Connection implements FrameSink {
     });
     this.socket.on('close', () => this.close('connection closed by peer'));
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
+    // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
+    // leftover bytes above (resume() takes effect on a later tick).
+    this.socket.resume();
   }
 
   private onData(chunk: Buffer): void {

@@ -1,6 +1,9 @@
 import { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
+import { Acceptor, type AcceptedConnection } from '../listener/acceptor.js';
+import { shardOf } from '../listener/client-id.js';
+import { fdutil } from '../listener/fdutil.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters, observeHandoff } from '../metrics/counters.js';
 import { encodeAck, encodeConnack, type WillMessage } from '../protocol/codec.js';
@@ -14,6 +17,7 @@ import { Message } from '../session/message.js';
 import { NEVER_EXPIRES, Session, type Subscription } from '../session/session.js';
 import { publishClientEvent } from '../sys/events.js';
 import type {
+  ConnectionOrigin,
   Handoff,
   MainToShard,
   RetainedRecord,
@@ -115,6 +119,11 @@ export class Shard implements BatchVisitor {
   private sharedSubs = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopping = false;
+  /** Accepts on the shared listening socket (after main's `listen`) */
+  private acceptor: Acceptor | null = null;
+  /** Accepted connections owned by another shard, posted at the end of the turn (per shard) */
+  private readonly outHandoffs: Handoff[][];
+  private handoffsPending = false;
 
   constructor(
     init: ShardInit,
@@ -133,6 +142,7 @@ export class Shard implements BatchVisitor {
     this.sharedIndex = TopicIndex.attach(init.sharedIndex);
     this.peers = init.peers;
     this.batches = init.peers.map((_, i) => (i === this.id ? null : new BatchWriter()));
+    this.outHandoffs = init.peers.map(() => []);
     for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
   }
 
@@ -147,6 +157,7 @@ export class Shard implements BatchVisitor {
     if (!port) return;
     port.on('message', (m: ShardToShard) => {
       if (m.t === 'batch') readBatch(m.buf, m.len, this);
+      else if (m.t === 'adopt') for (const h of m.conns) this.adopt(h);
       else if (m.t === 'sharedJoin')
         this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
       else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
@@ -156,18 +167,23 @@ export class Shard implements BatchVisitor {
 
   private onMainMessage(msg: MainToShard): void {
     switch (msg.t) {
-      case 'adopt':
-        for (const h of msg.conns) this.adopt(h);
+      case 'listen':
+        this.listen(msg.fd);
         break;
       case 'peer':
         this.peers[msg.shard]?.close();
         this.peers[msg.shard] = msg.port;
         this.listenPeer(msg.shard);
+        // Connections accepted for it while it was down.
+        if (this.outHandoffs[msg.shard].length > 0) this.flushHandoffs();
         // A restarted shard lost the shared groups it owned: members here join them again.
         this.rejoinSharedGroupsOwnedBy(msg.shard);
         this.releaseJoinsTo(msg.shard);
         break;
       case 'shardDown':
+        // Nothing posted to a dead shard's port arrives; its restart brings a new one ('peer').
+        this.peers[msg.shard]?.close();
+        this.peers[msg.shard] = null;
         for (const nodeId of this.sharedGroups.dropShard(msg.shard))
           this.sharedIndex.clearShard(nodeId, this.id);
         // A dead owner answers no join: those SUBACKs go now (its restart rejoins them).
@@ -215,6 +231,76 @@ export class Shard implements BatchVisitor {
   // ------------------------------------------------------------------------------------------
   // Connections and sessions
 
+  /** Starts accepting on the listening socket main shares with every shard. */
+  private listen(fd: number): void {
+    this.acceptor?.close();
+    const acceptor = new Acceptor(fd, {
+      config: this.config,
+      log: this.log,
+      counters: this.counters,
+      onConnection: (a) => this.onAccepted(a),
+    });
+    this.acceptor = acceptor;
+    acceptor.listen().then(
+      () => this.main.postMessage({ t: 'listening' }),
+      (err: Error) => {
+        this.log.error({ err }, 'cannot accept on the listening socket');
+        this.main.postMessage({ t: 'listenFailed', error: err.message });
+      },
+    );
+  }
+
+  /**
+   * A CONNECT read by this shard's acceptor: adopted here when the client id is ours (the same
+   * socket object, no fd work), else the fd goes to its owner at the end of the turn.
+   */
+  private onAccepted(a: AcceptedConnection): void {
+    const owner = shardOf(a.connect.clientId, this.shardCount);
+    if (owner === this.id) {
+      this.attach(a.socket, a);
+      return;
+    }
+    // biome-ignore lint/suspicious/noExplicitAny: Node exposes no public accessor for the fd
+    const handle = (a.socket as any)._handle as { fd?: number } | null;
+    let fd = -1;
+    try {
+      if (handle && typeof handle.fd === 'number' && handle.fd >= 0) fd = fdutil.dup(handle.fd);
+    } catch (err) {
+      this.log.error({ err, clientId: a.connect.clientId }, 'dup failed; closing connection');
+    }
+    // Destroying our handle closes our fd only: the dup keeps the connection open, no FIN.
+    a.socket.destroy();
+    if (fd < 0) return;
+    this.outHandoffs[owner].push({
+      fd,
+      connect: a.connect,
+      leftover: a.leftover,
+      assignedClientId: a.assignedClientId,
+      remoteAddress: a.remoteAddress,
+      remotePort: a.remotePort,
+      acceptedAt: a.acceptedAt,
+    });
+    this.handoffsPending = true;
+    if (!this.turnEndScheduled) {
+      this.turnEndScheduled = true;
+      setImmediate(this.endTurn);
+    }
+  }
+
+  /** Posts accepted connections to their owners, one message per owner (down owners wait). */
+  private flushHandoffs(): void {
+    this.handoffsPending = false;
+    for (let s = 0; s < this.outHandoffs.length; s++) {
+      const conns = this.outHandoffs[s];
+      const port = this.peers[s];
+      if (conns.length === 0 || !port) continue;
+      this.outHandoffs[s] = [];
+      this.counters.row[Counter.handoffsCrossShard] += conns.length;
+      port.postMessage({ t: 'adopt', conns } satisfies ShardToShard);
+    }
+  }
+
+  /** A connection another shard accepted for us. */
   private adopt(h: Handoff): void {
     // Stream high-water mark = ours: whenever the connection is congested, a write has seen the
     // buffer at the mark, so 'drain' (which moves the session queue) is sure to follow.
@@ -224,16 +310,21 @@ export class Shard implements BatchVisitor {
       writable: true,
       writableHighWaterMark: this.config['mqtt.output_high_watermark'],
     };
-    const socket = new Socket(socketOpts);
-    // No setNoDelay here: main's listener (noDelay) set TCP_NODELAY on the accepted socket, and
+    // No setNoDelay here: the acceptor (noDelay) set TCP_NODELAY on the accepted socket, and
     // the dup()ed fd is the same socket — a second setsockopt per connection would change nothing.
+    this.attach(new Socket(socketOpts), h);
+  }
+
+  /** Makes the connection and its session: takeover, resume or a new session, then CONNACK. */
+  private attach(socket: Socket, h: ConnectionOrigin): void {
     if (this.stopping) {
       socket.destroy();
       return;
     }
+    const row = this.counters.row;
+    row[Counter.handoffs]++;
     const c = h.connect;
     const v5 = c.protocolVersion === 5;
-    const row = this.counters.row;
     let session = this.sessions.get(c.clientId);
     if (session?.conn) {
       // Takeover: the same client id is already connected here [MQTT-3.1.4-2]. The old
@@ -309,7 +400,7 @@ export class Shard implements BatchVisitor {
   }
 
   /** CONNACK properties: the server's limits and capabilities [MQTT-3.2.2.3]. */
-  private connackV5(h: Handoff, conn: Connection, sessionPresent: boolean): Buffer {
+  private connackV5(h: ConnectionOrigin, conn: Connection, sessionPresent: boolean): Buffer {
     const cfg = this.config;
     const req = h.connect.properties ?? {};
     const respInfo = cfg['mqtt.response_information'];
@@ -807,6 +898,7 @@ export class Shard implements BatchVisitor {
    */
   private readonly endTurn = (): void => {
     this.turnEndScheduled = false;
+    if (this.handoffsPending) this.flushHandoffs();
     if (this.batchesPending) this.flushBatches();
     if (this.corked.length > 0) this.uncorkAll();
   };
@@ -1064,6 +1156,7 @@ export class Shard implements BatchVisitor {
   /** SIGHUP: runtime-changeable options (limits, log level, $SYS switches) take effect. */
   private reconfigure(config: Config): void {
     Object.assign(this.config, config);
+    this.acceptor?.reconfigure();
     const level = config['log.level'];
     this.log.level = level;
     for (const session of this.sessions.values()) session.conn?.setLogLevel(level);
@@ -1077,6 +1170,7 @@ export class Shard implements BatchVisitor {
    */
   private drain(ms: number): void {
     this.stopping = true;
+    this.stopAccepting();
     const live = [...this.sessions.values()].filter((s) => s.conn).map((s) => s.conn!);
     const steps = Math.max(1, Math.floor(ms / 100));
     const perStep = Math.max(1, Math.ceil(live.length / steps));
@@ -1089,8 +1183,19 @@ export class Shard implements BatchVisitor {
     step();
   }
 
+  private stopAccepting(): void {
+    this.acceptor?.close();
+    this.acceptor = null;
+    // Accepted for a peer but not posted yet: closed (the clients reconnect elsewhere).
+    for (const list of this.outHandoffs) {
+      for (const h of list) fdutil.close(h.fd);
+      list.length = 0;
+    }
+  }
+
   private shutdown(): void {
     this.stopping = true;
+    this.stopAccepting();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const session of this.sessions.values()) session.conn?.disconnect(0x8b, 'server shutting down');
     this.main.postMessage({ t: 'shutdownDone' });

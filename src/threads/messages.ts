@@ -4,9 +4,10 @@
  *
  *   main  → shard : MainToShard   (worker.postMessage)
  *   shard → main  : ShardToMain   (parentPort.postMessage)
- *   shard ↔ shard : ShardToShard: ArrayBuffer batches of routed messages (routing/batch.ts)
- *                   and shared-subscription membership, on a MessagePort per pair of shards,
- *                   created by main. One port per pair keeps batches and joins in order.
+ *   shard ↔ shard : ShardToShard: ArrayBuffer batches of routed messages (routing/batch.ts),
+ *                   shared-subscription membership and connection handoffs (fds), on a
+ *                   MessagePort per pair of shards created by main. One port per pair keeps
+ *                   batches and joins in order.
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
@@ -39,10 +40,8 @@ export interface RetainedRecord {
   expiryAt?: number;
 }
 
-/** A connection whose CONNECT main has read and validated, handed to the owning shard. */
-export interface Handoff {
-  /** dup()ed file descriptor, owned by the receiving shard from now on */
-  fd: number;
+/** A connection whose CONNECT the accepting shard has read and validated. */
+export interface ConnectionOrigin {
   connect: ConnectPacket;
   /** Bytes read after the CONNECT frame, to be parsed before anything read from the fd */
   leftover: Uint8Array;
@@ -50,12 +49,19 @@ export interface Handoff {
   assignedClientId: boolean;
   remoteAddress: string;
   remotePort: number;
-  /** hrtime (ns) when main accepted the socket, for handoff latency */
+  /** hrtime (ns) when the socket was accepted, for handoff latency */
   acceptedAt: number;
 }
 
+/** A connection accepted by one shard and owned by another (client id hash), sent as an fd. */
+export interface Handoff extends ConnectionOrigin {
+  /** dup()ed file descriptor, owned by the receiving shard from now on */
+  fd: number;
+}
+
 export type MainToShard =
-  | { t: 'adopt'; conns: Handoff[] }
+  /** Accept on (a dup of) the listening socket; the fd is the shard's to close */
+  | { t: 'listen'; fd: number }
   | { t: 'peer'; shard: number; port: MessagePort }
   | { t: 'retainAck'; reqId: number }
   | { t: 'retained'; reqId: number; records: RetainedRecord[] }
@@ -78,6 +84,8 @@ export type ShardToMain =
   /** Retained messages matching these filters, for a new subscription. */
   | { t: 'retainedLookup'; reqId: number; filters: string[] }
   | { t: 'shutdownDone' }
+  | { t: 'listening' }
+  | { t: 'listenFailed'; error: string }
   | { t: 'queryResult'; reqId: number; result: ShardQueryResult };
 
 /** A batch of routed messages (routing/batch.ts), transferred. */
@@ -107,7 +115,13 @@ export interface SharedJoined {
   reqId: number;
 }
 
-export type ShardToShard = PeerBatch | SharedMembership | SharedJoined;
+/** Connections accepted by the sending shard whose client ids belong to the receiver. */
+export interface PeerAdopt {
+  t: 'adopt';
+  conns: Handoff[];
+}
+
+export type ShardToShard = PeerBatch | SharedMembership | SharedJoined | PeerAdopt;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {

@@ -17,7 +17,7 @@ import mqttPacket, {
   type Packet,
 } from 'mqtt-packet';
 import { Broker, type BrokerOptions } from '../../src/broker/broker.js';
-import { shardOf } from '../../src/broker/client-id.js';
+import { shardOf } from '../../src/listener/client-id.js';
 import type { Config } from '../../src/config/schema.js';
 
 type Ctx = Pick<TestContext, 'after'>;

@@ -35,9 +35,9 @@ export interface ConnectReaderOptions {
 }
 
 /**
- * Reads exactly the first packet of a new connection on the main thread. It must be a valid
+ * Reads exactly the first packet of a new connection (in the accepting shard). It must be a valid
  * CONNECT [MQTT-3.1.0-1]; otherwise the connection is refused here (CONNACK with a return code
- * where the spec asks for one, else closed) and never reaches a shard. On success the socket is
+ * where the spec asks for one, else closed) and never reaches a session. On success the socket is
  * left paused and `onConnect` gets the parsed packet and any pipelined bytes after it.
  */
 export function readConnect(
