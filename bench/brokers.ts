@@ -154,9 +154,13 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
       // Logs at warn, as mosquitto is configured (per-connection lines are not what is measured);
       // HTTP ports ephemeral and the API key in the run's temp dir. The MQTT port accepts only
       // once every shard is up, so a TCP connect is the readiness check.
+      // BENCH_EMQX_TS_NODE_ARGS: extra node flags, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to
+      // profile every thread of the broker during a scenario (written when it stops).
+      const nodeArgs = (process.env.BENCH_EMQX_TS_NODE_ARGS ?? '').split(' ').filter(Boolean);
       proc = spawn(
         process.execPath,
         [
+          ...nodeArgs,
           main,
           '--port',
           String(port),
