@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Broker } from '../src/broker/broker.js';
-import { shardOf } from '../src/listener/client-id.js';
 import { ConfigError } from '../src/config/load.js';
+import { shardOf } from '../src/listener/client-id.js';
 import {
   client,
   closed,

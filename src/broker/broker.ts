@@ -9,6 +9,7 @@ import { apiHandler } from '../http/api.js';
 import { type ApiCredentials, loadOrCreateCredentials } from '../http/credentials.js';
 import { metricsHandler } from '../http/metrics-server.js';
 import { boundPort, closeServer, listen } from '../http/util.js';
+import { fdutil } from '../listener/fdutil.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import { StatsTracker } from '../metrics/emqx.js';
@@ -18,7 +19,6 @@ import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { SysPublisher } from '../sys/publisher.js';
 import type { BrokerPublish, RetainedRecord, ShardToMain } from '../threads/messages.js';
 import { VERSION } from '../version.js';
-import { fdutil } from '../listener/fdutil.js';
 import { ShardQueries } from './queries.js';
 import { Supervisor } from './supervisor.js';
 

@@ -10,6 +10,7 @@ export const RESTART_ONLY: ReadonlySet<OptionKey> = new Set<OptionKey>([
   'listener.port',
   'listener.backlog',
   'node.shards',
+  'node.shard_young_generation_mb',
   'node.name',
   'node.data_dir',
   'metrics.host',

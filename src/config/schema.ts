@@ -80,6 +80,14 @@ export const SCHEMA = {
     max: 86400,
     doc: 'Seconds of the restart-intensity window',
   },
+  'node.shard_young_generation_mb': {
+    type: 'number',
+    integer: true,
+    default: 4,
+    min: 0,
+    max: 1024,
+    doc: "V8 young generation of each shard thread, MiB (0 = V8's default, which grows to 48 MiB per shard under a connection storm and keeps it)",
+  },
   'mqtt.max_packet_size': {
     type: 'number',
     integer: true,

@@ -63,8 +63,7 @@ export const handlePubcomp: PacketHandler = (conn, _flags, body, start, end) => 
  */
 export const handlePubrel: PacketHandler = (conn, _flags, body, start, end) => {
   const { id } = ack(conn, body, start, end);
-  const known = conn.session.awaitingRel.delete(id);
-  conn.session.awaitingRelAt.delete(id);
+  const known = conn.session.awaitingRelCount > 0 && conn.session.awaitingRel.delete(id);
   if (!known) conn.shard.counters.row[Counter.packetsPubrelMissed]++;
   if (conn.v5 && !known) conn.writeAck(encodeAckV5(PacketType.PUBCOMP, id, 0x92));
   else conn.writeAck(encodeAck(PacketType.PUBCOMP, id));

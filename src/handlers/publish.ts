@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { Counter } from '../metrics/counters.js';
-import { encodeAck, ProtocolError, parsePublish } from '../protocol/codec.js';
+import { encodeAck, ProtocolError, type PublishFrame, parsePublish } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
 import { newPublishProps, parsePublishProps } from '../protocol/v5.js';
 import { encodeAckV5 } from '../protocol/v5-control.js';
@@ -22,6 +22,17 @@ function checkTopicName(buf: Buffer, start: number, end: number): void {
 /** Reused across messages: properties of the PUBLISH being handled. */
 const props = newPublishProps();
 
+/** The PUBLISH being handled (one per thread: a handler runs to completion before the next parse) */
+const FRAME: PublishFrame = {
+  qos: 0,
+  dup: false,
+  retain: false,
+  topicStart: 0,
+  topicEnd: 0,
+  packetId: 0,
+  payloadStart: 0,
+};
+
 /**
  * MQTT 5 parts of a PUBLISH: properties, topic alias, payload format, server limits. Returns
  * the topic bytes, or null when the message was refused with an ack reason code.
@@ -32,7 +43,7 @@ function v5Publish(
   end: number,
   msgStart: { payload: number },
 ): Buffer | null {
-  const f = conn.publishFrame;
+  const f = FRAME;
   const cfg = conn.shard.config;
   msgStart.payload = parsePublishProps(body, f.payloadStart, end, props);
   if (f.qos > cfg['mqtt.max_qos_allowed']) {
@@ -73,7 +84,7 @@ function v5Publish(
 const payloadAt = { payload: 0 };
 
 export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
-  const f = conn.publishFrame;
+  const f = FRAME;
   const shard = conn.shard;
   const row = shard.counters.row;
   let topic: Buffer | null;
@@ -129,7 +140,6 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
     row[Counter.packetsPublishDropped]++;
     throw new ProtocolError(`more than ${limit} QoS 2 messages awaiting PUBREL`, undefined, 0x93);
   }
-  session.awaitingRel.add(f.packetId);
-  session.awaitingRelAt.set(f.packetId, conn.lastReceivedAt);
+  session.awaitingRel.set(f.packetId, conn.lastReceivedAt);
   shard.publish(msg, conn, PacketType.PUBREC, f.packetId);
 };

@@ -50,14 +50,12 @@ export const NEVER_EXPIRES = 0xffffffff;
  * serialise it. The connection that currently uses it is tracked by the shard, not here.
  */
 export class Session {
-  readonly subscriptions = new Map<string, Subscription>();
-  /** Insertion order is send order, which is the order to resend in [MQTT-4.6.0-1] */
-  readonly inflight = new Map<number, InflightEntry>();
+  // The maps are made on first use: an empty Map costs ~200 bytes, and most of a broker's
+  // connections are idle ones that never need some (or any) of them.
+  private subs: Map<string, Subscription> | null = null;
+  private inflightMap: Map<number, InflightEntry> | null = null;
+  private rel: Map<number, number> | null = null;
   queue: QueuedDelivery[] = [];
-  /** Inbound QoS 2 packet ids received (PUBREC sent) and not yet released */
-  readonly awaitingRel = new Set<number>();
-  /** When each awaitingRel id arrived (ms), for mqtt.await_rel_timeout (swept once a second) */
-  readonly awaitingRelAt = new Map<number, number>();
   nextPacketId = 1;
   will: WillMessage | null = null;
   /** A will waiting for its Will Delay Interval (MQTT 5), published at `willAt` unless resumed */
@@ -88,12 +86,45 @@ export class Session {
     public clean: boolean,
   ) {}
 
+  /** Subscriptions by filter as the client wrote it */
+  get subscriptions(): Map<string, Subscription> {
+    if (this.subs === null) this.subs = new Map();
+    return this.subs;
+  }
+
+  get subscriptionCount(): number {
+    return this.subs === null ? 0 : this.subs.size;
+  }
+
+  /** QoS 1/2 deliveries by packet id. Insertion order is send order, the order to resend in [MQTT-4.6.0-1] */
+  get inflight(): Map<number, InflightEntry> {
+    if (this.inflightMap === null) this.inflightMap = new Map();
+    return this.inflightMap;
+  }
+
+  get inflightCount(): number {
+    return this.inflightMap === null ? 0 : this.inflightMap.size;
+  }
+
+  /**
+   * Inbound QoS 2 packet ids received (PUBREC sent) and not yet released, with the time (ms)
+   * each arrived, for mqtt.await_rel_timeout (swept once a second; insertion = arrival order).
+   */
+  get awaitingRel(): Map<number, number> {
+    if (this.rel === null) this.rel = new Map();
+    return this.rel;
+  }
+
+  get awaitingRelCount(): number {
+    return this.rel === null ? 0 : this.rel.size;
+  }
+
   /** Next free packet id (1..65535), skipping ids still inflight [MQTT-2.3.1-2]. */
   allocatePacketId(): number {
     for (;;) {
       const id = this.nextPacketId;
       this.nextPacketId = id === 65535 ? 1 : id + 1;
-      if (!this.inflight.has(id)) return id;
+      if (this.inflightMap === null || !this.inflightMap.has(id)) return id;
     }
   }
 }

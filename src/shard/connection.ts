@@ -2,13 +2,7 @@ import type { Socket } from 'node:net';
 import { HANDLERS } from '../handlers/index.js';
 import type { Logger } from '../log.js';
 import { Counter, PACKETS_RECEIVED_BY_TYPE, PACKETS_SENT_BY_TYPE } from '../metrics/counters.js';
-import {
-  FrameReader,
-  type FrameSink,
-  ProtocolError,
-  type PublishFrame,
-  REQUIRED_FLAGS,
-} from '../protocol/codec.js';
+import { FrameReader, type FrameSink, ProtocolError, REQUIRED_FLAGS } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
 import type { DeliveryProps } from '../protocol/v5.js';
 import { encodeDisconnectV5 } from '../protocol/v5-control.js';
@@ -29,6 +23,28 @@ export interface HeldAck {
  * event-loop turn (cork/uncork) and applies the output high-water mark.
  */
 const NO_IDS: number[] = [];
+const CONNECTION = Symbol('connection');
+type OwnedSocket = Socket & { [CONNECTION]: Connection };
+
+function onSocketData(this: OwnedSocket, chunk: Buffer): void {
+  this[CONNECTION].onData(chunk);
+}
+function onSocketDrain(this: OwnedSocket): void {
+  const conn = this[CONNECTION];
+  conn.shard.drainSession(conn.session);
+}
+function onSocketError(this: OwnedSocket, err: Error): void {
+  const conn = this[CONNECTION];
+  if (!conn.closed) conn.log.debug({ err: err.message }, 'socket error');
+}
+function onSocketClose(this: OwnedSocket): void {
+  this[CONNECTION].close('connection closed by peer');
+}
+/**
+ * Per-delivery property holder, reused (one per thread; used only while a frame is encoded): no
+ * allocation per delivery, and none per connection.
+ */
+const DELIVERY: DeliveryProps = { expiry: -1, subIds: NO_IDS, topicAlias: 0, omitTopic: false };
 
 export class Connection implements FrameSink {
   readonly reader: FrameReader;
@@ -40,16 +56,6 @@ export class Connection implements FrameSink {
   lastReceivedAt = Date.now();
   /** Arrival time of the chunk being parsed */
   private chunkAt = 0;
-  /** Reused by the PUBLISH handler: no allocation per parse */
-  readonly publishFrame: PublishFrame = {
-    qos: 0,
-    dup: false,
-    retain: false,
-    topicStart: 0,
-    topicEnd: 0,
-    packetId: 0,
-    payloadStart: 0,
-  };
   corked = false;
   /** Bytes written since this turn's cork: about to be flushed, not a backlog */
   private turnBytes = 0;
@@ -80,8 +86,6 @@ export class Connection implements FrameSink {
   inAliases: Map<number, Buffer> | null = null;
   /** Outbound topic aliases (broker → client) */
   private outAliases: Map<string, number> | null = null;
-  /** Reused per-delivery property holder: no allocation for aliases and subscription ids */
-  private readonly delivery: DeliveryProps = { expiry: -1, subIds: [], topicAlias: 0, omitTopic: false };
 
   constructor(
     readonly shard: Shard,
@@ -135,19 +139,19 @@ export class Connection implements FrameSink {
 
   /** Starts reading: first the bytes the acceptor read after CONNECT, then the socket. */
   start(leftover: Uint8Array): void {
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    this.socket.on('drain', () => this.shard.drainSession(this.session));
-    this.socket.on('error', (err) => {
-      if (!this.closed) this.log.debug({ err: err.message }, 'socket error');
-    });
-    this.socket.on('close', () => this.close('connection closed by peer'));
+    // Shared listeners that find the connection on the socket: no closures per connection.
+    (this.socket as OwnedSocket)[CONNECTION] = this;
+    this.socket.on('data', onSocketData);
+    this.socket.on('drain', onSocketDrain);
+    this.socket.on('error', onSocketError);
+    this.socket.on('close', onSocketClose);
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
     // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
     // leftover bytes above (resume() takes effect on a later tick).
     this.socket.resume();
   }
 
-  private onData(chunk: Buffer): void {
+  onData(chunk: Buffer): void {
     if (this.closed) return;
     this.chunkAt = Date.now();
     this.shard.counters.row[Counter.bytesReceived] += chunk.length;
@@ -229,7 +233,7 @@ export class Connection implements FrameSink {
     let d: DeliveryProps | null = null;
     let newAlias = '';
     if (subIds !== null || msg.expiryAt > 0 || this.clientAliasMax > 0) {
-      d = this.delivery;
+      d = DELIVERY;
       d.subIds = subIds ?? NO_IDS;
       // The remaining lifetime is sent, not the original interval [MQTT-3.3.2-6].
       d.expiry = msg.expiryAt > 0 ? Math.max(0, Math.ceil((msg.expiryAt - Date.now()) / 1000)) : -1;

@@ -36,6 +36,7 @@ export function answerQuery(shard: Shard, query: ShardQuery): ShardQueryResult {
       const all: SubscriptionInfo[] = [];
       for (const s of shard.sessions.values()) {
         if (query.filter.clientid !== undefined && s.clientId !== query.filter.clientid) continue;
+        if (s.subscriptionCount === 0) continue;
         for (const [topic, sub] of s.subscriptions) {
           const info: SubscriptionInfo = { clientid: s.clientId, topic, qos: sub.qos };
           if (subscriptionMatches(info, query.filter)) all.push(info);
@@ -52,6 +53,7 @@ export function answerQuery(shard: Shard, query: ShardQuery): ShardQueryResult {
     case 'topics': {
       const topics = new Set<string>();
       for (const s of shard.sessions.values()) {
+        if (s.subscriptionCount === 0) continue;
         for (const filter of s.subscriptions.keys()) {
           if (query.topic === undefined || filter === query.topic) topics.add(filter);
         }
@@ -82,10 +84,10 @@ function clientInfo(shard: Shard, s: Session): ClientInfo {
     disconnected_at: c === null && s.expiresAt > 0 ? s.expiresAt - expiry * 1000 : 0,
     created_at: s.createdAt,
     expiry_interval: expiry,
-    subscriptions_cnt: s.subscriptions.size,
-    inflight_cnt: s.inflight.size,
+    subscriptions_cnt: s.subscriptionCount,
+    inflight_cnt: s.inflightCount,
     mqueue_len: s.queue.length,
-    awaiting_rel_cnt: s.awaitingRel.size,
+    awaiting_rel_cnt: s.awaitingRelCount,
     shard: shard.id,
   };
 }

@@ -1,7 +1,7 @@
 import { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
-import { Acceptor, type AcceptedConnection } from '../listener/acceptor.js';
+import { type AcceptedConnection, Acceptor } from '../listener/acceptor.js';
 import { shardOf } from '../listener/client-id.js';
 import { fdutil } from '../listener/fdutil.js';
 import { createLogger, type Logger } from '../log.js';
@@ -391,7 +391,7 @@ export class Shard implements BatchVisitor {
     // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
     conn.write(v5 ? this.connackV5(h, conn, sessionPresent) : encodeConnack(sessionPresent, 0));
     if (sessionPresent) {
-      for (const sub of session.subscriptions.values()) {
+      for (const sub of session.subscriptionCount > 0 ? session.subscriptions.values() : []) {
         if (sub.shared) this.sendMembership('sharedJoin', session, sub);
       }
       this.resend(session);
@@ -467,7 +467,7 @@ export class Shard implements BatchVisitor {
 
   private publishWill(clientId: string, w: WillMessage): void {
     this.counters.row[Counter.willsPublished]++;
-    // The CONNECT came from main by structured clone: payload and props are Uint8Arrays.
+    // A CONNECT handed over by another shard came by structured clone: Uint8Arrays, not Buffers.
     const msg = Message.fromStrings(w.topic, asBuffer(w.payload), w.qos, w.retain, clientId);
     if (w.props) msg.props = asBuffer(w.props);
     if (w.expiry !== undefined && w.expiry >= 0) msg.expiryAt = Date.now() + w.expiry * 1000;
@@ -475,7 +475,8 @@ export class Shard implements BatchVisitor {
   }
 
   private discardSession(session: Session): void {
-    for (const [filter] of session.subscriptions) this.unsubscribe(session, filter);
+    if (session.subscriptionCount > 0)
+      for (const [filter] of session.subscriptions) this.unsubscribe(session, filter);
     if (session.pendingWill) {
       // The session ends before the will delay: the will is published now [MQTT-3.1.3-9].
       this.publishWill(session.clientId, session.pendingWill);
@@ -501,7 +502,7 @@ export class Shard implements BatchVisitor {
   private sweep(): void {
     const now = Date.now();
     for (const session of this.sessions.values()) {
-      if (session.awaitingRelAt.size > 0) this.expireAwaitingRel(session, now);
+      if (session.awaitingRelCount > 0) this.expireAwaitingRel(session, now);
       const conn = session.conn;
       if (conn) {
         if (conn.keepaliveMs > 0 && now - conn.lastReceivedAt > conn.keepaliveMs) {
@@ -740,6 +741,7 @@ export class Shard implements BatchVisitor {
    * shared-group messages go back to the groups' owners for another member.
    */
   private leaveSharedGroups(session: Session, redispatch: boolean): void {
+    if (session.subscriptionCount === 0) return;
     let any = false;
     for (const sub of session.subscriptions.values()) {
       if (!sub.shared) continue;
@@ -774,7 +776,7 @@ export class Shard implements BatchVisitor {
   /** Members here join the groups a restarted shard owns again. */
   private rejoinSharedGroupsOwnedBy(shard: number): void {
     for (const session of this.sessions.values()) {
-      if (!session.conn) continue;
+      if (!session.conn || session.subscriptionCount === 0) continue;
       for (const sub of session.subscriptions.values()) {
         if (sub.shared && ownerShard(sub.shared.group, sub.shared.filter, this.shardCount) === shard) {
           this.sendMembership('sharedJoin', session, sub);
@@ -1033,7 +1035,7 @@ export class Shard implements BatchVisitor {
         } else row[Counter.messagesDropped]++;
         return;
       }
-      if (session.queue.length === 0 && session.inflight.size < conn.inflightLimit && !conn.congested) {
+      if (session.queue.length === 0 && session.inflightCount < conn.inflightLimit && !conn.congested) {
         this.sendInflight(session, conn, msg, qos, retainFlag, subIds, group);
         return;
       }
@@ -1102,7 +1104,7 @@ export class Shard implements BatchVisitor {
           row[Counter.messagesQos0Sent]++;
         } else row[Counter.messagesDropped]++;
       } else {
-        if (session.inflight.size >= max) break;
+        if (session.inflightCount >= max) break;
         this.sendInflight(session, conn, d.msg, d.qos, d.retainFlag, d.subIds, d.group);
       }
       i++;
@@ -1135,10 +1137,11 @@ export class Shard implements BatchVisitor {
   /** Inbound QoS 2 ids not released within mqtt.await_rel_timeout are forgotten and counted (as EMQX). */
   private expireAwaitingRel(session: Session, now: number): void {
     const limit = this.config['mqtt.await_rel_timeout'] * 1000;
-    for (const [id, at] of session.awaitingRelAt) {
+    const rel = session.awaitingRel;
+    for (const [id, at] of rel) {
       if (now - at < limit) break; // insertion order is arrival order
-      session.awaitingRelAt.delete(id);
-      if (session.awaitingRel.delete(id)) this.counters.row[Counter.messagesDroppedAwaitPubrelTimeout]++;
+      rel.delete(id);
+      this.counters.row[Counter.messagesDroppedAwaitPubrelTimeout]++;
     }
   }
 

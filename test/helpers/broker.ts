@@ -17,8 +17,8 @@ import mqttPacket, {
   type Packet,
 } from 'mqtt-packet';
 import { Broker, type BrokerOptions } from '../../src/broker/broker.js';
-import { shardOf } from '../../src/listener/client-id.js';
 import type { Config } from '../../src/config/schema.js';
+import { shardOf } from '../../src/listener/client-id.js';
 
 type Ctx = Pick<TestContext, 'after'>;
 
