@@ -66,7 +66,7 @@ function pick(s: Record<CounterName, number>): Record<string, number> {
   return Object.fromEntries(KINDS.map((k) => [k, s[k]]));
 }
 
-/** As the first packet: refused by the main thread (closed, nothing sent, never handed off). */
+/** As the first packet: refused by the acceptor (closed, nothing sent, never adopted by a shard). */
 async function expectRefusedFirst(t: TestContext, bytes: Buffer, kind: Kind, what: string): Promise<void> {
   const before = snap();
   const raw = await RawClient.connect(t, broker.port);
@@ -166,7 +166,7 @@ test('a remaining length of 5 bytes is malformed and closes the connection (§2.
     t,
     Buffer.from([0x10, 0xff, 0xff, 0xff, 0xff, 0x01]),
     'malformedPackets',
-    'CONNECT (main thread)',
+    'CONNECT (acceptor)',
   );
   await assertBrokerServes(t, broker);
 });
@@ -195,7 +195,7 @@ test(`a packet larger than mqtt.max_packet_size (${MAX_PACKET}) closes the conne
     t,
     connectFrame({ clientId: 'c'.repeat(MAX_PACKET) }),
     'oversizedPackets',
-    'oversized CONNECT (main thread)',
+    'oversized CONNECT (acceptor)',
   );
   await assertBrokerServes(t, broker);
 });
@@ -291,10 +291,10 @@ test('truncated packets (fields running past the remaining length) close the con
     [Buffer.from([0xc0, 1, 0]), 'PINGREQ with a body'],
   ];
   for (const [bytes, what] of cases) await expectClosed(t, bytes, 'malformedPackets', what);
-  // A CONNECT whose remaining length ends inside the client id: refused by main.
+  // A CONNECT whose remaining length ends inside the client id: refused by the acceptor.
   const connect = connectFrame({ clientId: 'truncated' });
   const short = Buffer.concat([Buffer.from([0x10, connect[1] - 3]), connect.subarray(2, connect.length - 3)]);
-  await expectRefusedFirst(t, short, 'malformedPackets', 'CONNECT cut inside the client id (main thread)');
+  await expectRefusedFirst(t, short, 'malformedPackets', 'CONNECT cut inside the client id (acceptor)');
   await assertBrokerServes(t, broker);
 });
 
@@ -408,7 +408,7 @@ function randomConnect(r: Rnd): Buffer {
   });
 }
 
-/** Garbage for the main thread: random bytes, or a CONNECT with a few bytes flipped. */
+/** Garbage for the acceptor: random bytes, or a CONNECT with a few bytes flipped. */
 function randomFirstBytes(r: Rnd): Buffer {
   if (r(2) === 0) return junk(r, 64);
   const c = Buffer.from(randomConnect(r));
@@ -450,7 +450,8 @@ test(`fuzz: ${FUZZ_SECONDS} s of random bytes on ${FUZZ_CONNECTIONS} concurrent 
 }, async (t) => {
   const seed = Number(process.env.FUZZ_SEED ?? randomBytes(4).readUInt32BE(0));
   t.diagnostic(`FUZZ_SEED=${seed}`);
-  // The broker's main thread is this process: anything it throws while fuzzed lands here.
+  // The broker's main thread is this process: anything it throws while fuzzed lands here (an
+  // acceptor or session that throws would restart its shard, checked below).
   const crashes: unknown[] = [];
   const onCrash = (err: unknown) => crashes.push(err);
   process.on('uncaughtException', onCrash);
@@ -480,7 +481,7 @@ test(`fuzz: ${FUZZ_SECONDS} s of random bytes on ${FUZZ_CONNECTIONS} concurrent 
       const r = prng(seed + i);
       while (going()) {
         opened++;
-        // Half the connections get past CONNECT and fuzz a shard, half fuzz the main thread.
+        // Half the connections get past CONNECT and fuzz a session, half fuzz the acceptors.
         await fuzzOnce(broker.port, r, i % 2 === 0, Math.max(deadline, performance.now() + 1000));
       }
     }),
@@ -500,9 +501,9 @@ test(`fuzz: ${FUZZ_SECONDS} s of random bytes on ${FUZZ_CONNECTIONS} concurrent 
   );
   assert.equal(now.shardRestarts, 0, `no shard restarted (FUZZ_SEED=${seed})`);
   assert.ok(broker.supervisor.allReady, 'all shards up');
-  // The fuzz did reach both the main thread and the shards.
+  // The fuzz did reach both the acceptors and the sessions.
   assert.ok(delta('handoffs') >= FUZZ_CONNECTIONS / 2, 'connections were handed to shards');
-  assert.ok(delta('connectRejected') > 0, 'the main thread refused garbage');
+  assert.ok(delta('connectRejected') > 0, 'the acceptors refused garbage');
   assert.ok(delta('malformedPackets') + delta('protocolErrors') > 0, 'the shards saw violations');
   await assertBrokerServes(t, broker);
   const raw = await rawConnected(t, broker, { clientId: 'after-fuzz' });

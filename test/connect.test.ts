@@ -1,6 +1,6 @@
 /**
- * The connection layer, MQTT 3.1.1 (OASIS) chapter 3.1-3.2: what the main thread accepts or
- * refuses as the first packet, and that what follows the CONNECT reaches the shard intact.
+ * The connection layer, MQTT 3.1.1 (OASIS) chapter 3.1-3.2: what the accepting shard accepts or
+ * refuses as the first packet, and that what follows the CONNECT reaches the owning shard intact.
  */
 import assert from 'node:assert/strict';
 import { connect as netConnect } from 'node:net';
@@ -362,6 +362,41 @@ test('packets pipelined in the CONNECT write are handled by the shard after the 
   assert.equal(pubs.length, 1, 'the PUBLISH was routed to the subscription made before it in the same write');
   assert.ok(pubs[0].body.subarray(pubs[0].body.length - 4).equals(Buffer.from('echo')));
   await rawPing(raw); // and nothing else was pending
+});
+
+test('whichever shard accepts a connection, the owner of its client id serves it: adopted in place or handed over with its pipelined bytes', async (t) => {
+  // The kernel wakes any shard's acceptor. Client ids alternate between the two shards, so
+  // whichever shard accepts, about half are its own and half another's; go on until both
+  // ways have been seen a few times.
+  const before = broker.counters.snapshot();
+  let local = 0;
+  let handedOver = 0;
+  for (let i = 0; local < 3 || handedOver < 3; i++) {
+    assert.ok(i < 200, `after ${i} connections: ${local} adopted in place, ${handedOver} handed over`);
+    const id = idOnShard(broker, i % 2, `either-${i}`);
+    const topic = `either/${i}`;
+    const raw = await RawClient.connect(t, broker.port);
+    raw.send(
+      Buffer.concat([
+        connectFrame({ clientId: id }),
+        rawFrame(0x82, [0, 1], mqttString(topic), [0]),
+        rawFrame(0x30, mqttString(topic), `m${i}`),
+      ]),
+    );
+    const connack = await readFrame(raw);
+    assert.deepEqual([connack.type, [...connack.body]], [2, [0, 0]], `${id}: CONNACK 0 first`);
+    // SUBACK and the echoed PUBLISH in either order (the SUBACK waits for the retained lookup).
+    const frames = [await readFrame(raw), await readFrame(raw)];
+    const pub = frames.find((f) => f.type === 3);
+    assert.deepEqual(frames.map((f) => f.type).sort(), [3, 9], `${id}: SUBACK and its own PUBLISH`);
+    assert.ok(pub?.body.toString('latin1').endsWith(`m${i}`), 'the pipelined PUBLISH, intact');
+    raw.socket.destroy();
+    const now = broker.counters.snapshot();
+    const adopted = now.handoffs - before.handoffs;
+    handedOver = now.handoffsCrossShard - before.handoffsCrossShard;
+    local = adopted - handedOver;
+    assert.equal(adopted, i + 1, 'every connection adopted exactly once');
+  }
 });
 
 test('a large pipelined write (CONNECT + 100 PUBLISH, ~200 kB) then more writes: nothing lost, order kept [MQTT-4.6.0-2], [MQTT-4.6.0-6]', async (t) => {
