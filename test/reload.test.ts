@@ -176,6 +176,13 @@ test('CLI: JSON logs per connection event and error, SIGHUP changes the level, S
   file.write({ log: { level: 'warn' } });
   child.kill('SIGHUP');
   await out.waitFor((l) => json(l).msg === 'reloading configuration', 'SIGHUP line');
+  // Shards accept connections themselves: connect once both say they have the new level.
+  for (const shard of [0, 1]) {
+    await out.waitFor(
+      (l) => json(l).msg === 'configuration reloaded' && json(l).shard === shard,
+      `shard ${shard} reload line`,
+    );
+  }
   const { pc } = await PacketClient.connect(t, fake as Broker, 'cli-3');
   pc.send(Buffer.from([0x30, 0x05, 0x00, 0x03, 0x61, 0x2f, 0x23])); // PUBLISH to 'a/#': a protocol error
   await pc.waitClosed();

@@ -227,9 +227,9 @@ export class Broker {
     Object.assign(this.config, merged);
     if (rotated) this.credentials = rotated;
     this.log.level = this.config['log.level'];
-    for (const s of this.supervisor.shards)
-      this.supervisor.post(s, { t: 'reconfigure', config: { ...this.config } });
     this.sys.schedule();
+    // Resolved once every shard has it: a connection made after reload() gets the new limits.
+    await this.supervisor.reconfigure({ ...this.config });
     this.log.info({ applied: diff.applied, needRestart: diff.needRestart }, 'configuration reloaded');
     if (diff.needRestart.length > 0) {
       this.log.warn(

@@ -14,6 +14,8 @@ class ShardHandle {
   ready = false;
   /** Accepting on the listening socket (answered `listening`) */
   listening = false;
+  /** Waiting for `reconfigured`, in the order the `reconfigure` messages were posted */
+  reconfiguring: (() => void)[] = [];
   startedAt = 0;
   /** Recorded at start: Node reports -1 once the worker has exited */
   threadId = -1;
@@ -125,6 +127,10 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
           resolve();
           return;
         }
+        if (msg.t === 'reconfigured') {
+          shard.reconfiguring.shift()?.();
+          return;
+        }
         if (msg.t === 'listening') {
           shard.listening = true;
           if (this.onListening && this.shards.every((s) => s.listening)) this.onListening();
@@ -146,6 +152,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
         if (shard.worker === worker) shard.worker = null;
         shard.ready = false;
         shard.listening = false;
+        // A dead shard answers nothing; its restart starts with the current configuration.
+        for (const done of shard.reconfiguring.splice(0)) done();
         if (this.stopping) return;
         this.onShardDied(shard, code);
         resolve();
@@ -198,6 +206,17 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       };
       for (const s of this.shards) if (s.ready) this.postListen(s);
     });
+  }
+
+  /** Posts a new configuration to every running shard; resolves once all have applied it. */
+  reconfigure(config: Config): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const s of this.shards) {
+      if (!s.worker || !s.ready) continue;
+      waits.push(new Promise<void>((resolve) => s.reconfiguring.push(resolve)));
+      this.post(s, { t: 'reconfigure', config });
+    }
+    return Promise.all(waits).then(() => undefined);
   }
 
   /** Every live shard accepts (false while one is restarting: it queues in the backlog). */

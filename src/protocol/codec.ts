@@ -198,7 +198,8 @@ export function parseConnect(buf: Buffer, start: number, end: number): ConnectPa
   const flags = c.u8();
   const keepalive = c.u16();
   const base: ConnectPacket = {
-    protocolName,
+    // The literal, not the decoded copy: one string for all connections instead of one each.
+    protocolName: protocolName === 'MQTT' ? 'MQTT' : 'MQIsdp',
     protocolVersion,
     clean: (flags & 0x02) !== 0,
     keepalive,

@@ -372,20 +372,22 @@ export class Shard implements BatchVisitor {
     row[Counter.connections]++;
     row[Counter.clientConnected]++;
     const handoffNs = Number(process.hrtime.bigint()) - h.acceptedAt;
-    // Through the shard's logger with the client's fields: no per-connection child logger.
-    this.log.info(
-      {
-        clientId: c.clientId,
-        remote: `${h.remoteAddress}:${h.remotePort}`,
-        proto: c.protocolVersion,
-        clean: c.clean,
-        keepalive: conn.keepalive,
-        expiry: session.expiryInterval,
-        sessionPresent,
-        handoffUs: Math.round(handoffNs / 1000),
-      },
-      'client connected',
-    );
+    // Through the shard's logger with the client's fields: no per-connection child logger (and
+    // no fields built at all below info).
+    if (this.log.isLevelEnabled('info'))
+      this.log.info(
+        {
+          clientId: c.clientId,
+          remote: `${h.remoteAddress}:${h.remotePort}`,
+          proto: c.protocolVersion,
+          clean: c.clean,
+          keepalive: conn.keepalive,
+          expiry: session.expiryInterval,
+          sessionPresent,
+          handoffUs: Math.round(handoffNs / 1000),
+        },
+        'client connected',
+      );
     observeHandoff(row, handoffNs);
     publishClientEvent(this, conn, 'connected');
     // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
@@ -434,10 +436,11 @@ export class Shard implements BatchVisitor {
     const row = this.counters.row;
     row[Counter.connections]--;
     row[Counter.clientDisconnected]++;
-    this.log.info(
-      { clientId: conn.clientId, remote: `${conn.remoteAddress}:${conn.remotePort}`, reason },
-      'client disconnected',
-    );
+    if (this.log.isLevelEnabled('info'))
+      this.log.info(
+        { clientId: conn.clientId, remote: `${conn.remoteAddress}:${conn.remotePort}`, reason },
+        'client disconnected',
+      );
     if (!this.stopping) publishClientEvent(this, conn, 'disconnected', reason);
     if (session.conn === conn) session.conn = null;
     for (const [reqId, p] of this.heldAcks) if (p.conn === conn) this.heldAcks.delete(reqId);
@@ -1161,13 +1164,18 @@ export class Shard implements BatchVisitor {
     Object.assign(this.config, config);
     this.acceptor?.reconfigure();
     const level = config['log.level'];
+    // Logged at whichever of the old and new levels shows it, so that raising the level to
+    // warn still leaves a line saying that this shard has the new configuration.
+    const shown = this.log.isLevelEnabled('info');
+    if (shown) this.log.info({ logLevel: level }, 'configuration reloaded');
     this.log.level = level;
     for (const session of this.sessions.values()) session.conn?.setLogLevel(level);
-    this.log.info({ logLevel: level }, 'configuration reloaded');
+    if (!shown) this.log.info({ logLevel: level }, 'configuration reloaded');
+    this.main.postMessage({ t: 'reconfigured' });
   }
 
   /**
-   * Graceful drain: no new clients (main stopped accepting), then close the connections spread
+   * Graceful drain: no new clients (the acceptor closes first), then close the connections spread
    * over `ms` (every 100 ms a share of them), so that they do not all reconnect elsewhere at
    * once; then the normal shutdown. Wills are not published, as in a shutdown.
    */

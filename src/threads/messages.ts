@@ -85,6 +85,8 @@ export type ShardToMain =
   | { t: 'retainedLookup'; reqId: number; filters: string[] }
   | { t: 'shutdownDone' }
   | { t: 'listening' }
+  /** Answer to `reconfigure`: the new configuration is in force in this shard */
+  | { t: 'reconfigured' }
   | { t: 'listenFailed'; error: string }
   | { t: 'queryResult'; reqId: number; result: ShardQueryResult };
 
