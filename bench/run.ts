@@ -1,7 +1,7 @@
 // Benchmark driver: runs scenarios against emqx-ts, mosquitto and aedes interleaved in one run.
 //   node --import tsx bench/run.ts [--scenario pairs|fanin|fanout|conn|latency|all] [--qos 0,1,2]
 //     [--payload 64,1024] [--brokers emqx-ts,mosquitto,aedes] [--duration s] [--rounds n]
-//     [--connections n] [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s]
+//     [--connections n] [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--settle s]
 //     [--out results.json] [--smoke]
 
 import { execFileSync } from 'node:child_process';
@@ -29,6 +29,8 @@ function cli() {
       brokers: { type: 'string', default: BROKERS.join(',') },
       duration: { type: 'string', default: '5' },
       warmup: { type: 'string', default: '1' },
+      // conn: seconds the broker idles before RSS is read, before and after the storm.
+      settle: { type: 'string', default: '1' },
       rounds: { type: 'string', default: '3' },
       connections: { type: 'string' },
       // One load thread per two CPUs: on 2 cores one thread plus the broker already fill the machine.
@@ -57,7 +59,7 @@ if (args.help) {
   console.log(
     'usage: node --import tsx bench/run.ts [--scenario pairs|fanin|fanout|conn|latency|all] [--qos 0,1,2]\n' +
       '  [--payload 64,1024] [--brokers emqx-ts,mosquitto,aedes] [--duration s] [--rounds n] [--connections n]\n' +
-      '  [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--out file.json] [--smoke]\n' +
+      '  [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--settle s] [--out file.json] [--smoke]\n' +
       'See docs/PERFORMANCE.md.',
   );
   process.exit(0);
@@ -102,7 +104,7 @@ function buildCases(): CaseSpec[] {
   const window = args.window === undefined ? null : num('window', args.window, 1);
   if (args.smoke) {
     // Short but covering every code path: storm, all three QoS, both payloads, fixed-rate latency.
-    const base = { durationS: 1, warmupS: 0.3, rate: 2000, inflight, window, threads };
+    const base = { durationS: 1, warmupS: 0.3, settleS: 1, rate: 2000, inflight, window, threads };
     return [
       { ...base, scenario: 'conn', qos: 0, payload: 64, connections: 300 },
       { ...base, scenario: 'pairs', qos: 1, payload: 64, connections: 10 },
@@ -128,6 +130,7 @@ function buildCases(): CaseSpec[] {
       connections,
       durationS: num('duration', args.duration, 0.1),
       warmupS: num('warmup', args.warmup, 0),
+      settleS: num('settle', args.settle, 0),
       rate: num('rate', args.rate, 1),
       inflight,
       window,
@@ -152,7 +155,8 @@ const budgetS =
   rounds *
     wanted.length *
     cases.reduce(
-      (a, c) => a + c.durationS + c.warmupS + (c.scenario === 'conn' ? c.connections / 200 + 8 : 8),
+      (a, c) =>
+        a + c.durationS + c.warmupS + (c.scenario === 'conn' ? c.connections / 200 + 8 + 2 * c.settleS : 8),
       0,
     );
 const watchdog = setTimeout(() => {

@@ -34,6 +34,8 @@ export interface CaseSpec {
   connections: number;
   durationS: number;
   warmupS: number;
+  /** conn: idle seconds before each RSS reading (V8 gives memory back over tens of seconds) */
+  settleS: number;
   /** latency: total messages/s. */
   rate: number;
   /** Total deliveries in flight across all publishers (closed loop), unless `window` is set. */
@@ -248,7 +250,7 @@ export async function runCase(pool: LoadPool, broker: Broker, c: CaseSpec, round
   };
 
   if (c.scenario === 'conn') {
-    await watch(broker, 300);
+    await watch(broker, Math.max(300, c.settleS * 1000));
     out.rssBefore = rssBytes(broker.pid);
     const cpu0 = cpuMicros(broker.pid);
     const gen0 = cpuMicros(process.pid);
@@ -264,7 +266,7 @@ export async function runCase(pool: LoadPool, broker: Broker, c: CaseSpec, round
     const endNs = Math.max(...ready.map((r) => r.connectEndNs));
     out.brokerCpuUs = cpuMicros(broker.pid) - cpu0;
     out.genCpuUs = cpuMicros(process.pid) - gen0;
-    await watch(broker, 1000); // let the broker settle before reading RSS
+    await watch(broker, c.settleS * 1000); // let the broker settle before reading RSS
     out.rssAfter = rssBytes(broker.pid);
     out.windowS = (endNs - startNs) / 1e9;
     await clean();

@@ -17,9 +17,11 @@ import {
   closed,
   exited,
   Inbox,
+  idOnShard,
   LineReader,
   PacketClient,
   publish,
+  startBroker,
   subscribe,
   TEST_HTTP_DEFAULTS,
   TEST_HTTP_FLAGS,
@@ -220,4 +222,36 @@ test('the new options come from the environment (EMQX_ prefix, __ nesting) and f
   assert.equal(cfg['sys_topics.sys_msg_interval'], 60, 'EMQX default: 1 minute');
   assert.throws(() => loadConfig({ argv: ['--metrics.port=70000'] }), /metrics\.port.*between 0 and 65535/);
   assert.throws(() => loadConfig({ env: { EMQX_PROMETHEUS__ENABLE_BASIC_AUTH: 'yes' } }), /true or false/);
+});
+
+test('a reload that changes mqtt.output_high_watermark: the shards accept anew with it, and clients are served on both shards', async (t) => {
+  const file = configFile({ log: { level: 'silent' }, mqtt: { output_high_watermark: 65536 } });
+  const broker = await Broker.start({
+    argv: ['--config', file.path],
+    config: { ...TEST_HTTP_DEFAULTS, 'listener.host': '127.0.0.1', 'listener.port': 0, 'node.shards': 2 },
+  });
+  t.after(() => broker.stop());
+  file.write({ log: { level: 'silent' }, mqtt: { output_high_watermark: 16384 } });
+  const diff = await broker.reload();
+  assert.deepEqual(diff.applied, ['mqtt.output_high_watermark']);
+  assert.equal(broker.readiness().listener, true, 'every shard still accepts');
+  // Each shard's acceptor listens again (a new server created with the new high-water mark);
+  // connections for both shards, whichever shard accepts them, still get through.
+  const sub = await client(t, broker, { clientId: idOnShard(broker, 0, 'hwm-sub') });
+  const inbox = new Inbox(sub);
+  await subscribe(sub, 'hwm/#', 0);
+  for (let i = 0; i < 6; i++) {
+    const pub = await client(t, broker, { clientId: idOnShard(broker, i % 2, `hwm-pub-${i}`) });
+    await publish(pub, `hwm/${i}`, 'x', { qos: 1 });
+    await waitForMessage(inbox, (m) => m.topic === `hwm/${i}`);
+  }
+});
+
+test('node.shard_young_generation_mb caps each shard worker young generation; 0 leaves V8 its default', async (t) => {
+  const capped = await startBroker(t, { 'node.shards': 2, 'node.shard_young_generation_mb': 6 });
+  for (const s of capped.supervisor.shards)
+    assert.equal(s.worker?.resourceLimits?.maxYoungGenerationSizeMb, 6);
+  const free = await startBroker(t, { 'node.shards': 1, 'node.shard_young_generation_mb': 0 });
+  const v8default = free.supervisor.shards[0].worker?.resourceLimits?.maxYoungGenerationSizeMb ?? 0;
+  assert.ok(v8default > 6, `V8's own limit (${v8default} MiB) when not capped`);
 });

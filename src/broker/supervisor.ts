@@ -67,9 +67,9 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
    * starts several times faster (`npm test` builds first and sets it).
    */
   private createWorker(init: ShardInit, transfer: MessagePort[]): Worker {
-    // Most of a shard's garbage dies young (per-message objects); V8 would still grow the young
-    // generation to its maximum during a connection storm and keep it, which an idle broker then
-    // pays for in RSS (docs/PERFORMANCE.md). A few MiB cost no measurable CPU per message.
+    // V8 grows a shard's young generation during a connection storm (or heavy QoS 1/2 traffic)
+    // and gives it back only slowly; a cap trades CPU per message for idle memory
+    // (docs/PERFORMANCE.md). Off by default.
     const youngMb = this.config['node.shard_young_generation_mb'];
     const resourceLimits = youngMb > 0 ? { maxYoungGenerationSizeMb: youngMb } : undefined;
     if (!RUNNING_TS)

@@ -333,7 +333,12 @@ export class Connection implements FrameSink {
    */
   get congested(): boolean {
     const backlog = this.socket.writableLength - (this.corked ? this.turnBytes : 0);
-    return backlog > this.shard.config['mqtt.output_high_watermark'];
+    // Never below the stream's own mark (fixed when the socket was made): congestion must imply
+    // that a write saw the buffer at that mark, or no 'drain' would come to move the queue. A
+    // reload that lowers the option thus applies to connections made after it.
+    const mark = this.shard.config['mqtt.output_high_watermark'];
+    const streamMark = this.socket.writableHighWaterMark;
+    return backlog > Math.max(mark, streamMark);
   }
 
   /** Closes the connection; the shard decides about will and session (see Shard.onConnectionClosed). */
