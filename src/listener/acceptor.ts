@@ -87,7 +87,10 @@ export class Acceptor {
     const cfg = this.opts.config;
     this.reading.add(socket);
     socket.on('error', onPreConnectError);
-    socket.once('close', () => this.reading.delete(socket));
+    const forget = (): void => {
+      this.reading.delete(socket);
+    };
+    socket.once('close', forget);
     readConnect(
       socket,
       {
@@ -103,7 +106,7 @@ export class Acceptor {
         this.reading.delete(socket);
         // The connection's owner installs its own listeners.
         socket.removeListener('error', onPreConnectError);
-        socket.removeAllListeners('close');
+        socket.removeListener('close', forget);
         this.opts.onConnection({
           socket,
           connect,

@@ -164,18 +164,20 @@ export function readConnect(
     done = true;
     clearTimeout(timer);
     socket.removeListener('data', onData);
+    socket.removeListener('close', onEarlyClose);
     socket.pause();
     // Copied to an exact-size buffer: it is posted to the shard (see ownBytes).
     onConnect({ connect, leftover: ownBytes(buf.subarray(end)), assignedClientId });
   };
 
-  socket.on('data', onData);
   // A client that goes away before its CONNECT is complete was not refused: stop the timer.
-  socket.once('close', () => {
+  const onEarlyClose = (): void => {
     if (done) return;
     done = true;
     clearTimeout(timer);
-  });
+  };
+  socket.on('data', onData);
+  socket.once('close', onEarlyClose);
 }
 
 /** Counts a refusal CONNACK as EMQX does: sent, error, and auth_error for credential codes. */
