@@ -234,7 +234,6 @@ test('a reload that changes mqtt.output_high_watermark: the shards accept anew w
   file.write({ log: { level: 'silent' }, mqtt: { output_high_watermark: 16384 } });
   const diff = await broker.reload();
   assert.deepEqual(diff.applied, ['mqtt.output_high_watermark']);
-  assert.equal(broker.readiness().listener, true, 'every shard still accepts');
   // Each shard's acceptor listens again (a new server created with the new high-water mark);
   // connections for both shards, whichever shard accepts them, still get through.
   const sub = await client(t, broker, { clientId: idOnShard(broker, 0, 'hwm-sub') });

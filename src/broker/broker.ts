@@ -9,7 +9,7 @@ import { apiHandler } from '../http/api.js';
 import { type ApiCredentials, loadOrCreateCredentials } from '../http/credentials.js';
 import { metricsHandler } from '../http/metrics-server.js';
 import { boundPort, closeServer, listen } from '../http/util.js';
-import { fdutil } from '../listener/fdutil.js';
+import { fdutil, handleFd } from '../listener/fdutil.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import { StatsTracker } from '../metrics/emqx.js';
@@ -146,8 +146,7 @@ export class Broker {
     await once(server, 'listening');
     const addr = server.address();
     this.boundPort = addr && typeof addr === 'object' ? addr.port : 0;
-    // biome-ignore lint/suspicious/noExplicitAny: Node exposes no public accessor for the fd
-    const fd = fdutil.dup((server as any)._handle.fd as number);
+    const fd = fdutil.dup(handleFd(server));
     server.close();
     await this.supervisor.listen(fd);
   }

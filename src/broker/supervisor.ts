@@ -72,20 +72,13 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     // (docs/PERFORMANCE.md). Off by default.
     const youngMb = this.config['node.shard_young_generation_mb'];
     const resourceLimits = youngMb > 0 ? { maxYoungGenerationSizeMb: youngMb } : undefined;
-    if (!RUNNING_TS)
-      return new Worker(new URL('../../workers/shard.js', import.meta.url), {
-        workerData: init,
-        transferList: transfer,
-        resourceLimits,
-      });
-    if (process.env.EMQX_TS_WORKERS === 'dist') {
-      const compiled = new URL('../../dist/workers/shard.js', import.meta.url);
-      return new Worker(compiled, { workerData: init, transferList: transfer, resourceLimits });
-    }
+    const options = { workerData: init, transferList: transfer, resourceLimits };
+    if (!RUNNING_TS) return new Worker(new URL('../../workers/shard.js', import.meta.url), options);
+    if (process.env.EMQX_TS_WORKERS === 'dist')
+      return new Worker(new URL('../../dist/workers/shard.js', import.meta.url), options);
     return new Worker(new URL('../../workers/tsx-entry.mjs', import.meta.url), {
+      ...options,
       workerData: { ...init, entry: new URL('../../workers/shard.ts', import.meta.url).href },
-      transferList: transfer,
-      resourceLimits,
     });
   }
 

@@ -166,7 +166,8 @@ export function readConnect(
     socket.removeListener('data', onData);
     socket.removeListener('close', onEarlyClose);
     socket.pause();
-    // Copied to an exact-size buffer: it is posted to the shard (see ownBytes).
+    // Copied to an exact-size buffer: it may be posted to the owning shard, and must not keep
+    // the whole read buffer alive (see ownBytes).
     onConnect({ connect, leftover: ownBytes(buf.subarray(end)), assignedClientId });
   };
 

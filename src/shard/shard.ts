@@ -3,7 +3,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
 import { type AcceptedConnection, Acceptor } from '../listener/acceptor.js';
 import { shardOf } from '../listener/client-id.js';
-import { fdutil } from '../listener/fdutil.js';
+import { fdutil, handleFd } from '../listener/fdutil.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters, observeHandoff } from '../metrics/counters.js';
 import { encodeAck, encodeConnack, type WillMessage } from '../protocol/codec.js';
@@ -260,31 +260,19 @@ export class Shard implements BatchVisitor {
       this.attach(a.socket, a);
       return;
     }
-    // biome-ignore lint/suspicious/noExplicitAny: Node exposes no public accessor for the fd
-    const handle = (a.socket as any)._handle as { fd?: number } | null;
+    const { socket, ...origin } = a;
     let fd = -1;
     try {
-      if (handle && typeof handle.fd === 'number' && handle.fd >= 0) fd = fdutil.dup(handle.fd);
+      fd = fdutil.dup(handleFd(socket));
     } catch (err) {
       this.log.error({ err, clientId: a.connect.clientId }, 'dup failed; closing connection');
     }
     // Destroying our handle closes our fd only: the dup keeps the connection open, no FIN.
-    a.socket.destroy();
+    socket.destroy();
     if (fd < 0) return;
-    this.outHandoffs[owner].push({
-      fd,
-      connect: a.connect,
-      leftover: a.leftover,
-      assignedClientId: a.assignedClientId,
-      remoteAddress: a.remoteAddress,
-      remotePort: a.remotePort,
-      acceptedAt: a.acceptedAt,
-    });
+    this.outHandoffs[owner].push({ ...origin, fd });
     this.handoffsPending = true;
-    if (!this.turnEndScheduled) {
-      this.turnEndScheduled = true;
-      setImmediate(this.endTurn);
-    }
+    this.scheduleTurnEnd();
   }
 
   /** Posts accepted connections to their owners, one message per owner (down owners wait). */
@@ -393,9 +381,9 @@ export class Shard implements BatchVisitor {
     // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
     conn.write(v5 ? this.connackV5(h, conn, sessionPresent) : encodeConnack(sessionPresent, 0));
     if (sessionPresent) {
-      for (const sub of session.subscriptionCount > 0 ? session.subscriptions.values() : []) {
-        if (sub.shared) this.sendMembership('sharedJoin', session, sub);
-      }
+      if (session.subscriptionCount > 0)
+        for (const sub of session.subscriptions.values())
+          if (sub.shared) this.sendMembership('sharedJoin', session, sub);
       this.resend(session);
     }
     conn.start(h.leftover);
@@ -890,10 +878,7 @@ export class Shard implements BatchVisitor {
 
   private batchFor(shard: number): BatchWriter | null {
     this.batchesPending = true;
-    if (!this.turnEndScheduled) {
-      this.turnEndScheduled = true;
-      setImmediate(this.endTurn);
-    }
+    this.scheduleTurnEnd();
     return this.batches[shard];
   }
 
@@ -901,6 +886,12 @@ export class Shard implements BatchVisitor {
    * End of an event-loop turn's work: cross-shard batches are posted, then every connection
    * written to is uncorked. One setImmediate for both (each costs a wake-up of the check phase).
    */
+  private scheduleTurnEnd(): void {
+    if (this.turnEndScheduled) return;
+    this.turnEndScheduled = true;
+    setImmediate(this.endTurn);
+  }
+
   private readonly endTurn = (): void => {
     this.turnEndScheduled = false;
     if (this.handoffsPending) this.flushHandoffs();
@@ -1121,10 +1112,7 @@ export class Shard implements BatchVisitor {
   /** Uncorks every connection written to in this turn, in one pass. */
   scheduleUncork(conn: Connection): void {
     this.corked.push(conn);
-    if (!this.turnEndScheduled) {
-      this.turnEndScheduled = true;
-      setImmediate(this.endTurn);
-    }
+    this.scheduleTurnEnd();
   }
 
   private uncorkAll(): void {
