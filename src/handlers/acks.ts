@@ -12,12 +12,20 @@ function ack(conn: Connection, body: Buffer, start: number, end: number): { id: 
   return { id: a.packetId, reason: a.reason };
 }
 
+/*
+ * Unexpected acknowledgements (a PUBREC or PUBCOMP for a QoS 1 delivery, a PUBACK for a QoS 2
+ * one, a PUBCOMP before PUBREC) are ignored and counted (packets.*.missed), as mosquitto does:
+ * MQTT 3.1.1 has no reason code to answer with and does not require closing, and ending the
+ * connection would lose nothing the client could fix. The delivery stays inflight unchanged, so
+ * it completes on the right ack later or is resent with DUP on reconnect [MQTT-4.4.0-1].
+ */
+
 /** PUBACK: QoS 1 delivery complete; frees the inflight slot [MQTT-4.3.2]. */
 export const handlePuback: PacketHandler = (conn, _flags, body, start, end) => {
   const { id } = ack(conn, body, start, end);
   const entry = conn.session.inflight.get(id);
   // An ack for an unknown id is ignored (it may answer a message resent before a reconnect).
-  if (entry && entry.qos === 1) {
+  if (entry !== undefined && entry.qos === 1) {
     conn.session.inflight.delete(id);
     conn.shard.drainSession(conn.session);
   } else {
@@ -39,8 +47,13 @@ export const handlePubrec: PacketHandler = (conn, _flags, body, start, end) => {
     }
     return;
   }
-  if (entry && entry.qos === 2) entry.released = true;
-  else conn.shard.counters.row[Counter.packetsPubrecMissed]++;
+  if (entry !== undefined && entry.qos === 2) entry.released = true;
+  else {
+    conn.shard.counters.row[Counter.packetsPubrecMissed]++;
+    // The id belongs to a QoS 1 delivery: a PUBREL for it would start a QoS 2 exchange the
+    // client never had; it still owes the PUBACK.
+    if (entry !== undefined) return;
+  }
   if (conn.v5 && !entry) conn.write(encodeAckV5(PacketType.PUBREL, id, 0x92));
   else conn.write(encodeAck(PacketType.PUBREL, id));
 };

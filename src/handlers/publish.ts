@@ -8,15 +8,19 @@ import { Message } from '../session/message.js';
 import type { Connection } from '../shard/connection.js';
 import type { PacketHandler } from './types.js';
 
-/** Topic name bytes: no wildcards [MQTT-3.3.2-2], no U+0000, well-formed UTF-8 [MQTT-1.5.3-1]. */
+/**
+ * Topic name bytes: no wildcards [MQTT-3.3.2-2] (a protocol error), no U+0000 and well-formed
+ * UTF-8 (either is a Malformed Packet, 0x81 [MQTT-1.5.4-1], [MQTT-1.5.4-2]).
+ */
 function checkTopicName(buf: Buffer, start: number, end: number): void {
   for (let i = start; i < end; i++) {
     const c = buf[i];
     if (c === 0x2b || c === 0x23)
       throw new ProtocolError('wildcard in PUBLISH topic [MQTT-3.3.2-2]', undefined, 0x82);
-    if (c === 0) throw new ProtocolError('U+0000 in topic [MQTT-1.5.3-2]', undefined, 0x82);
+    if (c === 0) throw new ProtocolError('U+0000 in topic [MQTT-1.5.4-2]', undefined, 0x81);
   }
-  if (!isUtf8(buf.subarray(start, end))) throw new ProtocolError('topic is not UTF-8 [MQTT-1.5.3-1]');
+  if (!isUtf8(buf.subarray(start, end)))
+    throw new ProtocolError('topic is not UTF-8 [MQTT-1.5.4-1]', undefined, 0x81);
 }
 
 /** Reused across messages: properties of the PUBLISH being handled. */

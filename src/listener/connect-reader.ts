@@ -149,7 +149,8 @@ export function readConnect(
     if (connect.clientId.length === 0) {
       // 3.1.1: a zero-byte client id needs clean session 1 [MQTT-3.1.3-7], else return code 2
       // [MQTT-3.1.3-8]. MQTT 5 assigns one either way and says so in CONNACK [MQTT-3.1.3-7].
-      if (!connect.clean && !v5) {
+      // MQTT 3.1 has no empty client id at all (1-23 characters): return code 2.
+      if ((!connect.clean && !v5) || connect.protocolVersion === 3) {
         return refuse(
           'empty client id with clean session 0',
           encodeConnack(false, ConnackCode.IDENTIFIER_REJECTED),

@@ -4,7 +4,7 @@
  * Control packets are parsed here too so that each validation failure maps to the exact
  * normative statement and CONNACK code it violates.
  */
-import { PacketType, type QoS } from './constants.js';
+import { ConnackCode, PacketType, type QoS } from './constants.js';
 import { validUtf8 } from './topic.js';
 import { type Properties, parseConnectProps, parseWillProps } from './v5-control.js';
 
@@ -228,6 +228,9 @@ export function parseConnect(buf: Buffer, start: number, end: number): ConnectPa
     base.properties = props;
     c.pos = next;
   }
+  // MQTT 3.1 requires a client id of 1-23 characters: a CONNECT without one gets return code 2.
+  if (protocolVersion === 3 && c.left === 0)
+    throw new ProtocolError('MQTT 3.1 CONNECT without client id', ConnackCode.IDENTIFIER_REJECTED, 0x85);
   base.clientId = c.str('client identifier', 2);
   if (willFlag) {
     let wp: ReturnType<typeof parseWillProps> | null = null;

@@ -378,8 +378,13 @@ export class Shard implements BatchVisitor {
       );
     observeHandoff(row, handoffNs);
     publishClientEvent(this, conn, 'connected');
-    // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2].
-    conn.write(v5 ? this.connackV5(h, conn, sessionPresent) : encodeConnack(sessionPresent, 0));
+    // Session present: 1 only for a resumed session [MQTT-3.2.2-1], [MQTT-3.2.2-2]. MQTT 3.1
+    // (level 3) has no such flag: its byte is reserved, always 0.
+    conn.write(
+      v5
+        ? this.connackV5(h, conn, sessionPresent)
+        : encodeConnack(sessionPresent && c.protocolVersion !== 3, 0),
+    );
     if (sessionPresent) {
       if (session.subscriptionCount > 0)
         for (const sub of session.subscriptions.values())
@@ -394,7 +399,7 @@ export class Shard implements BatchVisitor {
     const cfg = this.config;
     const req = h.connect.properties ?? {};
     const respInfo = cfg['mqtt.response_information'];
-    return encodeConnackV5Full(sessionPresent, 0, {
+    const props: Record<string, unknown> = {
       receiveMaximum: cfg['mqtt.receive_maximum'],
       maximumPacketSize: cfg['mqtt.max_packet_size'],
       topicAliasMaximum: cfg['mqtt.max_topic_alias'] > 0 ? cfg['mqtt.max_topic_alias'] : undefined,
@@ -406,7 +411,19 @@ export class Shard implements BatchVisitor {
       assignedClientIdentifier: h.assignedClientId ? h.connect.clientId : undefined,
       serverKeepAlive: cfg['mqtt.server_keepalive'] > 0 ? conn.keepalive : undefined,
       responseInformation: req.requestResponseInformation === 1 && respInfo ? respInfo : undefined,
-    });
+    };
+    const frame = encodeConnackV5Full(sessionPresent, 0, props);
+    const max = conn.clientMaxPacket;
+    if (max === 0 || frame.length <= max) return frame;
+    // Nothing larger than the client's Maximum Packet Size may be sent [MQTT-3.1.2-24]: leave out
+    // the properties whose absence means the same or is safe (three "available" that default to
+    // 1, no Topic Alias Maximum = no aliases, Response Information is optional [MQTT-3.2.2-19]).
+    if (props.wildcardSubscriptionAvailable) props.wildcardSubscriptionAvailable = undefined;
+    if (props.sharedSubscriptionAvailable) props.sharedSubscriptionAvailable = undefined;
+    props.subscriptionIdentifiersAvailable = undefined;
+    props.topicAliasMaximum = undefined;
+    props.responseInformation = undefined;
+    return encodeConnackV5Full(sessionPresent, 0, props);
   }
 
   /** On resume: resend unacknowledged PUBLISH with DUP and PUBREL, in original order [MQTT-4.4.0-1]. */
