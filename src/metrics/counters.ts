@@ -69,7 +69,12 @@ export const Counter = {
   messagesDroppedExpired: 55,
   subscriptionsShared: 56, // gauge
   handoffsCrossShard: 57,
-  // 58..63 free for more named counters.
+  // Hardening (issue #9): refusals of input that would otherwise break a thread or the broker.
+  threadMessageErrors: 58, // malformed inter-thread messages dropped by a handler
+  topicLevelsRefused: 59, // PUBLISH topics / filters beyond mqtt.max_topic_levels
+  retainedRefused: 60, // retained messages not stored (retainer.max_retained_messages / max_payload_size)
+  connectionsRefusedMax: 61, // connections refused: listener.max_connections reached
+  // 62..63 free for more named counters.
 } as const;
 
 export type CounterName = keyof typeof Counter;

@@ -72,6 +72,13 @@ function sharedSubscriptionOf(session: Session, groupKey: string): Subscription 
   return queued?.shared ? queued : undefined;
 }
 
+/** Closes an fd nothing else owns; an error (already closed) changes nothing for the caller. */
+function closeFd(fd: number): void {
+  try {
+    fdutil.close(fd);
+  } catch {}
+}
+
 /** Rebuilds a Buffer view of a Uint8Array that arrived by structured clone. */
 function asBuffer(u: Uint8Array): Buffer {
   return Buffer.from(u.buffer, u.byteOffset, u.length);
@@ -147,7 +154,13 @@ export class Shard implements BatchVisitor {
   }
 
   start(generation: number): void {
-    this.main.on('message', (msg) => this.onMainMessage(msg));
+    this.main.on('message', (msg) => {
+      try {
+        this.onMainMessage(msg);
+      } catch (err) {
+        this.threadMessageError(err, 'main', msg);
+      }
+    });
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.main.postMessage({ t: 'ready', generation });
   }
@@ -156,13 +169,52 @@ export class Shard implements BatchVisitor {
     const port = this.peers[i];
     if (!port) return;
     port.on('message', (m: ShardToShard) => {
-      if (m.t === 'batch') readBatch(m.buf, m.len, this);
-      else if (m.t === 'adopt') for (const h of m.conns) this.adopt(h);
-      else if (m.t === 'sharedJoin')
-        this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
-      else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
-      else this.sharedLeave(m.group, m.filter, m.clientId);
+      try {
+        if (m.t === 'batch') readBatch(m.buf, m.len, this);
+        else if (m.t === 'adopt') this.adoptAll(m.conns);
+        else if (m.t === 'sharedJoin')
+          this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
+        else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
+        else this.sharedLeave(m.group, m.filter, m.clientId);
+      } catch (err) {
+        this.threadMessageError(err, `shard ${i}`, m);
+      }
     });
+  }
+
+  /**
+   * A handler threw on a message from another thread (a bug, or input a check missed): logged,
+   * counted and dropped, so that the shard and its other clients live on.
+   */
+  private threadMessageError(err: unknown, from: string, msg: unknown): void {
+    this.counters.row[Counter.threadMessageErrors]++;
+    this.log.error(
+      { err, from, t: (msg as { t?: unknown })?.t },
+      'inter-thread message dropped: handler threw',
+    );
+  }
+
+  /**
+   * Adopts each handed-off fd. One that fails is closed (by us while no Socket owns it, else by
+   * destroying the Socket: never both, a second close could hit a reused fd); the rest go ahead.
+   */
+  private adoptAll(conns: Handoff[]): void {
+    for (const h of conns) {
+      let socket: Socket;
+      try {
+        socket = this.adoptSocket(h);
+      } catch (err) {
+        this.threadMessageError(err, 'adopt', { t: 'adopt' });
+        closeFd(h.fd);
+        continue;
+      }
+      try {
+        this.attach(socket, h);
+      } catch (err) {
+        this.threadMessageError(err, 'adopt', { t: 'adopt' });
+        socket.destroy();
+      }
+    }
   }
 
   private onMainMessage(msg: MainToShard): void {
@@ -288,8 +340,8 @@ export class Shard implements BatchVisitor {
     }
   }
 
-  /** A connection another shard accepted for us. */
-  private adopt(h: Handoff): void {
+  /** The socket of a connection another shard accepted for us. */
+  private adoptSocket(h: Handoff): Socket {
     // Stream high-water mark = ours: whenever the connection is congested, a write has seen the
     // buffer at the mark, so 'drain' (which moves the session queue) is sure to follow.
     const socketOpts: ConstructorParameters<typeof Socket>[0] & { writableHighWaterMark: number } = {
@@ -300,7 +352,7 @@ export class Shard implements BatchVisitor {
     };
     // No setNoDelay here: the acceptor (noDelay) set TCP_NODELAY on the accepted socket, and
     // the dup()ed fd is the same socket — a second setsockopt per connection would change nothing.
-    this.attach(new Socket(socketOpts), h);
+    return new Socket(socketOpts);
   }
 
   /** Makes the connection and its session: takeover, resume or a new session, then CONNACK. */
