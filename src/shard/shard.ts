@@ -5,8 +5,8 @@ import { type AcceptedConnection, Acceptor } from '../listener/acceptor.js';
 import { shardOf } from '../listener/client-id.js';
 import { fdutil, handleFd } from '../listener/fdutil.js';
 import { createLogger, type Logger } from '../log.js';
-import { Counter, Counters, observeHandoff } from '../metrics/counters.js';
-import { encodeAck, encodeConnack, type WillMessage } from '../protocol/codec.js';
+import { Counter, Counters, LIVE_CONNECTIONS, observeHandoff } from '../metrics/counters.js';
+import { encodeAck, encodeConnack, encodeConnackV5, type WillMessage } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
 import { encodeAckV5, encodeConnackV5Full } from '../protocol/v5-control.js';
 import { type BatchVisitor, BatchWriter, readBatch } from '../routing/batch.js';
@@ -365,6 +365,24 @@ export class Shard implements BatchVisitor {
     row[Counter.handoffs]++;
     const c = h.connect;
     const v5 = c.protocolVersion === 5;
+    // listener.max_connections over all shards: one Atomics counter, since every shard accepts.
+    const max = this.config['listener.max_connections'];
+    const live = Atomics.add(this.counters.atomics, LIVE_CONNECTIONS, 1);
+    if (max > 0 && live >= max) {
+      Atomics.sub(this.counters.atomics, LIVE_CONNECTIONS, 1);
+      row[Counter.connectionsRefusedMax]++;
+      row[Counter.packetsConnackError]++;
+      if (row[Counter.connectionsRefusedMax] % 1000 === 1)
+        this.log.warn(
+          { clientId: c.clientId, max, refusedSoFar: row[Counter.connectionsRefusedMax] },
+          'connection refused: listener.max_connections reached (logged once per 1000 per shard)',
+        );
+      // 0x97 Quota exceeded (MQTT 5) / 0x03 Server unavailable (MQTT 3), then close.
+      socket.end(v5 ? encodeConnackV5(0x97) : encodeConnack(false, 3));
+      socket.on('error', () => {});
+      socket.destroySoon();
+      return;
+    }
     let session = this.sessions.get(c.clientId);
     if (session?.conn) {
       // Takeover: the same client id is already connected here [MQTT-3.1.4-2]. The old
@@ -401,8 +419,10 @@ export class Shard implements BatchVisitor {
     session.clean = c.clean;
     // MQTT 3: clean session 1 ends with the connection, 0 lives mqtt.session_expiry_interval.
     // MQTT 5: the client's Session Expiry Interval, absent = 0 [MQTT-3.1.2-?].
+    // MQTT 5 asks are capped by mqtt.session_expiry_interval (as EMQX), so 0xFFFFFFFF is not
+    // "never" unless the cap is 4294967295; CONNACK then tells the client [MQTT-3.2.2-?].
     session.expiryInterval = v5
-      ? (c.properties?.sessionExpiryInterval ?? 0)
+      ? Math.min(c.properties?.sessionExpiryInterval ?? 0, this.config['mqtt.session_expiry_interval'])
       : c.clean
         ? 0
         : this.config['mqtt.session_expiry_interval'];
@@ -458,6 +478,11 @@ export class Shard implements BatchVisitor {
       assignedClientIdentifier: h.assignedClientId ? h.connect.clientId : undefined,
       serverKeepAlive: cfg['mqtt.server_keepalive'] > 0 ? conn.keepalive : undefined,
       responseInformation: req.requestResponseInformation === 1 && respInfo ? respInfo : undefined,
+      // The server's value when it differs from the client's [MQTT-3.2.2-?] (3.2.2.3.2).
+      sessionExpiryInterval:
+        conn.session.expiryInterval !== (req.sessionExpiryInterval ?? 0)
+          ? conn.session.expiryInterval
+          : undefined,
     });
   }
 
@@ -475,6 +500,7 @@ export class Shard implements BatchVisitor {
     const session = conn.session;
     const row = this.counters.row;
     row[Counter.connections]--;
+    Atomics.sub(this.counters.atomics, LIVE_CONNECTIONS, 1);
     row[Counter.clientDisconnected]++;
     if (this.log.isLevelEnabled('info'))
       this.log.info(
