@@ -247,11 +247,28 @@ export class Broker {
     return this.supervisor.shards.length;
   }
 
+  /**
+   * A message from a shard. A malformed one (a bug, or input that slipped past a check) is
+   * logged, counted and dropped: nothing a shard posts may end the main thread.
+   */
   private onShardMessage(shard: number, msg: ShardToMain): void {
+    try {
+      this.handleShardMessage(shard, msg);
+    } catch (err) {
+      this.counters.row[Counter.threadMessageErrors]++;
+      this.log.error({ err, shard, t: (msg as { t?: unknown })?.t }, 'malformed message from shard dropped');
+    }
+  }
+
+  private handleShardMessage(shard: number, msg: ShardToMain): void {
     switch (msg.t) {
       case 'retain': {
-        this.retained.set(msg.record);
-        if (msg.record.payload.length > 0) this.counters.row[Counter.messagesRetained]++;
+        const rec = msg.record;
+        const cfg = this.config;
+        // Over a retainer limit: routed (the shard already did) but not stored.
+        if (this.retained.set(rec, cfg['retainer.max_retained_messages'], cfg['retainer.max_payload_size'])) {
+          if (rec.payload.length > 0) this.counters.row[Counter.messagesRetained]++;
+        } else this.retainedRefused(rec);
         this.counters.row[Counter.retainedCount] = this.retained.size;
         if (msg.reqId > 0) this.supervisor.post(shard, { t: 'retainAck', reqId: msg.reqId });
         break;
@@ -268,6 +285,24 @@ export class Broker {
       default:
         break;
     }
+  }
+
+  /** Counts a retained message a limit refused; logs the first and then one per 1000. */
+  private retainedRefused(rec: RetainedRecord): void {
+    const n = this.counters.row[Counter.retainedRefused]++;
+    if (n % 1000 !== 0) return;
+    const cfg = this.config;
+    this.log.warn(
+      {
+        topic: rec.topic.length > 256 ? `${rec.topic.slice(0, 256)}…` : rec.topic,
+        payloadBytes: rec.payload.length,
+        stored: this.retained.size,
+        maxRetainedMessages: cfg['retainer.max_retained_messages'],
+        maxPayloadSize: cfg['retainer.max_payload_size'],
+        refusedSoFar: n + 1,
+      },
+      'retained message not stored: retainer limit (logged once per 1000)',
+    );
   }
 
   /**

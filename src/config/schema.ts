@@ -138,7 +138,7 @@ export const SCHEMA = {
     default: 7200,
     min: 0,
     max: 4294967295,
-    doc: 'Seconds a disconnected persistent (clean session 0) session is kept',
+    doc: 'Seconds a disconnected persistent session is kept: MQTT 3 clean session 0, and the cap on an MQTT 5 Session Expiry Interval (returned in CONNACK when lower; 4294967295 lets 0xFFFFFFFF mean never)',
   },
   'mqtt.keepalive_multiplier': {
     type: 'number',
@@ -291,6 +291,39 @@ export const SCHEMA = {
     type: 'boolean',
     default: true,
     doc: 'Publish $SYS/brokers/{node}/clients/{clientid}/disconnected events',
+  },
+  // Hardening limits (issue #9): bounds that keep one client from exhausting a thread or the broker.
+  'mqtt.max_topic_levels': {
+    type: 'number',
+    integer: true,
+    default: 128,
+    min: 1,
+    max: 65536,
+    doc: 'Most levels in a PUBLISH topic or a topic filter (as EMQX); more is DISCONNECT 0x90 / SUBACK 0x8F (MQTT 3: close / SUBACK 0x80)',
+  },
+  'retainer.max_retained_messages': {
+    type: 'number',
+    integer: true,
+    default: 1000000,
+    min: 0,
+    max: 1000000000,
+    doc: 'Most retained topics kept (0 = unlimited); a new retained topic beyond it is routed, not stored, and counted',
+  },
+  'retainer.max_payload_size': {
+    type: 'number',
+    integer: true,
+    default: 1048576,
+    min: 0,
+    max: 268435455,
+    doc: 'Largest retained payload stored, bytes (0 = unlimited); a larger one is routed, not stored, and counted',
+  },
+  'listener.max_connections': {
+    type: 'number',
+    integer: true,
+    default: 1024000,
+    min: 0,
+    max: 100000000,
+    doc: 'Most concurrent MQTT connections over all shards (0 = unlimited); beyond it CONNACK 0x97 (MQTT 3: 0x03) and close',
   },
 } as const satisfies Record<string, OptionSpec>;
 

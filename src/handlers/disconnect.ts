@@ -26,7 +26,8 @@ export const handleDisconnect: PacketHandler = (conn, _flags, body, start, end) 
         0x82,
       );
     }
-    session.expiryInterval = expiry;
+    // Capped by mqtt.session_expiry_interval, as at CONNECT.
+    session.expiryInterval = Math.min(expiry, conn.shard.config['mqtt.session_expiry_interval']);
   }
   if (reason !== 0x04) {
     conn.gracefulDisconnect = true;

@@ -10,17 +10,23 @@ import type { PacketHandler } from './types.js';
 
 /**
  * Topic name bytes: no wildcards [MQTT-3.3.2-2] (a protocol error), no U+0000 and well-formed
- * UTF-8 (either is a Malformed Packet, 0x81 [MQTT-1.5.4-1], [MQTT-1.5.4-2]).
+ * UTF-8 (either is a Malformed Packet, 0x81 [MQTT-1.5.4-1], [MQTT-1.5.4-2]), at most `maxLevels`
+ * levels (mqtt.max_topic_levels, as EMQX: 0x90 Topic Name invalid). Returns false only for too
+ * many levels, so the caller counts that refusal.
  */
-function checkTopicName(buf: Buffer, start: number, end: number): void {
+function checkTopicName(buf: Buffer, start: number, end: number, maxLevels: number): boolean {
+  let levels = 1;
   for (let i = start; i < end; i++) {
     const c = buf[i];
-    if (c === 0x2b || c === 0x23)
+    if (c === 0x2f) levels++;
+    else if (c === 0x2b || c === 0x23)
       throw new ProtocolError('wildcard in PUBLISH topic [MQTT-3.3.2-2]', undefined, 0x82);
-    if (c === 0) throw new ProtocolError('U+0000 in topic [MQTT-1.5.4-2]', undefined, 0x81);
+    else if (c === 0) throw new ProtocolError('U+0000 in topic [MQTT-1.5.4-2]', undefined, 0x81);
   }
+  if (levels > maxLevels) return false;
   if (!isUtf8(buf.subarray(start, end)))
     throw new ProtocolError('topic is not UTF-8 [MQTT-1.5.4-1]', undefined, 0x81);
+  return true;
 }
 
 /** Reused across messages: properties of the PUBLISH being handled. */
@@ -94,7 +100,11 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
   let topic: Buffer | null;
   try {
     parsePublish(flags, body, start, end, f);
-    checkTopicName(body, f.topicStart, f.topicEnd);
+    const maxLevels = shard.config['mqtt.max_topic_levels'];
+    if (!checkTopicName(body, f.topicStart, f.topicEnd, maxLevels)) {
+      row[Counter.topicLevelsRefused]++;
+      throw new ProtocolError(`topic has more than ${maxLevels} levels`, undefined, 0x90);
+    }
     if (conn.v5) {
       topic = v5Publish(conn, body, end, payloadAt);
       if (topic === null) return;

@@ -7,7 +7,7 @@ import {
   parseUnsubscribe,
 } from '../protocol/codec.js';
 import { PacketType, type QoS, SUBACK_FAILURE } from '../protocol/constants.js';
-import { hasWildcard, topicFilterError } from '../protocol/topic.js';
+import { hasWildcard, topicFilterError, topicLevels } from '../protocol/topic.js';
 import {
   encodeSubackV5,
   encodeUnsubackV5,
@@ -53,6 +53,11 @@ function subscribeOne(
   } else {
     const err = topicFilterError(r.filter);
     if (err) return fail(Reason.TOPIC_FILTER_INVALID, err);
+  }
+  const maxLevels = cfg['mqtt.max_topic_levels'];
+  if (topicLevels(shared ? shared.filter : r.filter) > maxLevels) {
+    conn.shard.counters.row[Counter.topicLevelsRefused]++;
+    return fail(Reason.TOPIC_FILTER_INVALID, `topic filter has more than ${maxLevels} levels`);
   }
   if (!cfg['mqtt.wildcard_subscription'] && hasWildcard(shared ? shared.filter : r.filter)) {
     return fail(Reason.WILDCARD_NOT_SUPPORTED, 'wildcard subscriptions disabled');

@@ -5,7 +5,7 @@ import type { Broker } from '../broker/broker.js';
 import { ShardUnavailableError } from '../broker/queries.js';
 import { shardOf } from '../listener/client-id.js';
 import { metricsSnapshot } from '../metrics/emqx.js';
-import { topicFilterError, topicNameError } from '../protocol/topic.js';
+import { topicFilterError, topicLevels, topicNameError } from '../protocol/topic.js';
 import type { ClientFilter, ClientInfo, SubscriptionFilter, SubscriptionInfo } from '../threads/messages.js';
 import { BodyError, basicAuthOk, readBody, sendError, sendJson, sendText } from './util.js';
 
@@ -41,6 +41,11 @@ class BadRequest extends Error {}
 
 const PREFIX = '/api/v5';
 const MAX_LIMIT = 10_000;
+/**
+ * Every shard sorts and returns up to page × limit items for a list, so one request's cost grows
+ * with the page number: deeper than this many items is 400 (filters narrow a list instead).
+ */
+const MAX_PAGE_WINDOW = 1_000_000;
 const MAX_BODY = 4 * 1024 * 1024;
 
 async function route(broker: Broker, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -102,6 +107,8 @@ function paging(q: URLSearchParams): Page {
   const limit = intParam(q, 'limit', 100);
   if (page < 1) throw new BadRequest('page must be >= 1');
   if (limit < 1 || limit > MAX_LIMIT) throw new BadRequest(`limit must be between 1 and ${MAX_LIMIT}`);
+  if (page * limit > MAX_PAGE_WINDOW)
+    throw new BadRequest(`page × limit must be at most ${MAX_PAGE_WINDOW} (narrow the list with a filter)`);
   return { page, limit };
 }
 
@@ -279,6 +286,8 @@ async function publish(broker: Broker, req: IncomingMessage, res: ServerResponse
   if (typeof topic !== 'string') throw new BadRequest('topic is required');
   const topicErr = topicNameError(topic);
   if (topicErr) throw new BadRequest(`bad topic: ${topicErr}`);
+  if (topicLevels(topic) > broker.config['mqtt.max_topic_levels'])
+    throw new BadRequest(`bad topic: more than ${broker.config['mqtt.max_topic_levels']} levels`);
   const qos = b.qos ?? 0;
   if (qos !== 0 && qos !== 1 && qos !== 2) throw new BadRequest('qos must be 0, 1 or 2');
   const retain = b.retain ?? false;

@@ -69,7 +69,12 @@ export const Counter = {
   messagesDroppedExpired: 55,
   subscriptionsShared: 56, // gauge
   handoffsCrossShard: 57,
-  // 58..63 free for more named counters.
+  // Hardening (issue #9): refusals of input that would otherwise break a thread or the broker.
+  threadMessageErrors: 58, // malformed inter-thread messages dropped by a handler
+  topicLevelsRefused: 59, // PUBLISH topics / filters beyond mqtt.max_topic_levels
+  retainedRefused: 60, // retained messages not stored (retainer.max_retained_messages / max_payload_size)
+  connectionsRefusedMax: 61, // connections refused: listener.max_connections reached
+  // 62..63 free for more named counters.
 } as const;
 
 export type CounterName = keyof typeof Counter;
@@ -103,10 +108,17 @@ export function observeHandoff(row: Float64Array, ns: number): void {
 export interface CountersShared {
   sab: SharedArrayBuffer;
   rows: number;
+  /** Int32 cells changed with Atomics by several threads: LIVE_CONNECTIONS */
+  atomics: SharedArrayBuffer;
 }
+
+/** Connections over all shards, for listener.max_connections (every shard accepts). */
+export const LIVE_CONNECTIONS = 0;
 
 export class Counters {
   readonly row: Float64Array;
+  /** Cells several threads write (with Atomics); see LIVE_CONNECTIONS */
+  readonly atomics: Int32Array;
   private readonly all: Float64Array;
 
   private constructor(
@@ -114,13 +126,14 @@ export class Counters {
     rowIndex: number,
   ) {
     this.all = new Float64Array(shared.sab);
+    this.atomics = new Int32Array(shared.atomics);
     this.row = new Float64Array(shared.sab, rowIndex * COUNTER_SLOTS * 8, COUNTER_SLOTS);
   }
 
   /** Row 0 is the main thread's; row i+1 is shard i's. */
   static create(rows: number): Counters {
     const sab = new SharedArrayBuffer(rows * COUNTER_SLOTS * 8);
-    return new Counters({ sab, rows }, 0);
+    return new Counters({ sab, rows, atomics: new SharedArrayBuffer(4 * 4) }, 0);
   }
 
   static attach(shared: CountersShared, rowIndex: number): Counters {
@@ -134,6 +147,8 @@ export class Counters {
       this.all.fill(0, base, base + COUNTER_SLOTS);
       return;
     }
+    // A dead shard's connections closed with it: they no longer count against the limit.
+    Atomics.sub(this.atomics, LIVE_CONNECTIONS, this.all[base + Counter.connections]);
     this.all[base + Counter.connections] = 0;
     this.all[base + Counter.sessions] = 0;
     this.all[base + Counter.subscriptions] = 0;

@@ -149,6 +149,26 @@ export function createRegistry(src: PrometheusSources): Registry {
     ['emqx_ts_keepalive_timeouts_total', 'Connections closed by keep-alive', Counter.keepaliveTimeouts],
     ['emqx_ts_wills_published_total', 'Will messages published', Counter.willsPublished],
     ['emqx_ts_sessions_expired_total', 'Persistent sessions expired', Counter.sessionExpired],
+    [
+      'emqx_ts_thread_message_errors_total',
+      'Malformed inter-thread messages dropped (the thread kept running)',
+      Counter.threadMessageErrors,
+    ],
+    [
+      'emqx_ts_topic_levels_refused_total',
+      'PUBLISH topics and topic filters refused for more than mqtt.max_topic_levels levels',
+      Counter.topicLevelsRefused,
+    ],
+    [
+      'emqx_ts_retained_refused_total',
+      'Retained messages routed but not stored (retainer limits)',
+      Counter.retainedRefused,
+    ],
+    [
+      'emqx_ts_connections_refused_max_total',
+      'Connections refused because listener.max_connections was reached',
+      Counter.connectionsRefusedMax,
+    ],
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({

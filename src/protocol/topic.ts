@@ -13,7 +13,9 @@ export function validUtf8(bytes: Uint8Array): boolean {
 /** Topic name rules for PUBLISH: non-empty [MQTT-4.7.3-1], no wildcards [MQTT-3.3.2-2]. */
 export function topicNameError(topic: string): TopicError {
   if (topic.length === 0) return 'empty topic name';
-  if (topic.length > MAX_TOPIC_BYTES) return 'topic name too long';
+  // The limit is on UTF-8 bytes (the wire's u16 length), not UTF-16 units [MQTT-1.5.4-1].
+  if (topic.length > MAX_TOPIC_BYTES || Buffer.byteLength(topic) > MAX_TOPIC_BYTES)
+    return 'topic name too long';
   for (let i = 0; i < topic.length; i++) {
     const c = topic.charCodeAt(i);
     if (c === 0x2b /* + */ || c === 0x23 /* # */) return 'wildcard in topic name';
@@ -29,7 +31,7 @@ export function topicNameError(topic: string): TopicError {
 export function topicFilterError(filter: string): TopicError {
   const n = filter.length;
   if (n === 0) return 'empty topic filter';
-  if (n > MAX_TOPIC_BYTES) return 'topic filter too long';
+  if (n > MAX_TOPIC_BYTES || Buffer.byteLength(filter) > MAX_TOPIC_BYTES) return 'topic filter too long';
   for (let i = 0; i < n; i++) {
     const c = filter.charCodeAt(i);
     if (c === 0) return 'U+0000 in topic filter';
@@ -42,6 +44,13 @@ export function topicFilterError(filter: string): TopicError {
     }
   }
   return null;
+}
+
+/** Levels of a topic name or filter ('a/b' has 2, '/' has 2): for mqtt.max_topic_levels. */
+export function topicLevels(topic: string): number {
+  let n = 1;
+  for (let i = topic.indexOf('/'); i !== -1; i = topic.indexOf('/', i + 1)) n++;
+  return n;
 }
 
 /** True if a valid topic filter contains a wildcard. */

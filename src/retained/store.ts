@@ -22,13 +22,20 @@ export class RetainedStore {
     return this.count;
   }
 
-  /** Stores a retained message; an empty payload deletes the topic's retained message [MQTT-3.3.1-10]. */
-  set(record: RetainedRecord): void {
+  /**
+   * Stores a retained message; an empty payload deletes the topic's retained message
+   * [MQTT-3.3.1-10]. Returns false when a limit refused it (0 = no limit): a payload over
+   * `maxPayload` bytes, or a new topic when `maxMessages` are stored (replacing one is allowed).
+   * The old message, if any, stays, as in EMQX's retainer.
+   */
+  set(record: RetainedRecord, maxMessages = 0, maxPayload = 0): boolean {
     const levels = record.topic.split('/');
     if (record.payload.length === 0) {
       this.remove(levels);
-      return;
+      return true;
     }
+    if (maxPayload > 0 && record.payload.length > maxPayload) return false;
+    if (maxMessages > 0 && this.count >= maxMessages && !this.get(record.topic)) return false;
     let node = this.root;
     for (const level of levels) {
       if (!node.children) node.children = new Map();
@@ -41,6 +48,7 @@ export class RetainedStore {
     }
     if (!node.record) this.count++;
     node.record = record;
+    return true;
   }
 
   get(topic: string): RetainedRecord | null {
@@ -76,7 +84,7 @@ export class RetainedStore {
   match(filter: string, out: RetainedRecord[] = []): RetainedRecord[] {
     const levels = filter.split('/');
     const from = out.length;
-    this.walk(this.root, levels, 0, out);
+    this.walk(this.root, levels, out);
     // Expired messages (MQTT 5 Message Expiry Interval) are removed when found [MQTT-3.3.2-5].
     const now = Date.now();
     let w = from;
@@ -90,36 +98,63 @@ export class RetainedStore {
     return out;
   }
 
-  private walk(node: Node, levels: string[], i: number, out: RetainedRecord[]): void {
-    if (i === levels.length) {
-      if (node.record) out.push(node.record);
-      return;
-    }
-    const level = levels[i];
-    if (level === '#') {
-      // '#' also matches the parent level [MQTT-4.7.1-2]; '$' topics never match a leading wildcard.
-      if (node.record && i > 0) out.push(node.record);
-      this.collect(node, i === 0, out);
-      return;
-    }
-    if (!node.children) return;
-    if (level === '+') {
-      for (const [name, child] of node.children) {
-        if (i === 0 && name.startsWith('$')) continue; // [MQTT-4.7.2-1]
-        this.walk(child, levels, i + 1, out);
+  /**
+   * Depth-first over the trie with an explicit stack, never recursion: a topic may have as many
+   * levels as a packet has bytes, and a recursive walk on main would overflow the stack (the
+   * process dies). Children are pushed in reverse so the order is that of a recursive walk.
+   */
+  private walk(root: Node, levels: string[], out: RetainedRecord[]): void {
+    const nodes: Node[] = [root];
+    const depth: number[] = [0];
+    while (nodes.length > 0) {
+      const node = nodes.pop()!;
+      const i = depth.pop()!;
+      if (i === levels.length) {
+        if (node.record) out.push(node.record);
+        continue;
       }
-      return;
+      const level = levels[i];
+      if (level === '#') {
+        // '#' also matches the parent level [MQTT-4.7.1-2]; '$' topics never match a leading wildcard.
+        if (node.record && i > 0) out.push(node.record);
+        this.collect(node, i === 0, out);
+        continue;
+      }
+      if (!node.children) continue;
+      if (level === '+') {
+        const kids = [...node.children];
+        for (let k = kids.length - 1; k >= 0; k--) {
+          if (i === 0 && kids[k][0].startsWith('$')) continue; // [MQTT-4.7.2-1]
+          nodes.push(kids[k][1]);
+          depth.push(i + 1);
+        }
+        continue;
+      }
+      const child = node.children.get(level);
+      if (child) {
+        nodes.push(child);
+        depth.push(i + 1);
+      }
     }
-    const child = node.children.get(level);
-    if (child) this.walk(child, levels, i + 1, out);
   }
 
-  private collect(node: Node, atRoot: boolean, out: RetainedRecord[]): void {
-    if (!node.children) return;
-    for (const [name, child] of node.children) {
-      if (atRoot && name.startsWith('$')) continue;
-      if (child.record) out.push(child.record);
-      this.collect(child, false, out);
+  /** Every record below `from` (not its own), pre-order, iteratively (see walk). */
+  private collect(from: Node, atRoot: boolean, out: RetainedRecord[]): void {
+    if (!from.children) return;
+    const stack: Node[] = [];
+    const push = (n: Node, skipDollar: boolean): void => {
+      if (!n.children) return;
+      const kids = [...n.children];
+      for (let k = kids.length - 1; k >= 0; k--) {
+        if (skipDollar && kids[k][0].startsWith('$')) continue;
+        stack.push(kids[k][1]);
+      }
+    };
+    push(from, atRoot);
+    while (stack.length > 0) {
+      const n = stack.pop()!;
+      if (n.record) out.push(n.record);
+      push(n, false);
     }
   }
 }

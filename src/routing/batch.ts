@@ -5,16 +5,18 @@ import { Message } from '../session/message.js';
  * Cross-shard batches. Messages for one peer shard are appended to one ArrayBuffer and posted
  * (transferred, not copied) once per event-loop turn: a postMessage per message costs 11-33 µs,
  * a 64-message batch 0.7-2 µs per message (design notes). Layout per entry:
- *   u8 flags (qos | retain<<2 | kind<<3) · u16 topic length · topic · u32 payload length ·
- *   payload · u16 publisher id length · publisher id · f64 expiryAt · u32 props length · props ·
+ *   u8 flags (qos | retain<<2 | kind<<3) · u32 topic length · topic · u32 payload length ·
+ *   payload · u32 publisher id length · publisher id · f64 expiryAt · u32 props length · props ·
  *   then by kind:
- *   ROUTED / SHARED: u16 node count · (pad to 4) · i32 node ids   — nodes the publisher matched
+ *   ROUTED / SHARED: u32 node count · (pad to 4) · i32 node ids   — nodes the publisher matched
  *                    (in the topic index / the shared-subscription index), so the receiver
  *                    does not match again;
- *   DIRECT:          u16 len · client id · u8 qos · u32 subscription id · u16 len · group key
+ *   DIRECT:          u32 len · client id · u8 qos · u32 subscription id · u32 len · group key
  *                    — one shared-group member picked by the group's owner shard;
- *   REDISPATCH:      u16 len · group key · u16 len · client id to exclude
+ *   REDISPATCH:      u32 len · group key · u32 len · client id to exclude
  *                    — a message a leaving member never acknowledged, back to the owner.
+ * Every length and count is u32: a u16 overflowed (a 65,535-byte client id in UTF-8, a
+ * publish matching more than 65,535 filters) and half-wrote an entry the receiver threw on.
  */
 export const BatchKind = { ROUTED: 0, SHARED: 1, DIRECT: 2, REDISPATCH: 3 } as const;
 
@@ -42,18 +44,18 @@ export class BatchWriter {
     const fromLen = Buffer.byteLength(msg.from);
     const props = msg.props;
     const propsLen = props ? props.length : 0;
-    this.ensure(1 + 2 + topic.length + 4 + msg.payload.length + 2 + fromLen + 8 + 4 + propsLen + extra + 3);
+    this.ensure(1 + 4 + topic.length + 4 + msg.payload.length + 4 + fromLen + 8 + 4 + propsLen + extra + 3);
     const b = this.buf;
     let p = this.pos;
     b[p++] = msg.qos | (msg.retain ? 4 : 0) | (kind << 3);
-    b.writeUInt16LE(topic.length, p);
-    p += 2;
+    b.writeUInt32LE(topic.length, p);
+    p += 4;
     p += topic.copy(b, p);
     b.writeUInt32LE(msg.payload.length, p);
     p += 4;
     p += msg.payload.copy(b, p);
-    b.writeUInt16LE(fromLen, p);
-    p += 2;
+    b.writeUInt32LE(fromLen, p);
+    p += 4;
     p += b.write(msg.from, p, 'utf8');
     b.writeDoubleLE(msg.expiryAt, p);
     p += 8;
@@ -67,18 +69,18 @@ export class BatchWriter {
   private str(s: string): void {
     const b = this.buf;
     const p = this.pos;
-    const n = b.write(s, p + 2, 'utf8');
-    b.writeUInt16LE(n, p);
-    this.pos = p + 2 + n;
+    const n = b.write(s, p + 4, 'utf8');
+    b.writeUInt32LE(n, p);
+    this.pos = p + 4 + n;
   }
 
   /** A message for the subscribers at these index nodes (kind ROUTED or SHARED). */
   add(msg: Message, nodeIds: Int32Array, nodeCount: number, kind: number = BatchKind.ROUTED): void {
-    this.head(msg, kind, 2 + 4 * nodeCount);
+    this.head(msg, kind, 4 + 4 * nodeCount);
     const b = this.buf;
     let p = this.pos;
-    b.writeUInt16LE(nodeCount, p);
-    p += 2;
+    b.writeUInt32LE(nodeCount, p);
+    p += 4;
     // Align node ids to 4 bytes so the reader can view them as an Int32Array.
     p = (p + 3) & ~3;
     for (let i = 0; i < nodeCount; i++, p += 4) b.writeInt32LE(nodeIds[i], p);
@@ -87,7 +89,7 @@ export class BatchWriter {
 
   /** A message for one shared-group member on the receiving shard. */
   addDirect(msg: Message, clientId: string, qos: QoS, subId: number, group: string): void {
-    this.head(msg, BatchKind.DIRECT, 2 + 3 * clientId.length + 5 + 2 + 3 * group.length);
+    this.head(msg, BatchKind.DIRECT, 4 + 3 * clientId.length + 5 + 4 + 3 * group.length);
     this.str(clientId);
     this.buf[this.pos++] = qos;
     this.buf.writeUInt32LE(subId, this.pos);
@@ -97,7 +99,7 @@ export class BatchWriter {
 
   /** A message to give to another member of a shared group (the receiver owns the group). */
   addRedispatch(msg: Message, group: string, exclude: string): void {
-    this.head(msg, BatchKind.REDISPATCH, 4 + 3 * group.length + 3 * exclude.length);
+    this.head(msg, BatchKind.REDISPATCH, 8 + 3 * group.length + 3 * exclude.length);
     this.str(group);
     this.str(exclude);
   }
@@ -124,15 +126,15 @@ export function readBatch(ab: ArrayBuffer, len: number, visitor: BatchVisitor): 
   const b = Buffer.from(ab, 0, len);
   let p = 0;
   const str = (): string => {
-    const n = b.readUInt16LE(p);
-    const s = b.toString('utf8', p + 2, p + 2 + n);
-    p += 2 + n;
+    const n = b.readUInt32LE(p);
+    const s = b.toString('utf8', p + 4, p + 4 + n);
+    p += 4 + n;
     return s;
   };
   while (p < len) {
     const flags = b[p++];
-    const tlen = b.readUInt16LE(p);
-    p += 2;
+    const tlen = b.readUInt32LE(p);
+    p += 4;
     const topic = b.subarray(p, p + tlen);
     p += tlen;
     const plen = b.readUInt32LE(p);
@@ -150,8 +152,8 @@ export function readBatch(ab: ArrayBuffer, len: number, visitor: BatchVisitor): 
     msg.expiryAt = expiryAt;
     const kind = flags >> 3;
     if (kind === BatchKind.ROUTED || kind === BatchKind.SHARED) {
-      const nodeCount = b.readUInt16LE(p);
-      p += 2;
+      const nodeCount = b.readUInt32LE(p);
+      p += 4;
       p = (p + 3) & ~3;
       const nodeIds = new Int32Array(ab, p, nodeCount);
       p += nodeCount * 4;

@@ -5,8 +5,8 @@ import { type AcceptedConnection, Acceptor } from '../listener/acceptor.js';
 import { shardOf } from '../listener/client-id.js';
 import { fdutil, handleFd } from '../listener/fdutil.js';
 import { createLogger, type Logger } from '../log.js';
-import { Counter, Counters, observeHandoff } from '../metrics/counters.js';
-import { encodeAck, encodeConnack, type WillMessage } from '../protocol/codec.js';
+import { Counter, Counters, LIVE_CONNECTIONS, observeHandoff } from '../metrics/counters.js';
+import { encodeAck, encodeConnack, encodeConnackV5, type WillMessage } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
 import { encodeAckV5, encodeConnackV5Full } from '../protocol/v5-control.js';
 import { type BatchVisitor, BatchWriter, readBatch } from '../routing/batch.js';
@@ -70,6 +70,13 @@ function sharedSubscriptionOf(session: Session, groupKey: string): Subscription 
   // EMQX's $queue/{filter} is group '$queue'.
   const queued = group === '$queue' ? session.subscriptions.get(`$queue/${filter}`) : undefined;
   return queued?.shared ? queued : undefined;
+}
+
+/** Closes an fd nothing else owns; an error (already closed) changes nothing for the caller. */
+function closeFd(fd: number): void {
+  try {
+    fdutil.close(fd);
+  } catch {}
 }
 
 /** Rebuilds a Buffer view of a Uint8Array that arrived by structured clone. */
@@ -147,7 +154,13 @@ export class Shard implements BatchVisitor {
   }
 
   start(generation: number): void {
-    this.main.on('message', (msg) => this.onMainMessage(msg));
+    this.main.on('message', (msg) => {
+      try {
+        this.onMainMessage(msg);
+      } catch (err) {
+        this.threadMessageError(err, 'main', msg);
+      }
+    });
     this.sweepTimer = setInterval(() => this.sweep(), 1000);
     this.main.postMessage({ t: 'ready', generation });
   }
@@ -156,13 +169,52 @@ export class Shard implements BatchVisitor {
     const port = this.peers[i];
     if (!port) return;
     port.on('message', (m: ShardToShard) => {
-      if (m.t === 'batch') readBatch(m.buf, m.len, this);
-      else if (m.t === 'adopt') for (const h of m.conns) this.adopt(h);
-      else if (m.t === 'sharedJoin')
-        this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
-      else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
-      else this.sharedLeave(m.group, m.filter, m.clientId);
+      try {
+        if (m.t === 'batch') readBatch(m.buf, m.len, this);
+        else if (m.t === 'adopt') this.adoptAll(m.conns);
+        else if (m.t === 'sharedJoin')
+          this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
+        else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
+        else this.sharedLeave(m.group, m.filter, m.clientId);
+      } catch (err) {
+        this.threadMessageError(err, `shard ${i}`, m);
+      }
     });
+  }
+
+  /**
+   * A handler threw on a message from another thread (a bug, or input a check missed): logged,
+   * counted and dropped, so that the shard and its other clients live on.
+   */
+  private threadMessageError(err: unknown, from: string, msg: unknown): void {
+    this.counters.row[Counter.threadMessageErrors]++;
+    this.log.error(
+      { err, from, t: (msg as { t?: unknown })?.t },
+      'inter-thread message dropped: handler threw',
+    );
+  }
+
+  /**
+   * Adopts each handed-off fd. One that fails is closed (by us while no Socket owns it, else by
+   * destroying the Socket: never both, a second close could hit a reused fd); the rest go ahead.
+   */
+  private adoptAll(conns: Handoff[]): void {
+    for (const h of conns) {
+      let socket: Socket;
+      try {
+        socket = this.adoptSocket(h);
+      } catch (err) {
+        this.threadMessageError(err, 'adopt', { t: 'adopt' });
+        closeFd(h.fd);
+        continue;
+      }
+      try {
+        this.attach(socket, h);
+      } catch (err) {
+        this.threadMessageError(err, 'adopt', { t: 'adopt' });
+        socket.destroy();
+      }
+    }
   }
 
   private onMainMessage(msg: MainToShard): void {
@@ -288,8 +340,8 @@ export class Shard implements BatchVisitor {
     }
   }
 
-  /** A connection another shard accepted for us. */
-  private adopt(h: Handoff): void {
+  /** The socket of a connection another shard accepted for us. */
+  private adoptSocket(h: Handoff): Socket {
     // Stream high-water mark = ours: whenever the connection is congested, a write has seen the
     // buffer at the mark, so 'drain' (which moves the session queue) is sure to follow.
     const socketOpts: ConstructorParameters<typeof Socket>[0] & { writableHighWaterMark: number } = {
@@ -300,7 +352,7 @@ export class Shard implements BatchVisitor {
     };
     // No setNoDelay here: the acceptor (noDelay) set TCP_NODELAY on the accepted socket, and
     // the dup()ed fd is the same socket — a second setsockopt per connection would change nothing.
-    this.attach(new Socket(socketOpts), h);
+    return new Socket(socketOpts);
   }
 
   /** Makes the connection and its session: takeover, resume or a new session, then CONNACK. */
@@ -313,6 +365,24 @@ export class Shard implements BatchVisitor {
     row[Counter.handoffs]++;
     const c = h.connect;
     const v5 = c.protocolVersion === 5;
+    // listener.max_connections over all shards: one Atomics counter, since every shard accepts.
+    const max = this.config['listener.max_connections'];
+    const live = Atomics.add(this.counters.atomics, LIVE_CONNECTIONS, 1);
+    if (max > 0 && live >= max) {
+      Atomics.sub(this.counters.atomics, LIVE_CONNECTIONS, 1);
+      row[Counter.connectionsRefusedMax]++;
+      row[Counter.packetsConnackError]++;
+      if (row[Counter.connectionsRefusedMax] % 1000 === 1)
+        this.log.warn(
+          { clientId: c.clientId, max, refusedSoFar: row[Counter.connectionsRefusedMax] },
+          'connection refused: listener.max_connections reached (logged once per 1000 per shard)',
+        );
+      // 0x97 Quota exceeded (MQTT 5) / 0x03 Server unavailable (MQTT 3), then close.
+      socket.end(v5 ? encodeConnackV5(0x97) : encodeConnack(false, 3));
+      socket.on('error', () => {});
+      socket.destroySoon();
+      return;
+    }
     let session = this.sessions.get(c.clientId);
     if (session?.conn) {
       // Takeover: the same client id is already connected here [MQTT-3.1.4-2]. The old
@@ -349,8 +419,10 @@ export class Shard implements BatchVisitor {
     session.clean = c.clean;
     // MQTT 3: clean session 1 ends with the connection, 0 lives mqtt.session_expiry_interval.
     // MQTT 5: the client's Session Expiry Interval, absent = 0 [MQTT-3.1.2-?].
+    // MQTT 5 asks are capped by mqtt.session_expiry_interval (as EMQX), so 0xFFFFFFFF is not
+    // "never" unless the cap is 4294967295; CONNACK then tells the client [MQTT-3.2.2-?].
     session.expiryInterval = v5
-      ? (c.properties?.sessionExpiryInterval ?? 0)
+      ? Math.min(c.properties?.sessionExpiryInterval ?? 0, this.config['mqtt.session_expiry_interval'])
       : c.clean
         ? 0
         : this.config['mqtt.session_expiry_interval'];
@@ -411,6 +483,11 @@ export class Shard implements BatchVisitor {
       assignedClientIdentifier: h.assignedClientId ? h.connect.clientId : undefined,
       serverKeepAlive: cfg['mqtt.server_keepalive'] > 0 ? conn.keepalive : undefined,
       responseInformation: req.requestResponseInformation === 1 && respInfo ? respInfo : undefined,
+      // The server's value when it differs from the client's [MQTT-3.2.2-?] (3.2.2.3.2).
+      sessionExpiryInterval:
+        conn.session.expiryInterval !== (req.sessionExpiryInterval ?? 0)
+          ? conn.session.expiryInterval
+          : undefined,
     };
     const frame = encodeConnackV5Full(sessionPresent, 0, props);
     const max = conn.clientMaxPacket;
@@ -440,6 +517,7 @@ export class Shard implements BatchVisitor {
     const session = conn.session;
     const row = this.counters.row;
     row[Counter.connections]--;
+    Atomics.sub(this.counters.atomics, LIVE_CONNECTIONS, 1);
     row[Counter.clientDisconnected]++;
     if (this.log.isLevelEnabled('info'))
       this.log.info(

@@ -11,6 +11,7 @@ import type { Shard } from '../shard/shard.js';
  * not count $SYS messages).
  */
 const scratch = new MatchResult(8);
+const MAX_TOPIC_BYTES = 65535;
 
 export function sysTopicPrefix(node: string): string {
   return `$SYS/brokers/${node}`;
@@ -36,6 +37,9 @@ export function publishClientEvent(
   const cfg = shard.config;
   if (!cfg[`sys_topics.sys_event_messages.client_${event}`]) return;
   const topic = `${sysTopicPrefix(cfg['node.name'])}/clients/${conn.clientId}/${event}`;
+  // A long client id (up to 65,535 bytes) makes a topic no MQTT frame can carry (u16 length):
+  // that event is not published, rather than a frame or batch entry half-written.
+  if (topic.length > MAX_TOPIC_BYTES || Buffer.byteLength(topic) > MAX_TOPIC_BYTES) return;
   if (shard.index.matchString(topic, scratch) === 0) return;
   const now = Date.now();
   const payload: Record<string, unknown> = {
