@@ -69,7 +69,13 @@ export const Counter = {
   messagesDroppedExpired: 55,
   subscriptionsShared: 56, // gauge
   handoffsCrossShard: 57,
-  // 58..63 free for more named counters.
+  // 58..60 free for more named counters (hardening items take them from the top down).
+  /** Connections closed because their unread output passed force_shutdown.max_output_bytes */
+  outputForceShutdown: 61,
+  /** Reads paused because a connection's own unread output passed mqtt.max_output_buffer */
+  outputReadPaused: 62,
+  /** Bytes copied to reassemble frames split across reads (debug: must stay linear in size) */
+  frameBytesCopied: 63,
 } as const;
 
 export type CounterName = keyof typeof Counter;
