@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
 import { Counter } from '../src/metrics/counters.js';
 import {
   brokerPool,
@@ -13,9 +14,12 @@ import {
   Inbox,
   idOnShard,
   mqttString,
+  PacketClient,
   RawClient,
   rawFrame,
+  startBroker,
   subscribe,
+  waitFor,
 } from './helpers/broker.js';
 
 const pool = brokerPool();
@@ -67,4 +71,39 @@ test('a 60 KB CONNECT trickled in 100-byte writes is accepted, at linear copy co
     copied <= 2 * frame.length,
     `copied ${copied} bytes to reassemble a ${frame.length}-byte CONNECT`,
   );
+});
+
+test('a queued 20-byte message does not pin the read buffer it arrived in (< 1 KiB each)', async (t) => {
+  // A full GC in the shards before each measure (V8 flags are process-wide, read by new workers).
+  setFlagsFromString('--expose-gc');
+  const broker = await startBroker(t, { 'node.shards': 1, 'mqtt.max_mqueue_len': 10_000 });
+  const memory = async (): Promise<number> =>
+    (await broker.queries.askAll({ q: 'memory' })).reduce((s, m) => s + m.arrayBuffers, 0);
+  const { pc: sub } = await PacketClient.connect(t, broker, 'pin-sub', { clean: false });
+  sub.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'pin/q', qos: 1 }] });
+  await sub.expect('suback');
+  sub.socket.destroy();
+  await waitFor(() => broker.counters.total(Counter.connections) === 0, 'subscriber offline');
+  const raw = await RawClient.connect(t, broker.port);
+  raw.send(connectFrame({ clientId: 'pin-pub' }));
+  await raw.read(4);
+  const before = await memory();
+  const N = 300;
+  const filler = rawFrame(0x30, mqttString('pin/nobody'), Buffer.alloc(32 * 1024));
+  for (let i = 1; i <= N; i++) {
+    // One write: a big message nobody gets, then the small queued one, in the same read buffer.
+    raw.send(
+      Buffer.concat([filler, rawFrame(0x32, mqttString('pin/q'), [i >> 8, i & 0xff], Buffer.alloc(20, i))]),
+    );
+    await raw.read(4);
+  }
+  const grown = (await memory()) - before;
+  assert.ok(grown / N < 1024, `${Math.round(grown / N)} bytes of ArrayBuffer per queued 20-byte message`);
+  // They are all there, intact.
+  const { pc } = await PacketClient.connect(t, broker, 'pin-sub', { clean: false });
+  for (let i = 1; i <= N; i++) {
+    const p = await pc.expect('publish');
+    assert.deepEqual(p.payload, Buffer.alloc(20, i));
+    pc.send({ cmd: 'puback', messageId: p.messageId });
+  }
 });
