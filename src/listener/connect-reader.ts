@@ -45,7 +45,12 @@ export function readConnect(
   opts: ConnectReaderOptions,
   onConnect: (accepted: AcceptedConnect) => void,
 ): void {
-  let buf: Buffer | null = null;
+  // Chunks so far, joined once when the CONNECT is complete (joining on every chunk was
+  // quadratic for a large CONNECT in small reads); `end` is its length once the header is read.
+  const chunks: Buffer[] = [];
+  let have = 0;
+  let end = -1;
+  let start = 0;
   let done = false;
 
   /** `violation`: the counter of a malformed/oversized packet or protocol error, as on a shard. */
@@ -73,36 +78,46 @@ export function readConnect(
 
   const onData = (chunk: Buffer): void => {
     if (done) return;
-    buf = buf ? Buffer.concat([buf, chunk]) : chunk;
+    chunks.push(chunk);
+    have += chunk.length;
     opts.counters.row[Counter.bytesReceived] += chunk.length;
-    if (buf.length < 2) return;
-    const type = buf[0] >> 4;
-    if (type !== PacketType.CONNECT) {
-      return refuse(`first packet is type ${type}, not CONNECT`, undefined, Counter.protocolErrors);
+    if (end < 0) {
+      if (have < 2) return;
+      // The fixed header is at most 5 bytes: only those (and one more, to see a 5th length byte) are
+      // joined until it is complete.
+      const h = chunks.length === 1 ? chunk : Buffer.concat(chunks, Math.min(have, 6));
+      if (chunks.length > 1) opts.counters.row[Counter.frameBytesCopied] += h.length;
+      const type = h[0] >> 4;
+      if (type !== PacketType.CONNECT) {
+        return refuse(`first packet is type ${type}, not CONNECT`, undefined, Counter.protocolErrors);
+      }
+      if ((h[0] & 0x0f) !== 0) {
+        return refuse('CONNECT fixed-header flags not 0 [MQTT-2.2.2-2]', undefined, Counter.malformedPackets);
+      }
+      let len = 0;
+      let mul = 1;
+      let i = 1;
+      for (; ; i++) {
+        if (i >= h.length) return; // need more bytes
+        if (i > 4) return refuse('malformed remaining length', undefined, Counter.malformedPackets);
+        len += (h[i] & 0x7f) * mul;
+        mul *= 128;
+        if ((h[i] & 0x80) === 0) break;
+      }
+      start = i + 1;
+      end = start + len;
+      if (end > opts.maxPacketSize) {
+        return refuse(
+          `CONNECT of ${end} bytes exceeds maximum packet size`,
+          undefined,
+          Counter.oversizedPackets,
+        );
+      }
     }
-    if ((buf[0] & 0x0f) !== 0) {
-      return refuse('CONNECT fixed-header flags not 0 [MQTT-2.2.2-2]', undefined, Counter.malformedPackets);
-    }
-    let len = 0;
-    let mul = 1;
-    let i = 1;
-    for (; ; i++) {
-      if (i >= buf.length) return; // need more bytes
-      if (i > 4) return refuse('malformed remaining length', undefined, Counter.malformedPackets);
-      len += (buf[i] & 0x7f) * mul;
-      mul *= 128;
-      if ((buf[i] & 0x80) === 0) break;
-    }
-    const start = i + 1;
-    const end = start + len;
-    if (end > opts.maxPacketSize) {
-      return refuse(
-        `CONNECT of ${end} bytes exceeds maximum packet size`,
-        undefined,
-        Counter.oversizedPackets,
-      );
-    }
-    if (buf.length < end) return;
+    if (have < end) return;
+    const buf = chunks.length === 1 ? chunk : Buffer.concat(chunks, have);
+    if (chunks.length > 1) opts.counters.row[Counter.frameBytesCopied] += have;
+    chunks.length = 0;
     opts.counters.row[Counter.packetsReceived]++;
     opts.counters.row[PACKETS_RECEIVED_BY_TYPE + PacketType.CONNECT]++;
 

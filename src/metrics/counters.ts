@@ -74,11 +74,17 @@ export const Counter = {
   topicLevelsRefused: 59, // PUBLISH topics / filters beyond mqtt.max_topic_levels
   retainedRefused: 60, // retained messages not stored (retainer.max_retained_messages / max_payload_size)
   connectionsRefusedMax: 61, // connections refused: listener.max_connections reached
-  // 62..63 free for more named counters.
+  /** Connections closed because their unread output passed force_shutdown.max_output_bytes */
+  outputForceShutdown: 62,
+  /** Reads paused because a connection's own unread output passed mqtt.max_output_buffer */
+  outputReadPaused: 63,
+  /** Bytes copied to reassemble frames split across reads (debug: must stay linear in size) */
+  frameBytesCopied: 64,
+  // 65..95 free for more named counters.
 } as const;
 
 export type CounterName = keyof typeof Counter;
-export const COUNTER_SLOTS = 128;
+export const COUNTER_SLOTS = 160;
 
 /**
  * Unnamed ranges after the named counters (not part of `snapshot()`):
@@ -88,9 +94,9 @@ export const COUNTER_SLOTS = 128;
  *   bucket of HANDOFF_BUCKETS_S plus +Inf, non-cumulative (Prometheus' cumulative form is built
  *   at scrape time).
  */
-export const PACKETS_RECEIVED_BY_TYPE = 64;
-export const PACKETS_SENT_BY_TYPE = 80;
-export const HANDOFF_BUCKETS = 96;
+export const PACKETS_RECEIVED_BY_TYPE = 96;
+export const PACKETS_SENT_BY_TYPE = 112;
+export const HANDOFF_BUCKETS = 128;
 export const HANDOFF_BUCKETS_S = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 ] as const;

@@ -23,9 +23,13 @@ export class Message {
   /** ms since epoch after which the message must not be delivered [MQTT-3.3.2-5]; 0 = never */
   expiryAt = 0;
 
+  /** Topic, payload and properties are in storage of their own (see own()) */
+  private owned = false;
+
   constructor(
-    readonly topicBytes: Buffer,
-    readonly payload: Buffer,
+    /** Replaced only by own(), with a copy of the same bytes */
+    public topicBytes: Buffer,
+    public payload: Buffer,
     readonly qos: QoS,
     /** RETAIN flag as published */
     readonly retain: boolean,
@@ -46,6 +50,45 @@ export class Message {
     const m = new Message(Buffer.from(topic, 'utf8'), payload, qos, retain, from, deliverRetained);
     m.topicStr = topic;
     return m;
+  }
+
+  /**
+   * Copies topic, payload and properties into one exact-size allocation when they are small
+   * views into a much larger buffer (the 64 KiB socket read, a cross-shard batch): a message
+   * that waits in a queue or an inflight window would otherwise pin that whole buffer. Called
+   * when a message is held, once per message, never on the QoS 0 live path. Cached frames are
+   * dropped too: small ones are slices of Node's shared 8 KiB pool.
+   */
+  own(): void {
+    if (this.owned) return;
+    this.owned = true;
+    const t = this.topicBytes;
+    const p = this.payload;
+    const pr = this.props;
+    const ct = pins(t);
+    const cp = pins(p);
+    const cr = pr !== null && pins(pr);
+    if (!ct && !cp && !cr) return;
+    const store = Buffer.from(
+      new ArrayBuffer((ct ? t.length : 0) + (cp ? p.length : 0) + (cr ? pr.length : 0)),
+    );
+    let o = 0;
+    if (ct) {
+      t.copy(store, o);
+      this.topicBytes = store.subarray(o, (o += t.length));
+    }
+    if (cp) {
+      p.copy(store, o);
+      this.payload = store.subarray(o, (o += p.length));
+    }
+    if (cr) {
+      pr.copy(store, o);
+      this.props = store.subarray(o, o + pr.length);
+    }
+    this.frame0 = null;
+    this.frameQ = null;
+    this.frame0v5 = null;
+    this.frameQv5 = null;
   }
 
   get topic(): string {
@@ -117,6 +160,11 @@ export class Message {
     if (!v5) return encodePublish(this.topicBytes, this.payload, qos, retainFlag, dup, packetId);
     return encodePublishV5(this.topicBytes, this.payload, qos, retainFlag, dup, packetId, this.props, d);
   }
+}
+
+/** A view that keeps alive a buffer much larger than itself. */
+function pins(b: Buffer): boolean {
+  return b.buffer.byteLength > 2 * b.length + 256;
 }
 
 function patch(

@@ -110,7 +110,7 @@ export class Connection implements FrameSink {
     const serverKeepalive = shard.config['mqtt.server_keepalive'];
     this.keepalive = this.v5 && serverKeepalive > 0 ? serverKeepalive : c.keepalive;
     this.keepaliveMs = this.keepalive * 1000 * shard.config['mqtt.keepalive_multiplier'];
-    this.reader = new FrameReader(this, shard.config['mqtt.max_packet_size']);
+    this.reader = new FrameReader(this, shard.config['mqtt.max_packet_size'], shard.counters.row);
   }
 
   /**

@@ -60,6 +60,13 @@ export function answerQuery(shard: Shard, query: ShardQuery): ShardQueryResult {
       }
       return [...topics];
     }
+    case 'memory': {
+      // Only with --expose-gc (diagnosis, tests): live memory rather than live + garbage.
+      const gc = (globalThis as { gc?: () => void }).gc;
+      if (gc) gc();
+      const m = process.memoryUsage();
+      return { heapUsed: m.heapUsed, arrayBuffers: m.arrayBuffers };
+    }
   }
 }
 

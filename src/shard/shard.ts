@@ -1145,6 +1145,8 @@ export class Shard implements BatchVisitor {
     group: string | null,
   ): void {
     const id = session.allocatePacketId();
+    // Held until acknowledged: in storage of its own, not a view pinning a read buffer.
+    msg.own();
     if (!conn.sendPublish(msg, qos, id, false, retainFlag, subIds)) {
       this.counters.row[Counter.messagesDropped]++;
       return;
@@ -1170,6 +1172,7 @@ export class Shard implements BatchVisitor {
       if (max === 0) return;
       session.queue.shift();
     }
+    msg.own();
     session.queue.push({ msg, qos, retainFlag, subIds, group });
   }
 

@@ -198,7 +198,8 @@ export type ShardQuery =
   | { q: 'kick'; clientId: string }
   | { q: 'subscriptions'; filter: SubscriptionFilter; limit: number }
   | { q: 'clientSubscriptions'; clientId: string }
-  | { q: 'topics'; topic?: string };
+  | { q: 'topics'; topic?: string }
+  | { q: 'memory' };
 
 export interface ShardQueryResults {
   clients: { count: number; items: ClientInfo[] };
@@ -208,6 +209,8 @@ export interface ShardQueryResults {
   clientSubscriptions: SubscriptionInfo[] | null;
   /** topic filters with subscribers on this shard */
   topics: string[];
+  /** this shard's heap and ArrayBuffer bytes (after a full GC when the process runs with --expose-gc) */
+  memory: { heapUsed: number; arrayBuffers: number };
 }
 
 export type ShardQueryResult = ShardQueryResults[keyof ShardQueryResults];
