@@ -4,6 +4,7 @@
  * shard restarted, and that the refusal was counted.
  */
 import assert from 'node:assert/strict';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { test } from 'node:test';
 import type { Broker } from '../src/broker/broker.js';
 import { shardOf } from '../src/listener/client-id.js';
@@ -12,12 +13,14 @@ import {
   brokerPool,
   connectFrame,
   connectFrame5,
+  idOnShard,
   mqttString,
   RawClient,
   rawConnected,
   rawFrame,
   rawPing,
   readFrame,
+  startBroker,
   subscribeFrame5,
   waitFor,
 } from './helpers/broker.js';
@@ -214,4 +217,66 @@ test('REST lists: page × limit is bounded (400), so one request cannot make eve
   assert.equal((await api(broker, 'GET', '/subscriptions?page=101&limit=10000')).status, 400);
   assert.equal((await api(broker, 'GET', '/clients?limit=10001')).status, 400);
   assert.equal((await api(broker, 'GET', '/clients?page=100&limit=10000')).status, 200);
+});
+
+test('connections handed to an owner shard that dies are closed or served by its restart, and no fd leaks', {
+  timeout: 120_000,
+}, async (t) => {
+  const broker = await startBroker(t, { 'node.shards': 2 });
+  // Sockets only: a restarted worker thread opens and closes its own event-loop fds (epoll,
+  // eventfd), which are not what this test is about.
+  const fds = (): number => list().filter((l) => l.startsWith('socket:')).length;
+  const list = (): string[] =>
+    readdirSync('/proc/self/fd').map((f) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${f}`);
+      } catch {
+        return '?';
+      }
+    });
+  const startList = list().filter((l) => l.startsWith('socket:'));
+  const baseline = fds();
+  const generation = broker.supervisor.shards[0].generation;
+  const clients: RawClient[] = [];
+  // Connections for shard 0 while it dies: some are accepted by shard 1 and handed to it.
+  const opening: Promise<void>[] = [];
+  for (let i = 0; i < 40; i++) {
+    opening.push(
+      (async () => {
+        let raw: RawClient;
+        try {
+          raw = await RawClient.connect(t, broker.port);
+        } catch (e) {
+          // Reset before the connect completed on our side: closed, as the test allows.
+          assert.equal((e as NodeJS.ErrnoException).code, 'ECONNRESET');
+          return;
+        }
+        clients.push(raw);
+        raw.send(connectFrame({ clientId: idOnShard(broker, 0, `orphan-${i}`) }));
+        if (i === 5) broker.supervisor.post(0, { t: 'crash' });
+        // Served (CONNACK) or closed: never left hanging.
+        try {
+          const f = await readFrame(raw);
+          assert.equal(f.type, 2);
+        } catch {
+          await raw.waitClosed();
+        }
+      })(),
+    );
+  }
+  await Promise.all(opening);
+  await waitFor(
+    () => broker.supervisor.shards[0].generation > generation && broker.supervisor.shards[0].ready,
+    'shard 0 restarted',
+  );
+  for (const c of clients) c.socket.destroy();
+  // Every broker-side fd of those connections is closed too.
+  try {
+    await waitFor(() => fds() <= baseline, 'fds back to baseline', 10000);
+  } catch {
+    throw new Error(
+      `fds ${JSON.stringify(startList)} -> ${JSON.stringify(list().filter((l) => l.startsWith('socket:')))}`,
+    );
+  }
+  await assertBrokerServes(t, broker);
 });

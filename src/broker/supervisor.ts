@@ -19,6 +19,11 @@ class ShardHandle {
   startedAt = 0;
   /** Recorded at start: Node reports -1 once the worker has exited */
   threadId = -1;
+  /**
+   * Dups of the listening socket posted to this shard's current thread. Main closes them when
+   * the thread exits: a thread that dies (crash, OOM) cannot, and fds outlive threads.
+   */
+  listenFds: number[] = [];
   constructor(readonly id: number) {}
 }
 
@@ -143,6 +148,13 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       });
       worker.on('exit', (code) => {
         if (shard.worker === worker) shard.worker = null;
+        for (const fd of shard.listenFds.splice(0)) {
+          try {
+            fdutil.close(fd);
+          } catch (err) {
+            this.log.warn({ err, fd }, "closing a dead shard's listening-socket dup failed");
+          }
+        }
         shard.ready = false;
         shard.listening = false;
         // A dead shard answers nothing; its restart starts with the current configuration.
@@ -225,6 +237,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       this.emit('fatal', `cannot share the listening socket: ${(err as Error).message}`);
       return;
     }
+    shard.listenFds.push(fd);
     this.post(shard, { t: 'listen', fd });
   }
 

@@ -34,7 +34,7 @@ export class Acceptor {
   private closed = false;
   private readonly onSocket = (socket: Socket): void => this.accept(socket);
 
-  /** `fd` is owned by the acceptor from now on (closed by close()). */
+  /** `fd` stays the caller's (main closes a shard's when its thread exits); the server listens on a dup. */
   constructor(
     private readonly fd: number,
     private readonly opts: AcceptorOptions,
@@ -73,7 +73,6 @@ export class Acceptor {
     this.closed = true;
     this.server?.close();
     this.server = null;
-    fdutil.close(this.fd);
     for (const s of this.reading) s.destroy();
     this.reading.clear();
   }

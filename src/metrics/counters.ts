@@ -80,7 +80,8 @@ export const Counter = {
   outputReadPaused: 63,
   /** Bytes copied to reassemble frames split across reads (debug: must stay linear in size) */
   frameBytesCopied: 64,
-  // 65..95 free for more named counters.
+  handoffsLost: 65, // handed-off fds closed because their owner shard died before adopting them
+  // 66..95 free for more named counters.
 } as const;
 
 export type CounterName = keyof typeof Counter;

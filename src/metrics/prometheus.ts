@@ -169,6 +169,11 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Connections refused because listener.max_connections was reached',
       Counter.connectionsRefusedMax,
     ],
+    [
+      'emqx_ts_handoffs_lost_total',
+      'Handed-off connections closed because their owner shard died before adopting them',
+      Counter.handoffsLost,
+    ],
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({

@@ -1,3 +1,4 @@
+import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
@@ -72,6 +73,15 @@ function sharedSubscriptionOf(session: Session, groupKey: string): Subscription 
   return queued?.shared ? queued : undefined;
 }
 
+/** [fd, inode of the socket it refers to] (inode 0 when it cannot be read: never closed then). */
+function socketInode(h: { fd: number }): [number, number] {
+  try {
+    return [h.fd, fstatSync(h.fd).ino];
+  } catch {
+    return [h.fd, 0];
+  }
+}
+
 /** Closes an fd nothing else owns; an error (already closed) changes nothing for the caller. */
 function closeFd(fd: number): void {
   try {
@@ -131,6 +141,9 @@ export class Shard implements BatchVisitor {
   /** Accepted connections owned by another shard, posted at the end of the turn (per shard) */
   private readonly outHandoffs: Handoff[][];
   private handoffsPending = false;
+  /** Per owner: posted `adopt` messages not yet answered, seq → [fd, socket inode] pairs */
+  private readonly sentHandoffs: Map<number, [number, number][]>[];
+  private handoffSeq = 0;
 
   constructor(
     init: ShardInit,
@@ -150,6 +163,7 @@ export class Shard implements BatchVisitor {
     this.peers = init.peers;
     this.batches = init.peers.map((_, i) => (i === this.id ? null : new BatchWriter()));
     this.outHandoffs = init.peers.map(() => []);
+    this.sentHandoffs = init.peers.map(() => new Map());
     for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
   }
 
@@ -171,7 +185,11 @@ export class Shard implements BatchVisitor {
     port.on('message', (m: ShardToShard) => {
       try {
         if (m.t === 'batch') readBatch(m.buf, m.len, this);
-        else if (m.t === 'adopt') this.adoptAll(m.conns);
+        else if (m.t === 'adopt') {
+          // First: from here on the fds are ours (the sender stops tracking them).
+          port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
+          this.adoptAll(m.conns);
+        } else if (m.t === 'adopted') this.sentHandoffs[i].delete(m.seq);
         else if (m.t === 'sharedJoin')
           this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
         else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
@@ -236,6 +254,7 @@ export class Shard implements BatchVisitor {
         // Nothing posted to a dead shard's port arrives; its restart brings a new one ('peer').
         this.peers[msg.shard]?.close();
         this.peers[msg.shard] = null;
+        this.closeUnadopted(msg.shard);
         for (const nodeId of this.sharedGroups.dropShard(msg.shard))
           this.sharedIndex.clearShard(nodeId, this.id);
         // A dead owner answers no join: those SUBACKs go now (its restart rejoins them).
@@ -336,7 +355,32 @@ export class Shard implements BatchVisitor {
       if (conns.length === 0 || !port) continue;
       this.outHandoffs[s] = [];
       this.counters.row[Counter.handoffsCrossShard] += conns.length;
-      port.postMessage({ t: 'adopt', conns } satisfies ShardToShard);
+      const seq = ++this.handoffSeq;
+      this.sentHandoffs[s].set(seq, conns.map(socketInode));
+      port.postMessage({ t: 'adopt', conns, seq } satisfies ShardToShard);
+    }
+  }
+
+  /**
+   * Handoffs a dead owner never answered: an fd still open on the same socket inode was never
+   * read (what the owner adopted closed with its thread; a reused fd number has another inode),
+   * so it is closed here and the client sees the connection close instead of hanging.
+   */
+  private closeUnadopted(owner: number): void {
+    const sent = this.sentHandoffs[owner];
+    let closed = 0;
+    for (const pairs of sent.values()) {
+      for (const [fd, ino] of pairs) {
+        if (ino !== 0 && socketInode({ fd })[1] === ino) {
+          closeFd(fd);
+          closed++;
+        }
+      }
+    }
+    sent.clear();
+    if (closed > 0) {
+      this.counters.row[Counter.handoffsLost] += closed;
+      this.log.warn({ owner, closed }, 'closed connections handed to a shard that died before adopting them');
     }
   }
 

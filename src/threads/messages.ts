@@ -60,7 +60,7 @@ export interface Handoff extends ConnectionOrigin {
 }
 
 export type MainToShard =
-  /** Accept on (a dup of) the listening socket; the fd is the shard's to close */
+  /** Accept on (a dup of) the listening socket; the fd stays main's, closed when the thread exits */
   | { t: 'listen'; fd: number }
   | { t: 'peer'; shard: number; port: MessagePort }
   | { t: 'retainAck'; reqId: number }
@@ -121,9 +121,20 @@ export interface SharedJoined {
 export interface PeerAdopt {
   t: 'adopt';
   conns: Handoff[];
+  /** Answered with `adopted` of the same seq once the receiver owns the fds */
+  seq: number;
 }
 
-export type ShardToShard = PeerBatch | SharedMembership | SharedJoined | PeerAdopt;
+/**
+ * The receiver of `adopt` `seq` owns its fds. Until then the sender keeps them (with their
+ * socket inodes), so that when the receiver dies unread they are closed, not leaked.
+ */
+export interface PeerAdopted {
+  t: 'adopted';
+  seq: number;
+}
+
+export type ShardToShard = PeerBatch | SharedMembership | SharedJoined | PeerAdopt | PeerAdopted;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {

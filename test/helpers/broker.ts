@@ -203,8 +203,12 @@ export class RawClient {
       socket.emit('raw-data');
     });
     socket.on('error', () => {});
-    this.closedPromise = once(socket, 'close').then(() => {
-      this.closed = true;
+    // Not events.once: it rejects on 'error', and a reset (ECONNRESET) is a close here too.
+    this.closedPromise = new Promise((resolve) => {
+      socket.once('close', () => {
+        this.closed = true;
+        resolve();
+      });
     });
   }
 
