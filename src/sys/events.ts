@@ -1,7 +1,14 @@
-import { MatchResult } from '../routing/topic-index.js';
+import type { Config } from '../config/schema.js';
+import { MatchResult, type TopicIndex } from '../routing/topic-index.js';
 import { Message } from '../session/message.js';
 import type { Connection } from '../shard/connection.js';
-import type { Shard } from '../shard/shard.js';
+
+/** What publishing a client event needs of its shard. */
+export interface ClientEventHost {
+  readonly config: Config;
+  readonly index: TopicIndex;
+  publish(msg: Message, conn: null): boolean;
+}
 
 /**
  * `$SYS/brokers/<node>/clients/<clientid>/{connected,disconnected}` (EMQX's client event
@@ -29,7 +36,7 @@ export function disconnectReason(conn: Connection, reason: string): string {
 }
 
 export function publishClientEvent(
-  shard: Shard,
+  shard: ClientEventHost,
   conn: Connection,
   event: 'connected' | 'disconnected',
   reason = '',

@@ -1,0 +1,168 @@
+import type { Delivery } from '../delivery/deliver.js';
+import { Counter } from '../metrics/counters.js';
+import { encodeAck } from '../protocol/codec.js';
+import type { QoS } from '../protocol/constants.js';
+import { encodeAckV5 } from '../protocol/v5-control.js';
+import type { Message } from '../session/message.js';
+import type { Session } from '../session/session.js';
+import type { Connection } from '../shard/connection.js';
+import type { RetainedRelay } from '../shard/retained-relay.js';
+import type { ShardState } from '../shard/state.js';
+import type { ShardToShard } from '../threads/messages.js';
+import { BatchWriter } from './batch.js';
+import { MatchResult } from './topic-index.js';
+
+/** Where a message matching shared-subscription filters owned here goes (routing/shared-groups.ts). */
+export interface SharedDispatch {
+  onSharedMessage(msg: Message, nodeIds: Int32Array, n: number): void;
+}
+
+/**
+ * Routes each PUBLISH by matching the shared topic index once: this shard's subscribers get it
+ * directly (deliverLocal), every other shard with a match gets it in one batch per shard per
+ * event-loop turn, and shared-group owners pick a member.
+ */
+export class Router {
+  private readonly batches: (BatchWriter | null)[];
+  /** Some batch has messages: flush at the end of the turn */
+  batchesPending = false;
+  private readonly match = new MatchResult();
+  private readonly sharedMatch = new MatchResult(8);
+  private readonly targets: Session[] = [];
+  private deliverySeq = 0;
+
+  constructor(
+    private readonly s: ShardState,
+    private readonly delivery: Delivery,
+    private readonly relay: RetainedRelay,
+    private readonly shared: SharedDispatch,
+    private readonly scheduleTurnEnd: () => void,
+  ) {
+    this.batches = s.peers.map((_, i) => (i === s.id ? null : new BatchWriter()));
+  }
+
+  /**
+   * Routes a message published by a client (or a will, or the broker). For a client's QoS 1/2
+   * PUBLISH, `ackType` is PUBACK/PUBREC: MQTT 5 gets reason 0x10 when no subscriber matched.
+   * For a retained message the ack is held until main has stored it, so that a client that saw
+   * the ack and then subscribes is sure to get it. Returns whether any subscriber matched.
+   */
+  publish(msg: Message, conn: Connection | null, ackType = 0, packetId = 0): boolean {
+    const matched = this.route(msg);
+    let ack: Buffer | null = null;
+    if (conn && ackType) {
+      ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
+    }
+    if (msg.retain) {
+      this.relay.storeRetained(msg, conn, ack);
+    } else if (conn && ack) {
+      conn.writeAck(ack);
+    }
+    return matched;
+  }
+
+  /** The batch to a peer shard (flushed at the end of this turn). */
+  batchFor(shard: number): BatchWriter | null {
+    this.batchesPending = true;
+    this.scheduleTurnEnd();
+    return this.batches[shard];
+  }
+
+  private route(msg: Message): boolean {
+    const m = this.match;
+    const topic = msg.topicBytes;
+    const id = this.s.id;
+    const n = this.s.index.match(topic, 0, topic.length, m);
+    let matched = n > 0;
+    if (n > 0) {
+      const mask = m.mask;
+      if (mask & (1 << id)) this.deliverLocal(msg, m.nodeIds, n);
+      if ((mask & ~(1 << id)) !== 0) {
+        for (let s = 0; s < this.batches.length; s++) {
+          if (s !== id && mask & (1 << s)) this.batchFor(s)!.add(msg, m.nodeIds, n);
+        }
+      }
+    }
+    const sharedIndex = this.s.sharedIndex;
+    if (sharedIndex.activeFilters() > 0) {
+      const sm = this.sharedMatch;
+      const k = sharedIndex.match(topic, 0, topic.length, sm);
+      if (k > 0) {
+        matched = true;
+        const mask = sm.mask;
+        for (let s = 0; s < this.s.shardCount; s++) {
+          if (!(mask & (1 << s))) continue;
+          if (s === id) this.shared.onSharedMessage(msg, sm.nodeIds, k);
+          else this.batchFor(s)!.add(msg, sm.nodeIds, k, 1);
+        }
+      }
+    }
+    // As EMQX: the broker's own $SYS messages (from '') are not counted as dropped.
+    if (!matched && msg.from !== '') this.s.counters.row[Counter.messagesDroppedNoSubscribers]++;
+    return matched;
+  }
+
+  /** Posts this turn's batches, one message per peer shard. */
+  flushBatches(): void {
+    this.batchesPending = false;
+    const row = this.s.counters.row;
+    for (let s = 0; s < this.batches.length; s++) {
+      const b = this.batches[s];
+      if (!b || b.count === 0) continue;
+      const batch = b.take();
+      const port = this.s.peers[s];
+      if (!port) continue; // peer restarting: its clients are gone anyway
+      row[Counter.crossShardMessages] += batch.count;
+      row[Counter.crossShardBatches]++;
+      port.postMessage(
+        { t: 'batch', buf: batch.buf, len: batch.len, count: batch.count } satisfies ShardToShard,
+        [batch.buf],
+      );
+    }
+  }
+
+  /**
+   * Delivers to this shard's subscribers at the matched nodes: once per session, at the highest
+   * granted QoS of its overlapping subscriptions [MQTT-3.3.5-1], capped by the message's QoS,
+   * with every matching Subscription Identifier [MQTT-3.3.4-3]; No Local subscriptions skip the
+   * publisher's own messages [MQTT-3.8.3-3]. Also for a batch from a peer shard.
+   */
+  deliverLocal(msg: Message, nodeIds: Int32Array, n: number): void {
+    const seq = ++this.deliverySeq;
+    const targets = this.targets;
+    const from = msg.from;
+    const subscribers = this.s.subscribers;
+    for (let i = 0; i < n; i++) {
+      const list = subscribers.get(nodeIds[i]);
+      if (!list) continue;
+      for (let j = 0; j < list.length; j++) {
+        const { session: s, sub } = list[j];
+        if (sub.noLocal && s.clientId === from) {
+          this.s.counters.row[Counter.deliveryDroppedNoLocal]++;
+          continue;
+        }
+        const rap = sub.retainAsPublished && msg.retain;
+        if (s.mark !== seq) {
+          s.mark = seq;
+          s.markQos = sub.qos;
+          s.markRetain = rap;
+          s.markSubIds = sub.subId ? [sub.subId] : null;
+          targets.push(s);
+        } else {
+          if (sub.qos > s.markQos) s.markQos = sub.qos;
+          if (rap) s.markRetain = true;
+          if (sub.subId) {
+            if (s.markSubIds === null) s.markSubIds = [sub.subId];
+            else s.markSubIds.push(sub.subId);
+          }
+        }
+      }
+    }
+    for (let i = 0; i < targets.length; i++) {
+      const s = targets[i];
+      this.delivery.deliver(s, msg, Math.min(msg.qos, s.markQos) as QoS, s.markRetain, s.markSubIds, null);
+      s.markSubIds = null;
+    }
+    targets.length = 0;
+  }
+}

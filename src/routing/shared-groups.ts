@@ -1,0 +1,232 @@
+import type { Delivery } from '../delivery/deliver.js';
+import { Counter } from '../metrics/counters.js';
+import type { QoS } from '../protocol/constants.js';
+import type { Message } from '../session/message.js';
+import type { Session, Subscription } from '../session/session.js';
+import type { PendingJoin } from '../shard/retained-relay.js';
+import type { ShardState } from '../shard/state.js';
+import type { ShardToShard } from '../threads/messages.js';
+import type { BatchWriter } from './batch.js';
+import { ownerShard, type SharedStrategy } from './shared.js';
+
+/** A session's subscription through the shared group with this key (`group\0filter`), if any. */
+function sharedSubscriptionOf(session: Session, groupKey: string): Subscription | undefined {
+  const cut = groupKey.indexOf('\u0000');
+  const group = groupKey.slice(0, cut);
+  const filter = groupKey.slice(cut + 1);
+  const sub = session.subscriptions.get(`$share/${group}/${filter}`);
+  if (sub?.shared) return sub;
+  // EMQX's $queue/{filter} is group '$queue'.
+  const queued = group === '$queue' ? session.subscriptions.get(`$queue/${filter}`) : undefined;
+  return queued?.shared ? queued : undefined;
+}
+
+/**
+ * Shared subscriptions across shards: members join and leave the group at its owner shard
+ * (routing/shared.ts picks it); the owner picks one member per message and sends it to the
+ * member's shard; what a departing member had not acknowledged is redispatched to another.
+ */
+export class SharedGroupRouting {
+  private reqSeq = 0;
+  /** Remote shared-group joins of the SUBSCRIBE being handled (see beginSubscribe) */
+  private joinCollector: PendingJoin[] | null = null;
+
+  constructor(
+    private readonly s: ShardState,
+    private readonly delivery: Delivery,
+    /** The batch to a peer shard, flushed at the end of the turn (routing/route.ts) */
+    private readonly batchFor: (shard: number) => BatchWriter | null,
+  ) {}
+
+  /**
+   * Starts a SUBSCRIBE: joins of shared groups owned by other shards are collected, so that its
+   * SUBACK waits for the owners to confirm them. A message published after the client saw the
+   * SUBACK then finds the member in its group, as it finds a plain subscription in the index.
+   */
+  beginSubscribe(): void {
+    this.joinCollector = [];
+  }
+
+  /** Ends a SUBSCRIBE's collection of joins (also when it failed) and returns them. */
+  endSubscribe(): PendingJoin[] {
+    const joins = this.joinCollector ?? [];
+    this.joinCollector = null;
+    return joins;
+  }
+
+  /** Tells the group's owner shard (maybe this one) that a session joins or leaves. */
+  sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): void {
+    const sf = sub.shared!;
+    const owner = ownerShard(sf.group, sf.filter, this.s.shardCount);
+    if (owner === this.s.id) {
+      if (t === 'sharedJoin')
+        this.sharedJoin(sf.group, sf.filter, session.clientId, this.s.id, sub.qos, sub.subId);
+      else this.sharedLeave(sf.group, sf.filter, session.clientId);
+      return;
+    }
+    const port = this.s.peers[owner];
+    if (!port) return;
+    // Inside a SUBSCRIBE, its SUBACK waits for the owner to confirm the join.
+    let reqId = 0;
+    if (t === 'sharedJoin' && this.joinCollector) {
+      reqId = ++this.reqSeq;
+      this.joinCollector.push({ owner, reqId });
+    }
+    port.postMessage({
+      t,
+      group: sf.group,
+      filter: sf.filter,
+      clientId: session.clientId,
+      shard: this.s.id,
+      qos: sub.qos,
+      subId: sub.subId,
+      reqId,
+    } satisfies ShardToShard);
+  }
+
+  /** Owner side: a member joins (`reqId` > 0: its shard waits for the answer). */
+  sharedJoin(
+    group: string,
+    filter: string,
+    clientId: string,
+    shard: number,
+    qos: QoS,
+    subId: number,
+    reqId = 0,
+  ): void {
+    const nodeId = this.s.sharedIndex.ensure(filter);
+    if (nodeId < 0) {
+      this.s.log.error({ group, filter }, 'shared-subscription index full; member not added');
+    } else if (this.s.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId })) {
+      this.s.sharedIndex.setShard(nodeId, this.s.id);
+    }
+    // The member's SUBACK waits for this (answered also when the index is full: never held forever).
+    if (reqId > 0) this.s.peers[shard]?.postMessage({ t: 'sharedJoined', reqId } satisfies ShardToShard);
+  }
+
+  sharedLeave(group: string, filter: string, clientId: string): void {
+    const g = this.s.sharedGroups.get(`${group}\u0000${filter}`);
+    if (!g) return;
+    if (this.s.sharedGroups.leave(group, filter, clientId))
+      this.s.sharedIndex.clearShard(g.nodeId, this.s.id);
+  }
+
+  /** Owner side: a dead shard's members leave every group owned here. */
+  dropShard(shard: number): void {
+    for (const nodeId of this.s.sharedGroups.dropShard(shard))
+      this.s.sharedIndex.clearShard(nodeId, this.s.id);
+  }
+
+  /**
+   * A session went offline or ended: it leaves its groups; its unacknowledged and queued
+   * shared-group messages go back to the groups' owners for another member.
+   */
+  leaveSharedGroups(session: Session, redispatch: boolean): void {
+    if (session.subscriptionCount === 0) return;
+    let any = false;
+    for (const sub of session.subscriptions.values()) {
+      if (!sub.shared) continue;
+      any = true;
+      this.sendMembership('sharedLeave', session, sub);
+    }
+    if (!any || !redispatch) return;
+    for (const [id, e] of session.inflight) {
+      // QoS 2 stays with this member: its delivery completes if it resumes the session
+      // [MQTT-4.8.2-4], and must not go to another member if the session ends [MQTT-4.8.2-5].
+      if (e.group === null || e.qos === 2) continue;
+      session.inflight.delete(id);
+      this.redispatch(e.msg, e.group, session.clientId);
+    }
+    if (session.queue.some((d) => d.group !== null)) {
+      const keep = [];
+      for (const d of session.queue) {
+        if (d.group === null) keep.push(d);
+        else this.redispatch(d.msg, d.group, session.clientId);
+      }
+      session.queue = keep;
+    }
+  }
+
+  private redispatch(msg: Message, groupKey: string, exclude: string): void {
+    const [group, filter] = groupKey.split('\u0000');
+    const owner = ownerShard(group, filter, this.s.shardCount);
+    if (owner === this.s.id) this.onRedispatch(msg, groupKey, exclude);
+    else this.batchFor(owner)?.addRedispatch(msg, groupKey, exclude);
+  }
+
+  /** Members here join the groups a restarted shard owns again. */
+  rejoinSharedGroupsOwnedBy(shard: number): void {
+    for (const session of this.s.sessions.values()) {
+      if (!session.conn || session.subscriptionCount === 0) continue;
+      for (const sub of session.subscriptions.values()) {
+        if (sub.shared && ownerShard(sub.shared.group, sub.shared.filter, this.s.shardCount) === shard) {
+          this.sendMembership('sharedJoin', session, sub);
+        }
+      }
+    }
+  }
+
+  /** Owner side: one member of each matching group gets the message. */
+  onSharedMessage(msg: Message, nodeIds: Int32Array, n: number): void {
+    const strategy = this.s.config['mqtt.shared_subscription_strategy'] as SharedStrategy;
+    for (let i = 0; i < n; i++) {
+      const groups = this.s.sharedGroups.groupsAt(nodeIds[i]);
+      if (!groups) continue;
+      for (const g of groups) {
+        const m = g.pick(strategy, msg.from, msg.topic, null);
+        if (m) this.toMember(msg, m.clientId, m.shard, Math.min(msg.qos, m.qos) as QoS, m.subId, g.key);
+      }
+    }
+  }
+
+  onRedispatch(msg: Message, groupKey: string, exclude: string): void {
+    const g = this.s.sharedGroups.get(groupKey);
+    const m = g?.pick(
+      this.s.config['mqtt.shared_subscription_strategy'] as SharedStrategy,
+      msg.from,
+      msg.topic,
+      exclude,
+    );
+    if (!g || !m) {
+      this.s.counters.row[Counter.messagesDropped]++;
+      return;
+    }
+    this.toMember(msg, m.clientId, m.shard, Math.min(msg.qos, m.qos) as QoS, m.subId, g.key);
+  }
+
+  private toMember(
+    msg: Message,
+    clientId: string,
+    shard: number,
+    qos: QoS,
+    subId: number,
+    group: string,
+  ): void {
+    if (shard === this.s.id) this.onDirectMessage(msg, clientId, qos, subId, group);
+    else this.batchFor(shard)?.addDirect(msg, clientId, qos, subId, group);
+  }
+
+  /**
+   * Member side: a message its group's owner picked this session for. The session's own
+   * subscription decides the options: granted QoS, Retain As Published [MQTT-3.3.1-12]
+   * [MQTT-3.3.1-13], Subscription Identifier.
+   */
+  onDirectMessage(msg: Message, clientId: string, _qos: QoS, _subId: number, group: string): void {
+    const session = this.s.sessions.get(clientId);
+    const sub = session?.conn ? sharedSubscriptionOf(session, group) : undefined;
+    if (!session || !sub) {
+      // Offline, or unsubscribed meanwhile [MQTT-3.10.4-2]: back to the owner for someone else.
+      this.redispatch(msg, group, clientId);
+      return;
+    }
+    const qos = Math.min(msg.qos, sub.qos) as QoS;
+    this.delivery.deliver(
+      session,
+      msg,
+      qos,
+      sub.retainAsPublished && msg.retain,
+      sub.subId ? [sub.subId] : null,
+      group,
+    );
+  }
+}

@@ -1,0 +1,90 @@
+import { Counter } from '../metrics/counters.js';
+import type { QoS } from '../protocol/constants.js';
+import type { Session, Subscription } from '../session/session.js';
+import type { ShardState } from '../shard/state.js';
+
+/** Subscription options as requested (MQTT 3 clients get the defaults). */
+export interface SubscribeOptions {
+  qos: QoS;
+  noLocal: boolean;
+  retainAsPublished: boolean;
+  retainHandling: number;
+  subId: number;
+}
+
+/** Joins and leaves of shared groups (routing/shared-groups.ts). */
+export interface SharedMembership {
+  sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): void;
+}
+
+/**
+ * A session's subscriptions in the routing tables: a plain filter goes into the shared topic
+ * index (this shard's bit set while it has subscribers there) and this shard's subscriber list;
+ * a shared one joins its group at the owner shard.
+ */
+export class Subscriptions {
+  /** Shared subscriptions of this shard's sessions: count, for the gauge */
+  private sharedSubs = 0;
+
+  constructor(
+    private readonly s: ShardState,
+    private readonly shared: SharedMembership,
+  ) {}
+
+  /**
+   * Adds or replaces a subscription. Returns 'new' or 'existing' (for Retain Handling 1), or
+   * null when the topic index is full.
+   */
+  subscribe(
+    session: Session,
+    filter: string,
+    o: SubscribeOptions,
+    shared: Subscription['shared'] = null,
+  ): 'new' | 'existing' | null {
+    const existing = session.subscriptions.get(filter);
+    if (existing) {
+      existing.qos = o.qos;
+      existing.noLocal = o.noLocal;
+      existing.retainAsPublished = o.retainAsPublished;
+      existing.retainHandling = o.retainHandling;
+      existing.subId = o.subId;
+      if (existing.shared) this.shared.sendMembership('sharedJoin', session, existing);
+      else this.s.subscribers.add(existing.nodeId, session, existing);
+      return 'existing';
+    }
+    const sub: Subscription = { ...o, nodeId: -1, shared };
+    if (shared) {
+      session.subscriptions.set(filter, sub);
+      this.sharedSubs++;
+      this.s.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
+      this.shared.sendMembership('sharedJoin', session, sub);
+      return 'new';
+    }
+    const nodeId = this.s.index.ensure(filter);
+    if (nodeId < 0) {
+      this.s.log.error({ filter }, 'topic index full; subscription refused');
+      return null;
+    }
+    sub.nodeId = nodeId;
+    session.subscriptions.set(filter, sub);
+    if (this.s.subscribers.add(nodeId, session, sub)) this.s.index.setShard(nodeId, this.s.id);
+    this.s.counters.row[Counter.subscriptions] = this.s.subscribers.count;
+    return 'new';
+  }
+
+  /** Returns false when there was no such subscription. */
+  unsubscribe(session: Session, filter: string): boolean {
+    const sub = session.subscriptions.get(filter);
+    if (!sub) return false;
+    session.subscriptions.delete(filter);
+    if (sub.shared) {
+      this.sharedSubs--;
+      this.s.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
+      if (session.conn) this.shared.sendMembership('sharedLeave', session, sub);
+      return true;
+    }
+    if (this.s.subscribers.remove(sub.nodeId, session)) this.s.index.clearShard(sub.nodeId, this.s.id);
+    this.s.counters.row[Counter.subscriptions] = this.s.subscribers.count;
+    return true;
+  }
+}

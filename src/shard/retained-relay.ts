@@ -1,0 +1,165 @@
+import type { Delivery } from '../delivery/deliver.js';
+import type { QoS } from '../protocol/constants.js';
+import { Message } from '../session/message.js';
+import type { RetainedRecord } from '../threads/messages.js';
+import type { Connection, HeldAck } from './connection.js';
+import type { MainLink } from './state.js';
+
+/**
+ * One SUBSCRIBE's retained lookups and remote shared-group joins; its SUBACK is held until all
+ * are answered.
+ */
+interface RetainedBatch {
+  conn: Connection;
+  held: HeldAck;
+  left: number;
+  answers: { filter: string; records: RetainedRecord[] }[];
+}
+
+/** A shared-group join sent to its owner shard, which the SUBACK of the SUBSCRIBE waits for. */
+export interface PendingJoin {
+  owner: number;
+  reqId: number;
+}
+
+/** Rebuilds a Buffer view of a Uint8Array that arrived by structured clone. */
+export function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.length);
+}
+
+/**
+ * The retained store lives in main: this relays a retained PUBLISH to it (the PUBACK/PUBREC
+ * held until it is stored) and a new subscription's lookups (the SUBACK held until answered,
+ * and until owner shards confirm its shared-group joins; the retained messages follow it).
+ */
+export class RetainedRelay {
+  private reqSeq = 0;
+  private readonly heldAcks = new Map<number, { conn: Connection; held: HeldAck }>();
+  private readonly retainedRequests = new Map<
+    number,
+    { conn: Connection; filter: string; batch: RetainedBatch }
+  >();
+  /** SUBACKs waiting for owner shards to confirm joins, by request id */
+  private readonly joinWaits = new Map<number, { owner: number; batch: RetainedBatch }>();
+
+  constructor(
+    private readonly main: MainLink,
+    private readonly delivery: Delivery,
+  ) {}
+
+  /**
+   * Posts a retained message to main's store. A client's ack (PUBACK/PUBREC) is held until main
+   * has stored it, so that a client that saw the ack and then subscribes is sure to get it.
+   */
+  storeRetained(msg: Message, conn: Connection | null, ack: Buffer | null): void {
+    const reqId = conn && ack ? ++this.reqSeq : 0;
+    if (conn && ack) this.heldAcks.set(reqId, { conn, held: conn.holdAck(ack) });
+    const payload = new Uint8Array(msg.payload.length);
+    payload.set(msg.payload);
+    let props: Uint8Array | null = null;
+    if (msg.props) {
+      props = new Uint8Array(msg.props.length);
+      props.set(msg.props);
+    }
+    this.main.postMessage({
+      t: 'retain',
+      reqId,
+      record: { topic: msg.topic, payload, qos: msg.qos, props, expiryAt: msg.expiryAt },
+    });
+  }
+
+  /** Main stored the retained message of a held ack: the ack (and those behind it) go out. */
+  onRetainAck(reqId: number): void {
+    const pending = this.heldAcks.get(reqId);
+    if (!pending) return;
+    this.heldAcks.delete(reqId);
+    pending.held.ready = true;
+    pending.conn.releaseAcks();
+  }
+
+  /** A closed connection's held acks are never sent. */
+  forgetConnection(conn: Connection): void {
+    for (const [reqId, p] of this.heldAcks) if (p.conn === conn) this.heldAcks.delete(reqId);
+  }
+
+  /**
+   * Sends a SUBACK, or holds it until the owners of remote shared groups have confirmed the
+   * joins and main has answered the retained lookups for new subscriptions (acks behind it wait,
+   * in order); the retained messages follow it. The lookup then sees the store as it was before
+   * the client saw SUBACK, so a message published after that reaches the subscriber live only,
+   * not also as a retained message.
+   */
+  sendSuback(conn: Connection, retainedFilters: string[], joins: PendingJoin[], suback: Buffer): void {
+    if (retainedFilters.length === 0 && joins.length === 0) {
+      conn.writeAck(suback);
+      return;
+    }
+    const batch: RetainedBatch = {
+      conn,
+      held: conn.holdAck(suback),
+      left: retainedFilters.length + joins.length,
+      answers: [],
+    };
+    for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch });
+    for (const filter of retainedFilters) {
+      const reqId = ++this.reqSeq;
+      this.retainedRequests.set(reqId, { conn, filter, batch });
+      this.main.postMessage({ t: 'retainedLookup', reqId, filters: [filter] });
+    }
+  }
+
+  onRetained(reqId: number, records: RetainedRecord[]): void {
+    const req = this.retainedRequests.get(reqId);
+    if (!req) return;
+    this.retainedRequests.delete(reqId);
+    // Main answers in request order.
+    req.batch.answers.push({ filter: req.filter, records });
+    this.subscribeStepDone(req.batch);
+  }
+
+  onSharedJoined(reqId: number): void {
+    const w = this.joinWaits.get(reqId);
+    if (!w) return;
+    this.joinWaits.delete(reqId);
+    this.subscribeStepDone(w.batch);
+  }
+
+  /** Releases the SUBACKs waiting for joins sent to `owner` (it died or was restarted). */
+  releaseJoinsTo(owner: number): void {
+    for (const [reqId, w] of this.joinWaits) {
+      if (w.owner !== owner) continue;
+      this.joinWaits.delete(reqId);
+      this.subscribeStepDone(w.batch);
+    }
+  }
+
+  /** One answer for a held SUBACK; the last one releases it and sends the retained messages. */
+  private subscribeStepDone(batch: RetainedBatch): void {
+    if (--batch.left > 0) return;
+    const conn = batch.conn;
+    batch.held.ready = true;
+    conn.releaseAcks();
+    const session = conn.session;
+    if (conn.closed || session.conn !== conn) return;
+    const now = Date.now();
+    for (const a of batch.answers) {
+      const sub = session.subscriptions.get(a.filter);
+      if (!sub) continue;
+      for (const r of a.records) {
+        if (r.expiryAt && r.expiryAt < now) continue;
+        const msg = Message.fromStrings(r.topic, asBuffer(r.payload), r.qos, true, '', true);
+        if (r.props) msg.props = asBuffer(r.props);
+        if (r.expiryAt) msg.expiryAt = r.expiryAt;
+        // Retained messages sent on subscribe carry RETAIN 1 whatever Retain As Published says.
+        this.delivery.deliver(
+          session,
+          msg,
+          Math.min(r.qos, sub.qos) as QoS,
+          true,
+          sub.subId ? [sub.subId] : null,
+          null,
+        );
+      }
+    }
+  }
+}

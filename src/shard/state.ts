@@ -1,0 +1,38 @@
+import type { MessagePort } from 'node:worker_threads';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import type { Counters } from '../metrics/counters.js';
+import type { SharedGroups } from '../routing/shared.js';
+import type { SubscriberTable } from '../routing/subscribers.js';
+import type { TopicIndex } from '../routing/topic-index.js';
+import type { Session } from '../session/session.js';
+import type { MainToShard, ShardToMain } from '../threads/messages.js';
+
+/** Posts to the main thread; a port in a worker, a plain callback when embedded in one thread. */
+export interface MainLink {
+  postMessage(msg: ShardToMain): void;
+  on(event: 'message', listener: (msg: MainToShard) => void): unknown;
+}
+
+/**
+ * What a shard's modules share: identity, configuration, counters, the topic indexes, its
+ * sessions and subscriber lists, and the ports to the other shards. Data only: the modules'
+ * behaviour is wired by Shard (shard.ts), so none of them imports another's owner.
+ */
+export interface ShardState {
+  readonly id: number;
+  readonly shardCount: number;
+  /** Changed in place on SIGHUP (Object.assign), so a held reference stays current */
+  readonly config: Config;
+  readonly log: Logger;
+  readonly counters: Counters;
+  readonly index: TopicIndex;
+  readonly sharedIndex: TopicIndex;
+  readonly sessions: Map<string, Session>;
+  readonly subscribers: SubscriberTable;
+  readonly sharedGroups: SharedGroups;
+  /** Ports to the other shards, by shard id (null: this shard, or a peer that is down) */
+  readonly peers: (MessagePort | null)[];
+  /** Draining or shut down: no new connections, no wills */
+  stopping: boolean;
+}
