@@ -21,6 +21,7 @@ import type { BrokerPublish, RetainedRecord, ShardToMain } from '../threads/mess
 import { VERSION } from '../version.js';
 import { ShardQueries } from './queries.js';
 import { Supervisor } from './supervisor.js';
+import type { BrokerView, Readiness } from './view.js';
 
 export interface BrokerOptions {
   /** Programmatic options (nested `{listener: {port: 0}}` or flat `{'listener.port': 0}`) */
@@ -37,19 +38,14 @@ export interface BrokerOptions {
 }
 
 /** What /readyz reports. */
-export interface Readiness {
-  ready: boolean;
-  listener: boolean;
-  stopping: boolean;
-  shards: { shard: number; running: boolean }[];
-}
+export type { Readiness } from './view.js';
 
 /**
  * The main thread: binds the MQTT port and shares it with the shard workers, which accept and
  * own the connections; it owns the retained-message store, the shard supervisor and the
  * operations endpoints. It never touches a connection's bytes.
  */
-export class Broker {
+export class Broker implements BrokerView {
   readonly config: Config;
   readonly log: Logger;
   readonly counters: Counters;

@@ -2,7 +2,7 @@ import type { Config } from '../config/schema.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
 import type { Message } from '../session/message.js';
-import type { Session } from '../session/session.js';
+import type { Session, SessionConnection } from '../session/session.js';
 import type { Connection } from '../shard/connection.js';
 
 /**
@@ -64,7 +64,7 @@ export class Delivery {
 
   private sendInflight(
     session: Session,
-    conn: Connection,
+    conn: SessionConnection,
     msg: Message,
     qos: 1 | 2,
     retainFlag: boolean,

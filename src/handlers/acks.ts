@@ -2,8 +2,7 @@ import { Counter } from '../metrics/counters.js';
 import { encodeAck, parsePacketId } from '../protocol/codec.js';
 import { PacketType } from '../protocol/constants.js';
 import { encodeAckV5, parseAckV5 } from '../protocol/v5-control.js';
-import type { Connection } from '../shard/connection.js';
-import type { PacketHandler } from './types.js';
+import type { HandlerConnection as Connection, PacketHandler } from './types.js';
 
 /** Packet id and reason code of an ack (3.1.1 has no reason code: 0). */
 function ack(conn: Connection, body: Buffer, start: number, end: number): { id: number; reason: number } {

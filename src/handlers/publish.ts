@@ -5,8 +5,7 @@ import { PacketType, type QoS } from '../protocol/constants.js';
 import { newPublishProps, parsePublishProps } from '../protocol/v5.js';
 import { encodeAckV5 } from '../protocol/v5-control.js';
 import { Message } from '../session/message.js';
-import type { Connection } from '../shard/connection.js';
-import type { PacketHandler } from './types.js';
+import type { HandlerConnection as Connection, PacketHandler } from './types.js';
 
 /**
  * Topic name bytes: no wildcards [MQTT-3.3.2-2] (a protocol error), no U+0000 and well-formed

@@ -16,8 +16,7 @@ import {
   type SubscriptionRequest,
 } from '../protocol/v5-control.js';
 import { parseSharedFilter } from '../routing/shared.js';
-import type { Connection } from '../shard/connection.js';
-import type { PacketHandler } from './types.js';
+import type { HandlerConnection as Connection, PacketHandler } from './types.js';
 
 /** MQTT 5 SUBACK reason codes [MQTT-3.9.3] */
 const Reason = {

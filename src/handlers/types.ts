@@ -1,8 +1,50 @@
-import type { Connection } from '../shard/connection.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import type { Counters } from '../metrics/counters.js';
+import type { PendingJoin, SubscribeOptions } from '../routing/subscriptions.js';
+import type { Message } from '../session/message.js';
+import type { Session, Subscription } from '../session/session.js';
+
+/**
+ * What a packet handler may ask of its connection's shard (Shard implements it). Auth, ACL
+ * and message hooks are to be called by the handlers before these (see docs/ARCHITECTURE.md).
+ */
+export interface HandlerShard {
+  readonly config: Config;
+  readonly counters: Counters;
+  publish(msg: Message, conn: HandlerConnection | null, ackType?: number, packetId?: number): boolean;
+  subscribe(
+    session: Session,
+    filter: string,
+    o: SubscribeOptions,
+    shared?: Subscription['shared'],
+  ): 'new' | 'existing' | null;
+  unsubscribe(session: Session, filter: string): boolean;
+  beginSubscribe(): void;
+  endSubscribe(): PendingJoin[];
+  sendSuback(conn: HandlerConnection, retainedFilters: string[], joins: PendingJoin[], suback: Buffer): void;
+  drainSession(session: Session): void;
+}
+
+/** What a packet handler may ask of its connection (shard/connection.ts implements it). */
+export interface HandlerConnection {
+  readonly shard: HandlerShard;
+  readonly session: Session;
+  readonly clientId: string;
+  readonly v5: boolean;
+  readonly log: Logger;
+  gracefulDisconnect: boolean;
+  lastReceivedAt: number;
+  /** Inbound topic aliases (client → broker) [MQTT-3.3.2-7] */
+  inAliases: Map<number, Buffer> | null;
+  write(frame: Buffer): void;
+  writeAck(frame: Buffer): void;
+  close(reason: string): void;
+}
 
 /** Handles one packet type. `body` is only valid during the call. Throws ProtocolError to close. */
 export type PacketHandler = (
-  conn: Connection,
+  conn: HandlerConnection,
   flags: number,
   body: Buffer,
   start: number,

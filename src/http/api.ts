@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { loadavg } from 'node:os';
-import type { Broker } from '../broker/broker.js';
 import { ShardUnavailableError } from '../broker/queries.js';
+import type { BrokerView } from '../broker/view.js';
 import { shardOf } from '../listener/client-id.js';
 import { metricsSnapshot } from '../metrics/emqx.js';
 import { topicFilterError, topicLevels, topicNameError } from '../protocol/topic.js';
@@ -19,7 +19,7 @@ import { BodyError, basicAuthOk, readBody, sendError, sendJson, sendText } from 
  * Nothing here keeps client state: questions go to the shards (broker/queries.ts) and the
  * answers are merged; a client's own shard is found by hashing its id.
  */
-export function apiHandler(broker: Broker) {
+export function apiHandler(broker: BrokerView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     void route(broker, req, res).catch((err) => {
       if (err instanceof ShardUnavailableError) {
@@ -48,7 +48,7 @@ const MAX_LIMIT = 10_000;
 const MAX_PAGE_WINDOW = 1_000_000;
 const MAX_BODY = 4 * 1024 * 1024;
 
-async function route(broker: Broker, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function route(broker: BrokerView, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://localhost');
   const path = url.pathname.replace(/\/+$/, '');
   if (!path.startsWith(`${PREFIX}/`)) return notFound(res);
@@ -156,7 +156,7 @@ const iso = (ms: number) => new Date(ms).toISOString();
 // ---------------------------------------------------------------------------------------------
 // Clients
 
-function clientJson(broker: Broker, c: ClientInfo): Record<string, unknown> {
+function clientJson(broker: BrokerView, c: ClientInfo): Record<string, unknown> {
   const out: Record<string, unknown> = {
     ...c,
     node: broker.config['node.name'],
@@ -169,7 +169,7 @@ function clientJson(broker: Broker, c: ClientInfo): Record<string, unknown> {
   return out;
 }
 
-async function listClients(broker: Broker, q: URLSearchParams, res: ServerResponse): Promise<void> {
+async function listClients(broker: BrokerView, q: URLSearchParams, res: ServerResponse): Promise<void> {
   const p = paging(q);
   const connState = str(q, 'conn_state');
   if (connState !== undefined && connState !== 'connected' && connState !== 'disconnected') {
@@ -197,13 +197,13 @@ async function listClients(broker: Broker, q: URLSearchParams, res: ServerRespon
   sendJson(res, 200, { data: page.data.map((c) => clientJson(broker, c)), meta: page.meta });
 }
 
-async function getClient(broker: Broker, clientId: string, res: ServerResponse): Promise<void> {
+async function getClient(broker: BrokerView, clientId: string, res: ServerResponse): Promise<void> {
   const c = await broker.queries.ask(shardOf(clientId, broker.shardCount), { q: 'client', clientId });
   if (!c) return sendError(res, 404, 'CLIENTID_NOT_FOUND', 'Client ID not found');
   sendJson(res, 200, clientJson(broker, c));
 }
 
-async function kick(broker: Broker, clientId: string, res: ServerResponse): Promise<void> {
+async function kick(broker: BrokerView, clientId: string, res: ServerResponse): Promise<void> {
   const found = await broker.queries.ask(shardOf(clientId, broker.shardCount), { q: 'kick', clientId });
   if (!found) return sendError(res, 404, 'CLIENTID_NOT_FOUND', 'Client ID not found');
   broker.log.info({ clientId }, 'client kicked through the REST API');
@@ -211,11 +211,11 @@ async function kick(broker: Broker, clientId: string, res: ServerResponse): Prom
   res.end();
 }
 
-function subscriptionJson(broker: Broker, s: SubscriptionInfo) {
+function subscriptionJson(broker: BrokerView, s: SubscriptionInfo) {
   return { ...s, node: broker.config['node.name'], nl: 0, rap: 0, rh: 0 };
 }
 
-async function clientSubscriptions(broker: Broker, clientId: string, res: ServerResponse): Promise<void> {
+async function clientSubscriptions(broker: BrokerView, clientId: string, res: ServerResponse): Promise<void> {
   const subs = await broker.queries.ask(shardOf(clientId, broker.shardCount), {
     q: 'clientSubscriptions',
     clientId,
@@ -232,7 +232,7 @@ async function clientSubscriptions(broker: Broker, clientId: string, res: Server
 // ---------------------------------------------------------------------------------------------
 // Subscriptions and topics
 
-async function listSubscriptions(broker: Broker, q: URLSearchParams, res: ServerResponse): Promise<void> {
+async function listSubscriptions(broker: BrokerView, q: URLSearchParams, res: ServerResponse): Promise<void> {
   const p = paging(q);
   const qos = q.get('qos');
   if (qos !== null && !/^[012]$/.test(qos)) throw new BadRequest('qos must be 0, 1 or 2');
@@ -256,7 +256,7 @@ async function listSubscriptions(broker: Broker, q: URLSearchParams, res: Server
   sendJson(res, 200, { data: page.data.map((s) => subscriptionJson(broker, s)), meta: page.meta });
 }
 
-async function listTopics(broker: Broker, q: URLSearchParams, res: ServerResponse): Promise<void> {
+async function listTopics(broker: BrokerView, q: URLSearchParams, res: ServerResponse): Promise<void> {
   const p = paging(q);
   const parts = await broker.queries.askAll({ q: 'topics', topic: str(q, 'topic') });
   const topics = [...new Set(parts.flat())].sort(byString);
@@ -271,7 +271,7 @@ async function listTopics(broker: Broker, q: URLSearchParams, res: ServerRespons
 // ---------------------------------------------------------------------------------------------
 // Publish
 
-async function publish(broker: Broker, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function publish(broker: BrokerView, req: IncomingMessage, res: ServerResponse): Promise<void> {
   let body: unknown;
   try {
     body = JSON.parse((await readBody(req, MAX_BODY)).toString('utf8'));
@@ -311,19 +311,19 @@ async function publish(broker: Broker, req: IncomingMessage, res: ServerResponse
 // ---------------------------------------------------------------------------------------------
 // Stats, metrics, nodes, status
 
-function stats(broker: Broker, q: URLSearchParams, res: ServerResponse): void {
+function stats(broker: BrokerView, q: URLSearchParams, res: ServerResponse): void {
   const s = broker.stats.sample();
   if (boolParam(q, 'aggregate')) return sendJson(res, 200, s);
   sendJson(res, 200, [{ node: broker.config['node.name'], ...s }]);
 }
 
-function metrics(broker: Broker, q: URLSearchParams, res: ServerResponse): void {
+function metrics(broker: BrokerView, q: URLSearchParams, res: ServerResponse): void {
   const m = metricsSnapshot(broker.counters);
   if (boolParam(q, 'aggregate')) return sendJson(res, 200, m);
   sendJson(res, 200, [{ node: broker.config['node.name'], ...m }]);
 }
 
-function nodeInfo(broker: Broker): Record<string, unknown> {
+function nodeInfo(broker: BrokerView): Record<string, unknown> {
   const mem = process.memoryUsage();
   const [load1, load5, load15] = loadavg();
   const s = broker.stats.current();
@@ -349,7 +349,7 @@ function nodeInfo(broker: Broker): Record<string, unknown> {
 
 const round2 = (n: number) => Math.round(n * 100) / 100;
 
-function status(broker: Broker, q: URLSearchParams, res: ServerResponse): void {
+function status(broker: BrokerView, q: URLSearchParams, res: ServerResponse): void {
   const ready = broker.readiness().ready;
   const node = broker.config['node.name'];
   if (q.get('format') === 'json') {

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Broker } from '../broker/broker.js';
+import type { BrokerView } from '../broker/view.js';
 import { sendJson, sendText } from './util.js';
 
 /**
@@ -8,7 +8,7 @@ import { sendJson, sendText } from './util.js';
  * answers) and `/readyz` (ready: MQTT listener up, every shard running, not shutting down).
  * Unauthenticated, as scrapers and kubelets expect; it exposes counts, never client data.
  */
-export function metricsHandler(broker: Broker) {
+export function metricsHandler(broker: BrokerView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     void handle(broker, req, res).catch((err) => {
       broker.log.error({ err, url: req.url }, 'metrics endpoint failed');
@@ -18,7 +18,7 @@ export function metricsHandler(broker: Broker) {
   };
 }
 
-async function handle(broker: Broker, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handle(broker: BrokerView, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = (req.url ?? '/').split('?')[0];
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.setHeader('allow', 'GET, HEAD');

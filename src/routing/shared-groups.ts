@@ -3,11 +3,11 @@ import { Counter } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
 import type { Message } from '../session/message.js';
 import type { Session, Subscription } from '../session/session.js';
-import type { PendingJoin } from '../shard/retained-relay.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
 import type { BatchWriter } from './batch.js';
 import { ownerShard, type SharedStrategy } from './shared.js';
+import type { PendingJoin } from './subscriptions.js';
 
 /** A session's subscription through the shared group with this key (`group\0filter`), if any. */
 function sharedSubscriptionOf(session: Session, groupKey: string): Subscription | undefined {

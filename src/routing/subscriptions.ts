@@ -12,6 +12,12 @@ export interface SubscribeOptions {
   subId: number;
 }
 
+/** A shared-group join sent to its owner shard, which the SUBACK of the SUBSCRIBE waits for. */
+export interface PendingJoin {
+  owner: number;
+  reqId: number;
+}
+
 /** Joins and leaves of shared groups (routing/shared-groups.ts). */
 export interface SharedMembership {
   sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): void;

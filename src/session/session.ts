@@ -1,8 +1,41 @@
+import type { Logger } from '../log.js';
 import type { WillMessage } from '../protocol/codec.js';
 import type { QoS } from '../protocol/constants.js';
 import type { SharedFilter } from '../routing/shared.js';
-import type { Connection } from '../shard/connection.js';
 import type { Message } from './message.js';
+
+/**
+ * What the session layer (lifecycle, delivery, queries) asks of the connection that currently
+ * uses a session; shard/connection.ts implements it. An interface here, so that sessions do not
+ * import connections (which import the packet handlers, which use sessions).
+ */
+export interface SessionConnection {
+  readonly clientId: string;
+  readonly closed: boolean;
+  readonly congested: boolean;
+  readonly inflightLimit: number;
+  readonly keepalive: number;
+  readonly keepaliveMs: number;
+  readonly lastReceivedAt: number;
+  readonly log: Logger;
+  readonly username: string | null;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly protocolName: string;
+  readonly protocolVersion: number;
+  readonly connectedAt: number;
+  sendPublish(
+    msg: Message,
+    qos: QoS,
+    packetId: number,
+    dup: boolean,
+    retainFlag: boolean,
+    subIds: number[] | null,
+  ): boolean;
+  write(frame: Buffer): void;
+  disconnect(reasonCode: number, reason: string): void;
+  setLogLevel(level: string): void;
+}
 
 export interface Subscription {
   qos: QoS;
@@ -71,7 +104,7 @@ export class Session {
   createdAt = Date.now();
 
   /** Transient, not session state: the connection using the session, if any */
-  conn: Connection | null = null;
+  conn: SessionConnection | null = null;
 
   // Scratch for de-duplicating overlapping subscriptions during one delivery (no allocation
   // unless subscription identifiers are in use).

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { HANDLERS } from '../handlers/index.js';
+import type { HandlerShard } from '../handlers/types.js';
 import type { Logger } from '../log.js';
 import { Counter, PACKETS_RECEIVED_BY_TYPE, PACKETS_SENT_BY_TYPE } from '../metrics/counters.js';
 import { FrameReader, type FrameSink, ProtocolError, REQUIRED_FLAGS } from '../protocol/codec.js';
@@ -9,12 +10,18 @@ import { encodeDisconnectV5 } from '../protocol/v5-control.js';
 import type { Message } from '../session/message.js';
 import type { Session } from '../session/session.js';
 import type { ConnectionOrigin } from '../threads/messages.js';
-import type { Shard } from './shard.js';
 
 /** An acknowledgement that must wait (a retained PUBLISH's ack waits for the store). */
 export interface HeldAck {
   frame: Buffer;
   ready: boolean;
+}
+
+/** What a connection asks of its shard (Shard implements it): the handlers' part and its own. */
+export interface ConnectionShard extends HandlerShard {
+  readonly log: Logger;
+  onConnectionClosed(conn: Connection, reason: string): void;
+  scheduleUncork(conn: Connection): void;
 }
 
 /**
@@ -88,7 +95,7 @@ export class Connection implements FrameSink {
   private outAliases: Map<string, number> | null = null;
 
   constructor(
-    readonly shard: Shard,
+    readonly shard: ConnectionShard,
     readonly socket: Socket,
     readonly session: Session,
     handoff: ConnectionOrigin,

@@ -1,3 +1,4 @@
+import type { Config } from '../config/schema.js';
 import { topicMatches } from '../protocol/topic.js';
 import type { Session } from '../session/session.js';
 import type {
@@ -8,14 +9,21 @@ import type {
   SubscriptionFilter,
   SubscriptionInfo,
 } from '../threads/messages.js';
-import type { Shard } from './shard.js';
+
+/** What answering a query needs of the shard. */
+export interface QueryHost {
+  readonly id: number;
+  readonly config: Config;
+  readonly sessions: Map<string, Session>;
+  kick(clientId: string): boolean;
+}
 
 /**
  * Answers the REST API's questions from this shard's own state (sessions, subscriptions). The
  * main thread keeps no copy: it asks every shard and merges. Lists are sorted and cut to `limit`
  * here, so a page near the start costs each shard a sort, not a transfer of everything.
  */
-export function answerQuery(shard: Shard, query: ShardQuery): ShardQueryResult {
+export function answerQuery(shard: QueryHost, query: ShardQuery): ShardQueryResult {
   switch (query.q) {
     case 'clients': {
       const all: ClientInfo[] = [];
@@ -74,7 +82,7 @@ function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-function clientInfo(shard: Shard, s: Session): ClientInfo {
+function clientInfo(shard: QueryHost, s: Session): ClientInfo {
   const c = s.conn;
   const expiry = s.clean ? 0 : shard.config['mqtt.session_expiry_interval'];
   return {

@@ -1,5 +1,6 @@
 import type { Delivery } from '../delivery/deliver.js';
 import type { QoS } from '../protocol/constants.js';
+import type { PendingJoin } from '../routing/subscriptions.js';
 import { Message } from '../session/message.js';
 import type { RetainedRecord } from '../threads/messages.js';
 import type { Connection, HeldAck } from './connection.js';
@@ -14,12 +15,6 @@ interface RetainedBatch {
   held: HeldAck;
   left: number;
   answers: { filter: string; records: RetainedRecord[] }[];
-}
-
-/** A shared-group join sent to its owner shard, which the SUBACK of the SUBSCRIBE waits for. */
-export interface PendingJoin {
-  owner: number;
-  reqId: number;
 }
 
 /** Rebuilds a Buffer view of a Uint8Array that arrived by structured clone. */

@@ -10,7 +10,7 @@ import { Router } from '../routing/route.js';
 import { SharedGroups } from '../routing/shared.js';
 import { SharedGroupRouting } from '../routing/shared-groups.js';
 import { SubscriberTable } from '../routing/subscribers.js';
-import { type SubscribeOptions, Subscriptions } from '../routing/subscriptions.js';
+import { type PendingJoin, type SubscribeOptions, Subscriptions } from '../routing/subscriptions.js';
 import { TopicIndex } from '../routing/topic-index.js';
 import { SessionLifecycle } from '../session/lifecycle.js';
 import { Message } from '../session/message.js';
@@ -19,7 +19,7 @@ import type { ConnectionOrigin, MainToShard, ShardInit, ShardToShard } from '../
 import { ConnectionAccept } from './accept.js';
 import { Connection } from './connection.js';
 import { answerQuery } from './queries.js';
-import { asBuffer, type PendingJoin, RetainedRelay } from './retained-relay.js';
+import { asBuffer, RetainedRelay } from './retained-relay.js';
 import type { MainLink, ShardState } from './state.js';
 
 export type { SubscribeOptions } from '../routing/subscriptions.js';

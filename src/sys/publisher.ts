@@ -1,4 +1,4 @@
-import type { Broker } from '../broker/broker.js';
+import type { BrokerView } from '../broker/view.js';
 import { metricsSnapshot } from '../metrics/emqx.js';
 import type { BrokerPublish } from '../threads/messages.js';
 import { sysTopicPrefix } from './events.js';
@@ -15,7 +15,7 @@ export class SysPublisher {
   private tickTimer: NodeJS.Timeout | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly broker: Broker) {}
+  constructor(private readonly broker: BrokerView) {}
 
   start(): void {
     this.schedule();
