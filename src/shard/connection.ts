@@ -82,6 +82,8 @@ export class Connection implements FrameSink {
   readonly clientAliasMax: number;
   /** Reason strings and user properties allowed on acks (Request Problem Information) */
   readonly problemInfo: boolean;
+  /** Session Expiry Interval the client asked for in CONNECT (before the server's cap) */
+  readonly connectExpiry: number;
   /** Inbound topic aliases (client → broker), valid for this connection only [MQTT-3.3.2-7] */
   inAliases: Map<number, Buffer> | null = null;
   /** Outbound topic aliases (broker → client) */
@@ -106,6 +108,7 @@ export class Connection implements FrameSink {
     this.clientMaxPacket = p.maximumPacketSize ?? 0;
     this.clientAliasMax = p.topicAliasMaximum ?? 0;
     this.problemInfo = p.requestProblemInformation !== 0;
+    this.connectExpiry = p.sessionExpiryInterval ?? 0;
     // Server Keep Alive overrides the client's for MQTT 5 [MQTT-3.2.2-21].
     const serverKeepalive = shard.config['mqtt.server_keepalive'];
     this.keepalive = this.v5 && serverKeepalive > 0 ? serverKeepalive : c.keepalive;
