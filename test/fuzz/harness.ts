@@ -8,7 +8,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect as netConnect, createServer, type Socket } from 'node:net';
+import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +37,12 @@ export interface FuzzOptions {
   roundTripTimeoutMs: number;
   /** Extra broker flags (`--mqtt.max_inflight=8`…) */
   brokerArgs: string[];
+  /** Extra environment of the broker process (e.g. MALLOC_ARENA_MAX) */
+  brokerEnv: Record<string, string>;
+  /** Node flags of the broker process (e.g. a fault-injection preload) */
+  nodeArgs: string[];
+  /** Called with the broker's pid once fuzzing has started (fault injection in tests) */
+  onStart: ((pid: number) => void) | null;
   /** Progress lines (every few seconds), or null */
   progress: ((line: string) => void) | null;
 }
@@ -51,6 +57,9 @@ export const DEFAULTS: FuzzOptions = {
   shards: 2,
   roundTripTimeoutMs: 10_000,
   brokerArgs: [],
+  brokerEnv: {},
+  nodeArgs: [],
+  onStart: null,
   progress: null,
 };
 
@@ -71,8 +80,12 @@ export interface FuzzResult {
   /** Set if the broker process exited during the run */
   crash: string | null;
   rss: { start: number; peak: number; end: number };
+  /** RSS once a second: [seconds since the start, frames written so far, RSS bytes] */
+  rssTimeline: [number, number, number][];
   healthy: { roundTrips: number; maxLatencyMs: number; p99LatencyMs: number; failures: string[] };
   retained: number;
+  /** Broker state at the end (gauges): what the bounded state grew to */
+  state: { sessions: number; subscriptions: number; topics: number; liveConnections: number };
   /** Seed and mutations of the streams in flight when something failed (for replay) */
   lastStreams: string[];
 }
@@ -129,11 +142,12 @@ export class BrokerProcess {
     }
   }
 
-  static async start(shards: number, extra: string[]): Promise<BrokerProcess> {
+  static async start(o: FuzzOptions): Promise<BrokerProcess> {
     const [port, metricsPort] = [await freePort(), await freePort()];
     const dataDir = mkdtempSync(join(tmpdir(), 'emqx-ts-fuzz-'));
     // Error level: per-connection warnings (every refused frame) would be most of the broker's work.
     const args = [
+      ...o.nodeArgs,
       MAIN,
       `--listener.port=${port}`,
       `--listener.host=${HOST}`,
@@ -143,13 +157,13 @@ export class BrokerProcess {
       `--api.host=${HOST}`,
       '--api.port=0',
       `--node.data_dir=${dataDir}`,
-      `--node.shards=${shards}`,
+      `--node.shards=${o.shards}`,
       '--node.shutdown_drain_period=0',
-      ...extra,
+      ...o.brokerArgs,
     ];
     const proc = spawn(process.execPath, args, {
       cwd: ROOT,
-      env: { PATH: process.env.PATH },
+      env: { PATH: process.env.PATH, ...o.brokerEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const b = new BrokerProcess(proc, port, metricsPort, dataDir);
@@ -188,7 +202,9 @@ export class BrokerProcess {
 
   /** The metrics endpoint as name → value (labels dropped: values of one name are summed). */
   async metrics(): Promise<Map<string, number>> {
-    const res = await fetch(`http://${HOST}:${this.metricsPort}/metrics`, { signal: AbortSignal.timeout(5000) });
+    const res = await fetch(`http://${HOST}:${this.metricsPort}/metrics`, {
+      signal: AbortSignal.timeout(5000),
+    });
     if (!res.ok) throw new Error(`metrics: HTTP ${res.status}`);
     const out = new Map<string, number>();
     for (const line of (await res.text()).split('\n')) {
@@ -237,10 +253,18 @@ class HealthyPair {
 
   static async start(port: number, shards: number, timeoutMs: number): Promise<HealthyPair> {
     const id = (prefix: string, shard: number): string => {
-      for (let n = 0; ; n++) if (shardOf(`${prefix}-${n}`, shards) === shard % shards) return `${prefix}-${n}`;
+      for (let n = 0; ; n++)
+        if (shardOf(`${prefix}-${n}`, shards) === shard % shards) return `${prefix}-${n}`;
     };
     const connect = async (clientId: string, protocolVersion: 4 | 5): Promise<MqttClient> => {
-      const c = mqtt.connect({ host: HOST, port, clientId, protocolVersion, reconnectPeriod: 0, keepalive: 30 });
+      const c = mqtt.connect({
+        host: HOST,
+        port,
+        clientId,
+        protocolVersion,
+        reconnectPeriod: 0,
+        keepalive: 30,
+      });
       await new Promise<void>((resolve, reject) => {
         c.once('connect', () => resolve());
         c.once('error', reject);
@@ -264,7 +288,11 @@ class HealthyPair {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         to.removeListener('message', onMessage);
-        reject(new Error(`round trip ${n} ${from.options.clientId} → ${to.options.clientId} took > ${this.timeoutMs} ms`));
+        reject(
+          new Error(
+            `round trip ${n} ${from.options.clientId} → ${to.options.clientId} took > ${this.timeoutMs} ms`,
+          ),
+        );
       }, this.timeoutMs);
       const onMessage = (t: string, p: Buffer): void => {
         if (t !== topic || p.toString() !== payload) return;
@@ -320,7 +348,7 @@ class HealthyPair {
 }
 
 /** Sends one stream on a new connection and ends it; resolves when the connection is closed. */
-function runStream(port: number, s: FuzzStream, rng: Rng): Promise<number> {
+export function runStream(port: number, s: FuzzStream, rng: Rng): Promise<number> {
   return new Promise((resolve) => {
     const sock: Socket = netConnect({ host: HOST, port });
     let bytes = 0;
@@ -377,7 +405,7 @@ function runStream(port: number, s: FuzzStream, rng: Rng): Promise<number> {
 /** Runs the fuzzer against a fresh broker process and returns what it saw. */
 export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResult> {
   const o = { ...DEFAULTS, ...options };
-  const broker = await BrokerProcess.start(o.shards, o.brokerArgs);
+  const broker = await BrokerProcess.start(o);
   const result: FuzzResult = {
     seed: o.seed,
     frames: 0,
@@ -392,8 +420,10 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     errorLines: broker.errorLines,
     crash: null,
     rss: { start: 0, peak: 0, end: 0 },
+    rssTimeline: [],
     healthy: { roundTrips: 0, maxLatencyMs: 0, p99LatencyMs: 0, failures: [] },
     retained: 0,
+    state: { sessions: 0, subscriptions: 0, topics: 0, liveConnections: 0 },
     lastStreams: [],
   };
   let healthy: HealthyPair | null = null;
@@ -404,9 +434,11 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     result.rss.peak = result.rss.start;
     const t0 = performance.now();
     const deadline = o.seconds > 0 ? t0 + o.seconds * 1000 : Number.POSITIVE_INFINITY;
+    let ticks = 0;
     const sampler = setInterval(() => {
       const r = rssOf(broker.pid);
       if (r > result.rss.peak) result.rss.peak = r;
+      if (++ticks % 4 === 0) result.rssTimeline.push([ticks / 4, result.frames, r]);
     }, 250);
     let lastProgress = t0;
     // Each stream gets its own seed drawn from the run's PRNG: `--seed S` replays all of them,
@@ -424,7 +456,10 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
         const streamSeed = master.u32();
         const rng = new Rng(streamSeed);
         const s = fuzzStream(rng, { clientIds: 400, soup: 0.3, rate: o.rate, maxFrames: o.maxFrames });
-        inFlight.set(w, `stream seed ${streamSeed} (v${s.v5 ? 5 : 4}, ${s.frames.length} frames, ${s.mutations.join(',') || 'valid'})`);
+        inFlight.set(
+          w,
+          `stream seed ${streamSeed} (v${s.v5 ? 5 : 4}, ${s.frames.length} frames, ${s.mutations.join(',') || 'valid'})`,
+        );
         result.frames += s.frames.length;
         result.streams++;
         const sent = await runStream(broker.port, s, rng);
@@ -439,7 +474,9 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
         }
       }
     };
-    await Promise.all(Array.from({ length: o.connections }, (_, w) => worker(w)));
+    const workers = Promise.all(Array.from({ length: o.connections }, (_, w) => worker(w)));
+    o.onStart?.(broker.pid);
+    await workers;
     result.seconds = (performance.now() - t0) / 1000;
     clearInterval(sampler);
     if (failed()) result.lastStreams = [...inFlight.values()];
@@ -447,7 +484,8 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     if (broker.exit === null) {
       const n = healthy.roundTrips;
       const until = Date.now() + o.roundTripTimeoutMs;
-      while (healthy.roundTrips < n + 2 && healthy.failures.length === 0 && Date.now() < until) await sleep(20);
+      while (healthy.roundTrips < n + 2 && healthy.failures.length === 0 && Date.now() < until)
+        await sleep(20);
       if (healthy.roundTrips < n + 2 && healthy.failures.length === 0)
         healthy.failures.push('no healthy round trip after the fuzzing stopped');
       result.rss.end = rssOf(broker.pid);
@@ -460,6 +498,12 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
       result.restarts = delta('emqx_ts_shard_restarts_total');
       result.threadMessageErrors = delta('emqx_ts_thread_message_errors_total');
       result.retained = after.get('emqx_retained_count') ?? 0;
+      result.state = {
+        sessions: after.get('emqx_sessions_count') ?? 0,
+        subscriptions: after.get('emqx_subscriptions_count') ?? 0,
+        topics: after.get('emqx_topics_count') ?? 0,
+        liveConnections: after.get('emqx_live_connections_count') ?? 0,
+      };
     }
   } finally {
     result.crash = broker.exit;
@@ -473,8 +517,10 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
       };
     }
     // Shard restarts are also logged: count them even if the metrics could not be read.
-    for (const [k, v] of broker.errorLines) if (k.startsWith('shard exited')) result.restarts = Math.max(result.restarts, v.count);
-    if (result.crash) result.errorLines.set(`process ${result.crash}`, { count: 1, example: broker.tail.join('\n') });
+    for (const [k, v] of broker.errorLines)
+      if (k.startsWith('shard exited')) result.restarts = Math.max(result.restarts, v.count);
+    if (result.crash)
+      result.errorLines.set(`process ${result.crash}`, { count: 1, example: broker.tail.join('\n') });
     await broker.stop();
   }
   return result;
@@ -482,19 +528,30 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
 
 const mib = (b: number): string => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
+/**
+ * RSS growth over the first and the second half of the run (by frames written). Bounded state
+ * (sessions up to mqtt.max_mqueue_len, retained topics, V8 heap reaching its working size)
+ * fills early and then stays; a leak keeps growing in the second half as in the first.
+ */
+export function rssHalves(r: FuzzResult): { first: number; second: number } {
+  const mid = r.rssTimeline.find(([, frames]) => frames >= r.frames / 2)?.[2] ?? r.rss.end;
+  return { first: mid - r.rss.start, second: r.rss.end - mid };
+}
+
 /** The figures of a run, as printed by `npm run fuzz` and in a failing test's message. */
 export function report(r: FuzzResult): string {
   const lines = [
     `seed ${r.seed}: ${r.frames} frames (${r.streams} connections, ${mib(r.bytes)}) in ${r.seconds.toFixed(1)} s = ${Math.round(r.frames / Math.max(r.seconds, 0.001))} frames/s`,
-    `broker: ${r.brokerPackets} packets dispatched, ${r.malformed} malformed, ${r.protocolErrors} protocol errors, ${r.retained} retained`,
+    `broker: ${r.brokerPackets} packets dispatched, ${r.malformed} malformed, ${r.protocolErrors} protocol errors; at the end ${r.state.sessions} sessions, ${r.state.subscriptions} subscriptions, ${r.state.topics} filters, ${r.retained} retained, ${r.state.liveConnections} live connections`,
     `crash: ${r.crash ?? 'none'}; shard restarts: ${r.restarts}; thread message errors: ${r.threadMessageErrors}`,
-    `RSS start ${mib(r.rss.start)}, peak ${mib(r.rss.peak)}, end ${mib(r.rss.end)}`,
+    `RSS start ${mib(r.rss.start)}, peak ${mib(r.rss.peak)}, end ${mib(r.rss.end)} (growth over the first half ${mib(rssHalves(r).first)}, second half ${mib(rssHalves(r).second)})`,
     `healthy client: ${r.healthy.roundTrips} QoS 1 round trips, p99 ${r.healthy.p99LatencyMs.toFixed(1)} ms, max ${r.healthy.maxLatencyMs.toFixed(1)} ms, failures: ${r.healthy.failures.length ? r.healthy.failures.join('; ') : 'none'}`,
   ];
   if (r.errorLines.size > 0) {
     lines.push('error log lines:');
     for (const [k, v] of r.errorLines) lines.push(`  ${v.count} × ${k}\n    ${v.example}`);
   }
-  if (r.lastStreams.length > 0) lines.push('streams in flight at the failure:', ...r.lastStreams.map((s) => `  ${s}`));
+  if (r.lastStreams.length > 0)
+    lines.push('streams in flight at the failure:', ...r.lastStreams.map((s) => `  ${s}`));
   return lines.join('\n');
 }

@@ -89,33 +89,33 @@ type PropType = 'byte' | 'u16' | 'u32' | 'varint' | 'string' | 'binary' | 'pair'
 
 /** Property id → wire type [MQTT-2.2.2.2]. */
 const PROP_TYPE: Record<number, PropType> = {
-  0x01: 'byte', // payload format indicator
-  0x02: 'u32', // message expiry interval
-  0x03: 'string', // content type
-  0x08: 'string', // response topic
-  0x09: 'binary', // correlation data
-  0x0b: 'varint', // subscription identifier
-  0x11: 'u32', // session expiry interval
-  0x12: 'string', // assigned client identifier
-  0x13: 'u16', // server keep alive
-  0x15: 'string', // authentication method
-  0x16: 'binary', // authentication data
-  0x17: 'byte', // request problem information
-  0x18: 'u32', // will delay interval
-  0x19: 'byte', // request response information
-  0x1a: 'string', // response information
-  0x1c: 'string', // server reference
-  0x1f: 'string', // reason string
-  0x21: 'u16', // receive maximum
-  0x22: 'u16', // topic alias maximum
-  0x23: 'u16', // topic alias
-  0x24: 'byte', // maximum qos
-  0x25: 'byte', // retain available
-  0x26: 'pair', // user property
-  0x27: 'u32', // maximum packet size
-  0x28: 'byte', // wildcard subscription available
-  0x29: 'byte', // subscription identifier available
-  0x2a: 'byte', // shared subscription available
+  1: 'byte', // payload format indicator
+  2: 'u32', // message expiry interval
+  3: 'string', // content type
+  8: 'string', // response topic
+  9: 'binary', // correlation data
+  11: 'varint', // subscription identifier
+  17: 'u32', // session expiry interval
+  18: 'string', // assigned client identifier
+  19: 'u16', // server keep alive
+  21: 'string', // authentication method
+  22: 'binary', // authentication data
+  23: 'byte', // request problem information
+  24: 'u32', // will delay interval
+  25: 'byte', // request response information
+  26: 'string', // response information
+  28: 'string', // server reference
+  31: 'string', // reason string
+  33: 'u16', // receive maximum
+  34: 'u16', // topic alias maximum
+  35: 'u16', // topic alias
+  36: 'byte', // maximum qos
+  37: 'byte', // retain available
+  38: 'pair', // user property
+  39: 'u32', // maximum packet size
+  40: 'byte', // wildcard subscription available
+  41: 'byte', // subscription identifier available
+  42: 'byte', // shared subscription available
 };
 const PROP_IDS = Object.keys(PROP_TYPE).map(Number);
 const TYPES: PropType[] = ['byte', 'u16', 'u32', 'varint', 'string', 'binary', 'pair'];
@@ -164,8 +164,10 @@ export function props(rng: Rng, ctx: PropContext, soup: boolean): Buffer {
     let type = PROP_TYPE[id];
     if (soup) {
       const r = rng.int(4);
-      if (r === 0) id = rng.pick(PROP_IDS); // known, maybe not allowed here
-      else if (r === 1) id = rng.int(0x80); // maybe unknown
+      if (r === 0)
+        id = rng.pick(PROP_IDS); // known, maybe not allowed here
+      else if (r === 1)
+        id = rng.int(0x80); // maybe unknown
       else if (r === 2) id = 0x80 + rng.int(0x4000); // two-byte id
       type = rng.chance(0.3) ? rng.pick(TYPES) : (PROP_TYPE[id] ?? rng.pick(TYPES));
       // Duplicates: a property allowed once, repeated.
