@@ -156,8 +156,8 @@ function propValue(rng: Rng, type: PropType, id: number): Part[] {
 }
 
 /** A property block (length prefix included). `soup`: any ids, duplicates, wrong value types. */
-export function props(rng: Rng, ctx: PropContext, soup: boolean): Buffer {
-  const parts: Part[] = [];
+export function props(rng: Rng, ctx: PropContext, soup: boolean, extra: Part[] = []): Buffer {
+  const parts: Part[] = [...extra];
   const n = soup ? rng.int(8) : rng.int(3);
   for (let i = 0; i < n; i++) {
     let id: number = rng.pick(PROPS_FOR[ctx]);
@@ -204,6 +204,7 @@ function topic(rng: Rng): string {
 }
 
 function filter(rng: Rng): string {
+  if (rng.chance(0.05)) return rng.pick(['#', '+/#', '$SYS/#', '+', 'fz/#', '$share/g/#']);
   const t = topic(rng).split('/');
   if (rng.chance(0.3)) t[rng.int(t.length)] = '+';
   if (rng.chance(0.2)) t.push('#');
@@ -250,9 +251,13 @@ function publish(rng: Rng, v5: boolean, o: StreamOptions, pid: number): Buffer {
   const qos = rng.int(3);
   // Retained rarely: each retained topic is kept, and the vocabulary bounds them.
   const retain = rng.chance(0.05) ? 1 : 0;
-  const parts: Part[] = [lp(topic(rng))];
+  // MQTT 5 topic aliases: set one with a topic, or use one with an empty topic (maybe unset).
+  const alias = v5 && rng.chance(0.25) ? 1 + rng.int(4) : 0;
+  const parts: Part[] = [lp(alias > 0 && rng.chance(0.5) ? '' : topic(rng))];
   if (qos > 0) parts.push(u16(pid));
-  if (v5) parts.push(props(rng, 'publish', rng.chance(o.soup)));
+  if (alias > 0) {
+    parts.push(props(rng, 'publish', rng.chance(o.soup), [[0x23, ...u16(alias)]]));
+  } else if (v5) parts.push(props(rng, 'publish', rng.chance(o.soup)));
   parts.push(rng.bytes(rng.chance(0.9) ? rng.int(64) : rng.int(4096)));
   return frame(0x30 | (rng.chance(0.05) ? 8 : 0) | (qos << 1) | retain, parts);
 }
