@@ -22,6 +22,7 @@ const { values } = parseArgs({
     shards: { type: 'string', default: String(DEFAULTS.shards) },
     'round-trip-timeout-ms': { type: 'string', default: String(DEFAULTS.roundTripTimeoutMs) },
     'broker-arg': { type: 'string', multiple: true, default: [] },
+    'settle-seconds': { type: 'string', default: '10' },
     'broker-env': { type: 'string', multiple: true, default: [] },
   },
 });
@@ -46,6 +47,7 @@ const r = await fuzz({
   brokerEnv: Object.fromEntries(
     values['broker-env'].map((kv) => [kv.split('=')[0], kv.slice(kv.indexOf('=') + 1)]),
   ),
+  settleSeconds: Number(values['settle-seconds']),
   progress: (line) => console.log(line),
 });
 console.log(report(r));

@@ -41,6 +41,8 @@ export interface FuzzOptions {
   brokerEnv: Record<string, string>;
   /** Node flags of the broker process (e.g. a fault-injection preload) */
   nodeArgs: string[];
+  /** Idle seconds after the run before RSS is sampled once more (`rss.settled`; 0 = not sampled) */
+  settleSeconds: number;
   /** Called with the broker's pid once fuzzing has started (fault injection in tests) */
   onStart: ((pid: number) => void) | null;
   /** Progress lines (every few seconds), or null */
@@ -60,6 +62,7 @@ export const DEFAULTS: FuzzOptions = {
   brokerEnv: {},
   nodeArgs: [],
   onStart: null,
+  settleSeconds: 0,
   progress: null,
 };
 
@@ -79,7 +82,7 @@ export interface FuzzResult {
   errorLines: Map<string, { count: number; example: string }>;
   /** Set if the broker process exited during the run */
   crash: string | null;
-  rss: { start: number; peak: number; end: number };
+  rss: { start: number; peak: number; end: number; settled: number };
   /** RSS once a second: [seconds since the start, frames written so far, RSS bytes] */
   rssTimeline: [number, number, number][];
   healthy: { roundTrips: number; maxLatencyMs: number; p99LatencyMs: number; failures: string[] };
@@ -419,7 +422,7 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     threadMessageErrors: 0,
     errorLines: broker.errorLines,
     crash: null,
-    rss: { start: 0, peak: 0, end: 0 },
+    rss: { start: 0, peak: 0, end: 0, settled: 0 },
     rssTimeline: [],
     healthy: { roundTrips: 0, maxLatencyMs: 0, p99LatencyMs: 0, failures: [] },
     retained: 0,
@@ -489,6 +492,11 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
       if (healthy.roundTrips < n + 2 && healthy.failures.length === 0)
         healthy.failures.push('no healthy round trip after the fuzzing stopped');
       result.rss.end = rssOf(broker.pid);
+      // Idle (only the healthy pair) for a while: what V8 and malloc give back once the load stops.
+      if (o.settleSeconds > 0) {
+        await sleep(o.settleSeconds * 1000);
+        result.rss.settled = rssOf(broker.pid);
+      }
       if (result.rss.end > result.rss.peak) result.rss.peak = result.rss.end;
       const after = await broker.metrics();
       const delta = (name: string): number => (after.get(name) ?? 0) - (before.get(name) ?? 0);
@@ -544,7 +552,7 @@ export function report(r: FuzzResult): string {
     `seed ${r.seed}: ${r.frames} frames (${r.streams} connections, ${mib(r.bytes)}) in ${r.seconds.toFixed(1)} s = ${Math.round(r.frames / Math.max(r.seconds, 0.001))} frames/s`,
     `broker: ${r.brokerPackets} packets dispatched, ${r.malformed} malformed, ${r.protocolErrors} protocol errors; at the end ${r.state.sessions} sessions, ${r.state.subscriptions} subscriptions, ${r.state.topics} filters, ${r.retained} retained, ${r.state.liveConnections} live connections`,
     `crash: ${r.crash ?? 'none'}; shard restarts: ${r.restarts}; thread message errors: ${r.threadMessageErrors}`,
-    `RSS start ${mib(r.rss.start)}, peak ${mib(r.rss.peak)}, end ${mib(r.rss.end)} (growth over the first half ${mib(rssHalves(r).first)}, second half ${mib(rssHalves(r).second)})`,
+    `RSS start ${mib(r.rss.start)}, peak ${mib(r.rss.peak)}, end ${mib(r.rss.end)} (growth over the first half ${mib(rssHalves(r).first)}, second half ${mib(rssHalves(r).second)})${r.rss.settled ? `, ${mib(r.rss.settled)} after the idle settle` : ''}`,
     `healthy client: ${r.healthy.roundTrips} QoS 1 round trips, p99 ${r.healthy.p99LatencyMs.toFixed(1)} ms, max ${r.healthy.maxLatencyMs.toFixed(1)} ms, failures: ${r.healthy.failures.length ? r.healthy.failures.join('; ') : 'none'}`,
   ];
   if (r.errorLines.size > 0) {
