@@ -88,7 +88,14 @@ export interface FuzzResult {
   healthy: { roundTrips: number; maxLatencyMs: number; p99LatencyMs: number; failures: string[] };
   retained: number;
   /** Broker state at the end (gauges): what the bounded state grew to */
-  state: { sessions: number; subscriptions: number; topics: number; liveConnections: number };
+  state: {
+    sessions: number;
+    subscriptions: number;
+    topics: number;
+    liveConnections: number;
+    queued: number;
+    inflight: number;
+  };
   /** Seed and mutations of the streams in flight when something failed (for replay) */
   lastStreams: string[];
 }
@@ -103,6 +110,8 @@ function freePort(): Promise<number> {
     });
   });
 }
+
+const API_SECRET = 'fuzz-secret';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -126,6 +135,7 @@ export class BrokerProcess {
     readonly proc: ChildProcess,
     readonly port: number,
     readonly metricsPort: number,
+    readonly apiPort: number,
     private readonly dataDir: string,
   ) {
     this.exited = new Promise((resolve) =>
@@ -146,7 +156,7 @@ export class BrokerProcess {
   }
 
   static async start(o: FuzzOptions): Promise<BrokerProcess> {
-    const [port, metricsPort] = [await freePort(), await freePort()];
+    const [port, metricsPort, apiPort] = [await freePort(), await freePort(), await freePort()];
     const dataDir = mkdtempSync(join(tmpdir(), 'emqx-ts-fuzz-'));
     // Error level: per-connection warnings (every refused frame) would be most of the broker's work.
     const args = [
@@ -158,7 +168,9 @@ export class BrokerProcess {
       `--metrics.host=${HOST}`,
       `--metrics.port=${metricsPort}`,
       `--api.host=${HOST}`,
-      '--api.port=0',
+      `--api.port=${apiPort}`,
+      '--api.key=fuzz',
+      `--api.secret=${API_SECRET}`,
       `--node.data_dir=${dataDir}`,
       `--node.shards=${o.shards}`,
       '--node.shutdown_drain_period=0',
@@ -169,7 +181,7 @@ export class BrokerProcess {
       env: { PATH: process.env.PATH, ...o.brokerEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const b = new BrokerProcess(proc, port, metricsPort, dataDir);
+    const b = new BrokerProcess(proc, port, metricsPort, apiPort, dataDir);
     const deadline = Date.now() + 30_000;
     while (b.exit === null && Date.now() < deadline) {
       try {
@@ -216,6 +228,29 @@ export class BrokerProcess {
       if (m) out.set(m[1], (out.get(m[1]) ?? 0) + Number(m[2]));
     }
     return out;
+  }
+
+  /** Messages queued and inflight over all sessions (REST /api/v5/clients, every page). */
+  async queued(): Promise<{ queued: number; inflight: number }> {
+    const auth = `Basic ${Buffer.from(`fuzz:${API_SECRET}`).toString('base64')}`;
+    let queued = 0;
+    let inflight = 0;
+    for (let page = 1; ; page++) {
+      const res = await fetch(`http://${HOST}:${this.apiPort}/api/v5/clients?limit=10000&page=${page}`, {
+        headers: { authorization: auth },
+        signal: AbortSignal.timeout(10_000),
+      });
+      if (!res.ok) throw new Error(`clients: HTTP ${res.status}`);
+      const body = (await res.json()) as {
+        data: { mqueue_len: number; inflight_cnt: number }[];
+        meta: { hasnext: boolean };
+      };
+      for (const c of body.data) {
+        queued += c.mqueue_len;
+        inflight += c.inflight_cnt;
+      }
+      if (!body.meta.hasnext) return { queued, inflight };
+    }
   }
 
   async stop(): Promise<void> {
@@ -426,7 +461,7 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     rssTimeline: [],
     healthy: { roundTrips: 0, maxLatencyMs: 0, p99LatencyMs: 0, failures: [] },
     retained: 0,
-    state: { sessions: 0, subscriptions: 0, topics: 0, liveConnections: 0 },
+    state: { sessions: 0, subscriptions: 0, topics: 0, liveConnections: 0, queued: 0, inflight: 0 },
     lastStreams: [],
   };
   let healthy: HealthyPair | null = null;
@@ -511,6 +546,7 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
         subscriptions: after.get('emqx_subscriptions_count') ?? 0,
         topics: after.get('emqx_topics_count') ?? 0,
         liveConnections: after.get('emqx_live_connections_count') ?? 0,
+        ...(await broker.queued()),
       };
     }
   } finally {
@@ -550,7 +586,7 @@ export function rssHalves(r: FuzzResult): { first: number; second: number } {
 export function report(r: FuzzResult): string {
   const lines = [
     `seed ${r.seed}: ${r.frames} frames (${r.streams} connections, ${mib(r.bytes)}) in ${r.seconds.toFixed(1)} s = ${Math.round(r.frames / Math.max(r.seconds, 0.001))} frames/s`,
-    `broker: ${r.brokerPackets} packets dispatched, ${r.malformed} malformed, ${r.protocolErrors} protocol errors; at the end ${r.state.sessions} sessions, ${r.state.subscriptions} subscriptions, ${r.state.topics} filters, ${r.retained} retained, ${r.state.liveConnections} live connections`,
+    `broker: ${r.brokerPackets} packets dispatched, ${r.malformed} malformed, ${r.protocolErrors} protocol errors; at the end ${r.state.sessions} sessions (${r.state.queued} messages queued, ${r.state.inflight} inflight), ${r.state.subscriptions} subscriptions, ${r.state.topics} filters, ${r.retained} retained, ${r.state.liveConnections} live connections`,
     `crash: ${r.crash ?? 'none'}; shard restarts: ${r.restarts}; thread message errors: ${r.threadMessageErrors}`,
     `RSS start ${mib(r.rss.start)}, peak ${mib(r.rss.peak)}, end ${mib(r.rss.end)} (growth over the first half ${mib(rssHalves(r).first)}, second half ${mib(rssHalves(r).second)})${r.rss.settled ? `, ${mib(r.rss.settled)} after the idle settle` : ''}`,
     `healthy client: ${r.healthy.roundTrips} QoS 1 round trips, p99 ${r.healthy.p99LatencyMs.toFixed(1)} ms, max ${r.healthy.maxLatencyMs.toFixed(1)} ms, failures: ${r.healthy.failures.length ? r.healthy.failures.join('; ') : 'none'}`,
