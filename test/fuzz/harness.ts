@@ -391,12 +391,10 @@ export function runStream(port: number, s: FuzzStream, rng: Rng): Promise<number
     const sock: Socket = netConnect({ host: HOST, port });
     let bytes = 0;
     let timer: NodeJS.Timeout | undefined;
-    const t0 = Date.now();
     let finished = false;
     const done = (): void => {
       if (finished) return;
       finished = true;
-      if (process.env.FUZZ_DEBUG) console.log('stream', how, reading, Date.now() - t0, s.mutations.join(','));
       clearTimeout(timer);
       sock.destroy();
       resolve(bytes);
