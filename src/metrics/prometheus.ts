@@ -174,6 +174,11 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Handed-off connections closed because their owner shard died before adopting them',
       Counter.handoffsLost,
     ],
+    [
+      'emqx_ts_peer_closed_total',
+      'Connections the client closed (its FIN read), ended at once even if output was still queued',
+      Counter.peerClosed,
+    ],
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({

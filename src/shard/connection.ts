@@ -40,6 +40,9 @@ function onSocketError(this: OwnedSocket, err: Error): void {
 function onSocketClose(this: OwnedSocket): void {
   this[CONNECTION].close('connection closed by peer');
 }
+function onSocketEnd(this: OwnedSocket): void {
+  this[CONNECTION].onPeerEnd();
+}
 /**
  * Per-delivery property holder, reused (one per thread; used only while a frame is encoded): no
  * allocation per delivery, and none per connection.
@@ -148,6 +151,7 @@ export class Connection implements FrameSink {
     this.socket.on('drain', onSocketDrain);
     this.socket.on('error', onSocketError);
     this.socket.on('close', onSocketClose);
+    this.socket.on('end', onSocketEnd);
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
     // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
     // leftover bytes above (resume() takes effect on a later tick).
@@ -285,9 +289,27 @@ export class Connection implements FrameSink {
     handler(this, flags, body, start, end);
   }
 
+  /**
+   * The peer sent FIN: the connection is over (as in mosquitto and EMQX), even if 'close' cannot
+   * come yet because the peer does not read what we still have to flush. Without this, a peer
+   * that half-closes and stops reading kept its connection and session online (forever with keep
+   * alive 0), and each delivery to it threw inside the socket (write after end).
+   */
+  onPeerEnd(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.shard.counters.row[Counter.peerClosed]++;
+    if (this.corked) this.socket.uncork();
+    // What is queued may still flush; a peer that never reads is cut off shortly after.
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+    this.shard.onConnectionClosed(this, 'connection closed by peer');
+  }
+
   /** Queues a frame for this turn's corked write. */
   write(frame: Buffer): void {
-    if (this.closed) return;
+    // Not writable: destroyed by a socket error whose 'close' has not come yet (writing would
+    // throw and build an Error per frame).
+    if (this.closed || !this.socket.writable) return;
     if (!this.corked) {
       this.corked = true;
       this.turnBytes = 0;
