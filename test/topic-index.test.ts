@@ -214,7 +214,11 @@ describe('TopicIndex randomized differential test', () => {
     const active = [...refCounts.keys()].filter((f) => maskOfRef(f) !== 0);
     const activeLevels = active.map((f) => f.split('/'));
     assert.equal(index.stats().activeFilters, active.length);
-    for (const f of refCounts.keys()) assert.equal(index.maskOf(index.find(f)), maskOfRef(f), f);
+    // A filter nobody subscribes to any more has been removed (find: -1).
+    for (const f of refCounts.keys()) {
+      const ref = index.find(f);
+      assert.equal(ref < 0 ? 0 : index.maskOf(ref), maskOfRef(f), f);
+    }
 
     const out = new MatchResult(2);
     let mismatches = 0;
@@ -308,15 +312,21 @@ describe('TopicIndex capacity', () => {
   });
 
   it('returns -1 when the arena is full; wildcard levels need no arena bytes', () => {
-    const index = TopicIndex.create({ maxNodes: 64, arenaBytes: 10 });
-    const id = subscribe(index, 'abcd/efgh', 0); // 8 bytes
+    // Two 8-byte blocks: levels of up to 8 bytes take one each (buddy allocator, arena.ts).
+    const index = TopicIndex.create({ maxNodes: 64, arenaBytes: 16 });
+    const id = subscribe(index, 'abcd/efgh', 0);
+    assert.equal(index.stats().arenaBytes, 16);
     assert.equal(index.ensure('abcd/xyz'), -1);
-    assert.equal(index.stats().arenaBytes, 8);
     assert.ok(subscribe(index, 'abcd/+/#', 1) > 0);
-    assert.ok(subscribe(index, 'abcd/ij', 2) > 0);
     assert.equal(index.ensure('k'), -1);
     assert.equal(index.filterOf(id), 'abcd/efgh');
     assert.deepEqual(matchedFilters(index, 'abcd/efgh'), ['abcd/+/#', 'abcd/efgh']);
+    // Unsubscribing gives the block back ('abcd' stays: 'abcd/+/#' still needs it).
+    index.clearShard(id, 0);
+    index.reclaim();
+    assert.equal(index.stats().arenaBytes, 8);
+    assert.ok(subscribe(index, 'abcd/ij', 2) > 0);
+    assert.deepEqual(matchedFilters(index, 'abcd/efgh'), ['abcd/+/#']);
   });
 
   it('rejects bad options, node ids and shards', () => {
@@ -383,10 +393,13 @@ describe('TopicIndex bookkeeping', () => {
     assert.deepEqual(matchedFilters(index, 'c/d'), ['c/#', 'c/d']);
     index.clearShardEverywhere(31);
     assert.equal(index.stats().activeFilters, 0);
+    assert.equal(index.stats().nodes, 1, 'nodes left without subscribers are removed');
+    assert.equal(index.setShard(only31, 1), false, 'a stale reference is refused');
     // Setting an already-set bit or clearing a clear one does not skew the count.
-    index.setShard(only31, 1);
-    index.setShard(only31, 1);
-    index.clearShard(only31, 2);
+    const again = subscribe(index, 'e', 1);
+    assert.notEqual(again, only31, 'a reused node has a new generation');
+    index.setShard(again, 1);
+    index.clearShard(again, 2);
     assert.equal(index.stats().activeFilters, 1);
   });
 
