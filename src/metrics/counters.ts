@@ -82,6 +82,10 @@ export const Counter = {
   frameBytesCopied: 64,
   handoffsLost: 65, // handed-off fds closed because their owner shard died before adopting them
   // 66..95 free for more named counters.
+  /** Subscriptions refused because the topic index (or shared-subscription index) is full */
+  subscriptionsIndexFull: 120,
+  /** Subscriptions refused because the client has mqtt.max_subscriptions already */
+  subscriptionsRefusedMax: 121,
 } as const;
 
 export type CounterName = keyof typeof Counter;
