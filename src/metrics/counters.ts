@@ -81,11 +81,11 @@ export const Counter = {
   /** Bytes copied to reassemble frames split across reads (debug: must stay linear in size) */
   frameBytesCopied: 64,
   handoffsLost: 65, // handed-off fds closed because their owner shard died before adopting them
-  // 66..95 free for more named counters.
+  // 66..89 free for more named counters.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
-  subscriptionsIndexFull: 120,
+  subscriptionsIndexFull: 90,
   /** Subscriptions refused because the client has mqtt.max_subscriptions already */
-  subscriptionsRefusedMax: 121,
+  subscriptionsRefusedMax: 91,
 } as const;
 
 export type CounterName = keyof typeof Counter;
