@@ -562,3 +562,55 @@ describe('TopicIndex across threads', () => {
     }
   });
 });
+
+describe('TopicIndex reclamation across threads', () => {
+  it('readers keep matching exactly while another thread removes and reuses nodes', {
+    timeout: 120_000,
+  }, async () => {
+    const index = TopicIndex.create({ maxNodes: 1 << 16, arenaBytes: 1 << 20 });
+    // Stable filters: never removed, so every match of their topics must find exactly them.
+    const stable = Array.from({ length: 300 }, (_, i) => `s/${i}`);
+    const refs = stable.map((f, i) => {
+      const ref = index.acquire(f, i % 32);
+      assert.ok(ref > 0);
+      return ref;
+    });
+    const wild = index.acquire('w/+/+/x', 5); // matches no transient topic we check
+    const stop = new SharedArrayBuffer(4);
+    const churner = startWorker({ role: 'churner', shared: index.shared, stop, rounds: 4000, width: 300 });
+    const done = nextMessage<{ ops: number }>(churner);
+    const out = new MatchResult(2);
+    const errors: string[] = [];
+    let checks = 0;
+    let finished = false;
+    void done.then(() => {
+      finished = true;
+    });
+    const deadline = Date.now() + 60_000;
+    while (!finished && Date.now() < deadline && errors.length < 10) {
+      for (let i = 0; i < stable.length; i++) {
+        index.matchString(`s/${i}`, out);
+        if (out.count !== 1 || out.nodeIds[0] !== refs[i])
+          errors.push(`s/${i}: ${out.count} matches [${Array.from(out.nodeIds.subarray(0, out.count))}]`);
+        checks++;
+      }
+      // A topic under the transient subtrees: only the stable wildcard may match it.
+      index.matchString('w/q/q/x', out);
+      if (out.count !== 1 || out.nodeIds[0] !== wild) errors.push(`w/q/q/x: ${out.count} matches`);
+      await new Promise((r) => setImmediate(r)); // lets the worker's reply arrive
+    }
+    Atomics.store(new Int32Array(stop), 0, 1);
+    const { ops } = await done;
+    assert.deepEqual(errors, []);
+    assert.ok(checks > 10_000, `only ${checks} checks`);
+    // ~5/3 nodes per filter: far more nodes went through the index than it can hold at once,
+    // so none of it works without reuse (the churner throws on a refusal).
+    assert.ok(ops > 4 * 65536, `churner did only ${ops} operations`);
+    // Everything transient is gone again. (How far the slab grew depends on how long the OS
+    // paused this reader inside a walk: retired nodes wait for it.)
+    index.reclaim();
+    const after = index.stats();
+    assert.equal(after.nodes, 1 + 1 + stable.length + 4, 'root, s, stable filters, w/+/+/x');
+    assert.equal(after.retiredNodes, 0);
+  });
+});

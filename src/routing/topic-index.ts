@@ -37,8 +37,10 @@
  *      unlink: it cannot reach X. So no reader ever reads a recycled X.
  *   4. Slot-table deletion moves entries, which could make a concurrent probe miss a live key:
  *      the writer makes the shift counter odd around every deletion, and a probe that ends on an
- *      empty slot retries if the counter was odd or changed. Hits need no check (the node's
- *      parent, length and bytes are compared and, by 3, intact).
+ *      empty slot retries if the counter was odd or changed; after a few retries it asks
+ *      writers to pause (C_READERS_WAITING), so a reader cannot starve and hold back
+ *      reclamation. Hits need no check (node parent, length and bytes are compared and, by
+ *      3, intact).
  *   5. Setting a bit takes the lock (acquire/setShard), and removal re-checks mask == 0 and no
  *      children under the lock, so a node cannot be removed between a lookup and a bit set.
  * A writer that dies mid-operation leaves only complete published nodes and unpublished ones,
@@ -127,6 +129,7 @@ const C_LIMBO_COUNT = 14;
 const C_EPOCH = 15; // never 0 (0 marks an idle reader)
 const C_SHIFT_SEQ = 16; // odd while a slot-table deletion moves entries
 const C_FREE_COUNT = 17;
+const C_READERS_WAITING = 18; // readers whose probes keep being disturbed by deletions
 const C_ARENA = 20; // ARENA_CONTROL_INTS of allocator state
 const C_READERS = C_ARENA + ARENA_CONTROL_INTS; // READER_SLOTS × [owner tag, epoch]
 const READER_SLOTS = 128;
@@ -148,6 +151,9 @@ const LEN_PLUS = -1;
 const LEN_HASH = -2;
 const LEN_ROOT = -3;
 const FREE = -1;
+
+/** Disturbed probes of a missing literal before the reader asks writers to pause. */
+const OPTIMISTIC_PROBES = 4;
 
 /** Limbo length that triggers a reclaim on removal, so retired nodes do not pile up. */
 const RECLAIM_BATCH = 256;
@@ -551,22 +557,37 @@ export class TopicIndex {
     const slotMask = this.slotMask;
     const key = slotKey(parent, h);
     const len = e - p;
-    for (;;) {
-      const seq = Atomics.load(this.control, C_SHIFT_SEQ);
-      for (let i = slotIndex(key, slotMask); ; i = (i + 1) & slotMask) {
-        const child = Atomics.load(slots, i << 1);
-        if (child === 0) break;
-        if (Atomics.load(slots, (i << 1) + 1) !== key) continue;
-        const base = child * NODE_STRIDE;
-        if (nodes[base + F_PARENT] !== parent || nodes[base + F_LEN] !== len) continue;
-        // Hash hit: compare the bytes, collisions are real.
-        const off = nodes[base + F_OFF]!;
-        let k = 0;
-        while (k < len && arena[off + k] === bytes[p + k]) k++;
-        if (k === len) return child;
+    let waiting = false;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const seq = Atomics.load(this.control, C_SHIFT_SEQ);
+        for (let i = slotIndex(key, slotMask); ; i = (i + 1) & slotMask) {
+          const child = Atomics.load(slots, i << 1);
+          if (child === 0) break;
+          if (Atomics.load(slots, (i << 1) + 1) !== key) continue;
+          const base = child * NODE_STRIDE;
+          if (nodes[base + F_PARENT] !== parent || nodes[base + F_LEN] !== len) continue;
+          // Hash hit: compare the bytes, collisions are real.
+          const off = nodes[base + F_OFF]!;
+          let k = 0;
+          while (k < len && arena[off + k] === bytes[p + k]) k++;
+          if (k === len) return child;
+        }
+        // A miss is only sure if no deletion moved entries meanwhile (point 4 above).
+        if ((seq & 1) === 0 && Atomics.load(this.control, C_SHIFT_SEQ) === seq) return 0;
+        // Under heavy unsubscribe churn we could keep missing: ask writers to pause (they wait
+        // up to 1 ms before taking the lock), which bounds the walk and so how long it holds
+        // back reclamation.
+        if (attempt === OPTIMISTIC_PROBES) {
+          Atomics.add(this.control, C_READERS_WAITING, 1);
+          waiting = true;
+        }
       }
-      // A miss is only sure if no deletion moved entries meanwhile (point 4 above).
-      if ((seq & 1) === 0 && Atomics.load(this.control, C_SHIFT_SEQ) === seq) return 0;
+    } finally {
+      if (waiting) {
+        Atomics.sub(this.control, C_READERS_WAITING, 1);
+        Atomics.notify(this.control, C_READERS_WAITING);
+      }
     }
   }
 
@@ -829,6 +850,9 @@ export class TopicIndex {
   private lock(): void {
     const control = this.control;
     const tag = threadId + 1;
+    // Let a reader that keeps missing finish its probe first (bounded: one wait of <= 1 ms).
+    const readers = Atomics.load(control, C_READERS_WAITING);
+    if (readers > 0) Atomics.wait(control, C_READERS_WAITING, readers, 1);
     if (Atomics.compareExchange(control, C_LOCK, 0, tag) === 0) return;
     // Registered waiters make unlock() notify; a notify that races ahead of our wait() is not
     // lost because wait() returns at once when the lock word no longer holds `held`.
