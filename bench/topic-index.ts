@@ -5,17 +5,12 @@
  */
 import { MatchResult, TopicIndex } from '../src/routing/topic-index.js';
 
-function prng(seed: number): (n: number) => number {
-  let s = seed >>> 0 || 1;
-  return (n) => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) % n;
-  };
-}
-
-const rnd = prng(42);
+// Deterministic LCG, so runs compare.
+let seed = 42;
+const rnd = (n: number): number => {
+  seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+  return (seed >>> 8) % n;
+};
 const level = () => `l${rnd(40)}`;
 const topics = Array.from({ length: 10_000 }, () => [level(), level(), level(), level()].join('/'));
 const index = TopicIndex.create();
