@@ -3,6 +3,8 @@
  *
  * Every shard worker attaches to the same SharedArrayBuffers and matches PUBLISH topics lock-free;
  * writers (subscribe/unsubscribe in any thread) serialise on an Atomics lock in the control block.
+ * This file is the reader side and the API; index-writer.ts has the writes, index-layout.ts the
+ * shared layout, arena.ts the level-text allocator.
  *
  * Layout:
  * - control: Int32Array of counters, free-list heads, the writer lock and the reader slots.
