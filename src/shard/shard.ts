@@ -2,6 +2,7 @@ import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
+import { refuseSharedJoin } from '../handlers/subscribe.js';
 import { type AcceptedConnection, Acceptor } from '../listener/acceptor.js';
 import { shardOf } from '../listener/client-id.js';
 import { fdutil, handleFd } from '../listener/fdutil.js';
@@ -41,9 +42,13 @@ interface RetainedBatch {
 }
 
 /** A shared-group join sent to its owner shard, which the SUBACK of the SUBSCRIBE waits for. */
-interface PendingJoin {
+export interface PendingJoin {
   owner: number;
   reqId: number;
+  sub: Subscription;
+  /** Set by the SUBSCRIBE handler: the filter, and its code's distance from the SUBACK's end */
+  filter?: string;
+  back?: number;
 }
 
 /** Posts to the main thread; a port in a worker, a plain callback when embedded in one thread. */
@@ -131,7 +136,7 @@ export class Shard implements BatchVisitor {
   /** Remote shared-group joins of the SUBSCRIBE being handled (see beginSubscribe) */
   private joinCollector: PendingJoin[] | null = null;
   /** SUBACKs waiting for owner shards to confirm joins, by request id */
-  private readonly joinWaits = new Map<number, { owner: number; batch: RetainedBatch }>();
+  private readonly joinWaits = new Map<number, { owner: number; batch: RetainedBatch; join?: PendingJoin }>();
   /** Shared subscriptions of this shard's sessions: count, for the gauge */
   private sharedSubs = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -192,7 +197,7 @@ export class Shard implements BatchVisitor {
         } else if (m.t === 'adopted') this.sentHandoffs[i].delete(m.seq);
         else if (m.t === 'sharedJoin')
           this.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
-        else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId);
+        else if (m.t === 'sharedJoined') this.onSharedJoined(m.reqId, m.ok !== false);
         else this.sharedLeave(m.group, m.filter, m.clientId);
       } catch (err) {
         this.threadMessageError(err, `shard ${i}`, m);
@@ -680,17 +685,19 @@ export class Shard implements BatchVisitor {
       session.subscriptions.set(filter, sub);
       this.sharedSubs++;
       this.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
-      this.sendMembership('sharedJoin', session, sub);
-      return 'new';
+      if (this.sendMembership('sharedJoin', session, sub)) return 'new';
+      this.unsubscribe(session, filter); // this shard owns the group and its index is full
+      return null;
     }
-    const nodeId = this.index.ensure(filter);
+    const nodeId = this.index.acquire(filter, this.id);
     if (nodeId < 0) {
+      this.counters.row[Counter.subscriptionsIndexFull]++;
       this.log.error({ filter }, 'topic index full; subscription refused');
       return null;
     }
     sub.nodeId = nodeId;
     session.subscriptions.set(filter, sub);
-    if (this.subscribers.add(nodeId, session, sub)) this.index.setShard(nodeId, this.id);
+    this.subscribers.add(nodeId, session, sub);
     this.counters.row[Counter.subscriptions] = this.subscribers.count;
     return 'new';
   }
@@ -716,8 +723,9 @@ export class Shard implements BatchVisitor {
    * SUBACK waits for the owners to confirm them. A message published after the client saw the
    * SUBACK then finds the member in its group, as it finds a plain subscription in the index.
    */
-  beginSubscribe(): void {
+  beginSubscribe(): PendingJoin[] {
     this.joinCollector = [];
+    return this.joinCollector;
   }
 
   /** Ends a SUBSCRIBE's collection of joins (also when it failed) and returns them. */
@@ -745,7 +753,7 @@ export class Shard implements BatchVisitor {
       left: retainedFilters.length + joins.length,
       answers: [],
     };
-    for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch });
+    for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch, join: j });
     for (const filter of retainedFilters) {
       const reqId = ++this.reqSeq;
       this.retainedRequests.set(reqId, { conn, filter, batch });
@@ -762,10 +770,11 @@ export class Shard implements BatchVisitor {
     this.subscribeStepDone(req.batch);
   }
 
-  private onSharedJoined(reqId: number): void {
+  private onSharedJoined(reqId: number, ok: boolean): void {
     const w = this.joinWaits.get(reqId);
     if (!w) return;
     this.joinWaits.delete(reqId);
+    if (!ok && w.join) refuseSharedJoin(w.batch.conn, w.batch.held.frame, w.join);
     this.subscribeStepDone(w.batch);
   }
 
@@ -811,23 +820,26 @@ export class Shard implements BatchVisitor {
   // ------------------------------------------------------------------------------------------
   // Shared subscriptions
 
-  /** Tells the group's owner shard (maybe this one) that a session joins or leaves. */
-  private sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): void {
+  /**
+   * Tells the group's owner shard (maybe this one) that a session joins or leaves; false when
+   * this shard is the owner and could not add the member (its index is full).
+   */
+  private sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): boolean {
     const sf = sub.shared!;
     const owner = ownerShard(sf.group, sf.filter, this.shardCount);
     if (owner === this.id) {
       if (t === 'sharedJoin')
-        this.sharedJoin(sf.group, sf.filter, session.clientId, this.id, sub.qos, sub.subId);
-      else this.sharedLeave(sf.group, sf.filter, session.clientId);
-      return;
+        return this.sharedJoin(sf.group, sf.filter, session.clientId, this.id, sub.qos, sub.subId);
+      this.sharedLeave(sf.group, sf.filter, session.clientId);
+      return true;
     }
     const port = this.peers[owner];
-    if (!port) return;
+    if (!port) return true;
     // Inside a SUBSCRIBE, its SUBACK waits for the owner to confirm the join.
     let reqId = 0;
     if (t === 'sharedJoin' && this.joinCollector) {
       reqId = ++this.reqSeq;
-      this.joinCollector.push({ owner, reqId });
+      this.joinCollector.push({ owner, reqId, sub });
     }
     port.postMessage({
       t,
@@ -839,6 +851,7 @@ export class Shard implements BatchVisitor {
       subId: sub.subId,
       reqId,
     } satisfies ShardToShard);
+    return true;
   }
 
   private sharedJoin(
@@ -849,15 +862,17 @@ export class Shard implements BatchVisitor {
     qos: QoS,
     subId: number,
     reqId = 0,
-  ): void {
-    const nodeId = this.sharedIndex.ensure(filter);
-    if (nodeId < 0) {
-      this.log.error({ group, filter }, 'shared-subscription index full; member not added');
-    } else if (this.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId })) {
-      this.sharedIndex.setShard(nodeId, this.id);
+  ): boolean {
+    const nodeId = this.sharedIndex.acquire(filter, this.id);
+    const ok = nodeId > 0;
+    if (ok) this.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId });
+    else {
+      this.counters.row[Counter.subscriptionsIndexFull]++;
+      this.log.error({ group, filter, clientId }, 'shared-subscription index full; member not added');
     }
-    // The member's SUBACK waits for this (answered also when the index is full: never held forever).
-    if (reqId > 0) this.peers[shard]?.postMessage({ t: 'sharedJoined', reqId } satisfies ShardToShard);
+    // The member's SUBACK waits for this (answered also when full: 0x97 / 0x80, never held forever).
+    if (reqId > 0) this.peers[shard]?.postMessage({ t: 'sharedJoined', reqId, ok } satisfies ShardToShard);
+    return ok;
   }
 
   private sharedLeave(group: string, filter: string, clientId: string): void {
