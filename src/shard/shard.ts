@@ -692,7 +692,7 @@ export class Shard implements BatchVisitor {
     const nodeId = this.index.acquire(filter, this.id);
     if (nodeId < 0) {
       this.counters.row[Counter.subscriptionsIndexFull]++;
-      this.log.error({ filter }, 'topic index full; subscription refused');
+      this.log.warn({ filter }, 'topic index full; subscription refused');
       return null;
     }
     sub.nodeId = nodeId;
@@ -868,7 +868,7 @@ export class Shard implements BatchVisitor {
     if (ok) this.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId });
     else {
       this.counters.row[Counter.subscriptionsIndexFull]++;
-      this.log.error({ group, filter, clientId }, 'shared-subscription index full; member not added');
+      this.log.warn({ group, filter, clientId }, 'shared-subscription index full; member not added');
     }
     // The member's SUBACK waits for this (answered also when full: 0x97 / 0x80, never held forever).
     if (reqId > 0) this.peers[shard]?.postMessage({ t: 'sharedJoined', reqId, ok } satisfies ShardToShard);
