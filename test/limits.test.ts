@@ -12,9 +12,11 @@ import {
   endClient,
   Inbox,
   idOnShard,
+  props5,
   publish,
   RawClient,
   rawConnect5,
+  rawFrame,
   readFrame,
   subscribe,
   waitFor,
@@ -98,4 +100,25 @@ test('listener.max_connections holds across shards: CONNACK 0x03 (MQTT 3) / 0x97
   await endClient(a);
   await waitFor(() => broker.counters.snapshot().connections === 2, 'two connections');
   await client(t, broker, { clientId: idOnShard(broker, 1, 'max-d') });
+});
+
+test('MQTT 5 DISCONNECT Session Expiry: judged against the CONNECT value, not the server-capped one [MQTT-3.14.2-2]', {
+  timeout: T,
+}, async (t) => {
+  const broker = await pool({ 'mqtt.session_expiry_interval': 0 });
+  const before = broker.counters.snapshot().protocolErrors;
+  // Asked for 60 in CONNECT, capped to 0 by the server: a non-zero value at DISCONNECT is allowed.
+  const asked = await rawConnect5(t, broker, { clientId: 'exp-asked', props: [[0x11, 60]] });
+  assert.equal(asked.connack.properties?.sessionExpiryInterval, 0);
+  asked.raw.send(rawFrame(0xe0, [0], props5([[0x11, 30]])));
+  await asked.raw.waitClosed();
+  assert.equal(asked.raw.pending.length, 0, 'no DISCONNECT from the server');
+  // Zero (absent) in CONNECT: a non-zero value at DISCONNECT is a Protocol Error.
+  const zero = await rawConnect5(t, broker, { clientId: 'exp-zero' });
+  zero.raw.send(rawFrame(0xe0, [0], props5([[0x11, 30]])));
+  const f = await readFrame(zero.raw);
+  assert.equal(f.type, 14);
+  assert.equal(f.body[0], 0x82);
+  await zero.raw.waitClosed();
+  assert.equal(broker.counters.snapshot().protocolErrors, before + 1);
 });

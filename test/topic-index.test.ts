@@ -214,7 +214,11 @@ describe('TopicIndex randomized differential test', () => {
     const active = [...refCounts.keys()].filter((f) => maskOfRef(f) !== 0);
     const activeLevels = active.map((f) => f.split('/'));
     assert.equal(index.stats().activeFilters, active.length);
-    for (const f of refCounts.keys()) assert.equal(index.maskOf(index.find(f)), maskOfRef(f), f);
+    // A filter nobody subscribes to any more has been removed (find: -1).
+    for (const f of refCounts.keys()) {
+      const ref = index.find(f);
+      assert.equal(ref < 0 ? 0 : index.maskOf(ref), maskOfRef(f), f);
+    }
 
     const out = new MatchResult(2);
     let mismatches = 0;
@@ -308,15 +312,21 @@ describe('TopicIndex capacity', () => {
   });
 
   it('returns -1 when the arena is full; wildcard levels need no arena bytes', () => {
-    const index = TopicIndex.create({ maxNodes: 64, arenaBytes: 10 });
-    const id = subscribe(index, 'abcd/efgh', 0); // 8 bytes
+    // Two 8-byte blocks: levels of up to 8 bytes take one each (buddy allocator, arena.ts).
+    const index = TopicIndex.create({ maxNodes: 64, arenaBytes: 16 });
+    const id = subscribe(index, 'abcd/efgh', 0);
+    assert.equal(index.stats().arenaBytes, 16);
     assert.equal(index.ensure('abcd/xyz'), -1);
-    assert.equal(index.stats().arenaBytes, 8);
     assert.ok(subscribe(index, 'abcd/+/#', 1) > 0);
-    assert.ok(subscribe(index, 'abcd/ij', 2) > 0);
     assert.equal(index.ensure('k'), -1);
     assert.equal(index.filterOf(id), 'abcd/efgh');
     assert.deepEqual(matchedFilters(index, 'abcd/efgh'), ['abcd/+/#', 'abcd/efgh']);
+    // Unsubscribing gives the block back ('abcd' stays: 'abcd/+/#' still needs it).
+    index.clearShard(id, 0);
+    index.reclaim();
+    assert.equal(index.stats().arenaBytes, 8);
+    assert.ok(subscribe(index, 'abcd/ij', 2) > 0);
+    assert.deepEqual(matchedFilters(index, 'abcd/efgh'), ['abcd/+/#']);
   });
 
   it('rejects bad options, node ids and shards', () => {
@@ -383,10 +393,13 @@ describe('TopicIndex bookkeeping', () => {
     assert.deepEqual(matchedFilters(index, 'c/d'), ['c/#', 'c/d']);
     index.clearShardEverywhere(31);
     assert.equal(index.stats().activeFilters, 0);
+    assert.equal(index.stats().nodes, 1, 'nodes left without subscribers are removed');
+    assert.equal(index.setShard(only31, 1), false, 'a stale reference is refused');
     // Setting an already-set bit or clearing a clear one does not skew the count.
-    index.setShard(only31, 1);
-    index.setShard(only31, 1);
-    index.clearShard(only31, 2);
+    const again = subscribe(index, 'e', 1);
+    assert.notEqual(again, only31, 'a reused node has a new generation');
+    index.setShard(again, 1);
+    index.clearShard(again, 2);
     assert.equal(index.stats().activeFilters, 1);
   });
 
@@ -547,5 +560,57 @@ describe('TopicIndex across threads', () => {
     } finally {
       await worker.terminate();
     }
+  });
+});
+
+describe('TopicIndex reclamation across threads', () => {
+  it('readers keep matching exactly while another thread removes and reuses nodes', {
+    timeout: 120_000,
+  }, async () => {
+    const index = TopicIndex.create({ maxNodes: 1 << 16, arenaBytes: 1 << 20 });
+    // Stable filters: never removed, so every match of their topics must find exactly them.
+    const stable = Array.from({ length: 300 }, (_, i) => `s/${i}`);
+    const refs = stable.map((f, i) => {
+      const ref = index.acquire(f, i % 32);
+      assert.ok(ref > 0);
+      return ref;
+    });
+    const wild = index.acquire('w/+/+/x', 5); // matches no transient topic we check
+    const stop = new SharedArrayBuffer(4);
+    const churner = startWorker({ role: 'churner', shared: index.shared, stop, rounds: 4000, width: 300 });
+    const done = nextMessage<{ ops: number }>(churner);
+    const out = new MatchResult(2);
+    const errors: string[] = [];
+    let checks = 0;
+    let finished = false;
+    void done.then(() => {
+      finished = true;
+    });
+    const deadline = Date.now() + 60_000;
+    while (!finished && Date.now() < deadline && errors.length < 10) {
+      for (let i = 0; i < stable.length; i++) {
+        index.matchString(`s/${i}`, out);
+        if (out.count !== 1 || out.nodeIds[0] !== refs[i])
+          errors.push(`s/${i}: ${out.count} matches [${Array.from(out.nodeIds.subarray(0, out.count))}]`);
+        checks++;
+      }
+      // A topic under the transient subtrees: only the stable wildcard may match it.
+      index.matchString('w/q/q/x', out);
+      if (out.count !== 1 || out.nodeIds[0] !== wild) errors.push(`w/q/q/x: ${out.count} matches`);
+      await new Promise((r) => setImmediate(r)); // lets the worker's reply arrive
+    }
+    Atomics.store(new Int32Array(stop), 0, 1);
+    const { ops } = await done;
+    assert.deepEqual(errors, []);
+    assert.ok(checks > 10_000, `only ${checks} checks`);
+    // ~5/3 nodes per filter: far more nodes went through the index than it can hold at once,
+    // so none of it works without reuse (the churner throws on a refusal).
+    assert.ok(ops > 4 * 65536, `churner did only ${ops} operations`);
+    // Everything transient is gone again. (How far the slab grew depends on how long the OS
+    // paused this reader inside a walk: retired nodes wait for it.)
+    index.reclaim();
+    const after = index.stats();
+    assert.equal(after.nodes, 1 + 1 + stable.length + 4, 'root, s, stable filters, w/+/+/x');
+    assert.equal(after.retiredNodes, 0);
   });
 });

@@ -79,7 +79,10 @@ export class Broker implements BrokerView {
     this.credentials = loadOrCreateCredentials(this.config, this.log);
     const shards = shardCount(this.config);
     this.counters = Counters.create(shards + 1);
-    this.index = TopicIndex.create();
+    this.index = TopicIndex.create({
+      maxNodes: this.config['node.topic_index_max_nodes'],
+      arenaBytes: this.config['node.topic_index_arena_bytes'],
+    });
     // Shared-subscription filters are far fewer than plain ones: a smaller reservation.
     this.sharedIndex = TopicIndex.create({ maxNodes: 1 << 16, arenaBytes: 4 << 20 });
     this.supervisor = new Supervisor(
@@ -101,6 +104,7 @@ export class Broker implements BrokerView {
       counters: this.counters,
       stats: this.stats,
       supervisor: this.supervisor,
+      indexes: { topics: this.index, shared: this.sharedIndex },
     });
     this.queries = new ShardQueries(this.supervisor);
     this.sys = new SysPublisher(this);

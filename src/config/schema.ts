@@ -325,6 +325,30 @@ export const SCHEMA = {
     max: 100000000,
     doc: 'Most concurrent MQTT connections over all shards (0 = unlimited); beyond it CONNACK 0x97 (MQTT 3: 0x03) and close',
   },
+  'mqtt.max_subscriptions': {
+    type: 'number',
+    integer: true,
+    default: 0,
+    min: 0,
+    max: 100000000,
+    doc: 'Most subscriptions per client (0 = unlimited, as EMQX); a new filter beyond it gets SUBACK 0x97 (MQTT 3: 0x80), counted',
+  },
+  'node.topic_index_max_nodes': {
+    type: 'number',
+    integer: true,
+    default: 1048576,
+    min: 16,
+    max: 67108864,
+    doc: 'Capacity of the shared topic index in trie nodes (one per distinct filter level; freed on unsubscribe); read at start',
+  },
+  'node.topic_index_arena_bytes': {
+    type: 'number',
+    integer: true,
+    default: 33554432,
+    min: 65536,
+    max: 2147483640,
+    doc: 'Bytes for the text of literal filter levels in the shared topic index (freed on unsubscribe); when full, SUBACK 0x97 (MQTT 3: 0x80); read at start',
+  },
 } as const satisfies Record<string, OptionSpec>;
 
 export type OptionKey = keyof typeof SCHEMA;

@@ -19,7 +19,9 @@ export const handleDisconnect: PacketHandler = (conn, _flags, body, start, end) 
   const { reason, props } = parseDisconnectV5(body, start, end);
   const expiry = props.sessionExpiryInterval;
   if (expiry !== undefined) {
-    if (session.expiryInterval === 0 && expiry !== 0) {
+    // The rule is about what the client sent in CONNECT, not the value the server capped it to:
+    // with mqtt.session_expiry_interval = 0 a client that asked for 60 may still say 30 here.
+    if (conn.connectExpiry === 0 && expiry !== 0) {
       throw new ProtocolError(
         'Session Expiry Interval set at DISCONNECT after 0 in CONNECT [MQTT-3.14.2-2]',
         undefined,

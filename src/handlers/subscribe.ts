@@ -16,11 +16,13 @@ import {
   type SubscriptionRequest,
 } from '../protocol/v5-control.js';
 import { parseSharedFilter } from '../routing/shared.js';
+import type { PendingJoin } from '../routing/subscriptions.js';
 import type { HandlerConnection as Connection, PacketHandler } from './types.js';
 
 /** MQTT 5 SUBACK reason codes [MQTT-3.9.3] */
 const Reason = {
   UNSPECIFIED: 0x80,
+  QUOTA_EXCEEDED: 0x97,
   TOPIC_FILTER_INVALID: 0x8f,
   SHARED_NOT_SUPPORTED: 0x9e,
   WILDCARD_NOT_SUPPORTED: 0xa2,
@@ -61,6 +63,15 @@ function subscribeOne(
   if (!cfg['mqtt.wildcard_subscription'] && hasWildcard(shared ? shared.filter : r.filter)) {
     return fail(Reason.WILDCARD_NOT_SUPPORTED, 'wildcard subscriptions disabled');
   }
+  const maxSubs = cfg['mqtt.max_subscriptions'];
+  if (
+    maxSubs > 0 &&
+    conn.session.subscriptions.size >= maxSubs &&
+    !conn.session.subscriptions.has(r.filter)
+  ) {
+    conn.shard.counters.row[Counter.subscriptionsRefusedMax]++;
+    return fail(Reason.QUOTA_EXCEEDED, `client has mqtt.max_subscriptions (${maxSubs}) subscriptions`);
+  }
   const qos = Math.min(r.qos, cfg['mqtt.max_qos_allowed']) as QoS;
   const result = conn.shard.subscribe(
     conn.session,
@@ -74,7 +85,7 @@ function subscribeOne(
     },
     shared,
   );
-  if (result === null) return fail(v5 ? 0x97 : SUBACK_FAILURE, 'topic index full');
+  if (result === null) return fail(Reason.QUOTA_EXCEEDED, 'topic index full');
   // Retain Handling: 0 send, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11]; shared
   // subscriptions get no retained messages [MQTT-4.8.2-?].
   const sendRetained = !shared && (r.retainHandling === 0 || (r.retainHandling === 1 && result === 'new'));
@@ -109,12 +120,19 @@ export const handleSubscribe: PacketHandler = (conn, _flags, body, start, end) =
   const codes: number[] = [];
   const retained: string[] = [];
   const shard = conn.shard;
-  shard.beginSubscribe();
+  const pending = shard.beginSubscribe();
   try {
-    for (const r of requests) {
+    for (let i = 0; i < requests.length; i++) {
+      const r = requests[i]!;
+      const before = pending.length;
       const { code, sendRetained } = subscribeOne(conn, r, subId);
       codes.push(code);
       if (sendRetained) retained.push(r.filter);
+      // A join a remote owner may still refuse: where its code sits (codes end the SUBACK).
+      for (let k = before; k < pending.length; k++) {
+        pending[k]!.filter = r.filter;
+        pending[k]!.back = requests.length - i;
+      }
     }
   } catch (err) {
     shard.endSubscribe();
@@ -127,6 +145,20 @@ export const handleSubscribe: PacketHandler = (conn, _flags, body, start, end) =
   // groups on other shards to have the new members (see Shard.sendSuback).
   shard.sendSuback(conn, retained, joins, suback);
 };
+
+/**
+ * The owner of a shared group on another shard could not add the member (its index is full):
+ * the held SUBACK says 0x97 (MQTT 3: 0x80) for that filter instead of the granted QoS, and the
+ * subscription is undone here, so the client's view and the group agree. Counted by the owner.
+ */
+export function refuseSharedJoin(conn: Connection, suback: Buffer, join: PendingJoin): void {
+  if (join.filter === undefined || join.back === undefined) return;
+  suback[suback.length - join.back] = conn.v5 ? Reason.QUOTA_EXCEEDED : SUBACK_FAILURE;
+  conn.log.info({ filter: join.filter, reason: 'shared-subscription index full' }, 'subscription refused');
+  conn.shard.counters.row[Counter.packetsSubscribeError]++;
+  const session = conn.session;
+  if (session.subscriptions.get(join.filter) === join.sub) conn.shard.unsubscribe(session, join.filter);
+}
 
 /**
  * UNSUBSCRIBE: always answered with UNSUBACK, even when nothing matched [MQTT-3.10.4-5];

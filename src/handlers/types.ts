@@ -20,7 +20,7 @@ export interface HandlerShard {
     shared?: Subscription['shared'],
   ): 'new' | 'existing' | null;
   unsubscribe(session: Session, filter: string): boolean;
-  beginSubscribe(): void;
+  beginSubscribe(): PendingJoin[];
   endSubscribe(): PendingJoin[];
   sendSuback(conn: HandlerConnection, retainedFilters: string[], joins: PendingJoin[], suback: Buffer): void;
   drainSession(session: Session): void;
@@ -34,6 +34,8 @@ export interface HandlerConnection {
   readonly v5: boolean;
   readonly log: Logger;
   gracefulDisconnect: boolean;
+  /** Session Expiry Interval the client asked for in CONNECT (before the server cap) */
+  readonly connectExpiry: number;
   lastReceivedAt: number;
   /** Inbound topic aliases (client → broker) [MQTT-3.3.2-7] */
   inAliases: Map<number, Buffer> | null;

@@ -81,7 +81,13 @@ export const Counter = {
   /** Bytes copied to reassemble frames split across reads (debug: must stay linear in size) */
   frameBytesCopied: 64,
   handoffsLost: 65, // handed-off fds closed because their owner shard died before adopting them
-  // 66..95 free for more named counters.
+  // 66..89, 92, 93 free for more named counters.
+  /** Subscriptions refused because the topic index (or shared-subscription index) is full */
+  subscriptionsIndexFull: 90,
+  /** Subscriptions refused because the client has mqtt.max_subscriptions already */
+  subscriptionsRefusedMax: 91,
+  /** Connections ended when the client's FIN was read (also a half-close that stops reading) */
+  peerClosed: 94,
 } as const;
 
 export type CounterName = keyof typeof Counter;

@@ -7,6 +7,7 @@
 import type { Worker } from 'node:worker_threads';
 import { collectDefaultMetrics, Gauge, type Metric, Counter as PromCounter, Registry } from 'prom-client';
 import type { Supervisor } from '../broker/supervisor.js';
+import type { TopicIndex, TopicIndexStats } from '../routing/topic-index.js';
 import { Counter, type Counters, HANDOFF_BUCKETS, HANDOFF_BUCKETS_S } from './counters.js';
 import { EMQX_METRICS, EMQX_STATS, promName, type StatsTracker } from './emqx.js';
 
@@ -14,6 +15,36 @@ export interface PrometheusSources {
   counters: Counters;
   stats: StatsTracker;
   supervisor: Supervisor;
+  /** The shared-memory indexes, read at scrape time (their control blocks) */
+  indexes?: { topics: TopicIndex; shared: TopicIndex };
+}
+
+/**
+ * Usage of the topic indexes, label `index` = topics | shared: live nodes and arena bytes (they
+ * return to the baseline when filters are unsubscribed), high-water marks and capacities.
+ */
+function topicIndexGauges(indexes: { topics: TopicIndex; shared: TopicIndex }, registers: Registry[]): void {
+  const fields: [string, string, keyof TopicIndexStats][] = [
+    ['nodes', 'Live trie nodes', 'nodes'],
+    ['arena_bytes', 'Bytes of level text in allocated arena blocks', 'arenaBytes'],
+    ['retired_nodes', 'Removed nodes waiting for readers to move on before reuse', 'retiredNodes'],
+    ['nodes_high_water', 'Node slots ever used', 'nodesHighWater'],
+    ['arena_high_water_bytes', 'Arena bytes ever carved', 'arenaHighWater'],
+    ['capacity_nodes', 'Node capacity', 'capacityNodes'],
+    ['capacity_arena_bytes', 'Arena capacity, bytes', 'capacityArenaBytes'],
+  ];
+  for (const [suffix, help, key] of fields) {
+    new Gauge({
+      name: `emqx_ts_topic_index_${suffix}`,
+      help,
+      labelNames: ['index'],
+      registers,
+      collect() {
+        this.set({ index: 'topics' }, indexes.topics.stats()[key]);
+        this.set({ index: 'shared' }, indexes.shared.stats()[key]);
+      },
+    });
+  }
 }
 
 type EventLoopUtilization = ReturnType<Worker['performance']['eventLoopUtilization']>;
@@ -174,6 +205,21 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Handed-off connections closed because their owner shard died before adopting them',
       Counter.handoffsLost,
     ],
+    [
+      'emqx_ts_peer_closed_total',
+      'Connections the client closed (its FIN read), ended at once even if output was still queued',
+      Counter.peerClosed,
+    ],
+    [
+      'emqx_ts_subscriptions_index_full_total',
+      'Subscriptions refused (SUBACK 0x97 / 0x80) because the topic index was full',
+      Counter.subscriptionsIndexFull,
+    ],
+    [
+      'emqx_ts_subscriptions_refused_max_total',
+      'Subscriptions refused (SUBACK 0x97 / 0x80) beyond mqtt.max_subscriptions',
+      Counter.subscriptionsRefusedMax,
+    ],
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({
@@ -187,6 +233,7 @@ export function createRegistry(src: PrometheusSources): Registry {
     });
   }
   registry.registerMetric(handoffHistogram(counters) as unknown as Metric);
+  if (src.indexes) topicIndexGauges(src.indexes, registers);
 
   // Process metrics of the main thread (CPU, memory, event-loop lag, GC).
   collectDefaultMetrics({ register: registry });

@@ -43,8 +43,9 @@ export class SharedGroupRouting {
    * SUBACK waits for the owners to confirm them. A message published after the client saw the
    * SUBACK then finds the member in its group, as it finds a plain subscription in the index.
    */
-  beginSubscribe(): void {
+  beginSubscribe(): PendingJoin[] {
     this.joinCollector = [];
+    return this.joinCollector;
   }
 
   /** Ends a SUBSCRIBE's collection of joins (also when it failed) and returns them. */
@@ -54,23 +55,26 @@ export class SharedGroupRouting {
     return joins;
   }
 
-  /** Tells the group's owner shard (maybe this one) that a session joins or leaves. */
-  sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): void {
+  /**
+   * Tells the group's owner shard (maybe this one) that a session joins or leaves; false when
+   * this shard is the owner and could not add the member (its index is full).
+   */
+  sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): boolean {
     const sf = sub.shared!;
     const owner = ownerShard(sf.group, sf.filter, this.s.shardCount);
     if (owner === this.s.id) {
       if (t === 'sharedJoin')
-        this.sharedJoin(sf.group, sf.filter, session.clientId, this.s.id, sub.qos, sub.subId);
-      else this.sharedLeave(sf.group, sf.filter, session.clientId);
-      return;
+        return this.sharedJoin(sf.group, sf.filter, session.clientId, this.s.id, sub.qos, sub.subId);
+      this.sharedLeave(sf.group, sf.filter, session.clientId);
+      return true;
     }
     const port = this.s.peers[owner];
-    if (!port) return;
+    if (!port) return true;
     // Inside a SUBSCRIBE, its SUBACK waits for the owner to confirm the join.
     let reqId = 0;
     if (t === 'sharedJoin' && this.joinCollector) {
       reqId = ++this.reqSeq;
-      this.joinCollector.push({ owner, reqId });
+      this.joinCollector.push({ owner, reqId, sub });
     }
     port.postMessage({
       t,
@@ -82,6 +86,7 @@ export class SharedGroupRouting {
       subId: sub.subId,
       reqId,
     } satisfies ShardToShard);
+    return true;
   }
 
   /** Owner side: a member joins (`reqId` > 0: its shard waits for the answer). */
@@ -93,15 +98,17 @@ export class SharedGroupRouting {
     qos: QoS,
     subId: number,
     reqId = 0,
-  ): void {
-    const nodeId = this.s.sharedIndex.ensure(filter);
-    if (nodeId < 0) {
-      this.s.log.error({ group, filter }, 'shared-subscription index full; member not added');
-    } else if (this.s.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId })) {
-      this.s.sharedIndex.setShard(nodeId, this.s.id);
+  ): boolean {
+    const nodeId = this.s.sharedIndex.acquire(filter, this.s.id);
+    const ok = nodeId > 0;
+    if (ok) this.s.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId });
+    else {
+      this.s.counters.row[Counter.subscriptionsIndexFull]++;
+      this.s.log.warn({ group, filter, clientId }, 'shared-subscription index full; member not added');
     }
-    // The member's SUBACK waits for this (answered also when the index is full: never held forever).
-    if (reqId > 0) this.s.peers[shard]?.postMessage({ t: 'sharedJoined', reqId } satisfies ShardToShard);
+    // The member's SUBACK waits for this (answered also when full: 0x97 / 0x80, never held forever).
+    if (reqId > 0) this.s.peers[shard]?.postMessage({ t: 'sharedJoined', reqId, ok } satisfies ShardToShard);
+    return ok;
   }
 
   sharedLeave(group: string, filter: string, clientId: string): void {

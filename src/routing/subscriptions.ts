@@ -16,11 +16,16 @@ export interface SubscribeOptions {
 export interface PendingJoin {
   owner: number;
   reqId: number;
+  sub: Subscription;
+  /** Set by the SUBSCRIBE handler: the filter, and its code's distance from the SUBACK's end */
+  filter?: string;
+  back?: number;
 }
 
 /** Joins and leaves of shared groups (routing/shared-groups.ts). */
 export interface SharedMembership {
-  sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): void;
+  /** False when this shard owns the group and could not add the member (its index is full) */
+  sendMembership(t: 'sharedJoin' | 'sharedLeave', session: Session, sub: Subscription): boolean;
 }
 
 /**
@@ -63,17 +68,19 @@ export class Subscriptions {
       session.subscriptions.set(filter, sub);
       this.sharedSubs++;
       this.s.counters.row[Counter.subscriptionsShared] = this.sharedSubs;
-      this.shared.sendMembership('sharedJoin', session, sub);
-      return 'new';
+      if (this.shared.sendMembership('sharedJoin', session, sub)) return 'new';
+      this.unsubscribe(session, filter); // this shard owns the group and its index is full
+      return null;
     }
-    const nodeId = this.s.index.ensure(filter);
+    const nodeId = this.s.index.acquire(filter, this.s.id);
     if (nodeId < 0) {
-      this.s.log.error({ filter }, 'topic index full; subscription refused');
+      this.s.counters.row[Counter.subscriptionsIndexFull]++;
+      this.s.log.warn({ filter }, 'topic index full; subscription refused');
       return null;
     }
     sub.nodeId = nodeId;
     session.subscriptions.set(filter, sub);
-    if (this.s.subscribers.add(nodeId, session, sub)) this.s.index.setShard(nodeId, this.s.id);
+    this.s.subscribers.add(nodeId, session, sub);
     this.s.counters.row[Counter.subscriptions] = this.s.subscribers.count;
     return 'new';
   }

@@ -47,6 +47,9 @@ function onSocketError(this: OwnedSocket, err: Error): void {
 function onSocketClose(this: OwnedSocket): void {
   this[CONNECTION].close('connection closed by peer');
 }
+function onSocketEnd(this: OwnedSocket): void {
+  this[CONNECTION].onPeerEnd();
+}
 /**
  * Per-delivery property holder, reused (one per thread; used only while a frame is encoded): no
  * allocation per delivery, and none per connection.
@@ -89,6 +92,8 @@ export class Connection implements FrameSink {
   readonly clientAliasMax: number;
   /** Reason strings and user properties allowed on acks (Request Problem Information) */
   readonly problemInfo: boolean;
+  /** Session Expiry Interval the client asked for in CONNECT (before the server's cap) */
+  readonly connectExpiry: number;
   /** Inbound topic aliases (client → broker), valid for this connection only [MQTT-3.3.2-7] */
   inAliases: Map<number, Buffer> | null = null;
   /** Outbound topic aliases (broker → client) */
@@ -113,6 +118,7 @@ export class Connection implements FrameSink {
     this.clientMaxPacket = p.maximumPacketSize ?? 0;
     this.clientAliasMax = p.topicAliasMaximum ?? 0;
     this.problemInfo = p.requestProblemInformation !== 0;
+    this.connectExpiry = p.sessionExpiryInterval ?? 0;
     // Server Keep Alive overrides the client's for MQTT 5 [MQTT-3.2.2-21].
     const serverKeepalive = shard.config['mqtt.server_keepalive'];
     this.keepalive = this.v5 && serverKeepalive > 0 ? serverKeepalive : c.keepalive;
@@ -152,6 +158,7 @@ export class Connection implements FrameSink {
     this.socket.on('drain', onSocketDrain);
     this.socket.on('error', onSocketError);
     this.socket.on('close', onSocketClose);
+    this.socket.on('end', onSocketEnd);
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
     // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
     // leftover bytes above (resume() takes effect on a later tick).
@@ -289,9 +296,27 @@ export class Connection implements FrameSink {
     handler(this, flags, body, start, end);
   }
 
+  /**
+   * The peer sent FIN: the connection is over (as in mosquitto and EMQX), even if 'close' cannot
+   * come yet because the peer does not read what we still have to flush. Without this, a peer
+   * that half-closes and stops reading kept its connection and session online (forever with keep
+   * alive 0), and each delivery to it threw inside the socket (write after end).
+   */
+  onPeerEnd(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.shard.counters.row[Counter.peerClosed]++;
+    if (this.corked) this.socket.uncork();
+    // What is queued may still flush; a peer that never reads is cut off shortly after.
+    setTimeout(() => this.socket.destroy(), 2000).unref();
+    this.shard.onConnectionClosed(this, 'connection closed by peer');
+  }
+
   /** Queues a frame for this turn's corked write. */
   write(frame: Buffer): void {
-    if (this.closed) return;
+    // Not writable: destroyed by a socket error whose 'close' has not come yet (writing would
+    // throw and build an Error per frame).
+    if (this.closed || !this.socket.writable) return;
     if (!this.corked) {
       this.corked = true;
       this.turnBytes = 0;

@@ -1,4 +1,5 @@
 import type { Delivery } from '../delivery/deliver.js';
+import { refuseSharedJoin } from '../handlers/subscribe.js';
 import type { QoS } from '../protocol/constants.js';
 import type { PendingJoin } from '../routing/subscriptions.js';
 import { Message } from '../session/message.js';
@@ -35,7 +36,7 @@ export class RetainedRelay {
     { conn: Connection; filter: string; batch: RetainedBatch }
   >();
   /** SUBACKs waiting for owner shards to confirm joins, by request id */
-  private readonly joinWaits = new Map<number, { owner: number; batch: RetainedBatch }>();
+  private readonly joinWaits = new Map<number, { owner: number; batch: RetainedBatch; join?: PendingJoin }>();
 
   constructor(
     private readonly main: MainLink,
@@ -95,7 +96,7 @@ export class RetainedRelay {
       left: retainedFilters.length + joins.length,
       answers: [],
     };
-    for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch });
+    for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch, join: j });
     for (const filter of retainedFilters) {
       const reqId = ++this.reqSeq;
       this.retainedRequests.set(reqId, { conn, filter, batch });
@@ -112,10 +113,11 @@ export class RetainedRelay {
     this.subscribeStepDone(req.batch);
   }
 
-  onSharedJoined(reqId: number): void {
+  onSharedJoined(reqId: number, ok: boolean): void {
     const w = this.joinWaits.get(reqId);
     if (!w) return;
     this.joinWaits.delete(reqId);
+    if (!ok && w.join) refuseSharedJoin(w.batch.conn, w.batch.held.frame, w.join);
     this.subscribeStepDone(w.batch);
   }
 

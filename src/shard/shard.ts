@@ -124,7 +124,7 @@ export class Shard implements BatchVisitor, ShardState {
         } else if (m.t === 'adopted') this.accept.onAdopted(i, m.seq);
         else if (m.t === 'sharedJoin')
           this.shared.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
-        else if (m.t === 'sharedJoined') this.relay.onSharedJoined(m.reqId);
+        else if (m.t === 'sharedJoined') this.relay.onSharedJoined(m.reqId, m.ok !== false);
         else this.shared.sharedLeave(m.group, m.filter, m.clientId);
       } catch (err) {
         this.threadMessageError(err, `shard ${i}`, m);
@@ -223,8 +223,8 @@ export class Shard implements BatchVisitor, ShardState {
     return this.subscriptions.unsubscribe(session, filter);
   }
 
-  beginSubscribe(): void {
-    this.shared.beginSubscribe();
+  beginSubscribe(): PendingJoin[] {
+    return this.shared.beginSubscribe();
   }
 
   endSubscribe(): PendingJoin[] {

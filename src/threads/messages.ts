@@ -115,6 +115,8 @@ export interface SharedMembership {
 export interface SharedJoined {
   t: 'sharedJoined';
   reqId: number;
+  /** false: the owner's index is full and the member was not added (SUBACK 0x97 / 0x80) */
+  ok?: boolean;
 }
 
 /** Connections accepted by the sending shard whose client ids belong to the receiver. */
