@@ -5,27 +5,24 @@
  * python3-paho-mqtt, and a missing one fails with the package to install.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { Broker } from '../src/broker/broker.js';
+import type { Ctx } from './helpers/base.js';
 import {
   client,
   exited,
   Inbox,
   idOnShard,
-  LineReader,
   publish,
   startBroker,
   subscribe,
   waitForMessage,
 } from './helpers/broker.js';
+import { PAHO_SCRIPT, type Proc, pahoPython, run } from './helpers/paho.js';
 
 /** Per-test hang guard (a whole test on a loaded 2-core CI machine can take 15 s): a broker bug fails the test instead of hanging the run. */
 const T = 60_000;
-const PAHO_SCRIPT = fileURLToPath(new URL('./fixtures/paho_client.py', import.meta.url));
-
-type Ctx = { after: (fn: () => void | Promise<void>) => void };
 
 function requireTool(cmd: string, pkg: string): void {
   const r = spawnSync(cmd, ['--help'], { encoding: 'utf8' });
@@ -35,37 +32,11 @@ function requireTool(cmd: string, pkg: string): void {
   );
 }
 
-/** A python3 that can import paho.mqtt (PYTHON, then python3 on PATH, then the system one). */
-function pahoPython(): string {
-  const candidates = [process.env.PYTHON, 'python3', '/usr/bin/python3'].filter((c): c is string => !!c);
-  for (const py of candidates) {
-    const r = spawnSync(py, ['-c', 'import paho.mqtt.client'], { encoding: 'utf8' });
-    if (!r.error && r.status === 0) return py;
-  }
-  assert.fail(
-    `no python3 with paho-mqtt among ${candidates.join(', ')}: install the Debian/Ubuntu package python3-paho-mqtt (apt-get install python3-paho-mqtt)`,
-  );
-}
-
 let broker: Broker;
 before(async () => {
   broker = await startBroker({ after: () => {} });
 });
 after(() => broker?.stop());
-
-interface Proc {
-  child: ChildProcess;
-  out: LineReader;
-  err: LineReader;
-}
-
-function run(t: Ctx, cmd: string, args: string[]): Proc {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  return { child, out: new LineReader(child.stdout!), err: new LineReader(child.stderr!) };
-}
 
 /** Runs a command to completion; fails with its output unless it exits 0. */
 async function runOk(t: Ctx, cmd: string, args: string[]): Promise<Proc> {

@@ -5,15 +5,13 @@
  * Cited: OASIS MQTT Version 5.0, normative statements [MQTT-x.x.x-y].
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { Broker } from '../src/broker/broker.js';
+import type { Ctx } from './helpers/base.js';
 import {
   client5,
   exited,
   idOnShard,
-  LineReader,
   mqttString,
   parsePublish5,
   props5,
@@ -25,25 +23,10 @@ import {
   subscribe5,
   waitForPacket,
 } from './helpers/broker.js';
+import { PAHO5_SCRIPT, type Proc, paho as pahoScript } from './helpers/paho.js';
 
 /** Per-test hang guard (a whole test on a loaded 2-core CI machine can take 15 s): a broker bug fails the test instead of hanging the run. */
 const T = 60_000;
-const PAHO5 = fileURLToPath(new URL('./fixtures/paho5_client.py', import.meta.url));
-const PKG = 'python3-paho-mqtt';
-
-/** A python3 whose paho.mqtt speaks MQTT 5 (PYTHON, then python3 on PATH, then the system one). */
-function paho5Python(): string {
-  const candidates = [process.env.PYTHON, 'python3', '/usr/bin/python3'].filter((c): c is string => !!c);
-  for (const py of candidates) {
-    const r = spawnSync(py, ['-c', 'import paho.mqtt.client as m; m.MQTTv5; import paho.mqtt.properties'], {
-      encoding: 'utf8',
-    });
-    if (!r.error && r.status === 0) return py;
-  }
-  assert.fail(
-    `no python3 with paho-mqtt (MQTT 5 support) among ${candidates.join(', ')}: install the Debian/Ubuntu package ${PKG} (apt-get install ${PKG})`,
-  );
-}
 
 let broker: Broker;
 before(async () => {
@@ -51,21 +34,8 @@ before(async () => {
 });
 after(() => broker?.stop());
 
-type Ctx = { after: (fn: () => void | Promise<void>) => void };
-interface Proc {
-  child: ChildProcess;
-  out: LineReader;
-  err: LineReader;
-}
-
 function paho(t: Ctx, clientId: string, ...args: string[]): Proc {
-  const child = spawn(paho5Python(), [PAHO5, '127.0.0.1', String(broker.port), clientId, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  return { child, out: new LineReader(child.stdout!), err: new LineReader(child.stderr!) };
+  return pahoScript(t, PAHO5_SCRIPT, broker.port, clientId, ...args);
 }
 
 const json = (line: string) => JSON.parse(line) as Record<string, unknown>;
