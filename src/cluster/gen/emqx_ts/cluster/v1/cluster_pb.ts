@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file emqx_ts/cluster/v1/cluster.proto.
  */
 export const file_emqx_ts_cluster_v1_cluster: GenFile = /*@__PURE__*/
-  fileDesc("CiBlbXF4X3RzL2NsdXN0ZXIvdjEvY2x1c3Rlci5wcm90bxISZW1xeF90cy5jbHVzdGVyLnYxIk8KCE5vZGVJbmZvEgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRITCgtpbmNhcm5hdGlvbhgDIAEoBBIPCgd2ZXJzaW9uGAQgASgJIjEKDVJvdXRlU25hcHNob3QSDwoHZmlsdGVycxgBIAMoCRIPCgd2ZXJzaW9uGAIgASgEImwKC0pvaW5SZXF1ZXN0EioKBG5vZGUYASABKAsyHC5lbXF4X3RzLmNsdXN0ZXIudjEuTm9kZUluZm8SMQoGcm91dGVzGAIgASgLMiEuZW1xeF90cy5jbHVzdGVyLnYxLlJvdXRlU25hcHNob3QinAEKDEpvaW5SZXNwb25zZRIqCgRub2RlGAEgASgLMhwuZW1xeF90cy5jbHVzdGVyLnYxLk5vZGVJbmZvEjEKBnJvdXRlcxgCIAEoCzIhLmVtcXhfdHMuY2x1c3Rlci52MS5Sb3V0ZVNuYXBzaG90Ei0KB21lbWJlcnMYAyADKAsyHC5lbXF4X3RzLmNsdXN0ZXIudjEuTm9kZUluZm8iTAoQSGVhcnRiZWF0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEEhUKDXJvdXRlX3ZlcnNpb24YAyABKAQifQoRSGVhcnRiZWF0UmVzcG9uc2USKgoEbm9kZRgBIAEoCzIcLmVtcXhfdHMuY2x1c3Rlci52MS5Ob2RlSW5mbxINCgVrbm93bhgCIAEoCBItCgdtZW1iZXJzGAMgAygLMhwuZW1xeF90cy5jbHVzdGVyLnYxLk5vZGVJbmZvIjEKDExlYXZlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEIg8KDUxlYXZlUmVzcG9uc2UicwoKUm91dGVEZWx0YRIMCgRuYW1lGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEEhQKDGZyb21fdmVyc2lvbhgDIAEoBBIPCgd2ZXJzaW9uGAQgASgEEgsKA2FkZBgFIAMoCRIOCgZkZWxldGUYBiADKAkiJQoSUm91dGVEZWx0YVJlc3BvbnNlEg8KB2FwcGxpZWQYASABKAgiXgoMRm9yd2FyZEJhdGNoEgwKBGZyb20YASABKAkSEwoLaW5jYXJuYXRpb24YAiABKAQSCwoDc2VxGAMgASgEEg0KBWNvdW50GAQgASgNEg8KB2VudHJpZXMYBSABKAwiGQoKRm9yd2FyZEFjaxILCgNzZXEYASABKAQyqgMKDkNsdXN0ZXJTZXJ2aWNlEkkKBEpvaW4SHy5lbXF4X3RzLmNsdXN0ZXIudjEuSm9pblJlcXVlc3QaIC5lbXF4X3RzLmNsdXN0ZXIudjEuSm9pblJlc3BvbnNlElgKCUhlYXJ0YmVhdBIkLmVtcXhfdHMuY2x1c3Rlci52MS5IZWFydGJlYXRSZXF1ZXN0GiUuZW1xeF90cy5jbHVzdGVyLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEkwKBUxlYXZlEiAuZW1xeF90cy5jbHVzdGVyLnYxLkxlYXZlUmVxdWVzdBohLmVtcXhfdHMuY2x1c3Rlci52MS5MZWF2ZVJlc3BvbnNlElQKClB1c2hSb3V0ZXMSHi5lbXF4X3RzLmNsdXN0ZXIudjEuUm91dGVEZWx0YRomLmVtcXhfdHMuY2x1c3Rlci52MS5Sb3V0ZURlbHRhUmVzcG9uc2USTwoHRm9yd2FyZBIgLmVtcXhfdHMuY2x1c3Rlci52MS5Gb3J3YXJkQmF0Y2gaHi5lbXF4X3RzLmNsdXN0ZXIudjEuRm9yd2FyZEFjaygBMAFiBnByb3RvMw");
+  fileDesc("CiBlbXF4X3RzL2NsdXN0ZXIvdjEvY2x1c3Rlci5wcm90bxISZW1xeF90cy5jbHVzdGVyLnYxIk8KCE5vZGVJbmZvEgwKBG5hbWUYASABKAkSDwoHYWRkcmVzcxgCIAEoCRITCgtpbmNhcm5hdGlvbhgDIAEoBBIPCgd2ZXJzaW9uGAQgASgJIjEKDVJvdXRlU25hcHNob3QSDwoHZmlsdGVycxgBIAMoCRIPCgd2ZXJzaW9uGAIgASgEImwKC0pvaW5SZXF1ZXN0EioKBG5vZGUYASABKAsyHC5lbXF4X3RzLmNsdXN0ZXIudjEuTm9kZUluZm8SMQoGcm91dGVzGAIgASgLMiEuZW1xeF90cy5jbHVzdGVyLnYxLlJvdXRlU25hcHNob3QiaQoMSm9pblJlc3BvbnNlEioKBG5vZGUYASABKAsyHC5lbXF4X3RzLmNsdXN0ZXIudjEuTm9kZUluZm8SLQoHbWVtYmVycxgCIAMoCzIcLmVtcXhfdHMuY2x1c3Rlci52MS5Ob2RlSW5mbyJMChBIZWFydGJlYXRSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLaW5jYXJuYXRpb24YAiABKAQSFQoNcm91dGVfdmVyc2lvbhgDIAEoBCJ9ChFIZWFydGJlYXRSZXNwb25zZRIqCgRub2RlGAEgASgLMhwuZW1xeF90cy5jbHVzdGVyLnYxLk5vZGVJbmZvEg0KBWtub3duGAIgASgIEi0KB21lbWJlcnMYAyADKAsyHC5lbXF4X3RzLmNsdXN0ZXIudjEuTm9kZUluZm8iMQoMTGVhdmVSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLaW5jYXJuYXRpb24YAiABKAQiDwoNTGVhdmVSZXNwb25zZSJzCgpSb3V0ZURlbHRhEgwKBG5hbWUYASABKAkSEwoLaW5jYXJuYXRpb24YAiABKAQSFAoMZnJvbV92ZXJzaW9uGAMgASgEEg8KB3ZlcnNpb24YBCABKAQSCwoDYWRkGAUgAygJEg4KBmRlbGV0ZRgGIAMoCSIlChJSb3V0ZURlbHRhUmVzcG9uc2USDwoHYXBwbGllZBgBIAEoCCJeCgxGb3J3YXJkQmF0Y2gSDAoEZnJvbRgBIAEoCRITCgtpbmNhcm5hdGlvbhgCIAEoBBILCgNzZXEYAyABKAQSDQoFY291bnQYBCABKA0SDwoHZW50cmllcxgFIAEoDCIZCgpGb3J3YXJkQWNrEgsKA3NlcRgBIAEoBDKqAwoOQ2x1c3RlclNlcnZpY2USSQoESm9pbhIfLmVtcXhfdHMuY2x1c3Rlci52MS5Kb2luUmVxdWVzdBogLmVtcXhfdHMuY2x1c3Rlci52MS5Kb2luUmVzcG9uc2USWAoJSGVhcnRiZWF0EiQuZW1xeF90cy5jbHVzdGVyLnYxLkhlYXJ0YmVhdFJlcXVlc3QaJS5lbXF4X3RzLmNsdXN0ZXIudjEuSGVhcnRiZWF0UmVzcG9uc2USTAoFTGVhdmUSIC5lbXF4X3RzLmNsdXN0ZXIudjEuTGVhdmVSZXF1ZXN0GiEuZW1xeF90cy5jbHVzdGVyLnYxLkxlYXZlUmVzcG9uc2USVAoKUHVzaFJvdXRlcxIeLmVtcXhfdHMuY2x1c3Rlci52MS5Sb3V0ZURlbHRhGiYuZW1xeF90cy5jbHVzdGVyLnYxLlJvdXRlRGVsdGFSZXNwb25zZRJPCgdGb3J3YXJkEiAuZW1xeF90cy5jbHVzdGVyLnYxLkZvcndhcmRCYXRjaBoeLmVtcXhfdHMuY2x1c3Rlci52MS5Gb3J3YXJkQWNrKAEwAWIGcHJvdG8z");
 
 /**
  * A node as peers know it.
@@ -109,6 +109,9 @@ export const JoinRequestSchema: GenMessage<JoinRequest> = /*@__PURE__*/
   messageDesc(file_emqx_ts_cluster_v1_cluster, 2);
 
 /**
+ * Each node sends its own slice only, on its own calls (Join, PushRoutes), so that it alone
+ * tracks which version of it a peer holds; the response carries no routes.
+ *
  * @generated from message emqx_ts.cluster.v1.JoinResponse
  */
 export type JoinResponse = Message<"emqx_ts.cluster.v1.JoinResponse"> & {
@@ -118,14 +121,9 @@ export type JoinResponse = Message<"emqx_ts.cluster.v1.JoinResponse"> & {
   node?: NodeInfo | undefined;
 
   /**
-   * @generated from field: emqx_ts.cluster.v1.RouteSnapshot routes = 2;
-   */
-  routes?: RouteSnapshot | undefined;
-
-  /**
    * Every member the responder knows (running or not), so that a node seeded with one peer finds all
    *
-   * @generated from field: repeated emqx_ts.cluster.v1.NodeInfo members = 3;
+   * @generated from field: repeated emqx_ts.cluster.v1.NodeInfo members = 2;
    */
   members: NodeInfo[];
 };
@@ -152,7 +150,8 @@ export type HeartbeatRequest = Message<"emqx_ts.cluster.v1.HeartbeatRequest"> & 
   incarnation: bigint;
 
   /**
-   * Version of the caller's route slice: a responder that is behind asks for a full sync
+   * Version of the caller's route slice the responder should hold (0 = not checked, e.g. while
+   * a delta is in flight); a responder that holds another one answers known = false
    *
    * @generated from field: uint64 route_version = 3;
    */
