@@ -62,8 +62,8 @@ test('a @grpc/grpc-js client calls the cluster service: heartbeat, join, forward
   assert.equal(hb.known, false);
   assert.equal(hb.node?.name, 'grpc1@127.0.0.1');
 
-  // A bad route filter is refused with INVALID_ARGUMENT and counted.
-  await assert.rejects(
+  // Joins as the fake peer 'fake@x' with this route slice.
+  const join = (filters: string[]) =>
     unary(
       client,
       'Join',
@@ -71,24 +71,18 @@ test('a @grpc/grpc-js client calls the cluster service: heartbeat, join, forward
       JoinResponseSchema,
       create(JoinRequestSchema, {
         node: { name: 'fake@x', address: '127.0.0.1:1', incarnation: 7n },
-        routes: { filters: ['bad/#/filter'], version: 1n },
+        routes: { filters, version: 1n },
       }),
-    ),
+    );
+  // A bad route filter is refused with INVALID_ARGUMENT and counted.
+  await assert.rejects(
+    join(['bad/#/filter']),
     (err: grpc.ServiceError) => err.code === grpc.status.INVALID_ARGUMENT,
   );
   assert.equal((await node.scrape()).get('emqx_ts_cluster_errors_total'), 1);
 
   // A proper join: the node now holds the fake peer's route and reports it running.
-  const joined = await unary(
-    client,
-    'Join',
-    JoinRequestSchema,
-    JoinResponseSchema,
-    create(JoinRequestSchema, {
-      node: { name: 'fake@x', address: '127.0.0.1:1', incarnation: 7n },
-      routes: { filters: ['from/fake/#'], version: 1n },
-    }),
-  );
+  const joined = await join(['from/fake/#']);
   assert.ok(joined.members.some((m) => m.name === 'grpc1@127.0.0.1'));
   await node.waitPeer('fake@x', 'running', (r) => r === 1);
 
