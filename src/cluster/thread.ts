@@ -71,7 +71,9 @@ export class ClusterThread {
     const shards = this.host.shardPorts();
     const init: ClusterInit = {
       generation: this.generation,
-      config: this.config,
+      // A restart listens on the port the first thread bound (cluster.port 0 = ephemeral), so
+      // that peers who know this node's address reach the new thread.
+      config: this.port > 0 ? { ...this.config, 'cluster.port': this.port } : this.config,
       index: this.index.shared,
       remoteIndex: this.remoteIndex.shared,
       counters: this.counters.shared,
