@@ -204,9 +204,11 @@ test('kill -9 of a node: others mark it down within down_after and keep serving;
   await sub(s2.c, 'k/+', 1);
   const s3 = new Sub(await connect(t, n3, 'kill-s3'));
   await sub(s3.c, 'k/+', 1);
+  // A full mesh first: n2 and n3 seed only n1 and learn each other through it.
   await Promise.all([
     n1.waitPeer(n2.name, 'running', (r) => r === 1),
     n1.waitPeer(n3.name, 'running', (r) => r === 1),
+    n2.waitPeer(n3.name, 'running', (r) => r === 1),
   ]);
 
   const killedAt = Date.now();
