@@ -2,7 +2,7 @@
 // Cross-node (publisher on node 1, subscriber on node 2) against same-node (both on node 1),
 // interleaved in one run; msg/s delivered and CPU µs per delivered message (both node
 // processes, all threads, from /proc).
-//   npm run build && node --import tsx bench/cluster.ts [--qos 0,1] [--duration 5] [--rounds 2] [--payload 64]
+//   npm run build && node --import tsx bench/cluster.ts [--qos 0,1] [--duration 5] [--rounds 2] [--payload 64] [--window 2000]
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -28,6 +28,8 @@ const { values: args } = parseArgs({
     duration: { type: 'string', default: '5' },
     rounds: { type: 'string', default: '2' },
     payload: { type: 'string', default: '64' },
+    // Messages published and not yet received (closed loop)
+    window: { type: 'string', default: '2000' },
   },
 });
 
@@ -35,6 +37,14 @@ interface Node {
   child: ChildProcess;
   mqtt: number;
   cluster: number;
+  metrics: number;
+}
+
+/** A counter of a node's Prometheus exposition. */
+async function metric(n: Node, name: string): Promise<number> {
+  const text = await (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.slice(name.length + 1)) : Number.NaN;
 }
 
 async function startNode(name: string, seeds: number[], dir: string): Promise<Node> {
@@ -63,7 +73,7 @@ async function startNode(name: string, seeds: number[], dir: string): Promise<No
     ],
     { stdio: 'ignore' },
   );
-  const node = { child, mqtt, cluster };
+  const node = { child, mqtt, cluster, metrics };
   for (let i = 0; i < 200; i++) {
     if (await canConnect(mqtt)) return node;
     await sleep(50);
@@ -119,16 +129,28 @@ class Conn {
   }
 }
 
-/** Publishes as fast as the socket (QoS 0) or a 1000-message window (QoS 1) allows for `ms`. */
-async function blast(pub: Conn, qos: number, payload: number, ms: number): Promise<number> {
+/**
+ * Closed loop: at most `window` messages published and not yet received by the subscriber,
+ * so that the rate measured is what the whole path (publisher node, link, subscriber node)
+ * sustains, not how fast queues fill. QoS 1 acks from the publisher's node are also awaited.
+ */
+async function blast(
+  pub: Conn,
+  sub: Conn,
+  qos: number,
+  payload: number,
+  ms: number,
+  window = 2000,
+): Promise<number> {
   const t = encodePublishTemplate('bench/cluster/x', qos, payload, 1, 0);
   const batch = 100;
   let sent = 0;
   let pid = 0;
+  const base = sub.received;
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    if (qos > 0 && sent - pub.acked > 1000 - batch) {
-      await sleep(1);
+    if (sent - (sub.received - base) > window - batch || (qos > 0 && sent - pub.acked > window - batch)) {
+      await new Promise((r) => setImmediate(r));
       continue;
     }
     const frames: Buffer[] = [];
@@ -150,14 +172,33 @@ async function run(nodes: Node[], cross: boolean, qos: number, payload: number, 
   const pub = new Conn(nodes[0].mqtt, `pub-${tag}`);
   // Routes replicate asynchronously (≤ 20 ms scan + a push): probe until a message arrives.
   for (let i = 0; sub.received === 0 && i < 200; i++) {
-    await blast(pub, 0, payload, 1);
+    await blast(pub, sub, 0, payload, 1, 100);
     await sleep(20);
   }
   await sleep(300);
+  pub.acked = 0;
   const base = sub.received;
+  const dropped0 = await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total');
   const cpu0 = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0);
   const t0 = process.hrtime.bigint();
-  await blast(pub, qos, payload, s * 1000);
+  const sent = await blast(pub, sub, qos, payload, s * 1000, Number(args.window));
+  if (process.env.BENCH_DEBUG) {
+    const text = (
+      await Promise.all(nodes.map(async (n) => (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text()))
+    ).join('\n');
+    console.log(
+      text
+        .split('\n')
+        .filter(
+          (l) =>
+            l.startsWith('emqx_ts_cluster') ||
+            l.startsWith('emqx_messages_forward ') ||
+            l.startsWith('emqx_messages_delivered ') ||
+            l.startsWith('emqx_delivery_dropped'),
+        )
+        .join('\n'),
+    );
+  }
   // Let the tail drain (at most 2 s) so that CPU and deliveries cover the same messages.
   for (let last = -1, i = 0; sub.received !== last && i < 40; i++) {
     last = sub.received;
@@ -166,9 +207,10 @@ async function run(nodes: Node[], cross: boolean, qos: number, payload: number, 
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0) - cpu0;
   const got = sub.received - base;
+  const dropped = (await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total')) - dropped0;
   pub.sock.destroy();
   sub.sock.destroy();
-  return `${cross ? 'cross-node' : 'same-node '}  QoS ${qos}  ${payload} B  ${Math.round(got / secs)} msg/s  ${(cpu / got).toFixed(2)} µs CPU/msg (both nodes)  delivered ${got}`;
+  return `${cross ? 'cross-node' : 'same-node '}  QoS ${qos}  ${payload} B  ${Math.round(got / secs)} msg/s  ${(cpu / got).toFixed(2)} µs CPU/msg (both nodes)  sent ${sent} delivered ${got} forward-dropped ${dropped}`;
 }
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'emqx-ts-bench-cluster-'));

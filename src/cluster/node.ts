@@ -25,6 +25,7 @@ type NodeInit = { name: string; address: string; incarnation: bigint; version?: 
 /** Most route changes per PushRoutes call (EMQX batches at most 1000 route ops). */
 const MAX_DELTA = 1000;
 const ROUTE_SCAN_MS = 20;
+export const H2_WINDOW = 8 << 20;
 const JOIN_EVERY_MS = 1000;
 
 /**
@@ -68,7 +69,10 @@ export class ClusterNode {
     const handler = connectNodeAdapter({
       routes: (router) => router.service(ClusterService, this.service()),
     });
-    const server = createServer(handler);
+    // HTTP/2's default 64 KiB flow-control windows stall a stream of ~100 KB batches on every
+    // window update: open them wide (the forward window bounds memory instead).
+    const server = createServer({ settings: { initialWindowSize: H2_WINDOW } }, handler);
+    server.on('session', (session) => session.setLocalWindowSize(4 * H2_WINDOW));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -40,7 +40,14 @@ export class Peer {
 
 /** A gRPC (HTTP/2, cleartext) client of a node's cluster service. */
 export function clientTo(address: string): Client<typeof ClusterService> {
-  return createClient(ClusterService, createGrpcTransport({ baseUrl: `http://${address}` }));
+  return createClient(
+    ClusterService,
+    createGrpcTransport({
+      baseUrl: `http://${address}`,
+      // Wide windows for acks too (see the server in node.ts).
+      nodeOptions: { settings: { initialWindowSize: 8 << 20 } },
+    }),
+  );
 }
 
 /**
