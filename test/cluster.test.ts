@@ -278,3 +278,15 @@ test('10k QoS 1 messages from one publisher arrive in order on another node', { 
   for (let i = 0; i < N; i++)
     if (got[i].payload !== String(i)) assert.fail(`message ${i} is ${got[i].payload}`);
 });
+
+test('a node that stops gracefully (SIGTERM) leaves: peers mark it stopped at once, not after down_after', {
+  timeout: T,
+}, async (t) => {
+  // down_after 60 s: only the Leave call can make the peer see it stopped within the 10 s wait.
+  const n1 = await startNode(t, { name: 'leave1@127.0.0.1', downAfter: 60 });
+  const n2 = await startNode(t, { name: 'leave2@127.0.0.1', seeds: [n1.clusterPort], downAfter: 60 });
+  await n1.waitPeer(n2.name, 'running');
+  n2.child.kill('SIGTERM');
+  await n1.waitPeer(n2.name, 'stopped', undefined, 10_000);
+  await within(n2.exited, 'leave2 to exit');
+});
