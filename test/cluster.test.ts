@@ -72,6 +72,16 @@ async function sub(c: MqttClient, filter: string, qos: 0 | 1 | 2): Promise<void>
   assert.equal(granted[0].qos, qos, `granted QoS for ${filter}`);
 }
 
+/** Two nodes, n2 seeded with n1, with a QoS 1 subscriber on n2 to `filter` whose route n1 holds. */
+async function pairWithSub(t: Ctx, prefix: string, downAfter: number, filter: string) {
+  const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1`, downAfter });
+  const n2 = await startNode(t, { name: `${prefix}2@127.0.0.1`, seeds: [n1.clusterPort], downAfter });
+  const s2 = new Sub(await connect(t, n2, `${prefix}-sub`));
+  await sub(s2.c, filter, 1);
+  await n1.waitPeer(n2.name, 'running', (r) => r === 1);
+  return { n1, n2, s2 };
+}
+
 /** Three nodes: n1 is the seed, n2 and n3 join it. */
 async function threeNodes(t: Ctx, prefix: string): Promise<TestNode[]> {
   const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1` });
@@ -289,4 +299,31 @@ test('a node that stops gracefully (SIGTERM) leaves: peers mark it stopped at on
   n2.child.kill('SIGTERM');
   await n1.waitPeer(n2.name, 'stopped', undefined, 10_000);
   await within(n2.exited, 'leave2 to exit');
+});
+
+test('a forwarded QoS 1 PUBLISH is acknowledged only once the remote node has accepted it, or is known down', {
+  timeout: T,
+}, async (t) => {
+  const downAfter = 3;
+  const { n1, n2, s2 } = await pairWithSub(t, 'ack', downAfter, 'ack/#');
+  const pub = await connect(t, n1, 'ack-pub');
+  await pub.publishAsync('ack/1', 'accepted', { qos: 1 });
+  await s2.wait(1, 'first forward');
+
+  // Frozen, n2 neither accepts the batch nor answers heartbeats: the PUBACK waits until n1
+  // marks it down (at least down_after minus one heartbeat period after the freeze).
+  n2.child.kill('SIGSTOP');
+  t.after(() => void n2.child.kill('SIGCONT'));
+  const sentAt = Date.now();
+  const ackedAt = pub.publishAsync('ack/2', 'frozen', { qos: 1 }).then(() => Date.now());
+  // A publish that goes nowhere else is acked at once meanwhile (held acks keep PUBLISH order,
+  // so it is on another connection).
+  const other = await connect(t, n1, 'ack-other');
+  const t0 = Date.now();
+  await other.publishAsync('local/only', 'x', { qos: 1 });
+  const localMs = Date.now() - t0;
+  const heldMs = (await within(ackedAt, 'PUBACK once n2 is down', 30_000)) - sentAt;
+  assert.ok(heldMs >= downAfter * 1000 - 1000, `PUBACK came after ${heldMs} ms, before n2 could be down`);
+  assert.ok(localMs < heldMs, `a local-only PUBACK took ${localMs} ms`);
+  await n1.waitPeer(n2.name, 'stopped');
 });

@@ -5,6 +5,8 @@ interface Pending {
   seq: bigint;
   entries: Uint8Array;
   count: number;
+  /** Called once: accepted by the peer, or lost (stream ended) */
+  done: (() => void) | null;
 }
 
 /**
@@ -24,6 +26,8 @@ export class ForwardStream {
   private seq = 0n;
   private wake: (() => void) | null = null;
   private closed = false;
+  /** Aborts the call on close: a frozen peer never ends the response stream by itself */
+  private readonly abort = new AbortController();
 
   constructor(
     private readonly client: Client<typeof ClusterService>,
@@ -40,9 +44,9 @@ export class ForwardStream {
   }
 
   /** Queues a batch; false (nothing queued) when the queue is full or the stream closed. */
-  push(entries: Uint8Array, count: number): boolean {
+  push(entries: Uint8Array, count: number, done: (() => void) | null = null): boolean {
     if (this.closed || this.queuedBytes + entries.length > this.maxQueueBytes) return false;
-    this.queue.push({ seq: 0n, entries, count });
+    this.queue.push({ seq: 0n, entries, count, done });
     this.queuedBytes += entries.length;
     this.signal();
     return true;
@@ -51,6 +55,7 @@ export class ForwardStream {
   close(): void {
     this.closed = true;
     this.signal();
+    this.abort.abort();
   }
 
   /** Resumes the batch generator if it waits (for a batch, or for window space). */
@@ -87,10 +92,14 @@ export class ForwardStream {
   private async run(): Promise<void> {
     let err: unknown = null;
     try {
-      for await (const ack of this.client.forward(this.batches() as AsyncIterable<ForwardBatch>)) {
+      for await (const ack of this.client.forward(this.batches() as AsyncIterable<ForwardBatch>, {
+        signal: this.abort.signal,
+      })) {
         const inflight = this.inflight;
         while (inflight.length > 0 && inflight[0].seq <= ack.seq) {
-          this.inflightBytes -= inflight.shift()!.entries.length;
+          const b = inflight.shift()!;
+          this.inflightBytes -= b.entries.length;
+          b.done?.();
         }
         this.signal();
       }
@@ -99,8 +108,15 @@ export class ForwardStream {
     }
     this.closed = true;
     let lost = 0;
-    for (const b of this.inflight) lost += b.count;
-    for (const b of this.queue) lost += b.count;
+    // Lost: the publishers' held acks go anyway (the peer is known gone, as for a down node).
+    for (const b of this.inflight) {
+      lost += b.count;
+      b.done?.();
+    }
+    for (const b of this.queue) {
+      lost += b.count;
+      b.done?.();
+    }
     this.inflight.length = 0;
     this.queue.length = 0;
     this.inflightBytes = 0;

@@ -104,7 +104,7 @@ export class ClusterNode {
   listenShard(port: MessagePort): void {
     port.on('message', (m: ShardToCluster) => {
       try {
-        if (m.t === 'forward') this.onShardForward(m);
+        if (m.t === 'forward') this.onShardForward(m, port);
       } catch (err) {
         this.counters.row[Counter.clusterErrors]++;
         this.log.error({ err }, 'shard forward batch dropped');
@@ -455,8 +455,12 @@ export class ClusterNode {
 
   private readonly touched: Peer[] = [];
 
-  /** A shard's batch: each entry is copied to the writer of every peer in its mask. */
-  private onShardForward(m: ShardToCluster): void {
+  /**
+   * A shard's batch: each entry is copied to the writer of every peer in its mask. With a
+   * `seq`, the shard holds QoS 1/2 acks until every peer it went to has accepted its part
+   * (or is gone): one `forwardAcked` when the last part is done.
+   */
+  private onShardForward(m: ShardToCluster, port: MessagePort): void {
     const b = Buffer.from(m.buf, 0, m.len);
     const slots = this.peers.bySlot;
     let p = 0;
@@ -477,11 +481,23 @@ export class ClusterNode {
       }
       p = end;
     }
+    let parts = this.touched.length + 1;
+    const seq = m.seq;
+    const done =
+      seq > 0
+        ? () => {
+            if (--parts === 0) port.postMessage({ t: 'forwardAcked', seq } satisfies ClusterToShard);
+          }
+        : null;
     for (const peer of this.touched) {
       const { buf, count } = peer.out.take();
-      if (!peer.stream?.push(buf, count)) this.counters.row[Counter.forwardDropped] += count;
+      if (!peer.stream?.push(buf, count, done)) {
+        this.counters.row[Counter.forwardDropped] += count;
+        done?.();
+      }
     }
     this.touched.length = 0;
+    done?.();
   }
 
   // ---------------------------------------------------------------------------------------------

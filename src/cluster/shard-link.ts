@@ -5,6 +5,12 @@ import type { Message } from '../session/message.js';
 import type { ClusterToShard, ShardInit, ShardToCluster } from '../threads/messages.js';
 import { EntryWriter, readEntries } from './codec.js';
 
+/** A connection whose acks can be held (shard/connection.ts), as the link needs it. */
+export interface AckHolder {
+  holdAck(frame: Buffer): { ready: boolean };
+  releaseAcks(): void;
+}
+
 /** What the link needs from its shard (kept small so the shard's layout may change). */
 export interface ShardSide {
   readonly counters: Counters;
@@ -31,6 +37,12 @@ export class ShardClusterLink {
   private flushScheduled = false;
   /** True while routing a forwarded batch: those messages stay on this node */
   private receiving = false;
+  /** The message last passed to route() was forwarded at QoS 1/2 (its ack may be held) */
+  private forwardedQos = false;
+  /** Acks held until the batch they were forwarded in is accepted by every peer, by batch seq */
+  private readonly held = new Map<number, { conn: AckHolder; held: { ready: boolean } }[]>();
+  private batchSeq = 0;
+  private heldThisBatch: { conn: AckHolder; held: { ready: boolean } }[] | null = null;
 
   private constructor(
     private readonly shard: ShardSide,
@@ -49,6 +61,9 @@ export class ShardClusterLink {
 
   /** A (re)started cluster thread's port. */
   attach(port: MessagePort): void {
+    // The old thread answers nothing more: what it held is released (its peers are gone with it).
+    for (const held of this.held.values()) release(held);
+    this.held.clear();
     this.port?.close();
     this.port = port;
     this.listen(port);
@@ -58,6 +73,7 @@ export class ShardClusterLink {
     port.on('message', (m: ClusterToShard) => {
       try {
         if (m.t === 'forwarded') this.onForwarded(m);
+        else if (m.t === 'forwardAcked') this.onAcked(m.seq);
       } catch (err) {
         this.shard.onLinkError(err, m);
       }
@@ -69,6 +85,7 @@ export class ShardClusterLink {
    * message then counts as matched). Cost when no peer has routes: one Atomics.load.
    */
   route(msg: Message): boolean {
+    this.forwardedQos = false;
     if (this.receiving) return false;
     const remote = this.remote;
     if (remote.activeFilters() === 0) return false;
@@ -82,6 +99,7 @@ export class ShardClusterLink {
       remaining = Math.min(Math.ceil(remaining), 0xffffffff);
     }
     this.out.add(msg, remaining, m.mask);
+    this.forwardedQos = msg.qos > 0;
     const row = this.shard.counters.row;
     let mask = m.mask;
     while (mask !== 0) {
@@ -100,16 +118,42 @@ export class ShardClusterLink {
     if (this.out.count === 0) return;
     const { buf, count } = this.out.take();
     const row = this.shard.counters.row;
+    const held = this.heldThisBatch;
+    this.heldThisBatch = null;
     if (!this.port) {
       row[Counter.forwardDropped] += count; // cluster thread restarting
+      if (held) release(held);
       return;
     }
     row[Counter.forwardBatches]++;
+    let seq = 0;
+    if (held) this.held.set((seq = ++this.batchSeq), held);
     const ab = buf.buffer as ArrayBuffer;
-    this.port.postMessage({ t: 'forward', buf: ab, len: buf.length, count } satisfies ShardToCluster, [ab]);
+    const m: ShardToCluster = { t: 'forward', buf: ab, len: buf.length, count, seq };
+    this.port.postMessage(m, [ab]);
   };
 
-  private onForwarded(m: ClusterToShard): void {
+  /**
+   * After route(): holds the PUBACK/PUBREC of a QoS 1/2 message just forwarded until every
+   * node it went to has accepted it (or is known down). False: not forwarded, send it now.
+   * Acks stay in PUBLISH order on the connection (held acks queue behind each other).
+   */
+  holdAck(conn: AckHolder, ack: Buffer): boolean {
+    if (!this.forwardedQos) return false;
+    this.forwardedQos = false;
+    this.heldThisBatch ??= [];
+    this.heldThisBatch.push({ conn, held: conn.holdAck(ack) });
+    return true;
+  }
+
+  private onAcked(seq: number): void {
+    const held = this.held.get(seq);
+    if (!held) return;
+    this.held.delete(seq);
+    release(held);
+  }
+
+  private onForwarded(m: Extract<ClusterToShard, { t: 'forwarded' }>): void {
     const b = Buffer.from(m.buf, 0, m.len);
     this.shard.counters.row[Counter.messagesForwardReceived] += m.count;
     this.receiving = true;
@@ -120,5 +164,12 @@ export class ShardClusterLink {
     } finally {
       this.receiving = false;
     }
+  }
+}
+
+function release(list: { conn: AckHolder; held: { ready: boolean } }[]): void {
+  for (const h of list) {
+    h.held.ready = true;
+    h.conn.releaseAcks();
   }
 }

@@ -1021,7 +1021,8 @@ export class Shard implements BatchVisitor {
         record: { topic: msg.topic, payload, qos: msg.qos, props, expiryAt: msg.expiryAt },
       });
     } else if (conn && ack) {
-      conn.writeAck(ack);
+      // cluster: a QoS 1/2 message forwarded to other nodes is acked once they have accepted it
+      if (!this.cluster?.holdAck(conn, ack)) conn.writeAck(ack);
     }
     return matched;
   }

@@ -87,15 +87,15 @@ export interface ShardToCluster {
   buf: ArrayBuffer;
   len: number;
   count: number;
+  /** > 0: the batch holds QoS 1/2 publishes whose acks wait; answered with `forwardAcked` */
+  seq: number;
 }
 
 /** Publishes received from a peer node, for this shard to route to local subscribers only. */
-export interface ClusterToShard {
-  t: 'forwarded';
-  buf: ArrayBuffer;
-  len: number;
-  count: number;
-}
+export type ClusterToShard =
+  | { t: 'forwarded'; buf: ArrayBuffer; len: number; count: number }
+  /** Every peer batch `seq` went to has accepted it (or is down): its held PUBACK/PUBRECs go. */
+  | { t: 'forwardAcked'; seq: number };
 
 /** A retained message as stored by main and returned to shards. */
 export interface RetainedRecord {
