@@ -82,7 +82,8 @@ export class Broker {
     this.log = opts.logger ?? createLogger(this.config['log.level'], { thread: 'main' });
     this.credentials = loadOrCreateCredentials(this.config, this.log);
     const shards = shardCount(this.config);
-    this.counters = Counters.create(shards + 1);
+    // Rows: main, one per shard, and the cluster thread's last.
+    this.counters = Counters.create(shards + 2);
     this.index = TopicIndex.create({
       maxNodes: this.config['node.topic_index_max_nodes'],
       arenaBytes: this.config['node.topic_index_arena_bytes'],
@@ -96,6 +97,10 @@ export class Broker {
       this.sharedIndex,
       this.counters,
       this.log,
+      // Routes of other nodes (written by the cluster thread), when clustered.
+      this.config['cluster.discovery'] === 'none'
+        ? null
+        : TopicIndex.create({ maxNodes: 1 << 18, arenaBytes: 8 << 20 }),
     );
     this.supervisor.on('message', (shard, msg) => this.onShardMessage(shard, msg));
     const onFatal = opts.onFatal ?? (() => void this.stop().then(() => process.exit(1)));

@@ -1,6 +1,7 @@
 import { fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
+import { ShardClusterLink } from '../cluster/shard-link.js'; // cluster
 import type { Config } from '../config/schema.js';
 import { refuseSharedJoin } from '../handlers/subscribe.js';
 import { type AcceptedConnection, Acceptor } from '../listener/acceptor.js';
@@ -149,6 +150,7 @@ export class Shard implements BatchVisitor {
   /** Per owner: posted `adopt` messages not yet answered, seq → [fd, socket inode] pairs */
   private readonly sentHandoffs: Map<number, [number, number][]>[];
   private handoffSeq = 0;
+  private readonly cluster: ShardClusterLink | null; // cluster
 
   constructor(
     init: ShardInit,
@@ -170,6 +172,12 @@ export class Shard implements BatchVisitor {
     this.outHandoffs = init.peers.map(() => []);
     this.sentHandoffs = init.peers.map(() => new Map());
     for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
+    // cluster: publishes to and from other nodes (src/cluster/shard-link.ts)
+    this.cluster = ShardClusterLink.create(init, {
+      counters: this.counters,
+      publish: (m) => this.publish(m, null),
+      onLinkError: (err, m) => this.threadMessageError(err, 'cluster', m),
+    });
   }
 
   start(generation: number): void {
@@ -254,6 +262,9 @@ export class Shard implements BatchVisitor {
         // A restarted shard lost the shared groups it owned: members here join them again.
         this.rejoinSharedGroupsOwnedBy(msg.shard);
         this.releaseJoinsTo(msg.shard);
+        break;
+      case 'cluster': // cluster: the (re)started cluster thread
+        this.cluster?.attach(msg.port);
         break;
       case 'shardDown':
         // Nothing posted to a dead shard's port arrives; its restart brings a new one ('peer').
@@ -1025,7 +1036,8 @@ export class Shard implements BatchVisitor {
         record: { topic: msg.topic, payload, qos: msg.qos, props, expiryAt: msg.expiryAt },
       });
     } else if (conn && ack) {
-      conn.writeAck(ack);
+      // cluster: a QoS 1/2 message forwarded to other nodes is acked once they have accepted it
+      if (!this.cluster?.holdAck(conn, ack)) conn.writeAck(ack);
     }
     return matched;
   }
@@ -1080,6 +1092,7 @@ export class Shard implements BatchVisitor {
         }
       }
     }
+    if (this.cluster?.route(msg)) matched = true; // cluster: matching routes of other nodes
     // As EMQX: the broker's own $SYS messages (from '') are not counted as dropped.
     if (!matched && msg.from !== '') this.counters.row[Counter.messagesDroppedNoSubscribers]++;
     return matched;
