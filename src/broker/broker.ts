@@ -17,7 +17,7 @@ import { createRegistry } from '../metrics/prometheus.js';
 import { RetainedStore } from '../retained/store.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { SysPublisher } from '../sys/publisher.js';
-import type { BrokerPublish, RetainedRecord, ShardToMain } from '../threads/messages.js';
+import type { BrokerPublish, ClusterMember, RetainedRecord, ShardToMain } from '../threads/messages.js';
 import { VERSION } from '../version.js';
 import { ShardQueries } from './queries.js';
 import { Supervisor } from './supervisor.js';
@@ -78,7 +78,8 @@ export class Broker implements BrokerView {
     this.log = opts.logger ?? createLogger(this.config['log.level'], { thread: 'main' });
     this.credentials = loadOrCreateCredentials(this.config, this.log);
     const shards = shardCount(this.config);
-    this.counters = Counters.create(shards + 1);
+    // Rows: main, one per shard, and the cluster thread's last.
+    this.counters = Counters.create(shards + 2);
     this.index = TopicIndex.create({
       maxNodes: this.config['node.topic_index_max_nodes'],
       arenaBytes: this.config['node.topic_index_arena_bytes'],
@@ -92,6 +93,10 @@ export class Broker implements BrokerView {
       this.sharedIndex,
       this.counters,
       this.log,
+      // Routes of other nodes (written by the cluster thread), when clustered.
+      this.config['cluster.discovery'] === 'none'
+        ? null
+        : TopicIndex.create({ maxNodes: 1 << 18, arenaBytes: 8 << 20 }),
     );
     this.supervisor.on('message', (shard, msg) => this.onShardMessage(shard, msg));
     const onFatal = opts.onFatal ?? (() => void this.stop().then(() => process.exit(1)));
@@ -205,6 +210,10 @@ export class Broker implements BrokerView {
 
   hasSubscribers(topic: string): boolean {
     return this.index.matchString(topic, this.scratch) > 0;
+  }
+
+  clusterMembers(): readonly ClusterMember[] {
+    return this.supervisor.cluster?.members ?? [];
   }
 
   /**

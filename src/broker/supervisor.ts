@@ -1,12 +1,13 @@
 import { EventEmitter } from 'node:events';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import { ClusterThread } from '../cluster/thread.js';
 import type { Config } from '../config/schema.js';
 import { fdutil } from '../listener/fdutil.js';
 import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { RUNNING_TS } from '../paths.js';
 import type { TopicIndex } from '../routing/topic-index.js';
-import type { MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
+import type { ClusterInit, MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
 
 class ShardHandle {
   worker: Worker | null = null;
@@ -44,6 +45,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /** Main's own dup of the listening socket: every shard (and a restarted one) gets a dup of it */
   private listenFd = -1;
   private onListening: ((err?: Error) => void) | null = null;
+  /** The cluster thread, when cluster.discovery is not none (src/cluster/thread.ts) */
+  readonly cluster: ClusterThread | null = null;
 
   constructor(
     private readonly config: Config,
@@ -52,14 +55,43 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     private readonly sharedIndex: TopicIndex,
     private readonly counters: Counters,
     private readonly log: Logger,
+    /** Routes of other nodes; null without a cluster */
+    remoteIndex: TopicIndex | null = null,
   ) {
     super();
     this.shards = Array.from({ length: count }, (_, i) => new ShardHandle(i));
+    if (remoteIndex) {
+      this.cluster = new ClusterThread(
+        config,
+        index,
+        remoteIndex,
+        counters,
+        count + 1,
+        count,
+        {
+          spawn: (entry, init, transfer) => this.createWorker(entry, init, transfer),
+          shardPorts: () => this.clusterPorts(),
+          onFatal: (reason) => this.emit('fatal', reason),
+        },
+        log,
+      );
+    }
   }
 
-  /** Starts every shard; resolves when all report ready. */
+  /** Starts every shard, then the cluster thread; resolves when all report ready. */
   async start(): Promise<void> {
     await Promise.all(this.shards.map((s) => this.spawn(s)));
+    await this.cluster?.start();
+  }
+
+  /** A new channel between the (re)starting cluster thread and every running shard. */
+  private clusterPorts(): (MessagePort | null)[] {
+    return this.shards.map((s) => {
+      if (!s.worker) return null;
+      const ch = new MessageChannel();
+      this.post(s, { t: 'cluster', port: ch.port1 }, [ch.port1]);
+      return ch.port2;
+    });
   }
 
   get allReady(): boolean {
@@ -71,19 +103,24 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
    * .ts source through tsx, unless EMQX_TS_WORKERS=dist asks for the compiled worker, which
    * starts several times faster (`npm test` builds first and sets it).
    */
-  private createWorker(init: ShardInit, transfer: MessagePort[]): Worker {
+  private createWorker(
+    entry: 'shard' | 'cluster',
+    init: ShardInit | ClusterInit,
+    transfer: MessagePort[],
+  ): Worker {
     // V8 grows a shard's young generation during a connection storm (or heavy QoS 1/2 traffic)
     // and gives it back only slowly; a cap trades CPU per message for idle memory
     // (docs/PERFORMANCE.md). Off by default.
     const youngMb = this.config['node.shard_young_generation_mb'];
-    const resourceLimits = youngMb > 0 ? { maxYoungGenerationSizeMb: youngMb } : undefined;
+    const resourceLimits =
+      youngMb > 0 && entry === 'shard' ? { maxYoungGenerationSizeMb: youngMb } : undefined;
     const options = { workerData: init, transferList: transfer, resourceLimits };
-    if (!RUNNING_TS) return new Worker(new URL('../../workers/shard.js', import.meta.url), options);
+    if (!RUNNING_TS) return new Worker(new URL(`../../workers/${entry}.js`, import.meta.url), options);
     if (process.env.EMQX_TS_WORKERS === 'dist')
-      return new Worker(new URL('../../dist/workers/shard.js', import.meta.url), options);
+      return new Worker(new URL(`../../dist/workers/${entry}.js`, import.meta.url), options);
     return new Worker(new URL('../../workers/tsx-entry.mjs', import.meta.url), {
       ...options,
-      workerData: { ...init, entry: new URL('../../workers/shard.ts', import.meta.url).href },
+      workerData: { ...init, entry: new URL(`../../workers/${entry}.ts`, import.meta.url).href },
     });
   }
 
@@ -109,7 +146,12 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       counters: this.counters.shared,
       peers,
     };
-    const worker = this.createWorker(init, transfer);
+    if (this.cluster) {
+      init.remoteIndex = this.cluster.remoteIndex.shared;
+      init.cluster = this.cluster.portForShard(shard.id);
+      if (init.cluster) transfer.push(init.cluster);
+    }
+    const worker = this.createWorker('shard', init, transfer);
     shard.worker = worker;
     shard.threadId = worker.threadId;
     shard.startedAt = Date.now();
@@ -252,6 +294,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
    */
   async stop(timeoutMs = 5000, drainMs = 0): Promise<void> {
     this.stopping = true;
+    await this.cluster?.stop();
     const live = this.shards.filter((s) => s.worker);
     await Promise.all(
       live.map(

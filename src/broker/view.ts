@@ -4,7 +4,7 @@ import type { ApiCredentials } from '../http/credentials.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
 import type { StatsTracker } from '../metrics/emqx.js';
-import type { BrokerPublish } from '../threads/messages.js';
+import type { BrokerPublish, ClusterMember } from '../threads/messages.js';
 import type { ShardQueries } from './queries.js';
 
 export interface Readiness {
@@ -35,4 +35,6 @@ export interface BrokerView {
   /** Routes messages from the broker itself ($SYS, REST publish) through a running shard. */
   publishInternal(messages: BrokerPublish[]): boolean;
   hasSubscribers(topic: string): boolean;
+  /** Cluster members as the cluster thread last reported them (empty without a cluster) */
+  clusterMembers(): readonly ClusterMember[];
 }

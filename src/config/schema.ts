@@ -349,6 +349,70 @@ export const SCHEMA = {
     max: 2147483640,
     doc: 'Bytes for the text of literal filter levels in the shared topic index (freed on unsubscribe); when full, SUBACK 0x97 (MQTT 3: 0x80); read at start',
   },
+  // Cluster (issue #10): the cluster thread (src/cluster/) runs only when discovery is not none.
+  'cluster.discovery': {
+    type: 'string',
+    default: 'none',
+    choices: ['none', 'static', 'dns'],
+    doc: 'How nodes find each other: none (single node, no cluster thread), static (cluster.static.seeds), dns (A or SRV records of cluster.dns.name). k8s is not implemented yet',
+  },
+  'cluster.static.seeds': {
+    type: 'string',
+    default: '',
+    doc: 'Seed nodes for static discovery: comma-separated host:port of their cluster ports (a missing port means cluster.port); this node may be among them',
+  },
+  'cluster.dns.name': {
+    type: 'string',
+    default: '',
+    doc: 'DNS name resolved for dns discovery, e.g. the headless service emqx-headless.default.svc.cluster.local',
+  },
+  'cluster.dns.record_type': {
+    type: 'string',
+    default: 'a',
+    choices: ['a', 'srv'],
+    doc: 'dns discovery: A/AAAA records (peers on cluster.port) or SRV records (target and port)',
+  },
+  'cluster.port': {
+    type: 'number',
+    integer: true,
+    default: 8081,
+    min: 0,
+    max: 65535,
+    doc: 'Port of the cluster service (Connect/gRPC over cleartext HTTP/2)',
+  },
+  'cluster.listen_host': {
+    type: 'string',
+    default: '0.0.0.0',
+    doc: 'Address the cluster service listens on',
+  },
+  'cluster.advertise': {
+    type: 'string',
+    default: '',
+    doc: 'Host peers use to reach this node; empty = the POD_IP environment variable, else the first non-loopback IPv4 address (127.0.0.1 only when there is none)',
+  },
+  'cluster.down_after': {
+    type: 'number',
+    default: 5,
+    min: 0.2,
+    max: 3600,
+    doc: 'Seconds without a heartbeat after which a peer is down: its routes are dropped until it rejoins',
+  },
+  'cluster.max_inflight_bytes': {
+    type: 'number',
+    integer: true,
+    default: 4194304,
+    min: 65536,
+    max: 1073741824,
+    doc: 'Forwarded bytes sent to one peer and not yet acknowledged; beyond it batches wait in the queue',
+  },
+  'cluster.max_queue_bytes': {
+    type: 'number',
+    integer: true,
+    default: 67108864,
+    min: 65536,
+    max: 4294967295,
+    doc: 'Forwarded bytes waiting for one peer (its window full, or it is joining); beyond it new forwards are dropped and counted',
+  },
 } as const satisfies Record<string, OptionSpec>;
 
 export type OptionKey = keyof typeof SCHEMA;

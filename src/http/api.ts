@@ -78,10 +78,12 @@ async function route(broker: BrokerView, req: IncomingMessage, res: ServerRespon
   if (is('POST', 'publish')) return publish(broker, req, res);
   if (is('GET', 'stats')) return stats(broker, q, res);
   if (is('GET', 'metrics')) return metrics(broker, q, res);
-  if (is('GET', 'nodes')) return sendJson(res, 200, [nodeInfo(broker)]);
+  if (is('GET', 'nodes')) return sendJson(res, 200, [nodeInfo(broker), ...peerNodes(broker)]);
   if (is('GET', 'nodes', '*')) {
-    if (parts[1] !== broker.config['node.name']) return sendError(res, 404, 'NOT_FOUND', 'node not found');
-    return sendJson(res, 200, nodeInfo(broker));
+    if (parts[1] === broker.config['node.name']) return sendJson(res, 200, nodeInfo(broker));
+    const peer = peerNodes(broker).find((n) => n.node === parts[1]);
+    if (!peer) return sendError(res, 404, 'NOT_FOUND', 'node not found');
+    return sendJson(res, 200, peer);
   }
   if (is('GET', 'status')) return status(broker, q, res);
   if (is('GET', 'prometheus', 'stats')) {
@@ -345,6 +347,22 @@ function nodeInfo(broker: BrokerView): Record<string, unknown> {
     node_version: process.version,
     shards: broker.shardCount,
   };
+}
+
+/** Other cluster members as the cluster thread last reported them (only what it knows of them). */
+function peerNodes(broker: BrokerView): Record<string, unknown>[] {
+  const members = broker.clusterMembers();
+  return members
+    .filter((m) => !m.self)
+    .map((m) => ({
+      node: m.name,
+      node_status: m.status,
+      address: m.address,
+      last_seen: new Date(m.lastSeen).toISOString(),
+      routes: m.routes,
+      forward_inflight_bytes: m.inflightBytes,
+      forward_queued_bytes: m.queuedBytes,
+    }));
 }
 
 const round2 = (n: number) => Math.round(n * 100) / 100;

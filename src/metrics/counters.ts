@@ -81,7 +81,13 @@ export const Counter = {
   /** Bytes copied to reassemble frames split across reads (debug: must stay linear in size) */
   frameBytesCopied: 64,
   handoffsLost: 65, // handed-off fds closed because their owner shard died before adopting them
-  // 66..89, 92, 93 free for more named counters.
+  // Cluster (issue #10)
+  messagesForward: 66, // publishes handed to the cluster thread for other nodes (once per destination node)
+  messagesForwardReceived: 67, // publishes received from other nodes
+  forwardDropped: 68, // forwards dropped: peer queue over cluster.max_queue_bytes, or no cluster thread
+  forwardBatches: 69, // batches a shard handed to the cluster thread
+  clusterErrors: 70, // malformed cluster input (bad batch, bad request) refused
+  // 71..89, 92, 93 free for more named counters.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,
   /** Subscriptions refused because the client has mqtt.max_subscriptions already */

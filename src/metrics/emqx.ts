@@ -138,7 +138,11 @@ export const EMQX_METRICS: readonly EmqxMetric[] = [
     'Messages dropped because nobody subscribed',
     total(Counter.messagesDroppedNoSubscribers),
   ),
-  m('messages.forward', 'Messages forwarded to other nodes (no cluster yet: 0)', zero),
+  m(
+    'messages.forward',
+    'Messages forwarded to other nodes (once per destination node)',
+    total(Counter.messagesForward),
+  ),
   m('messages.retained', 'Retained messages stored', total(Counter.messagesRetained)),
   m('messages.delayed', 'Delayed-publish messages (not supported: 0)', zero),
   m('messages.delivered', 'Messages delivered to subscribers', total(Counter.messagesSent)),

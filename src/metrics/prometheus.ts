@@ -80,22 +80,46 @@ export function createRegistry(src: PrometheusSources): Registry {
       });
     }
   }
+  // Members as the cluster thread last reported them; without a cluster this node alone.
+  const nodesWith = (status: 'running' | 'stopped'): number => {
+    const members = supervisor.cluster?.members ?? [];
+    if (members.length === 0) return status === 'running' ? 1 : 0;
+    return members.filter((m) => m.status === status).length;
+  };
   new Gauge({
     name: 'emqx_cluster_nodes_running',
-    help: 'Running nodes (this broker is a single node)',
+    help: 'Running cluster nodes, this one included',
     registers,
     collect() {
-      this.set(1);
+      this.set(nodesWith('running'));
     },
   });
   new Gauge({
     name: 'emqx_cluster_nodes_stopped',
-    help: 'Stopped nodes',
+    help: 'Cluster nodes known but down',
     registers,
     collect() {
-      this.set(0);
+      this.set(nodesWith('stopped'));
     },
   });
+  const peerGauges = [
+    ['inflight', 'Forwarded bytes sent to a peer node and not yet acknowledged'],
+    ['queued', 'Forwarded bytes waiting for a peer node (window full or joining)'],
+  ] as const;
+  for (const [kind, help] of peerGauges) {
+    new Gauge({
+      name: `emqx_ts_cluster_peer_${kind}_bytes`,
+      help,
+      labelNames: ['peer'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const m of supervisor.cluster?.members ?? []) {
+          if (!m.self) this.set({ peer: m.name }, kind === 'inflight' ? m.inflightBytes : m.queuedBytes);
+        }
+      },
+    });
+  }
 
   // This broker's own: per shard.
   const labelNames = ['shard'] as const;
@@ -155,6 +179,22 @@ export function createRegistry(src: PrometheusSources): Registry {
     ['emqx_ts_shard_restarts_total', 'Shard worker restarts after a crash', Counter.shardRestarts],
     ['emqx_ts_cross_shard_messages_total', 'Messages routed to another shard', Counter.crossShardMessages],
     ['emqx_ts_cross_shard_batches_total', 'Batches posted between shards', Counter.crossShardBatches],
+    [
+      'emqx_ts_cluster_forward_received_total',
+      'Messages received from other nodes',
+      Counter.messagesForwardReceived,
+    ],
+    [
+      'emqx_ts_cluster_forward_dropped_total',
+      'Forwards dropped (peer queue full, peer down, cluster thread restarting)',
+      Counter.forwardDropped,
+    ],
+    [
+      'emqx_ts_cluster_forward_batches_total',
+      'Batches shards handed to the cluster thread',
+      Counter.forwardBatches,
+    ],
+    ['emqx_ts_cluster_errors_total', 'Malformed cluster input refused', Counter.clusterErrors],
     ['emqx_ts_handoffs_total', 'Accepted connections adopted by their owning shard', Counter.handoffs],
     [
       'emqx_ts_handoffs_cross_shard_total',

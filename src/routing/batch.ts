@@ -20,6 +20,15 @@ import { Message } from '../session/message.js';
  */
 export const BatchKind = { ROUTED: 0, SHARED: 1, DIRECT: 2, REDISPATCH: 3 } as const;
 
+/** A copy of buf's first `used` bytes in a buffer with room for `n` more (size doubled until it fits). */
+export function grown(buf: Buffer, used: number, n: number): Buffer {
+  let size = buf.length * 2;
+  while (size < used + n) size *= 2;
+  const next = Buffer.allocUnsafeSlow(size);
+  buf.copy(next, 0, 0, used);
+  return next;
+}
+
 export class BatchWriter {
   private buf: Buffer;
   private pos = 0;
@@ -30,12 +39,7 @@ export class BatchWriter {
   }
 
   private ensure(n: number): void {
-    if (this.pos + n <= this.buf.length) return;
-    let size = this.buf.length * 2;
-    while (size < this.pos + n) size *= 2;
-    const next = Buffer.allocUnsafeSlow(size);
-    this.buf.copy(next, 0, 0, this.pos);
-    this.buf = next;
+    if (this.pos + n > this.buf.length) this.buf = grown(this.buf, this.pos, n);
   }
 
   /** Writes the common part; reserves `extra` more bytes for the kind-specific tail. */

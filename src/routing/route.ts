@@ -1,3 +1,4 @@
+import type { ShardClusterLink } from '../cluster/shard-link.js';
 import type { Delivery } from '../delivery/deliver.js';
 import { Counter } from '../metrics/counters.js';
 import { encodeAck } from '../protocol/codec.js';
@@ -37,6 +38,8 @@ export class Router {
     private readonly relay: RetainedRelay,
     private readonly shared: SharedDispatch,
     private readonly scheduleTurnEnd: () => void,
+    /** Publishes to and from other nodes (src/cluster/shard-link.ts); null on a single node */
+    private readonly cluster: ShardClusterLink | null = null,
   ) {
     this.batches = s.peers.map((_, i) => (i === s.id ? null : new BatchWriter()));
   }
@@ -56,7 +59,8 @@ export class Router {
     if (msg.retain) {
       this.relay.storeRetained(msg, conn, ack);
     } else if (conn && ack) {
-      conn.writeAck(ack);
+      // cluster: a QoS 1/2 message forwarded to other nodes is acked once they have accepted it
+      if (!this.cluster?.holdAck(conn, ack)) conn.writeAck(ack);
     }
     return matched;
   }
@@ -97,6 +101,7 @@ export class Router {
         }
       }
     }
+    if (this.cluster?.route(msg)) matched = true; // cluster: matching routes of other nodes
     // As EMQX: the broker's own $SYS messages (from '') are not counted as dropped.
     if (!matched && msg.from !== '') this.s.counters.row[Counter.messagesDroppedNoSubscribers]++;
     return matched;

@@ -401,6 +401,14 @@ export class TopicIndex {
     return levels.reverse().join('/');
   }
 
+  /**
+   * Reference of node `id` (1 ≤ id < stats().nodesHighWater) in its current generation, or -1
+   * when that slot is free or retired: lets a scanner tell a reused slot from the node it saw.
+   */
+  liveRef(id: number): number {
+    return this.nodes[id * NODE_STRIDE + F_STATE] === 0 ? this.refOf(id) : -1;
+  }
+
   /** Shard mask of a node, as uint32. */
   maskOf(ref: number): number {
     return Atomics.load(this.nodes, this.idOf(ref, false) * NODE_STRIDE + F_MASK) >>> 0;

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
+import { ShardClusterLink } from '../cluster/shard-link.js';
 import type { Config } from '../config/schema.js';
 import { Delivery } from '../delivery/deliver.js';
 import { createLogger, type Logger } from '../log.js';
@@ -60,6 +61,8 @@ export class Shard implements BatchVisitor, ShardState {
   /** Batches to flush and/or connections to uncork at the end of this turn: one setImmediate */
   private turnEndScheduled = false;
   private sweepTimer: NodeJS.Timeout | null = null;
+  /** Publishes to and from other nodes (src/cluster/shard-link.ts); null on a single node */
+  private readonly cluster: ShardClusterLink | null;
 
   constructor(
     init: ShardInit,
@@ -80,7 +83,20 @@ export class Shard implements BatchVisitor, ShardState {
     this.delivery = new Delivery(this.config, this.counters);
     this.relay = new RetainedRelay(main, this.delivery);
     this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
-    this.router = new Router(this, this.delivery, this.relay, this.shared, this.scheduleTurnEnd);
+    // Received forwards are published here for local subscribers only (never forwarded again).
+    this.cluster = ShardClusterLink.create(init, {
+      counters: this.counters,
+      publish: (m) => this.publish(m, null),
+      onLinkError: (err, m) => this.threadMessageError(err, 'cluster', m),
+    });
+    this.router = new Router(
+      this,
+      this.delivery,
+      this.relay,
+      this.shared,
+      this.scheduleTurnEnd,
+      this.cluster,
+    );
     this.subscriptions = new Subscriptions(this, this.shared);
     this.lifecycle = new SessionLifecycle(this, {
       newConnection: (socket: Socket, session: Session, h: ConnectionOrigin) =>
@@ -192,6 +208,9 @@ export class Shard implements BatchVisitor, ShardState {
         break;
       case 'reconfigure':
         this.reconfigure(msg.config);
+        break;
+      case 'cluster': // the (re)started cluster thread
+        this.cluster?.attach(msg.port);
         break;
       case 'crash':
         // Test hook for the supervisor: an uncaught exception, as a bug would throw.

@@ -43,7 +43,7 @@ export class SysPublisher {
     const b = this.broker;
     const sys = sysTopicPrefix(b.config['node.name']);
     const out: BrokerPublish[] = [
-      msg('$SYS/brokers', b.config['node.name'], true),
+      msg('$SYS/brokers', runningNodes(b).join(','), true),
       msg(`${sys}/version`, b.version, true),
       msg(`${sys}/sysdescr`, b.sysdescr, true),
     ];
@@ -82,4 +82,11 @@ export function rfc3339(d: Date): string {
     `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}` +
     `:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}${sign}${pad(off / 60)}:${pad(off % 60)}`
   );
+}
+
+/** Running cluster nodes (this one first); this node alone without a cluster. */
+function runningNodes(b: BrokerView): string[] {
+  const self = b.config['node.name'];
+  const others = b.clusterMembers().filter((m) => !m.self && m.status === 'running');
+  return [self, ...others.map((m) => m.name)];
 }

@@ -8,6 +8,9 @@
  *                   shared-subscription membership and connection handoffs (fds), on a
  *                   MessagePort per pair of shards created by main. One port per pair keeps
  *                   batches and joins in order.
+ *   main  ↔ cluster: MainToCluster / ClusterToMain (the cluster thread, src/cluster/)
+ *   shard ↔ cluster: ShardToCluster / ClusterToShard on a MessagePort per shard created by
+ *                   main: batches of publishes for remote nodes, and forwards received from them.
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
@@ -27,7 +30,72 @@ export interface ShardInit {
   counters: CountersShared;
   /** peers[i] = port to shard i (null for itself) */
   peers: (MessagePort | null)[];
+  /** Remote routes (cluster): topic filters of peer nodes, bit = peer slot; absent without a cluster */
+  remoteIndex?: TopicIndexShared;
+  /** Port to the cluster thread (null while it is not running) */
+  cluster?: MessagePort | null;
 }
+
+/** What the cluster thread is started with. */
+export interface ClusterInit {
+  generation: number;
+  config: Config;
+  /** This node's topic index: the cluster thread reads which filters have local subscribers */
+  index: TopicIndexShared;
+  /** Written only by the cluster thread: routes of the peer nodes */
+  remoteIndex: TopicIndexShared;
+  counters: CountersShared;
+  /** Counter row of the cluster thread */
+  counterRow: number;
+  shardCount: number;
+  /** Port per shard (null: that shard is not running; it comes later as `shard`) */
+  shards: (MessagePort | null)[];
+}
+
+/** A cluster member as the cluster thread reports it to main (REST, metrics, $SYS). */
+export interface ClusterMember {
+  name: string;
+  address: string;
+  status: 'running' | 'stopped';
+  /** This node itself */
+  self: boolean;
+  /** ms since epoch of the last heartbeat or join seen from it */
+  lastSeen: number;
+  /** Route filters it holds */
+  routes: number;
+  /** Forwarded bytes sent to it and not acknowledged, and queued for it */
+  inflightBytes: number;
+  queuedBytes: number;
+}
+
+export type MainToCluster =
+  /** A (re)started shard's port to the cluster thread */
+  | { t: 'shard'; shard: number; port: MessagePort }
+  /** Tell peers we leave, then end */
+  | { t: 'shutdown' };
+
+export type ClusterToMain =
+  | { t: 'ready'; generation: number; port: number }
+  | { t: 'listenFailed'; error: string }
+  /** Sent on every membership change and once a second */
+  | { t: 'members'; members: ClusterMember[] }
+  | { t: 'shutdownDone' };
+
+/** Publishes for remote nodes: cluster/codec.ts entries, each after a u32 mask of peer slots. */
+export interface ShardToCluster {
+  t: 'forward';
+  buf: ArrayBuffer;
+  len: number;
+  count: number;
+  /** > 0: the batch holds QoS 1/2 publishes whose acks wait; answered with `forwardAcked` */
+  seq: number;
+}
+
+/** Publishes received from a peer node, for this shard to route to local subscribers only. */
+export type ClusterToShard =
+  | { t: 'forwarded'; buf: ArrayBuffer; len: number; count: number }
+  /** Every peer batch `seq` went to has accepted it (or is down): its held PUBACK/PUBRECs go. */
+  | { t: 'forwardAcked'; seq: number };
 
 /** A retained message as stored by main and returned to shards. */
 export interface RetainedRecord {
@@ -63,6 +131,8 @@ export type MainToShard =
   /** Accept on (a dup of) the listening socket; the fd stays main's, closed when the thread exits */
   | { t: 'listen'; fd: number }
   | { t: 'peer'; shard: number; port: MessagePort }
+  /** The (re)started cluster thread's port */
+  | { t: 'cluster'; port: MessagePort }
   | { t: 'retainAck'; reqId: number }
   | { t: 'retained'; reqId: number; records: RetainedRecord[] }
   /** Close the clients and end; with drainMs, the closes are spread over that many ms first. */

@@ -1,0 +1,233 @@
+// Cluster bench (issue #10): 2 emqx-ts nodes on loopback, one publisher, one subscriber.
+// Cross-node (publisher on node 1, subscriber on node 2) against same-node (both on node 1),
+// interleaved in one run; msg/s delivered and CPU µs per delivered message (both node
+// processes, all threads, from /proc).
+//   npm run build && node --import tsx bench/cluster.ts [--qos 0,1] [--duration 5] [--rounds 2] [--payload 64] [--window 2000]
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { freePort, HOST } from './brokers.js';
+import { cpuMicros } from './procstat.js';
+import {
+  encodeConnect,
+  encodePublishTemplate,
+  encodeSubscribe,
+  FrameSplitter,
+  PUBACK,
+  PUBLISH,
+} from './proto.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { values: args } = parseArgs({
+  options: {
+    qos: { type: 'string', default: '0,1' },
+    duration: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '2' },
+    payload: { type: 'string', default: '64' },
+    // Messages published and not yet received (closed loop)
+    window: { type: 'string', default: '2000' },
+  },
+});
+
+interface Node {
+  child: ChildProcess;
+  mqtt: number;
+  cluster: number;
+  metrics: number;
+}
+
+/** A counter of a node's Prometheus exposition. */
+async function metric(n: Node, name: string): Promise<number> {
+  const text = await (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.slice(name.length + 1)) : Number.NaN;
+}
+
+async function startNode(name: string, seeds: number[], dir: string): Promise<Node> {
+  const [mqtt, cluster, metrics, api] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  const child = spawn(
+    process.execPath,
+    [
+      path.join(root, 'dist/src/main.js'),
+      `--name=${name}`,
+      `--host=${HOST}`,
+      `--port=${mqtt}`,
+      '--shards=1',
+      `--metrics.port=${metrics}`,
+      `--api.port=${api}`,
+      `--node.data_dir=${path.join(dir, name)}`,
+      '--log-level=warn',
+      '--sys_topics.sys_msg_interval=0',
+      '--sys_topics.sys_heartbeat_interval=0',
+      '--mqtt.max_mqueue_len=100000',
+      '--mqtt.max_inflight=1000',
+      '--cluster.discovery=static',
+      `--cluster.port=${cluster}`,
+      `--cluster.advertise=${HOST}`,
+      `--cluster.listen_host=${HOST}`,
+      `--cluster.static.seeds=${seeds.map((p) => `${HOST}:${p}`).join(',')}`,
+    ],
+    { stdio: 'ignore' },
+  );
+  const node = { child, mqtt, cluster, metrics };
+  for (let i = 0; i < 200; i++) {
+    if (await canConnect(mqtt)) return node;
+    await sleep(50);
+  }
+  throw new Error(`${name} did not start`);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const canConnect = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const s = net.connect(port, HOST, () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+
+/** A raw MQTT 3.1.1 connection: counts PUBLISH/PUBACK frames, acks QoS 1 deliveries. */
+class Conn {
+  readonly sock: net.Socket;
+  received = 0;
+  acked = 0;
+  private readonly split = new FrameSplitter();
+  private suback: (() => void) | null = null;
+  constructor(port: number, id: string) {
+    this.sock = net.connect(port, HOST);
+    this.sock.setNoDelay(true);
+    this.sock.write(encodeConnect(id, 60));
+    const acks: Buffer[] = [];
+    this.sock.on('data', (chunk) => {
+      this.split.push(chunk, {
+        onFrame: (first, buf, start) => {
+          const type = first >> 4;
+          if (type === PUBLISH) {
+            this.received++;
+            if ((first & 6) !== 0) {
+              const tlen = buf.readUInt16BE(start);
+              acks.push(Buffer.from([0x40, 2, buf[start + 2 + tlen], buf[start + 3 + tlen]]));
+            }
+          } else if (type === PUBACK) this.acked++;
+          else if (type === 9) this.suback?.();
+        },
+      });
+      if (acks.length > 0) this.sock.write(Buffer.concat(acks.splice(0)));
+    });
+    this.sock.on('error', () => {});
+  }
+  subscribe(filter: string, qos: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.suback = resolve;
+      this.sock.write(encodeSubscribe(1, filter, qos));
+    });
+  }
+}
+
+/**
+ * Closed loop: at most `window` messages published and not yet received by the subscriber,
+ * so that the rate measured is what the whole path (publisher node, link, subscriber node)
+ * sustains, not how fast queues fill. QoS 1 acks from the publisher's node are also awaited.
+ */
+async function blast(
+  pub: Conn,
+  sub: Conn,
+  qos: number,
+  payload: number,
+  ms: number,
+  window = 2000,
+): Promise<number> {
+  const t = encodePublishTemplate('bench/cluster/x', qos, payload, 1, 0);
+  const batch = 100;
+  let sent = 0;
+  let pid = 0;
+  const base = sub.received;
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (sent - (sub.received - base) > window - batch || (qos > 0 && sent - pub.acked > window - batch)) {
+      await new Promise((r) => setImmediate(r));
+      continue;
+    }
+    const frames: Buffer[] = [];
+    for (let i = 0; i < batch; i++) {
+      const f = Buffer.from(t.frame);
+      if (qos > 0) f.writeUInt16BE((pid = (pid % 65535) + 1), t.pidOffset);
+      frames.push(f);
+    }
+    sent += batch;
+    if (!pub.sock.write(Buffer.concat(frames))) await new Promise((r) => pub.sock.once('drain', r));
+  }
+  return sent;
+}
+
+async function run(nodes: Node[], cross: boolean, qos: number, payload: number, s: number): Promise<string> {
+  const tag = `${cross ? 'cross' : 'same'}-${qos}-${Math.random().toString(36).slice(2, 6)}`;
+  const sub = new Conn(nodes[cross ? 1 : 0].mqtt, `sub-${tag}`);
+  await sub.subscribe('bench/cluster/+', qos);
+  const pub = new Conn(nodes[0].mqtt, `pub-${tag}`);
+  // Routes replicate asynchronously (≤ 20 ms scan + a push): probe until a message arrives.
+  for (let i = 0; sub.received === 0 && i < 200; i++) {
+    await blast(pub, sub, 0, payload, 1, 100);
+    await sleep(20);
+  }
+  await sleep(300);
+  pub.acked = 0;
+  const base = sub.received;
+  const dropped0 = await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total');
+  const cpu0 = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0);
+  const t0 = process.hrtime.bigint();
+  const sent = await blast(pub, sub, qos, payload, s * 1000, Number(args.window));
+  if (process.env.BENCH_DEBUG) {
+    const text = (
+      await Promise.all(nodes.map(async (n) => (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text()))
+    ).join('\n');
+    console.log(
+      text
+        .split('\n')
+        .filter(
+          (l) =>
+            l.startsWith('emqx_ts_cluster') ||
+            l.startsWith('emqx_messages_forward ') ||
+            l.startsWith('emqx_messages_delivered ') ||
+            l.startsWith('emqx_delivery_dropped'),
+        )
+        .join('\n'),
+    );
+  }
+  // Let the tail drain (at most 2 s) so that CPU and deliveries cover the same messages.
+  for (let last = -1, i = 0; sub.received !== last && i < 40; i++) {
+    last = sub.received;
+    await sleep(50);
+  }
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpu = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0) - cpu0;
+  const got = sub.received - base;
+  const dropped = (await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total')) - dropped0;
+  pub.sock.destroy();
+  sub.sock.destroy();
+  return `${cross ? 'cross-node' : 'same-node '}  QoS ${qos}  ${payload} B  ${Math.round(got / secs)} msg/s  ${(cpu / got).toFixed(2)} µs CPU/msg (both nodes)  sent ${sent} delivered ${got} forward-dropped ${dropped}`;
+}
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'emqx-ts-bench-cluster-'));
+const n1 = await startNode('bench1@127.0.0.1', [], dir);
+const n2 = await startNode('bench2@127.0.0.1', [n1.cluster], dir);
+try {
+  await sleep(1500); // join + first heartbeats
+  console.log(`node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), 1 shard per node`);
+  for (let r = 0; r < Number(args.rounds); r++) {
+    for (const qos of args.qos!.split(',').map(Number)) {
+      for (const cross of [false, true]) {
+        console.log(await run([n1, n2], cross, qos, Number(args.payload), Number(args.duration)));
+      }
+    }
+  }
+} finally {
+  n1.child.kill('SIGKILL');
+  n2.child.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,113 @@
+import { type Client, createClient } from '@connectrpc/connect';
+import { createGrpcTransport } from '@connectrpc/connect-node';
+import type { TopicIndex } from '../routing/topic-index.js';
+import { EntryWriter } from './codec.js';
+import type { ForwardStream } from './forward.js';
+import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
+
+/** Most peers a node routes to: one bit of the remote-route index per peer. */
+export const MAX_PEERS = 32;
+
+/** Another node, as this node sees it. */
+export class Peer {
+  address = '';
+  incarnation = 0n;
+  version = '';
+  status: 'running' | 'stopped' = 'stopped';
+  /** Last heartbeat (either direction) or join seen from it */
+  lastSeen = 0;
+  /** Its route slice as it last sent it, and that slice's version */
+  readonly routes = new Set<string>();
+  routeVersion = 0n;
+  /** Bit in the remote-route index while it is running; -1 otherwise */
+  slot = -1;
+
+  // Our side towards it
+  client: Client<typeof ClusterService> | null = null;
+  /** It holds our slice (our Join succeeded since it last lost us) */
+  synced = false;
+  joining = false;
+  /** Version of our slice it holds, and changes made since then (filter → present) */
+  ackedVersion = 0;
+  pending = new Map<string, boolean>();
+  pushing = false;
+  stream: ForwardStream | null = null;
+  /** Forwards for it collected this turn */
+  readonly out = new EntryWriter(16 * 1024);
+
+  constructor(readonly name: string) {}
+}
+
+/** A gRPC (HTTP/2, cleartext) client of a node's cluster service. */
+export function clientTo(address: string): Client<typeof ClusterService> {
+  return createClient(
+    ClusterService,
+    createGrpcTransport({
+      baseUrl: `http://${address}`,
+      // Wide windows for acks too (see the server in node.ts).
+      nodeOptions: { settings: { initialWindowSize: 8 << 20 } },
+    }),
+  );
+}
+
+/**
+ * Peers by name, their slots in the remote-route index and their route slices. Only the
+ * cluster thread writes the remote index: a filter is added under the peer's bit, deleted by
+ * clearing it, and a peer that goes down has its bit cleared everywhere (EMQX drops a down
+ * node's whole slice the same way).
+ */
+export class PeerTable {
+  readonly byName = new Map<string, Peer>();
+  readonly bySlot: (Peer | null)[] = new Array(MAX_PEERS).fill(null);
+
+  constructor(private readonly remote: TopicIndex) {}
+
+  get(name: string): Peer {
+    let p = this.byName.get(name);
+    if (!p) {
+      p = new Peer(name);
+      this.byName.set(name, p);
+    }
+    return p;
+  }
+
+  /** Replaces a peer's whole slice (join: full sync) and makes it routable. False: no free slot. */
+  replaceRoutes(p: Peer, filters: readonly string[], version: bigint): boolean {
+    if (p.slot < 0) {
+      const slot = this.bySlot.indexOf(null);
+      if (slot < 0) return false;
+      p.slot = slot;
+      this.bySlot[slot] = p;
+    }
+    this.remote.clearShardEverywhere(p.slot);
+    p.routes.clear();
+    for (const f of filters) this.addRoute(p, f);
+    p.routeVersion = version;
+    return true;
+  }
+
+  addRoute(p: Peer, filter: string): void {
+    if (p.routes.has(filter)) return;
+    // acquire sets the peer's bit under the index lock, so the node cannot be reclaimed between.
+    const id = this.remote.acquire(filter, p.slot);
+    if (id < 0) return; // remote index full: this route is not matched (logged by the caller's counters)
+    p.routes.add(filter);
+  }
+
+  deleteRoute(p: Peer, filter: string): void {
+    if (!p.routes.delete(filter)) return;
+    const id = this.remote.find(filter);
+    if (id > 0) this.remote.clearShard(id, p.slot);
+  }
+
+  /** The peer is down: its slice goes, its slot is free. */
+  dropRoutes(p: Peer): void {
+    if (p.slot >= 0) {
+      this.remote.clearShardEverywhere(p.slot);
+      this.bySlot[p.slot] = null;
+      p.slot = -1;
+    }
+    p.routes.clear();
+    p.routeVersion = 0n;
+  }
+}

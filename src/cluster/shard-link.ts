@@ -1,0 +1,175 @@
+import type { MessagePort } from 'node:worker_threads';
+import { Counter, type Counters } from '../metrics/counters.js';
+import { MatchResult, TopicIndex } from '../routing/topic-index.js';
+import type { Message } from '../session/message.js';
+import type { ClusterToShard, ShardInit, ShardToCluster } from '../threads/messages.js';
+import { EntryWriter, readEntries } from './codec.js';
+
+/** A connection whose acks can be held (shard/connection.ts), as the link needs it. */
+export interface AckHolder {
+  holdAck(frame: Buffer): { ready: boolean };
+  releaseAcks(): void;
+}
+
+/** What the link needs from its shard (kept small so the shard's layout may change). */
+export interface ShardSide {
+  readonly counters: Counters;
+  /** Routes a message to this node's subscribers (the link makes sure it is not forwarded again). */
+  publish(msg: Message, conn: null): boolean;
+  /** Logs and counts a handler that threw on an inter-thread message. */
+  onLinkError(err: unknown, msg: unknown): void;
+}
+
+/**
+ * A shard's side of the cluster (all cluster logic lives in src/cluster/; the shard calls
+ * `route` from its routing step and `attach` when main sends a new port).
+ *
+ * Outgoing: a publish whose topic matches the remote-route index (shared memory written by the
+ * cluster thread; bit = peer slot) is appended with its destination mask to one buffer, posted
+ * (transferred) to the cluster thread once per event-loop turn: never a postMessage per message.
+ * Incoming: batches forwarded by peers are routed to local subscribers only — a forwarded
+ * message never leaves this node again, so routes that overlap cannot loop.
+ */
+export class ShardClusterLink {
+  private readonly remote: TopicIndex;
+  private readonly match = new MatchResult(8);
+  private readonly out = new EntryWriter();
+  private flushScheduled = false;
+  /** True while routing a forwarded batch: those messages stay on this node */
+  private receiving = false;
+  /** The message last passed to route() was forwarded at QoS 1/2 (its ack may be held) */
+  private forwardedQos = false;
+  /** Acks held until the batch they were forwarded in is accepted by every peer, by batch seq */
+  private readonly held = new Map<number, { conn: AckHolder; held: { ready: boolean } }[]>();
+  private batchSeq = 0;
+  private heldThisBatch: { conn: AckHolder; held: { ready: boolean } }[] | null = null;
+
+  private constructor(
+    private readonly shard: ShardSide,
+    remote: TopicIndex,
+    private port: MessagePort | null,
+  ) {
+    this.remote = remote;
+    if (port) this.listen(port);
+  }
+
+  /** Null when the broker runs without a cluster. */
+  static create(init: ShardInit, shard: ShardSide): ShardClusterLink | null {
+    if (!init.remoteIndex) return null;
+    return new ShardClusterLink(shard, TopicIndex.attach(init.remoteIndex), init.cluster ?? null);
+  }
+
+  /** A (re)started cluster thread's port. */
+  attach(port: MessagePort): void {
+    // The old thread answers nothing more: what it held is released (its peers are gone with it).
+    for (const held of this.held.values()) release(held);
+    this.held.clear();
+    this.port?.close();
+    this.port = port;
+    this.listen(port);
+  }
+
+  private listen(port: MessagePort): void {
+    port.on('message', (m: ClusterToShard) => {
+      try {
+        if (m.t === 'forwarded') this.onForwarded(m);
+        else if (m.t === 'forwardAcked') this.onAcked(m.seq);
+      } catch (err) {
+        this.shard.onLinkError(err, m);
+      }
+    });
+  }
+
+  /**
+   * Called for every routed message: true when some remote node has a matching route (the
+   * message then counts as matched). Cost when no peer has routes: one Atomics.load.
+   */
+  route(msg: Message): boolean {
+    this.forwardedQos = false;
+    if (this.receiving) return false;
+    const remote = this.remote;
+    if (remote.activeFilters() === 0) return false;
+    const topic = msg.topicBytes;
+    const m = this.match;
+    if (remote.match(topic, 0, topic.length, m) === 0 || m.mask === 0) return false;
+    let remaining = 0;
+    if (msg.expiryAt > 0) {
+      remaining = msg.expiryAt - Date.now();
+      if (remaining <= 0) return true; // expired in flight: nobody may get it [MQTT-3.3.2-5]
+      remaining = Math.min(Math.ceil(remaining), 0xffffffff);
+    }
+    this.out.add(msg, remaining, m.mask);
+    this.forwardedQos = msg.qos > 0;
+    const row = this.shard.counters.row;
+    let mask = m.mask;
+    while (mask !== 0) {
+      row[Counter.messagesForward]++;
+      mask &= mask - 1;
+    }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flush);
+    }
+    return true;
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.out.count === 0) return;
+    const { buf, count } = this.out.take();
+    const row = this.shard.counters.row;
+    const held = this.heldThisBatch;
+    this.heldThisBatch = null;
+    if (!this.port) {
+      row[Counter.forwardDropped] += count; // cluster thread restarting
+      if (held) release(held);
+      return;
+    }
+    row[Counter.forwardBatches]++;
+    let seq = 0;
+    if (held) this.held.set((seq = ++this.batchSeq), held);
+    const ab = buf.buffer as ArrayBuffer;
+    const m: ShardToCluster = { t: 'forward', buf: ab, len: buf.length, count, seq };
+    this.port.postMessage(m, [ab]);
+  };
+
+  /**
+   * After route(): holds the PUBACK/PUBREC of a QoS 1/2 message just forwarded until every
+   * node it went to has accepted it (or is known down). False: not forwarded, send it now.
+   * Acks stay in PUBLISH order on the connection (held acks queue behind each other).
+   */
+  holdAck(conn: AckHolder, ack: Buffer): boolean {
+    if (!this.forwardedQos) return false;
+    this.forwardedQos = false;
+    this.heldThisBatch ??= [];
+    this.heldThisBatch.push({ conn, held: conn.holdAck(ack) });
+    return true;
+  }
+
+  private onAcked(seq: number): void {
+    const held = this.held.get(seq);
+    if (!held) return;
+    this.held.delete(seq);
+    release(held);
+  }
+
+  private onForwarded(m: Extract<ClusterToShard, { t: 'forwarded' }>): void {
+    const b = Buffer.from(m.buf, 0, m.len);
+    this.shard.counters.row[Counter.messagesForwardReceived] += m.count;
+    this.receiving = true;
+    try {
+      readEntries(b, m.len, Date.now(), (msg) => {
+        this.shard.publish(msg, null);
+      });
+    } finally {
+      this.receiving = false;
+    }
+  }
+}
+
+function release(list: { conn: AckHolder; held: { ready: boolean } }[]): void {
+  for (const h of list) {
+    h.held.ready = true;
+    h.conn.releaseAcks();
+  }
+}
