@@ -155,6 +155,22 @@ export const SCHEMA = {
     max: 1073741824,
     doc: 'Bytes buffered for a slow client before QoS 0 is dropped and QoS 1/2 queued',
   },
+  'mqtt.max_output_buffer': {
+    type: 'number',
+    integer: true,
+    default: 4194304,
+    min: 1024,
+    max: 1073741824,
+    doc: "Bytes of a connection's own unsent output (acks, PINGRESP, SUBACK, deliveries) beyond which its packets are no longer read until the output drains",
+  },
+  'force_shutdown.max_output_bytes': {
+    type: 'number',
+    integer: true,
+    default: 67108864,
+    min: 1024,
+    max: 4294967296,
+    doc: "Bytes of a connection's unsent output beyond which it is closed without DISCONNECT and counted (as EMQX's force_shutdown)",
+  },
   'mqtt.max_qos_allowed': {
     type: 'number',
     default: 2,

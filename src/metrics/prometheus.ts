@@ -260,6 +260,16 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Subscriptions refused (SUBACK 0x97 / 0x80) beyond mqtt.max_subscriptions',
       Counter.subscriptionsRefusedMax,
     ],
+    [
+      'emqx_ts_output_read_paused_total',
+      "Times a connection's reading was paused because its own unsent output passed mqtt.max_output_buffer",
+      Counter.outputReadPaused,
+    ],
+    [
+      'emqx_ts_output_force_shutdown_total',
+      'Connections closed because their unsent output passed force_shutdown.max_output_bytes',
+      Counter.outputForceShutdown,
+    ],
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({

@@ -37,9 +37,14 @@ function onSocketData(this: OwnedSocket, chunk: Buffer): void {
   this[CONNECTION].onData(chunk);
 }
 function onSocketDrain(this: OwnedSocket): void {
-  const conn = this[CONNECTION];
-  conn.shard.drainSession(conn.session);
+  this[CONNECTION].onDrain();
 }
+function forceClose(conn: Connection): void {
+  conn.close('output over force_shutdown.max_output_bytes');
+}
+
+/** Why a connection's reading is paused (bits: it reads again when none is left). */
+export const PAUSE_OUTPUT = 1; // its own unsent output is over mqtt.max_output_buffer
 function onSocketError(this: OwnedSocket, err: Error): void {
   const conn = this[CONNECTION];
   if (!conn.closed) conn.log.debug({ err: err.message }, 'socket error');
@@ -60,6 +65,8 @@ export class Connection implements FrameSink {
   readonly reader: FrameReader;
   private logger: Logger | null = null;
   closed = false;
+  /** Force-shut: closed on the next tick, writes are discarded until then */
+  private shuttingDown = false;
   /** DISCONNECT received: the will is not published [MQTT-3.14.4-3] */
   gracefulDisconnect = false;
   /** When the last whole packet arrived, for keep-alive [MQTT-3.1.2-24] (partial ones do not count) */
@@ -71,6 +78,10 @@ export class Connection implements FrameSink {
   private turnBytes = 0;
   /** Acks queued behind a held ack, so acks leave in PUBLISH order [MQTT-4.6.0-2] */
   heldAcks: (Buffer | HeldAck)[] | null = null;
+  /** Bytes of the frames in heldAcks: output too, counted against mqtt.max_output_buffer */
+  private heldBytes = 0;
+  /** PAUSE_* bits: reading is paused while any is set */
+  pauseBits = 0;
   readonly keepaliveMs: number;
   readonly protocolVersion: number;
   readonly clientId: string;
@@ -162,7 +173,59 @@ export class Connection implements FrameSink {
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
     // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
     // leftover bytes above (resume() takes effect on a later tick).
-    this.socket.resume();
+    if (this.pauseBits === 0) this.socket.resume();
+  }
+
+  /** Stops reading this connection for `bit`'s reason (TCP then pushes back on the client). */
+  pauseRead(bit: number): void {
+    if (this.pauseBits === 0 && !this.closed) this.socket.pause();
+    this.pauseBits |= bit;
+  }
+
+  resumeRead(bit: number): void {
+    if ((this.pauseBits & bit) === 0) return;
+    this.pauseBits &= ~bit;
+    if (this.pauseBits === 0 && !this.closed) this.socket.resume();
+  }
+
+  /** The socket wrote out everything it had buffered. */
+  onDrain(): void {
+    this.resumeRead(PAUSE_OUTPUT);
+    this.shard.drainSession(this.session);
+  }
+
+  /**
+   * A write left the socket's buffer at or over its high-water mark (the only time output can be
+   * over a cap, so the normal path pays nothing). Acks, PINGRESP and SUBACK are written whatever
+   * the congestion, so a client that sends but never reads is stopped here: over
+   * mqtt.max_output_buffer its packets are not read until 'drain'; over
+   * force_shutdown.max_output_bytes it is closed (no DISCONNECT: it would not read one).
+   */
+  private outputFull(): void {
+    const pending = this.socket.writableLength + this.heldBytes;
+    const cfg = this.shard.config;
+    if (pending > cfg['force_shutdown.max_output_bytes']) {
+      this.forceShutdown(pending);
+      return;
+    }
+    if (pending > cfg['mqtt.max_output_buffer'] && (this.pauseBits & PAUSE_OUTPUT) === 0) {
+      this.shard.counters.row[Counter.outputReadPaused]++;
+      this.pauseRead(PAUSE_OUTPUT);
+    }
+  }
+
+  private forceShutdown(pending: number): void {
+    this.shard.counters.row[Counter.outputForceShutdown]++;
+    this.log.warn(
+      { pendingBytes: pending, max: this.shard.config['force_shutdown.max_output_bytes'] },
+      'unsent output over force_shutdown.max_output_bytes; closing connection',
+    );
+    // Free the buffered output now; the session side of the close runs after the current
+    // delivery loop or handler (which may still be iterating this session).
+    this.pauseRead(PAUSE_OUTPUT);
+    this.socket.destroy();
+    this.shuttingDown = true;
+    process.nextTick(forceClose, this);
   }
 
   onData(chunk: Buffer): void {
@@ -316,14 +379,14 @@ export class Connection implements FrameSink {
   write(frame: Buffer): void {
     // Not writable: destroyed by a socket error whose 'close' has not come yet (writing would
     // throw and build an Error per frame).
-    if (this.closed || !this.socket.writable) return;
+    if (this.closed || this.shuttingDown || !this.socket.writable) return;
     if (!this.corked) {
       this.corked = true;
       this.turnBytes = 0;
       this.socket.cork();
       this.shard.scheduleUncork(this);
     }
-    this.socket.write(frame);
+    if (!this.socket.write(frame)) this.outputFull();
     this.turnBytes += frame.length;
     const row = this.shard.counters.row;
     row[Counter.packetsSent]++;
@@ -333,15 +396,23 @@ export class Connection implements FrameSink {
 
   /** Writes an ack, or queues it behind a held ack to keep acks in order. */
   writeAck(frame: Buffer): void {
-    if (this.heldAcks) this.heldAcks.push(frame);
+    if (this.heldAcks) this.queueAck(frame);
     else this.write(frame);
   }
 
   holdAck(frame: Buffer): HeldAck {
     const held: HeldAck = { frame, ready: false };
     if (!this.heldAcks) this.heldAcks = [];
-    this.heldAcks.push(held);
+    this.queueAck(held);
     return held;
+  }
+
+  private queueAck(a: Buffer | HeldAck): void {
+    this.heldAcks!.push(a);
+    const n = Buffer.isBuffer(a) ? a.length : a.frame.length;
+    this.heldBytes += n;
+    // Checked every 64 KiB of held acks, not per ack.
+    if (this.heldBytes >> 16 !== (this.heldBytes - n) >> 16) this.outputFull();
   }
 
   releaseAcks(): void {
@@ -350,9 +421,10 @@ export class Connection implements FrameSink {
     let i = 0;
     for (; i < q.length; i++) {
       const a = q[i];
-      if (Buffer.isBuffer(a)) this.write(a);
-      else if (a.ready) this.write(a.frame);
-      else break;
+      const frame = Buffer.isBuffer(a) ? a : a.ready ? a.frame : null;
+      if (frame === null) break;
+      this.heldBytes -= frame.length;
+      this.write(frame);
     }
     q.splice(0, i);
     if (q.length === 0) this.heldAcks = null;
