@@ -43,8 +43,6 @@ function forceClose(conn: Connection): void {
   conn.close('output over force_shutdown.max_output_bytes');
 }
 
-/** Why a connection's reading is paused (bits: it reads again when none is left). */
-export const PAUSE_OUTPUT = 1; // its own unsent output is over mqtt.max_output_buffer
 function onSocketError(this: OwnedSocket, err: Error): void {
   const conn = this[CONNECTION];
   if (!conn.closed) conn.log.debug({ err: err.message }, 'socket error');
@@ -66,7 +64,6 @@ export class Connection implements FrameSink {
   private logger: Logger | null = null;
   closed = false;
   /** Force-shut: closed on the next tick, writes are discarded until then */
-  private shuttingDown = false;
   /** DISCONNECT received: the will is not published [MQTT-3.14.4-3] */
   gracefulDisconnect = false;
   /** When the last whole packet arrived, for keep-alive [MQTT-3.1.2-24] (partial ones do not count) */
@@ -80,8 +77,8 @@ export class Connection implements FrameSink {
   heldAcks: (Buffer | HeldAck)[] | null = null;
   /** Bytes of the frames in heldAcks: output too, counted against mqtt.max_output_buffer */
   private heldBytes = 0;
-  /** PAUSE_* bits: reading is paused while any is set */
-  pauseBits = 0;
+  /** Not read until 'drain': its own unsent output passed mqtt.max_output_buffer */
+  private readPaused = false;
   readonly keepaliveMs: number;
   readonly protocolVersion: number;
   readonly clientId: string;
@@ -173,24 +170,15 @@ export class Connection implements FrameSink {
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
     // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
     // leftover bytes above (resume() takes effect on a later tick).
-    if (this.pauseBits === 0) this.socket.resume();
-  }
-
-  /** Stops reading this connection for `bit`'s reason (TCP then pushes back on the client). */
-  pauseRead(bit: number): void {
-    if (this.pauseBits === 0 && !this.closed) this.socket.pause();
-    this.pauseBits |= bit;
-  }
-
-  resumeRead(bit: number): void {
-    if ((this.pauseBits & bit) === 0) return;
-    this.pauseBits &= ~bit;
-    if (this.pauseBits === 0 && !this.closed) this.socket.resume();
+    if (!this.readPaused) this.socket.resume();
   }
 
   /** The socket wrote out everything it had buffered. */
   onDrain(): void {
-    this.resumeRead(PAUSE_OUTPUT);
+    if (this.readPaused) {
+      this.readPaused = false;
+      if (!this.closed) this.socket.resume();
+    }
     this.shard.drainSession(this.session);
   }
 
@@ -208,9 +196,10 @@ export class Connection implements FrameSink {
       this.forceShutdown(pending);
       return;
     }
-    if (pending > cfg['mqtt.max_output_buffer'] && (this.pauseBits & PAUSE_OUTPUT) === 0) {
+    if (pending > cfg['mqtt.max_output_buffer'] && !this.readPaused) {
       this.shard.counters.row[Counter.outputReadPaused]++;
-      this.pauseRead(PAUSE_OUTPUT);
+      this.readPaused = true;
+      this.socket.pause(); // TCP then pushes back on the client
     }
   }
 
@@ -222,9 +211,7 @@ export class Connection implements FrameSink {
     );
     // Free the buffered output now; the session side of the close runs after the current
     // delivery loop or handler (which may still be iterating this session).
-    this.pauseRead(PAUSE_OUTPUT);
-    this.socket.destroy();
-    this.shuttingDown = true;
+    this.socket.destroy(); // not writable from here on: write() skips it
     process.nextTick(forceClose, this);
   }
 
@@ -379,7 +366,7 @@ export class Connection implements FrameSink {
   write(frame: Buffer): void {
     // Not writable: destroyed by a socket error whose 'close' has not come yet (writing would
     // throw and build an Error per frame).
-    if (this.closed || this.shuttingDown || !this.socket.writable) return;
+    if (this.closed || !this.socket.writable) return;
     if (!this.corked) {
       this.corked = true;
       this.turnBytes = 0;
