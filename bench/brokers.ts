@@ -4,6 +4,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 
 export const BROKERS = ['emqx-ts', 'mosquitto', 'aedes'] as const;
 export type BrokerName = (typeof BROKERS)[number];
@@ -74,13 +75,7 @@ class ChildBroker implements Broker {
     });
     // Always drain stdout/stderr: a full pipe would block a logging broker and distort the figures.
     for (const stream of [proc.stdout, proc.stderr]) {
-      let partial = '';
-      stream?.setEncoding('utf8');
-      stream?.on('data', (s: string) => {
-        const lines = (partial + s).split('\n');
-        partial = lines.pop() ?? '';
-        for (const line of lines) this.onLine(line);
-      });
+      if (stream) createInterface({ input: stream }).on('line', (line) => this.onLine(line));
     }
   }
 

@@ -11,6 +11,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
 import { shardOf } from '../../src/listener/client-id.js';
@@ -145,13 +146,7 @@ export class BrokerProcess {
       }),
     );
     for (const stream of [proc.stdout, proc.stderr]) {
-      let partial = '';
-      stream?.setEncoding('utf8');
-      stream?.on('data', (s: string) => {
-        const lines = (partial + s).split('\n');
-        partial = lines.pop() ?? '';
-        for (const l of lines) this.onLine(l);
-      });
+      if (stream) createInterface({ input: stream }).on('line', (l) => this.onLine(l));
     }
   }
 

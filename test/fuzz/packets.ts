@@ -5,6 +5,9 @@
  * seed replays the same bytes.
  */
 
+import { mqttString, rawFrame, varInt } from '../helpers/raw.js';
+import { PROP5_TYPES, type Prop5Type } from '../helpers/raw5.js';
+
 /** sfc32: small, fast, good enough for fuzzing, and the same sequence for the same seed everywhere. */
 export class Rng {
   private a: number;
@@ -51,32 +54,13 @@ export class Rng {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Encoding
+// Encoding (the raw-packet helpers of test/helpers, so the fuzzer and the tests agree on the wire format)
 
 type Part = Buffer | number[];
 
-function varIntBytes(n: number): number[] {
-  const out: number[] = [];
-  do {
-    const b = n % 128;
-    n = Math.floor(n / 128);
-    out.push(n > 0 ? b | 0x80 : b);
-  } while (n > 0);
-  return out;
-}
-
 /** Fixed header (first byte, remaining length) in front of the joined parts. */
 export function frame(b0: number, parts: Part[]): Buffer {
-  const body = Buffer.concat(parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p))));
-  return Buffer.concat([Buffer.from([b0, ...varIntBytes(body.length)]), body]);
-}
-
-function lp(s: string | Buffer): Buffer {
-  const b = typeof s === 'string' ? Buffer.from(s) : s;
-  const out = Buffer.allocUnsafe(2 + b.length);
-  out.writeUInt16BE(b.length & 0xffff, 0);
-  b.copy(out, 2);
-  return out;
+  return rawFrame(b0, ...parts);
 }
 
 const u16 = (n: number): number[] => [(n >> 8) & 0xff, n & 0xff];
@@ -85,38 +69,9 @@ const u32 = (n: number): number[] => [(n >>> 24) & 0xff, (n >>> 16) & 0xff, (n >
 // ---------------------------------------------------------------------------------------------
 // MQTT 5 properties
 
-type PropType = 'byte' | 'u16' | 'u32' | 'varint' | 'string' | 'binary' | 'pair';
-
-/** Property id → wire type [MQTT-2.2.2.2]. */
-const PROP_TYPE: Record<number, PropType> = {
-  1: 'byte', // payload format indicator
-  2: 'u32', // message expiry interval
-  3: 'string', // content type
-  8: 'string', // response topic
-  9: 'binary', // correlation data
-  11: 'varint', // subscription identifier
-  17: 'u32', // session expiry interval
-  18: 'string', // assigned client identifier
-  19: 'u16', // server keep alive
-  21: 'string', // authentication method
-  22: 'binary', // authentication data
-  23: 'byte', // request problem information
-  24: 'u32', // will delay interval
-  25: 'byte', // request response information
-  26: 'string', // response information
-  28: 'string', // server reference
-  31: 'string', // reason string
-  33: 'u16', // receive maximum
-  34: 'u16', // topic alias maximum
-  35: 'u16', // topic alias
-  36: 'byte', // maximum qos
-  37: 'byte', // retain available
-  38: 'pair', // user property
-  39: 'u32', // maximum packet size
-  40: 'byte', // wildcard subscription available
-  41: 'byte', // subscription identifier available
-  42: 'byte', // shared subscription available
-};
+type PropType = Prop5Type;
+/** Property id → wire type [MQTT-2.2.2.2]: the test helpers' table. */
+const PROP_TYPE = PROP5_TYPES;
 const PROP_IDS = Object.keys(PROP_TYPE).map(Number);
 const TYPES: PropType[] = ['byte', 'u16', 'u32', 'varint', 'string', 'binary', 'pair'];
 
@@ -145,13 +100,13 @@ function propValue(rng: Rng, type: PropType, id: number): Part[] {
     case 'u32':
       return [u32(rng.chance(0.6) ? rng.int(3600) : rng.pick(INTERESTING_U32))];
     case 'varint':
-      return [varIntBytes(rng.chance(0.8) ? 1 + rng.int(1000) : rng.pick([0, 268435455, 16384]))];
+      return [varInt(rng.chance(0.8) ? 1 + rng.int(1000) : rng.pick([0, 268435455, 16384]))];
     case 'string':
-      return [lp(id === 0x08 ? `fz/resp/${rng.int(10)}` : randomText(rng, rng.int(16)))];
+      return [mqttString(id === 0x08 ? `fz/resp/${rng.int(10)}` : randomText(rng, rng.int(16)))];
     case 'binary':
-      return [lp(rng.bytes(rng.int(16)))];
+      return [mqttString(rng.bytes(rng.int(16)))];
     case 'pair':
-      return [lp(randomText(rng, rng.int(8))), lp(randomText(rng, rng.int(8)))];
+      return [mqttString(randomText(rng, rng.int(8))), mqttString(randomText(rng, rng.int(8)))];
   }
 }
 
@@ -173,15 +128,15 @@ export function props(rng: Rng, ctx: PropContext, soup: boolean, extra: Part[] =
       // Duplicates: a property allowed once, repeated.
       if (rng.chance(0.2)) {
         const v = propValue(rng, type, id);
-        parts.push(varIntBytes(id), ...v);
+        parts.push(varInt(id), ...v);
       }
     }
-    parts.push(varIntBytes(id), ...propValue(rng, type, id));
+    parts.push(varInt(id), ...propValue(rng, type, id));
   }
   const body = Buffer.concat(parts.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p))));
   // A property length that lies, now and then.
   const len = soup && rng.chance(0.2) ? Math.max(0, body.length + rng.int(9) - 4) : body.length;
-  return Buffer.concat([Buffer.from(varIntBytes(len)), body]);
+  return Buffer.concat([varInt(len), body]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,14 +191,14 @@ function connect(rng: Rng, v5: boolean, o: StreamOptions): Buffer {
   if (user) flags |= 0xc0;
   // Empty ids (assigned by the broker, MQTT 3 only with clean session) now and then.
   const id = rng.chance(0.05) && (clean || v5) ? '' : `fz-${rng.int(o.clientIds)}`;
-  const parts: Part[] = [lp('MQTT'), [v5 ? 5 : 4, flags], u16(rng.chance(0.9) ? 60 : rng.int(65536))];
+  const parts: Part[] = [mqttString('MQTT'), [v5 ? 5 : 4, flags], u16(rng.chance(0.9) ? 60 : rng.int(65536))];
   if (v5) parts.push(props(rng, 'connect', rng.chance(o.soup / 2)));
-  parts.push(lp(id));
+  parts.push(mqttString(id));
   if (will) {
     if (v5) parts.push(props(rng, 'will', rng.chance(o.soup / 2)));
-    parts.push(lp(topic(rng)), lp(rng.bytes(rng.int(20))));
+    parts.push(mqttString(topic(rng)), mqttString(rng.bytes(rng.int(20))));
   }
-  if (user) parts.push(lp('user'), lp('pass'));
+  if (user) parts.push(mqttString('user'), mqttString('pass'));
   return frame(0x10, parts);
 }
 
@@ -253,7 +208,7 @@ function publish(rng: Rng, v5: boolean, o: StreamOptions, pid: number): Buffer {
   const retain = rng.chance(0.05) ? 1 : 0;
   // MQTT 5 topic aliases: set one with a topic, or use one with an empty topic (maybe unset).
   const alias = v5 && rng.chance(0.25) ? 1 + rng.int(4) : 0;
-  const parts: Part[] = [lp(alias > 0 && rng.chance(0.5) ? '' : topic(rng))];
+  const parts: Part[] = [mqttString(alias > 0 && rng.chance(0.5) ? '' : topic(rng))];
   if (qos > 0) parts.push(u16(pid));
   if (alias > 0) {
     parts.push(props(rng, 'publish', rng.chance(o.soup), [[0x23, ...u16(alias)]]));
@@ -267,7 +222,7 @@ function subscribe(rng: Rng, v5: boolean, o: StreamOptions, pid: number): Buffer
   if (v5) parts.push(props(rng, 'subscribe', rng.chance(o.soup)));
   const n = 1 + rng.int(3);
   for (let i = 0; i < n; i++) {
-    parts.push(lp(filter(rng)));
+    parts.push(mqttString(filter(rng)));
     // v5 options: QoS, No Local, Retain As Published, Retain Handling; v3: QoS only.
     parts.push([v5 ? rng.int(3) | (rng.int(2) << 2) | (rng.int(2) << 3) | (rng.int(3) << 4) : rng.int(3)]);
   }
@@ -278,7 +233,7 @@ function unsubscribe(rng: Rng, v5: boolean, o: StreamOptions, pid: number): Buff
   const parts: Part[] = [u16(pid)];
   if (v5) parts.push(props(rng, 'unsubscribe', rng.chance(o.soup)));
   const n = 1 + rng.int(3);
-  for (let i = 0; i < n; i++) parts.push(lp(filter(rng)));
+  for (let i = 0; i < n; i++) parts.push(mqttString(filter(rng)));
   return frame(0xa2, parts);
 }
 
@@ -347,9 +302,9 @@ const HUGE_LENGTHS: number[][] = [
   [0xff, 0xff, 0xff, 0xff, 0x01], // five bytes: malformed
   [0x80, 0x80, 0x80, 0x80], // never terminated
   [0x80, 0x80, 0x80, 0x00], // overlong encoding of 0
-  varIntBytes(1048570), // just under the default max_packet_size
-  varIntBytes(1048577), // just over it
-  varIntBytes(65536),
+  [...varInt(1048570)], // just under the default max_packet_size
+  [...varInt(1048577)], // just over it
+  [...varInt(65536)],
 ];
 
 /** Applies one mutation to frame `f` (a copy); may return more or fewer bytes. */
@@ -368,7 +323,7 @@ export function mutate(rng: Rng, f: Buffer, m: Mutation): Buffer {
       const hdr = headerLength(b);
       const body = b.subarray(hdr);
       const len = Math.max(0, body.length + rng.int(17) - 8);
-      return Buffer.concat([Buffer.from([b[0], ...varIntBytes(rng.chance(0.2) ? rng.int(200) : len)]), body]);
+      return Buffer.concat([Buffer.from([b[0], ...varInt(rng.chance(0.2) ? rng.int(200) : len)]), body]);
     }
     case 'huge-length': {
       const hdr = headerLength(b);

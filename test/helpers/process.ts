@@ -27,19 +27,8 @@ export const TEST_HTTP_DEFAULTS = {
 export const TEST_HTTP_FLAGS: string[] = Object.entries(TEST_HTTP_DEFAULTS).map(([k, v]) => `--${k}=${v}`);
 
 /** Starts a broker on 127.0.0.1 with an ephemeral port; it is stopped after the test. */
-export async function startBroker(t: Ctx, config: Record<string, unknown> = {}): Promise<Broker> {
-  const broker = await Broker.start({
-    config: {
-      'listener.host': '127.0.0.1',
-      'listener.port': 0,
-      'node.shards': 2,
-      'log.level': process.env.TEST_LOG_LEVEL ?? 'silent',
-      ...TEST_HTTP_DEFAULTS,
-      ...config,
-    },
-  });
-  t.after(() => broker.stop());
-  return broker;
+export function startBroker(t: Ctx, config: Record<string, unknown> = {}): Promise<Broker> {
+  return startBrokerWith(t, { config });
 }
 
 /** A client id (prefix + n) whose sessions live on `shard`. */

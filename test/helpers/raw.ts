@@ -276,18 +276,22 @@ export function toBuf(b: Bytes): Buffer {
   return Buffer.isBuffer(b) ? b : typeof b === 'string' ? Buffer.from(b, 'utf8') : Buffer.from(b);
 }
 
-/** A frame: first header byte `b0`, the variable-byte remaining length of the parts, the parts. */
-export function rawFrame(b0: number, ...parts: Bytes[]): Buffer {
-  const body = Buffer.concat(parts.map(toBuf));
-  const len: number[] = [];
-  let n = body.length;
+/** A Variable Byte Integer [MQTT-1.5.5]; values past 268,435,455 give more than 4 bytes (invalid on purpose). */
+export function varInt(n: number): Buffer {
+  const out: number[] = [];
   do {
     let b = n % 128;
     n = Math.floor(n / 128);
     if (n > 0) b |= 0x80;
-    len.push(b);
+    out.push(b);
   } while (n > 0);
-  return Buffer.concat([Buffer.from([b0, ...len]), body]);
+  return Buffer.from(out);
+}
+
+/** A frame: first header byte `b0`, the variable-byte remaining length of the parts, the parts. */
+export function rawFrame(b0: number, ...parts: Bytes[]): Buffer {
+  const body = Buffer.concat(parts.map(toBuf));
+  return Buffer.concat([Buffer.from([b0]), varInt(body.length), body]);
 }
 
 /** A length-prefixed MQTT string / binary field (bytes taken as given, so they may be invalid UTF-8). */

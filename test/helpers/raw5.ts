@@ -11,12 +11,13 @@ import {
   rawFrame,
   readFrame,
   toBuf,
+  varInt,
 } from './raw.js';
 
 /** One property as it is on the wire: [identifier, value]; a User Property's value is [name, value]. */
 export type Prop5 = [number, number | string | Buffer | [string, string]];
 
-type Prop5Type = 'byte' | 'u16' | 'u32' | 'varint' | 'string' | 'binary' | 'pair';
+export type Prop5Type = 'byte' | 'u16' | 'u32' | 'varint' | 'string' | 'binary' | 'pair';
 
 /** The MQTT 5.0 property identifiers and their data types (§2.2.2.2). */
 export const PROP5_TYPES: Readonly<Record<number, Prop5Type>> = {
@@ -48,17 +49,6 @@ export const PROP5_TYPES: Readonly<Record<number, Prop5Type>> = {
   41: 'byte',
   42: 'byte',
 };
-
-function varInt(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
-}
 
 /**
  * Encodes a property list with its length prefix, in the given order. `type` forces the data type
