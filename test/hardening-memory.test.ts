@@ -97,7 +97,16 @@ test('a queued 20-byte message does not pin the read buffer it arrived in (< 1 K
     );
     await raw.read(4);
   }
-  const grown = (await memory()) - before;
+  // V8 frees ArrayBuffer backing stores on a background sweeper after the GC, so garbage read
+  // buffers can still count for a moment: sample until the figure is under the bound, or has
+  // stayed put for a while (pinned buffers never go, so a real pin still fails).
+  let grown = (await memory()) - before;
+  for (let stable = 0; grown / N >= 1024 && stable < 20; ) {
+    await new Promise((r) => setTimeout(r, 50));
+    const now = (await memory()) - before;
+    stable = now < grown ? 0 : stable + 1;
+    grown = now;
+  }
   assert.ok(grown / N < 1024, `${Math.round(grown / N)} bytes of ArrayBuffer per queued 20-byte message`);
   // They are all there, intact.
   const { pc } = await PacketClient.connect(t, broker, 'pin-sub', { clean: false });
