@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { Counter } from '../src/metrics/counters.js';
 import {
+  assertBrokerServes,
   brokerPool,
   client,
   connectFrame,
@@ -53,10 +54,38 @@ test('a 1 MiB PUBLISH trickled in 100-byte writes is delivered intact, at linear
   const [m] = await inbox.wait(1);
   assert.equal(m.payload.length, payload.toString().length);
   assert.equal(m.payload, payload.toString());
-  // Each byte of a split frame is copied once into its preallocated buffer (quadratic before:
-  // every read concatenated all the bytes pending so far).
+  // Linear: each byte is copied in once, plus at most once more per doubling of the reassembly
+  // buffer (quadratic before: every read concatenated all the bytes pending so far).
   const copied = broker.counters.total(Counter.frameBytesCopied) - before;
-  assert.ok(copied <= frame.length, `copied ${copied} bytes to reassemble a ${frame.length}-byte frame`);
+  assert.ok(copied <= 2 * frame.length, `copied ${copied} bytes to reassemble a ${frame.length}-byte frame`);
+});
+
+test('a fixed header claiming a 1 MiB packet costs memory for the bytes sent, not the size claimed', async (t) => {
+  setFlagsFromString('--expose-gc');
+  const broker = await startBroker(t, { 'node.shards': 1, 'mqtt.max_packet_size': 4 * MIB });
+  const memory = async (): Promise<number> =>
+    (await broker.queries.askAll({ q: 'memory' })).reduce((s, m) => s + m.arrayBuffers, 0);
+  const N = 64;
+  const raws: RawClient[] = [];
+  for (let i = 0; i < N; i++) {
+    const raw = await RawClient.connect(t, broker.port);
+    raw.send(connectFrame({ clientId: `claim-${i}` }));
+    await raw.read(4);
+    raws.push(raw);
+  }
+  const before = await memory();
+  const received = broker.counters.total(Counter.bytesReceived);
+  // PUBLISH, remaining length 1 MiB (4 bytes), then 16 bytes of it: the rest never comes.
+  const head = Buffer.from([0x30, 0x80, 0x80, 0x40, ...Buffer.alloc(16, 0x61)]);
+  for (const raw of raws) raw.send(head);
+  await waitFor(
+    () => broker.counters.total(Counter.bytesReceived) >= received + N * head.length,
+    'headers read',
+  );
+  const grown = (await memory()) - before;
+  // 64 KiB at most for a frame that has 20 bytes so far (1 MiB each before: 64 MiB here).
+  assert.ok(grown / N <= 80 * 1024, `${Math.round(grown / N)} bytes of ArrayBuffer per claimed 1 MiB frame`);
+  await assertBrokerServes(t, broker);
 });
 
 test('a 60 KB CONNECT trickled in 100-byte writes is accepted, at linear copy cost', async (t) => {

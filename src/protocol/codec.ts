@@ -29,16 +29,22 @@ export interface FrameSink {
 
 /**
  * Splits a byte stream into MQTT frames. Frames that arrive whole in one chunk are passed on as
- * zero-copy views. A frame split across reads is copied once into a buffer of its exact size,
- * allocated as soon as its fixed header is complete: concatenating the pending bytes with every
- * chunk instead made a 1 MiB PUBLISH in 100-byte reads cost gigabytes of copying.
+ * zero-copy views. A frame split across reads is reassembled in a buffer that starts at
+ * min(frame size, 64 KiB) and doubles up to the frame's exact size as its bytes arrive: linear
+ * copying (concatenating the pending bytes with every chunk made a 1 MiB PUBLISH in 100-byte
+ * reads cost gigabytes), and memory bounded by what the client has sent, not by what its 5-byte
+ * header claims (a header alone must not make the broker allocate a 1 MiB frame).
  */
+/** First reassembly buffer of a split frame; it doubles from there as the bytes arrive. */
+const FIRST_REASSEMBLY_BYTES = 64 * 1024;
+
 export class FrameReader {
   /** A fixed header split across reads (at most 5 bytes) */
   private readonly head = Buffer.allocUnsafe(5);
   private headLen = 0;
-  /** The frame being reassembled (exact size), its bytes filled so far and where its body starts */
+  /** The frame being reassembled (grown up to `total`), its bytes filled so far and where its body starts */
   private frame: Buffer | null = null;
+  private total = 0;
   private filled = 0;
   private bodyStart = 0;
   /** Set by header(): header length and remaining length of the frame at hand */
@@ -85,7 +91,8 @@ export class FrameReader {
 
   /** Starts reassembling a frame whose header is known, from `have` bytes at buf[from..]. */
   private begin(buf: Buffer, from: number, have: number): void {
-    const f = Buffer.allocUnsafe(this.hdr + this.len);
+    this.total = this.hdr + this.len;
+    const f = Buffer.allocUnsafe(Math.min(this.total, Math.max(FIRST_REASSEMBLY_BYTES, have)));
     buf.copy(f, 0, from, from + have);
     if (this.row) this.row[Counter.frameBytesCopied] += have;
     this.frame = f;
@@ -107,16 +114,26 @@ export class FrameReader {
         this.begin(this.head, 0, have);
       }
     }
-    const f = this.frame;
+    let f = this.frame;
     if (f !== null) {
-      const take = Math.min(f.length - this.filled, n - pos);
+      const take = Math.min(this.total - this.filled, n - pos);
+      if (this.filled + take > f.length) {
+        // Doubling keeps the copies linear; when one more doubling would pass the frame's size,
+        // go straight to it, so the last buffer is exact and no byte is copied a third time.
+        let size = Math.max(2 * f.length, this.filled + take);
+        if (2 * size > this.total) size = this.total;
+        const grown = Buffer.allocUnsafe(size);
+        f.copy(grown, 0, 0, this.filled);
+        if (this.row) this.row[Counter.frameBytesCopied] += this.filled;
+        this.frame = f = grown;
+      }
       chunk.copy(f, this.filled, pos, pos + take);
       if (this.row) this.row[Counter.frameBytesCopied] += take;
       this.filled += take;
       pos += take;
-      if (this.filled < f.length) return;
+      if (this.filled < this.total) return;
       this.frame = null;
-      this.sink.onFrame(f[0] >> 4, f[0] & 0x0f, f, this.bodyStart, f.length);
+      this.sink.onFrame(f[0] >> 4, f[0] & 0x0f, f, this.bodyStart, this.total);
     }
     while (pos < n) {
       if (!this.header(chunk, pos, n)) {
