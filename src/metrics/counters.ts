@@ -87,7 +87,8 @@ export const Counter = {
   forwardDropped: 68, // forwards dropped: peer queue over cluster.max_queue_bytes, or no cluster thread
   forwardBatches: 69, // batches a shard handed to the cluster thread
   clusterErrors: 70, // malformed cluster input (bad batch, bad request) refused
-  // 71..89, 92, 93 free for more named counters.
+  // 71..79 hardening, 80..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // 160..179 auth, 180..199 transports, 200..219 durable storage, 220..255 free.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,
   /** Subscriptions refused because the client has mqtt.max_subscriptions already */
@@ -97,7 +98,7 @@ export const Counter = {
 } as const;
 
 export type CounterName = keyof typeof Counter;
-export const COUNTER_SLOTS = 160;
+export const COUNTER_SLOTS = 256;
 
 /**
  * Unnamed ranges after the named counters (not part of `snapshot()`):
