@@ -4,6 +4,11 @@ import { ConfigError } from './config/load.js';
 
 /** CLI entry: `npm start -- --port 1883 --shards 2 --host 0.0.0.0 [--config file.json]` */
 async function main(): Promise<void> {
+  // `emqx-ts passwd …`: the users-file tool (src/auth/passwd.ts), like mosquitto_passwd.
+  if (process.argv[2] === 'passwd') {
+    const { runPasswd } = await import('./auth/passwd.js');
+    process.exit(await runPasswd(process.argv.slice(3)));
+  }
   let broker: Broker;
   try {
     broker = await Broker.start({ argv: process.argv.slice(2), env: process.env });

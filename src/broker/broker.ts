@@ -5,6 +5,8 @@ import type { Registry } from 'prom-client';
 import { type ConfigInput, type LoadSources, loadConfig, shardCount } from '../config/load.js';
 import { type ConfigDiff, diffConfig } from '../config/reload.js';
 import type { Config } from '../config/schema.js';
+import { checkHooksAtStart, type HookModuleRef, hookModulesOption } from '../hooks/main.js';
+import { MainSecurity } from '../hooks/main-security.js';
 import { apiHandler } from '../http/api.js';
 import { type ApiCredentials, loadOrCreateCredentials } from '../http/credentials.js';
 import { metricsHandler } from '../http/metrics-server.js';
@@ -35,6 +37,11 @@ export interface BrokerOptions {
    * tests may handle it themselves.
    */
   onFatal?: (reason: string, broker: Broker) => void;
+  /**
+   * Hook modules loaded in every shard, after `hooks.modules` (src/hooks; README "Hooks"). Module
+   * paths or URLs, not objects: hooks run in the shard worker threads.
+   */
+  hooks?: readonly HookModuleRef[];
 }
 
 /** What /readyz reports. */
@@ -53,6 +60,8 @@ export class Broker implements BrokerView {
   readonly sharedIndex: TopicIndex;
   readonly retained = new RetainedStore();
   readonly supervisor: Supervisor;
+  /** Banned clients and built-in users, posted to the shards (src/hooks/main-security.ts) */
+  readonly security: MainSecurity;
   /** Bound MQTT port (the listening socket itself lives in the shards' acceptors) */
   private boundPort = 0;
   private stopped: Promise<void> | null = null;
@@ -74,6 +83,7 @@ export class Broker implements BrokerView {
 
   private constructor(opts: BrokerOptions) {
     this.sources = { argv: opts.argv, env: opts.env, overrides: opts.config };
+    if (opts.hooks?.length) this.sources.overrides = withHooks(opts.config, opts.hooks);
     this.config = loadConfig(this.sources);
     this.log = opts.logger ?? createLogger(this.config['log.level'], { thread: 'main' });
     this.credentials = loadOrCreateCredentials(this.config, this.log);
@@ -99,6 +109,10 @@ export class Broker implements BrokerView {
         : TopicIndex.create({ maxNodes: 1 << 18, arenaBytes: 8 << 20 }),
     );
     this.supervisor.on('message', (shard, msg) => this.onShardMessage(shard, msg));
+    this.security = new MainSecurity(this.config, (msg, shard) => {
+      for (const s of this.supervisor.shards)
+        if (shard === undefined || s.id === shard) this.supervisor.post(s, { t: 'security', msg });
+    });
     const onFatal = opts.onFatal ?? (() => void this.stop().then(() => process.exit(1)));
     this.supervisor.on('fatal', (reason) => {
       this.log.fatal({ reason }, 'giving up');
@@ -117,6 +131,8 @@ export class Broker implements BrokerView {
 
   static async start(opts: BrokerOptions = {}): Promise<Broker> {
     const broker = new Broker(opts);
+    await checkHooksAtStart(broker.config, broker.log); // src/hooks: fail early, warn if anonymous
+    broker.security.load();
     await broker.supervisor.start();
     try {
       await broker.listen();
@@ -291,6 +307,9 @@ export class Broker implements BrokerView {
       case 'queryResult':
         this.queries.onResult(msg);
         break;
+      case 'securityRequest':
+        this.security.onShardRequest(shard);
+        break;
       default:
         break;
     }
@@ -327,10 +346,19 @@ export class Broker implements BrokerView {
         if (this.statsTimer) clearInterval(this.statsTimer);
         await this.supervisor.stop(undefined, this.config['node.shutdown_drain_period'] * 1000);
         this.queries.close();
+        await this.security.close();
         await Promise.all([closeServer(this.metricsServer), closeServer(this.apiServer)]);
         this.log.info('stopped');
       })();
     }
     return this.stopped;
   }
+}
+
+/** `hooks` of BrokerOptions appended to the configured hooks.modules. */
+function withHooks(config: ConfigInput | undefined, hooks: readonly HookModuleRef[]): ConfigInput {
+  const flat = loadConfig({ overrides: config });
+  const before = flat['hooks.modules'];
+  const added = hookModulesOption(hooks);
+  return { ...config, 'hooks.modules': before ? `${before},${added}` : added };
 }

@@ -1,5 +1,6 @@
 import type { Registry } from 'prom-client';
 import type { Config } from '../config/schema.js';
+import type { MainSecurity } from '../hooks/main-security.js';
 import type { ApiCredentials } from '../http/credentials.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
@@ -31,6 +32,8 @@ export interface BrokerView {
   readonly queries: ShardQueries;
   readonly credentials: ApiCredentials;
   readonly shardCount: number;
+  /** Bans and built-in users (REST routes in src/hooks/main-security.ts) */
+  readonly security: MainSecurity;
   readiness(): Readiness;
   /** Routes messages from the broker itself ($SYS, REST publish) through a running shard. */
   publishInternal(messages: BrokerPublish[]): boolean;

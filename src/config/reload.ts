@@ -17,6 +17,21 @@ export const RESTART_ONLY: ReadonlySet<OptionKey> = new Set<OptionKey>([
   'metrics.port',
   'api.host',
   'api.port',
+  // Hooks and the auth/authz providers are built once per shard at start (src/hooks/load.ts).
+  'hooks.modules',
+  'auth.allow_anonymous',
+  'auth.chain',
+  'auth.users_file',
+  'auth.hash_threads',
+  'auth.jwt.secret',
+  'auth.jwt.public_key_file',
+  'auth.jwt.jwks_file',
+  'auth.jwt.algorithm',
+  'auth.jwt.from',
+  'auth.http.url',
+  'auth.http.timeout',
+  'authz.acl_file',
+  'authz.no_match',
 ]);
 
 export interface ConfigDiff {

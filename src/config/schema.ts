@@ -429,6 +429,128 @@ export const SCHEMA = {
     max: 4294967295,
     doc: 'Forwarded bytes waiting for one peer (its window full, or it is joining); beyond it new forwards are dropped and counted',
   },
+  // Hooks, authentication and authorization (issue #12: src/hooks, src/auth, src/authz).
+  'hooks.modules': {
+    type: 'string',
+    default: '',
+    doc: 'Comma-separated hook modules (paths or package names) loaded in every shard; see README "Hooks"',
+  },
+  'auth.allow_anonymous': {
+    type: 'boolean',
+    default: true,
+    doc: 'Let in clients no authentication provider decided about (a warning is logged at start when true; set false in production)',
+  },
+  'auth.chain': {
+    type: 'string',
+    default: '',
+    doc: 'Authentication providers in order, comma-separated: built_in_database, jwt, http; empty = those configured, in that order',
+  },
+  'auth.timeout': {
+    type: 'number',
+    default: 5,
+    min: 0.01,
+    max: 300,
+    doc: 'Seconds the authentication chain may take for one CONNECT; beyond it the client is refused and counted',
+  },
+  'auth.users_file': {
+    type: 'string',
+    default: '',
+    doc: 'Built-in users: a JSON or CSV file of username, password_hash, is_superuser (write it with `npm run passwd`)',
+  },
+  'auth.password_hash': {
+    type: 'string',
+    default: 'pbkdf2',
+    choices: ['pbkdf2', 'bcrypt', 'sha256'],
+    doc: 'Hash for new passwords (`npm run passwd`); verification reads the algorithm from each stored hash',
+  },
+  'auth.hash_threads': {
+    type: 'number',
+    integer: true,
+    default: 1,
+    min: 1,
+    max: 16,
+    doc: 'Password-hash threads per shard (a piscina pool, started on first use)',
+  },
+  'auth.jwt.secret': {
+    type: 'string',
+    default: '',
+    doc: 'JWT authentication: HMAC secret (HS256/384/512)',
+  },
+  'auth.jwt.public_key_file': {
+    type: 'string',
+    default: '',
+    doc: 'JWT authentication: PEM public key file (RS*, ES*, PS*, EdDSA per auth.jwt.algorithm)',
+  },
+  'auth.jwt.jwks_file': {
+    type: 'string',
+    default: '',
+    doc: "JWT authentication: a JWKS JSON file; the key is picked by the token's kid",
+  },
+  'auth.jwt.algorithm': {
+    type: 'string',
+    default: 'RS256',
+    doc: 'JWT authentication: the algorithm of auth.jwt.public_key_file',
+  },
+  'auth.jwt.from': {
+    type: 'string',
+    default: 'password',
+    choices: ['password', 'username'],
+    doc: 'JWT authentication: the CONNECT field that carries the token',
+  },
+  'auth.http.url': {
+    type: 'string',
+    default: '',
+    doc: 'HTTP authentication: URL POSTed {clientid, username, password, peerhost}; the JSON answer {result: allow|deny|ignore, is_superuser} decides',
+  },
+  'auth.http.timeout': {
+    type: 'number',
+    default: 5,
+    min: 0.01,
+    max: 300,
+    doc: 'HTTP authentication: seconds to wait for the answer; no answer = deny',
+  },
+  'auth.clientid_must_match_username': {
+    type: 'boolean',
+    default: false,
+    doc: "Refuse (CONNACK 0x87 / 5) a client whose client id differs from its username: no one can take over another user's session",
+  },
+  'authz.acl_file': {
+    type: 'string',
+    default: '',
+    doc: 'An ACL file in EMQX acl.conf syntax ({allow|deny, Who, Action, Topics}.); first match wins',
+  },
+  'authz.no_match': {
+    type: 'string',
+    default: 'allow',
+    choices: ['allow', 'deny'],
+    doc: 'Authorization when no rule matched',
+  },
+  'authz.deny_action': {
+    type: 'string',
+    default: 'ignore',
+    choices: ['ignore', 'disconnect'],
+    doc: 'On a denied PUBLISH/SUBSCRIBE: refuse it (ignore) or also disconnect the client',
+  },
+  'authz.cache.enable': {
+    type: 'boolean',
+    default: true,
+    doc: 'Cache authorization results per client',
+  },
+  'authz.cache.max_size': {
+    type: 'number',
+    integer: true,
+    default: 32,
+    min: 1,
+    max: 1048576,
+    doc: 'Cached authorization results per client (oldest dropped)',
+  },
+  'authz.cache.ttl': {
+    type: 'number',
+    default: 60,
+    min: 0,
+    max: 86400,
+    doc: 'Seconds a cached authorization result is used',
+  },
 } as const satisfies Record<string, OptionSpec>;
 
 export type OptionKey = keyof typeof SCHEMA;

@@ -1,4 +1,5 @@
 import type { Config } from '../config/schema.js';
+import type { ShardSecurity } from '../hooks/security.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
 import type { Message } from '../session/message.js';
@@ -18,6 +19,8 @@ export class Delivery {
   constructor(
     private readonly config: Config,
     private readonly counters: Counters,
+    /** onMessageDelivered / onMessageDropped hooks (src/hooks): one length test each when none */
+    private readonly security: ShardSecurity,
   ) {}
 
   /** Sends now, or queues (offline, inflight window full, or congested connection). */
@@ -48,6 +51,8 @@ export class Delivery {
         if (conn.sendPublish(msg, 0, 0, false, retainFlag, subIds)) {
           row[Counter.messagesSent]++;
           row[Counter.messagesQos0Sent]++;
+          const hooks = this.security.hooks;
+          if (hooks.delivered.length > 0) hooks.messageDelivered(session.clientId, msg, 0);
         } else row[Counter.messagesDropped]++;
         return;
       }
@@ -79,6 +84,8 @@ export class Delivery {
       return;
     }
     session.inflight.set(id, { msg, qos, released: false, retainFlag, subIds, group });
+    const hooks = this.security.hooks;
+    if (hooks.delivered.length > 0) hooks.messageDelivered(session.clientId, msg, qos);
     this.counters.row[Counter.messagesSent]++;
     this.counters.row[Counter.messagesQos0Sent + qos]++;
   }
@@ -96,6 +103,10 @@ export class Delivery {
       // Full: drop the oldest, as EMQX does, and count it.
       this.counters.row[Counter.deliveryDroppedQueueFull]++;
       this.counters.row[Counter.messagesDropped]++;
+      const hooks = this.security.hooks;
+      if (hooks.dropped.length > 0)
+        // the oldest goes (the new one when max is 0)
+        hooks.messageDropped(session.clientId, (max === 0 ? msg : session.queue[0].msg).topic, 'queue_full');
       if (max === 0) return;
       session.queue.shift();
     }

@@ -1,4 +1,5 @@
 import { isUtf8 } from 'node:buffer';
+import { checkPublish } from '../authz/publish.js';
 import { Counter } from '../metrics/counters.js';
 import { encodeAck, ProtocolError, type PublishFrame, parsePublish } from '../protocol/codec.js';
 import { PacketType, type QoS } from '../protocol/constants.js';
@@ -119,7 +120,7 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
   }
   row[Counter.messagesReceived]++;
   row[Counter.messagesQos0Received + f.qos]++;
-  const msg = new Message(
+  let msg: Message | null = new Message(
     topic,
     body.subarray(payloadAt.payload, end),
     f.qos as QoS,
@@ -130,6 +131,8 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
     msg.props = props.forward;
     if (props.messageExpiry >= 0) msg.expiryAt = conn.lastReceivedAt + props.messageExpiry * 1000;
   }
+  // Authorization and onPublish hooks (src/authz/publish.ts): one precomputed test when off.
+  if (shard.security.publishChecks && (msg = checkPublish(conn, msg, f.packetId)) === null) return;
   if (f.qos === 0) {
     shard.publish(msg, null, 0, 0);
     return;

@@ -1,3 +1,4 @@
+import { subscribeAllowed } from '../authz/publish.js';
 import { Counter } from '../metrics/counters.js';
 import {
   encodeAck,
@@ -63,6 +64,13 @@ function subscribeOne(
   if (!cfg['mqtt.wildcard_subscription'] && hasWildcard(shared ? shared.filter : r.filter)) {
     return fail(Reason.WILDCARD_NOT_SUPPORTED, 'wildcard subscriptions disabled');
   }
+  // Authorization (src/authz): a refused filter gets 0x87 (3.x: 0x80); after a deny_action
+  // disconnect the rest of the SUBSCRIBE is refused too.
+  if (
+    conn.shard.security.authz.active &&
+    (conn.closed || !subscribeAllowed(conn, shared ? shared.filter : r.filter))
+  )
+    return fail(0x87, 'not authorized');
   const maxSubs = cfg['mqtt.max_subscriptions'];
   if (
     maxSubs > 0 &&
@@ -86,6 +94,8 @@ function subscribeOne(
     shared,
   );
   if (result === null) return fail(Reason.QUOTA_EXCEEDED, 'topic index full');
+  const hooks = conn.shard.security.hooks;
+  if (hooks.subscribe.length > 0 && conn.auth) hooks.subscribed(conn.auth.info, r.filter, qos);
   // Retain Handling: 0 send, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11]; shared
   // subscriptions get no retained messages [MQTT-4.8.2-?].
   const sendRetained = !shared && (r.retainHandling === 0 || (r.retainHandling === 1 && result === 'new'));

@@ -1,4 +1,6 @@
+import type { ClientAuth } from '../authz/authorize.js';
 import type { Config } from '../config/schema.js';
+import type { ShardSecurity } from '../hooks/security.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
 import type { PendingJoin, SubscribeOptions } from '../routing/subscriptions.js';
@@ -6,12 +8,13 @@ import type { Message } from '../session/message.js';
 import type { Session, Subscription } from '../session/session.js';
 
 /**
- * What a packet handler may ask of its connection's shard (Shard implements it). Auth, ACL
- * and message hooks are to be called by the handlers before these (see docs/ARCHITECTURE.md).
+ * What a packet handler may ask of its connection's shard (Shard implements it). ACL and
+ * message hooks (`security`) are called by the handlers before these (docs/ARCHITECTURE.md).
  */
 export interface HandlerShard {
   readonly config: Config;
   readonly counters: Counters;
+  readonly security: ShardSecurity;
   publish(msg: Message, conn: HandlerConnection | null, ackType?: number, packetId?: number): boolean;
   subscribe(
     session: Session,
@@ -39,9 +42,14 @@ export interface HandlerConnection {
   lastReceivedAt: number;
   /** Inbound topic aliases (client → broker) [MQTT-3.3.2-7] */
   inAliases: Map<number, Buffer> | null;
+  /** Who authenticated (src/auth); set before the first packet is read */
+  readonly auth: ClientAuth | null;
+  readonly closed: boolean;
   write(frame: Buffer): void;
   writeAck(frame: Buffer): void;
   close(reason: string): void;
+  /** DISCONNECT with a reason code (MQTT 5), then close */
+  disconnect(reasonCode: number, reason: string): void;
 }
 
 /** Handles one packet type. `body` is only valid during the call. Throws ProtocolError to close. */

@@ -86,6 +86,8 @@ async function route(broker: BrokerView, req: IncomingMessage, res: ServerRespon
     return sendJson(res, 200, peer);
   }
   if (is('GET', 'status')) return status(broker, q, res);
+  // /banned, /authentication/password_based:built_in_database/users (src/hooks/main-security.ts)
+  if (await broker.security.route({ method, parts, req, res, q })) return;
   if (is('GET', 'prometheus', 'stats')) {
     return sendText(res, 200, await broker.registry.metrics(), broker.registry.contentType);
   }

@@ -95,6 +95,20 @@ export const Counter = {
   subscriptionsRefusedMax: 91,
   /** Connections ended when the client's FIN was read (also a half-close that stops reading) */
   peerClosed: 94,
+  // Hooks, authentication, authorization, banned (issue #12; src/hooks, src/auth, src/authz): 160..179
+  hookErrors: 160, // a hook threw (logged, event treated as unanswered)
+  hookDropped: 161, // messages dropped by an onPublish hook
+  authnSuccess: 162, // emqx authentication.success (includes anonymous)
+  authnSuccessAnonymous: 163, // authentication.success.anonymous
+  authnFailure: 164, // authentication.failure
+  authnTimeouts: 165, // authentication chains that did not answer within auth.timeout (also failures)
+  authzAllow: 166, // authorization.allow
+  authzDeny: 167, // authorization.deny
+  authzCacheHit: 168, // authorization.cache_hit
+  publishAuthError: 169, // PUBLISH refused by authorization
+  subscribeAuthError: 170, // SUBSCRIBE filters refused by authorization
+  bannedRefused: 171, // connections refused because the client is banned
+  // 172..179 free for auth.
 } as const;
 
 export type CounterName = keyof typeof Counter;

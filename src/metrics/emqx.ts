@@ -71,7 +71,11 @@ export const EMQX_METRICS: readonly EmqxMetric[] = [
     'PUBLISH packets that failed to parse or validate',
     total(Counter.packetsPublishError),
   ),
-  m('packets.publish.auth_error', 'PUBLISH packets refused by authorisation (no ACL yet: 0)', zero),
+  m(
+    'packets.publish.auth_error',
+    'PUBLISH packets refused by authorisation',
+    total(Counter.publishAuthError),
+  ),
   m(
     'packets.publish.dropped',
     'QoS 2 PUBLISH dropped because too many await PUBREL',
@@ -98,7 +102,11 @@ export const EMQX_METRICS: readonly EmqxMetric[] = [
     'SUBSCRIBE packets with at least one refused filter',
     total(Counter.packetsSubscribeError),
   ),
-  m('packets.subscribe.auth_error', 'SUBSCRIBE refused by authorisation (no ACL yet: 0)', zero),
+  m(
+    'packets.subscribe.auth_error',
+    'SUBSCRIBE filters refused by authorisation',
+    total(Counter.subscribeAuthError),
+  ),
   m('packets.suback.sent', 'SUBACK packets sent', sent(SUBACK)),
   m('packets.unsubscribe.received', 'UNSUBSCRIBE packets received', received(UNSUBSCRIBE)),
   m('packets.unsubscribe.error', 'UNSUBSCRIBE errors (MQTT 5 reason codes only: 0)', zero),
@@ -193,6 +201,26 @@ export const EMQX_METRICS: readonly EmqxMetric[] = [
   m('client.subscribe', 'SUBSCRIBE requests', received(SUBSCRIBE)),
   m('client.unsubscribe', 'UNSUBSCRIBE requests', received(UNSUBSCRIBE)),
   m('client.disconnected', 'Clients disconnected', total(Counter.clientDisconnected)),
+  // Authentication and authorization (src/auth, src/authz), EMQX's names.
+  m('client.auth.anonymous', 'Clients let in anonymously', total(Counter.authnSuccessAnonymous)),
+  m('authentication.success', 'Successful authentications (anonymous included)', total(Counter.authnSuccess)),
+  m(
+    'authentication.success.anonymous',
+    'Clients let in anonymously (no provider decided, auth.allow_anonymous)',
+    total(Counter.authnSuccessAnonymous),
+  ),
+  m(
+    'authentication.failure',
+    'Failed authentications (denied or timed out; banned clients are not counted here)',
+    total(Counter.authnFailure),
+  ),
+  m('authorization.allow', 'Authorization checks allowed', total(Counter.authzAllow)),
+  m('authorization.deny', 'Authorization checks denied', total(Counter.authzDeny)),
+  m(
+    'authorization.cache_hit',
+    'Authorization checks answered by the per-client cache',
+    total(Counter.authzCacheHit),
+  ),
   m('session.created', 'Sessions created', total(Counter.sessionCreated)),
   m('session.resumed', 'Persistent sessions resumed', total(Counter.sessionResumed)),
   m('session.takenover', 'Sessions taken over by a new connection', total(Counter.sessionTakenover)),

@@ -270,6 +270,19 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Connections closed because their unsent output passed force_shutdown.max_output_bytes',
       Counter.outputForceShutdown,
     ],
+    // Hooks and authentication (src/hooks, src/auth); the EMQX-named auth metrics are above.
+    ['emqx_ts_hook_errors_total', 'Hook calls that threw (logged; treated as no answer)', Counter.hookErrors],
+    ['emqx_ts_hook_dropped_total', 'Messages dropped by an onPublish hook', Counter.hookDropped],
+    [
+      'emqx_ts_authentication_timeouts_total',
+      'CONNECTs refused because the authentication chain did not answer within auth.timeout',
+      Counter.authnTimeouts,
+    ],
+    [
+      'emqx_ts_banned_refused_total',
+      'Connections refused (CONNACK 0x8A / 5) because the client is banned',
+      Counter.bannedRefused,
+    ],
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({

@@ -103,7 +103,11 @@ export class Router {
     }
     if (this.cluster?.route(msg)) matched = true; // cluster: matching routes of other nodes
     // As EMQX: the broker's own $SYS messages (from '') are not counted as dropped.
-    if (!matched && msg.from !== '') this.s.counters.row[Counter.messagesDroppedNoSubscribers]++;
+    if (!matched && msg.from !== '') {
+      this.s.counters.row[Counter.messagesDroppedNoSubscribers]++;
+      const hooks = this.s.security.hooks;
+      if (hooks.dropped.length > 0) hooks.messageDropped(msg.from, msg.topic, 'no_subscribers');
+    }
     return matched;
   }
 

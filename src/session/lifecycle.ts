@@ -1,4 +1,6 @@
 import type { Socket } from 'node:net';
+import { authenticate } from '../auth/connect.js';
+import type { ClientAuth } from '../authz/authorize.js';
 import type { Delivery } from '../delivery/deliver.js';
 import { Counter, LIVE_CONNECTIONS, observeHandoff } from '../metrics/counters.js';
 import { encodeAck, encodeConnack, encodeConnackV5, type WillMessage } from '../protocol/codec.js';
@@ -38,11 +40,15 @@ export class SessionLifecycle {
   ) {}
 
   /** Makes the connection and its session: takeover, resume or a new session, then CONNACK. */
-  attach(socket: Socket, h: ConnectionOrigin): void {
+  attach(socket: Socket, h: ConnectionOrigin, auth?: ClientAuth): void {
     if (this.s.stopping) {
       socket.destroy();
       return;
     }
+    // Banned, then authentication (src/auth/connect.ts; may answer later), before takeover or
+    // any session work: a refused client gets a CONNACK code and no session.
+    if (!auth) return authenticate(this.s, socket, h, (a) => this.attach(socket, h, a));
+    const hooks = this.s.security.hooks;
     const row = this.s.counters.row;
     row[Counter.handoffs]++;
     const c = h.connect;
@@ -92,11 +98,13 @@ export class SessionLifecycle {
       session.pendingWill = null;
       session.willAt = 0;
       row[Counter.sessionResumed]++;
+      if (hooks.lifecycle) hooks.session('onSessionResumed', c.clientId);
     } else {
       session = new Session(c.clientId, c.clean);
       this.s.sessions.set(c.clientId, session);
       row[Counter.sessionCreated]++;
       row[Counter.sessions]++;
+      if (hooks.lifecycle) hooks.session('onSessionCreated', c.clientId);
     }
     session.clean = c.clean;
     // MQTT 3: clean session 1 ends with the connection, 0 lives mqtt.session_expiry_interval.
@@ -110,6 +118,7 @@ export class SessionLifecycle {
         : this.s.config['mqtt.session_expiry_interval'];
     session.will = c.will;
     const conn = this.d.newConnection(socket, session, h);
+    conn.auth = auth;
     session.conn = conn;
     row[Counter.connections]++;
     row[Counter.clientConnected]++;
@@ -207,6 +216,8 @@ export class SessionLifecycle {
         'client disconnected',
       );
     if (!this.s.stopping) publishClientEvent(this.d.events, conn, 'disconnected', reason);
+    const hooks = this.s.security.hooks;
+    if (hooks.disconnect.length > 0 && conn.auth) hooks.disconnected(conn.auth.info, reason);
     if (session.conn === conn) session.conn = null;
     this.d.relay.forgetConnection(conn);
     // A shared-group member that goes away gets no more messages, and what it had not
@@ -234,6 +245,8 @@ export class SessionLifecycle {
   }
 
   private publishWill(clientId: string, w: WillMessage): void {
+    const hooks = this.s.security.hooks;
+    if (hooks.will.length > 0 && !hooks.willAllowed(clientId, w)) return; // onWill may suppress it
     this.s.counters.row[Counter.willsPublished]++;
     // A CONNECT handed over by another shard came by structured clone: Uint8Arrays, not Buffers.
     const msg = Message.fromStrings(w.topic, asBuffer(w.payload), w.qos, w.retain, clientId);
@@ -254,6 +267,8 @@ export class SessionLifecycle {
       this.s.sessions.delete(session.clientId);
       this.s.counters.row[Counter.sessions]--;
       this.s.counters.row[Counter.sessionDiscarded]++;
+      const hooks = this.s.security.hooks;
+      if (hooks.lifecycle) hooks.session('onSessionDiscarded', session.clientId);
     }
   }
 

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { ClientAuth } from '../authz/authorize.js';
 import { HANDLERS } from '../handlers/index.js';
 import type { HandlerShard } from '../handlers/types.js';
 import type { Logger } from '../log.js';
@@ -104,6 +105,8 @@ export class Connection implements FrameSink {
   readonly connectExpiry: number;
   /** Inbound topic aliases (client → broker), valid for this connection only [MQTT-3.3.2-7] */
   inAliases: Map<number, Buffer> | null = null;
+  /** Who authenticated, and their authorization cache (src/auth, src/authz); set at attach */
+  auth: ClientAuth | null = null;
   /** Outbound topic aliases (broker → client) */
   private outAliases: Map<string, number> | null = null;
 

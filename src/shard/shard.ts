@@ -3,6 +3,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { ShardClusterLink } from '../cluster/shard-link.js';
 import type { Config } from '../config/schema.js';
 import { Delivery } from '../delivery/deliver.js';
+import { ShardSecurity } from '../hooks/security.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
@@ -51,6 +52,8 @@ export class Shard implements BatchVisitor, ShardState {
   readonly sharedGroups = new SharedGroups();
   readonly peers: (MessagePort | null)[];
   stopping = false;
+  /** Hooks, authentication, authorization, banned (src/hooks/security.ts): installed before start */
+  readonly security: ShardSecurity;
   private readonly delivery: Delivery;
   private readonly relay: RetainedRelay;
   private readonly shared: SharedGroupRouting;
@@ -80,7 +83,8 @@ export class Shard implements BatchVisitor, ShardState {
     this.index = TopicIndex.attach(init.index);
     this.sharedIndex = TopicIndex.attach(init.sharedIndex);
     this.peers = init.peers;
-    this.delivery = new Delivery(this.config, this.counters);
+    this.security = new ShardSecurity(this.config, this.log, this.counters.row);
+    this.delivery = new Delivery(this.config, this.counters, this.security);
     this.relay = new RetainedRelay(main, this.delivery);
     this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
     // Received forwards are published here for local subscribers only (never forwarded again).
@@ -208,6 +212,9 @@ export class Shard implements BatchVisitor, ShardState {
         break;
       case 'reconfigure':
         this.reconfigure(msg.config);
+        break;
+      case 'security': // banned list, built-in users (src/hooks/security.ts)
+        this.security.onMessage(msg.msg);
         break;
       case 'cluster': // the (re)started cluster thread
         this.cluster?.attach(msg.port);

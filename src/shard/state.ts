@@ -1,5 +1,6 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
+import type { ShardSecurity } from '../hooks/security.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
 import type { SharedGroups } from '../routing/shared.js';
@@ -35,4 +36,6 @@ export interface ShardState {
   readonly peers: (MessagePort | null)[];
   /** Draining or shut down: no new connections, no wills */
   stopping: boolean;
+  /** Hooks, authorizer, banned list (src/hooks/security.ts) */
+  readonly security: ShardSecurity;
 }

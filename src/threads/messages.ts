@@ -13,6 +13,8 @@
  *                   main: batches of publishes for remote nodes, and forwards received from them.
  */
 import type { MessagePort } from 'node:worker_threads';
+import type { UserRecord } from '../auth/users-file.js';
+import type { BannedEntry } from '../authz/banned.js';
 import type { Config } from '../config/schema.js';
 import type { CountersShared } from '../metrics/counters.js';
 import type { ConnectPacket } from '../protocol/codec.js';
@@ -145,7 +147,16 @@ export type MainToShard =
   /** A read-only question (or a kick) from the REST API; answered with `queryResult`. */
   | { t: 'query'; reqId: number; query: ShardQuery }
   /** Runtime-changeable options reloaded (SIGHUP): the shard swaps them into its config. */
-  | { t: 'reconfigure'; config: Config };
+  | { t: 'reconfigure'; config: Config }
+  /** Banned clients and built-in users, whose authority is main (src/hooks/security.ts) */
+  | { t: 'security'; msg: SecurityToShard };
+
+/** Main → shard security state: whole lists on a shard's `securityRequest`, then changes. */
+export type SecurityToShard =
+  | { t: 'banned'; entries: BannedEntry[] }
+  | { t: 'users'; users: UserRecord[] }
+  | { t: 'userPut'; user: UserRecord }
+  | { t: 'userDelete'; username: string };
 
 export type ShardToMain =
   | { t: 'ready'; generation: number }
@@ -158,7 +169,9 @@ export type ShardToMain =
   /** Answer to `reconfigure`: the new configuration is in force in this shard */
   | { t: 'reconfigured' }
   | { t: 'listenFailed'; error: string }
-  | { t: 'queryResult'; reqId: number; result: ShardQueryResult };
+  | { t: 'queryResult'; reqId: number; result: ShardQueryResult }
+  /** A (re)started shard asks for the banned list and built-in users (answered with `security`) */
+  | { t: 'securityRequest' };
 
 /** A batch of routed messages (routing/batch.ts), transferred. */
 export interface PeerBatch {

@@ -4,6 +4,18 @@ import type { Broker } from '../../src/broker/broker.js';
 import type { Ctx } from './base.js';
 import { HANG_GUARD_MS, within } from './base.js';
 
+/** An mqtt.js client to the broker (MQTT 3.1.1 unless `opts` say, no auto-reconnect), not waited for. */
+export function openClient(broker: Broker, opts: IClientOptions = {}): MqttClient {
+  return mqtt.connect({
+    host: '127.0.0.1',
+    port: broker.port,
+    protocolVersion: 4,
+    reconnectPeriod: 0,
+    connectTimeout: HANG_GUARD_MS,
+    ...opts,
+  });
+}
+
 /**
  * Connects an mqtt.js client (no auto-reconnect, closed at the end of the test) and waits for
  * CONNACK; `onClient` sees the client before CONNACK (to attach an inbox that misses nothing).
@@ -15,14 +27,7 @@ async function connectMqtt(
   opts: IClientOptions,
   onClient?: (c: MqttClient) => void,
 ): Promise<{ c: MqttClient; connack: IConnackPacket }> {
-  const c = mqtt.connect({
-    host: '127.0.0.1',
-    port: broker.port,
-    protocolVersion,
-    reconnectPeriod: 0,
-    connectTimeout: HANG_GUARD_MS,
-    ...opts,
-  });
+  const c = openClient(broker, { protocolVersion, ...opts });
   t.after(() => {
     c.end(true);
   });
@@ -149,14 +154,7 @@ export async function clientWithInbox(
   broker: Broker,
   opts: IClientOptions = {},
 ): Promise<{ c: MqttClient; inbox: Inbox; sessionPresent: boolean }> {
-  const c = mqtt.connect({
-    host: '127.0.0.1',
-    port: broker.port,
-    protocolVersion: 4,
-    reconnectPeriod: 0,
-    connectTimeout: HANG_GUARD_MS,
-    ...opts,
-  });
+  const c = openClient(broker, opts);
   t.after(() => {
     c.end(true);
   });

@@ -1,0 +1,327 @@
+/**
+ * Authentication (src/auth, issue #12) over real sockets with real clients: the built-in users
+ * file (pbkdf2/bcrypt/sha256, JSON and CSV), JWT (HMAC and public key, exp), the HTTP callout
+ * (allow/deny/ignore, no answer = deny), the chain order, auth.allow_anonymous, async hooks with
+ * auth.timeout, and clientid_must_match_username against a session takeover.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
+import type { IClientOptions } from 'mqtt';
+import { hashPassword } from '../src/auth/hash.js';
+import { runPasswd } from '../src/auth/passwd.js';
+import type { Broker } from '../src/broker/broker.js';
+import { Counter } from '../src/metrics/counters.js';
+import { authTempDir, eventually, hookFixture } from './helpers/auth.js';
+import {
+  client,
+  client5,
+  exited,
+  HANG_GUARD_MS,
+  LineReader,
+  openClient,
+  startBroker,
+  untilPast,
+  waitFor,
+} from './helpers/broker.js';
+import { api, scrape } from './helpers/ops.js';
+
+const T = 60_000;
+const dir = authTempDir('emqx-ts-auth-');
+
+/** Connects and returns the CONNACK code (0 = accepted): 3.x return code or MQTT 5 reason code. */
+function connectCode(broker: Broker, opts: IClientOptions): Promise<number> {
+  const c = openClient(broker, opts);
+  return new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no CONNACK')), HANG_GUARD_MS);
+    c.once('connect', () => {
+      clearTimeout(timer);
+      c.end(true);
+      resolve(0);
+    });
+    c.once('error', (err: Error & { code?: number }) => {
+      clearTimeout(timer);
+      c.end(true);
+      if (typeof err.code === 'number') resolve(err.code);
+      else reject(err);
+    });
+  });
+}
+
+function usersFile(name: string, users: [string, string, string?, boolean?][]): string {
+  const path = join(dir, name);
+  if (name.endsWith('.csv')) {
+    writeFileSync(
+      path,
+      `username,password_hash,is_superuser\n${users.map(([u, p, a, s]) => `${u},${hashPassword(p, (a ?? 'pbkdf2') as 'pbkdf2', a === 'bcrypt' ? 4 : 1000)},${s ?? false}`).join('\n')}\n`,
+    );
+  } else {
+    writeFileSync(
+      path,
+      JSON.stringify(
+        users.map(([u, p, a, s]) => ({
+          username: u,
+          password_hash: hashPassword(p, (a ?? 'pbkdf2') as 'pbkdf2', a === 'bcrypt' ? 4 : 1000),
+          is_superuser: s ?? false,
+        })),
+      ),
+    );
+  }
+  return path;
+}
+
+test('built-in users (JSON, pbkdf2): right password in, wrong password CONNACK 4 / 0x86 and no session [MQTT-3.2.2-6]', {
+  timeout: T,
+}, async (t) => {
+  const file = usersFile('users.json', [['alice', 'secret']]);
+  const broker = await startBroker(t, { 'auth.users_file': file, 'auth.allow_anonymous': false });
+  assert.equal(await connectCode(broker, { clientId: 'a1', username: 'alice', password: 'secret' }), 0);
+  const sessionsBefore = broker.counters.total(Counter.sessionCreated);
+  assert.equal(await connectCode(broker, { clientId: 'a2', username: 'alice', password: 'wrong' }), 4);
+  assert.equal(
+    await connectCode(broker, { clientId: 'a3', username: 'alice', password: 'wrong', protocolVersion: 5 }),
+    0x86,
+  );
+  // Unknown user (every provider ignored it) with allow_anonymous false: bad credentials; no credentials: not authorised.
+  assert.equal(await connectCode(broker, { clientId: 'a4', username: 'mallory', password: 'x' }), 4);
+  assert.equal(await connectCode(broker, { clientId: 'a5' }), 5);
+  assert.equal(await connectCode(broker, { clientId: 'a6', protocolVersion: 5 }), 0x87);
+  // A refused CONNECT creates no session [MQTT-3.2.2-6].
+  assert.equal(broker.counters.total(Counter.sessionCreated), sessionsBefore);
+  assert.equal(broker.counters.total(Counter.authnFailure), 5);
+  const s = await scrape(broker);
+  assert.equal(s.get('emqx_authentication_failure'), 5);
+  assert.equal(s.get('emqx_authentication_success'), 1);
+  assert.equal(s.get('emqx_packets_connack_auth_error'), 5);
+});
+
+test('built-in users (CSV, bcrypt and sha256) with mosquitto_pub -u/-P; the passwd CLI writes a file the broker reads', {
+  timeout: T,
+}, async (t) => {
+  const r = spawnSync('mosquitto_pub', ['--help']);
+  assert.ok(!r.error, 'mosquitto_pub is not installed: apt-get install mosquitto-clients');
+  const file = usersFile('users.csv', [
+    ['bob', 'bcrypt-pw', 'bcrypt'],
+    ['carol', 'sha-pw', 'sha256'],
+  ]);
+  assert.equal(await runPasswd(['-a', 'pbkdf2', file, 'dave', 'cli-pw']), 0);
+  const broker = await startBroker(t, { 'auth.users_file': file, 'auth.allow_anonymous': false });
+  const pub = async (user: string, pw: string): Promise<{ code: number | null; text: string }> => {
+    const child = spawn('mosquitto_pub', [
+      ...['-h', '127.0.0.1', '-p', String(broker.port), '-V', 'mqttv311'],
+      ...['-u', user, '-P', pw, '-t', 'x/y', '-m', 'hi', '-q', '1'],
+    ]);
+    const err = new LineReader(child.stderr);
+    const out = new LineReader(child.stdout);
+    const { code } = await exited(child, 20_000);
+    return { code, text: err.text + out.text };
+  };
+  assert.equal((await pub('bob', 'bcrypt-pw')).code, 0);
+  assert.equal((await pub('carol', 'sha-pw')).code, 0);
+  assert.equal((await pub('dave', 'cli-pw')).code, 0);
+  const bad = await pub('carol', 'bcrypt-pw');
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.text, /bad user name or password/i);
+});
+
+test('auth.allow_anonymous true (default): no credentials is let in and counted as anonymous', {
+  timeout: T,
+}, async (t) => {
+  const broker = await startBroker(t);
+  await client(t, broker, { clientId: 'anon-1' });
+  const s = await scrape(broker);
+  assert.equal(s.get('emqx_authentication_success_anonymous'), 1);
+  assert.equal(s.get('emqx_client_auth_anonymous'), 1);
+});
+
+test('JWT (HMAC): valid token in, expired or badly signed token 0x86; JWT (public key file) verifies RS256', {
+  timeout: T,
+}, async (t) => {
+  const secret = new TextEncoder().encode('jwt-test-secret');
+  const broker = await startBroker(t, {
+    'auth.jwt.secret': 'jwt-test-secret',
+    'auth.allow_anonymous': false,
+  });
+  const now = Math.floor(Date.now() / 1000);
+  const good = await new SignJWT({ sub: 'u' })
+    .setProtectedHeader({ alg: 'HS256' })
+    .setExpirationTime(now + 60)
+    .sign(secret);
+  const expired = await new SignJWT({})
+    .setProtectedHeader({ alg: 'HS256' })
+    .setExpirationTime(now - 60)
+    .sign(secret);
+  const forged = await new SignJWT({})
+    .setProtectedHeader({ alg: 'HS256' })
+    .sign(new TextEncoder().encode('other'));
+  assert.equal(
+    await connectCode(broker, { clientId: 'j1', username: 'u', password: good, protocolVersion: 5 }),
+    0,
+  );
+  assert.equal(
+    await connectCode(broker, { clientId: 'j2', username: 'u', password: expired, protocolVersion: 5 }),
+    0x86,
+  );
+  assert.equal(await connectCode(broker, { clientId: 'j3', username: 'u', password: forged }), 4);
+
+  const { publicKey, privateKey } = await generateKeyPair('RS256');
+  const pem = join(dir, 'jwt-pub.pem');
+  writeFileSync(pem, await exportSPKI(publicKey));
+  const b2 = await startBroker(t, { 'auth.jwt.public_key_file': pem, 'auth.allow_anonymous': false });
+  const rs = await new SignJWT({})
+    .setProtectedHeader({ alg: 'RS256' })
+    .setExpirationTime(now + 60)
+    .sign(privateKey);
+  assert.equal(await connectCode(b2, { clientId: 'j4', username: 'u', password: rs }), 0);
+  assert.equal(await connectCode(b2, { clientId: 'j5', username: 'u', password: good }), 4);
+});
+
+/** An HTTP auth server: answers per username. */
+async function authServer(
+  t: { after: (f: () => unknown) => void },
+  answer: (body: Record<string, unknown>, res: ServerResponse) => void,
+): Promise<{ url: string; seen: Record<string, unknown>[] }> {
+  const seen: Record<string, unknown>[] = [];
+  const server = createServer((req: IncomingMessage, res) => {
+    let text = '';
+    req.on('data', (d) => {
+      text += d;
+    });
+    req.on('end', () => {
+      const body = JSON.parse(text);
+      seen.push(body);
+      answer(body, res);
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/auth`, seen };
+}
+
+test('chain order: HTTP first (deny wins over a user the users file knows; ignore passes to the users file); no answer = deny', {
+  timeout: T,
+}, async (t) => {
+  const http = await authServer(t, (body, res) => {
+    if (body.username === 'hang') return; // never answers
+    const result = body.username === 'bob' ? 'deny' : body.username === 'web' ? 'allow' : 'ignore';
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ result }));
+  });
+  const file = usersFile('chain.json', [
+    ['alice', 'pw'],
+    ['bob', 'pw'],
+  ]);
+  const broker = await startBroker(t, {
+    'auth.chain': 'http,built_in_database',
+    'auth.http.url': http.url,
+    'auth.http.timeout': 0.5,
+    'auth.users_file': file,
+    'auth.allow_anonymous': false,
+  });
+  assert.equal(await connectCode(broker, { clientId: 'h1', username: 'alice', password: 'pw' }), 0);
+  assert.equal(await connectCode(broker, { clientId: 'h2', username: 'bob', password: 'pw' }), 4);
+  assert.equal(await connectCode(broker, { clientId: 'h3', username: 'web', password: 'anything' }), 0);
+  assert.equal(
+    await connectCode(broker, { clientId: 'h4', username: 'hang', password: 'x', protocolVersion: 5 }),
+    0x86,
+  );
+  const alice = http.seen.find((b) => b.username === 'alice');
+  assert.deepEqual(alice, { clientid: 'h1', username: 'alice', password: 'pw', peerhost: '127.0.0.1' });
+});
+
+test('async hook: an answer later is waited for, no answer within auth.timeout is refused and counted, a throwing hook denies', {
+  timeout: T,
+}, async (t) => {
+  const broker = await startBroker(t, {
+    'hooks.modules': hookFixture('slow-auth.mjs'),
+    'auth.timeout': 0.3,
+    'auth.allow_anonymous': false,
+  });
+  assert.equal(await connectCode(broker, { clientId: 's1', username: 'later' }), 0);
+  assert.equal(await connectCode(broker, { clientId: 's2', username: 'never', protocolVersion: 5 }), 0x87);
+  assert.equal(broker.counters.total(Counter.authnTimeouts), 1);
+  assert.equal(await connectCode(broker, { clientId: 's3', username: 'thrower' }), 4);
+  assert.equal(broker.counters.total(Counter.hookErrors), 1);
+  // The broker still serves.
+  assert.equal(await connectCode(broker, { clientId: 's4', username: 'later' }), 0);
+});
+
+test('auth.clientid_must_match_username: another user cannot take over a session by its client id [MQTT-3.1.4-2]', {
+  timeout: T,
+}, async (t) => {
+  const file = usersFile('takeover.json', [
+    ['alice', 'a'],
+    ['bob', 'b'],
+  ]);
+  const broker = await startBroker(t, {
+    'auth.users_file': file,
+    'auth.allow_anonymous': false,
+    'auth.clientid_must_match_username': true,
+  });
+  const { c: alice } = await client5(t, broker, { clientId: 'alice', username: 'alice', password: 'a' });
+  let aliceClosed = false;
+  alice.on('close', () => {
+    aliceClosed = true;
+  });
+  assert.equal(
+    await connectCode(broker, { clientId: 'alice', username: 'bob', password: 'b', protocolVersion: 5 }),
+    0x87,
+  );
+  assert.equal(await connectCode(broker, { clientId: 'alice', username: 'bob', password: 'b' }), 5);
+  assert.equal(broker.counters.total(Counter.sessionTakenover), 0);
+  // Alice is still connected: a ping round trip works.
+  await new Promise<void>((resolve) => {
+    alice.once('packetreceive', (p) => p.cmd === 'pingresp' && resolve());
+    alice.sendPing();
+  });
+  assert.equal(aliceClosed, false);
+  await waitFor(() => broker.counters.total(Counter.authnFailure) === 2, 'failures counted');
+});
+
+test('banned clients (REST /api/v5/banned): by IP CIDR, client id and username, with expiry; CONNACK 0x8A / 5', {
+  timeout: T,
+}, async (t) => {
+  const broker = await startBroker(t);
+  assert.equal(
+    (await api(broker, 'POST', '/banned', { body: { as: 'peerhost_net', who: 'nonsense' } })).status,
+    400,
+  );
+  const ban = await api(broker, 'POST', '/banned', {
+    body: { as: 'peerhost_net', who: '127.0.0.0/8', reason: 'test' },
+  });
+  assert.equal(ban.status, 200);
+  await eventually(
+    async () => (await connectCode(broker, { clientId: 'b1', protocolVersion: 5 })) === 0x8a,
+    'IP ban in force',
+  );
+  assert.equal(await connectCode(broker, { clientId: 'b2' }), 5);
+  assert.equal((await api(broker, 'GET', '/banned')).json.data.length, 1);
+  assert.equal(
+    (await api(broker, 'DELETE', `/banned/peerhost_net/${encodeURIComponent('127.0.0.0/8')}`)).status,
+    204,
+  );
+  await eventually(async () => (await connectCode(broker, { clientId: 'b3' })) === 0, 'IP ban lifted');
+  // A client-id ban that expires: refused until `until`, then let in again.
+  const until = Date.now() + 1500;
+  await api(broker, 'POST', '/banned', { body: { as: 'clientid', who: 'b4', until: until / 1000 } });
+  await api(broker, 'POST', '/banned', { body: { as: 'username', who: 'evil' } });
+  await eventually(
+    async () => (await connectCode(broker, { clientId: 'b4' })) === 5,
+    'client id ban in force',
+  );
+  assert.equal(await connectCode(broker, { clientId: 'b5', username: 'evil', protocolVersion: 5 }), 0x8a);
+  assert.equal(await connectCode(broker, { clientId: 'b5', username: 'good' }), 0);
+  await untilPast(until, 'ban expiry');
+  assert.equal(await connectCode(broker, { clientId: 'b4' }), 0);
+  assert.ok(broker.counters.total(Counter.bannedRefused) >= 4);
+});
