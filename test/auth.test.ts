@@ -13,73 +13,19 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
-import type { IClientOptions } from 'mqtt';
-import { hashPassword } from '../src/auth/hash.js';
 import { runPasswd } from '../src/auth/passwd.js';
-import type { Broker } from '../src/broker/broker.js';
 import { Counter } from '../src/metrics/counters.js';
-import { authTempDir, eventually, hookFixture } from './helpers/auth.js';
-import {
-  client,
-  client5,
-  exited,
-  HANG_GUARD_MS,
-  LineReader,
-  openClient,
-  startBroker,
-  untilPast,
-  waitFor,
-} from './helpers/broker.js';
+import { authTempDir, connectCode, eventually, hookFixture, usersFile } from './helpers/auth.js';
+import { client, client5, exited, LineReader, startBroker, untilPast, waitFor } from './helpers/broker.js';
 import { api, scrape } from './helpers/ops.js';
 
 const T = 60_000;
 const dir = authTempDir('emqx-ts-auth-');
 
-/** Connects and returns the CONNACK code (0 = accepted): 3.x return code or MQTT 5 reason code. */
-function connectCode(broker: Broker, opts: IClientOptions): Promise<number> {
-  const c = openClient(broker, opts);
-  return new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no CONNACK')), HANG_GUARD_MS);
-    c.once('connect', () => {
-      clearTimeout(timer);
-      c.end(true);
-      resolve(0);
-    });
-    c.once('error', (err: Error & { code?: number }) => {
-      clearTimeout(timer);
-      c.end(true);
-      if (typeof err.code === 'number') resolve(err.code);
-      else reject(err);
-    });
-  });
-}
-
-function usersFile(name: string, users: [string, string, string?, boolean?][]): string {
-  const path = join(dir, name);
-  if (name.endsWith('.csv')) {
-    writeFileSync(
-      path,
-      `username,password_hash,is_superuser\n${users.map(([u, p, a, s]) => `${u},${hashPassword(p, (a ?? 'pbkdf2') as 'pbkdf2', a === 'bcrypt' ? 4 : 1000)},${s ?? false}`).join('\n')}\n`,
-    );
-  } else {
-    writeFileSync(
-      path,
-      JSON.stringify(
-        users.map(([u, p, a, s]) => ({
-          username: u,
-          password_hash: hashPassword(p, (a ?? 'pbkdf2') as 'pbkdf2', a === 'bcrypt' ? 4 : 1000),
-          is_superuser: s ?? false,
-        })),
-      ),
-    );
-  }
-  return path;
-}
-
 test('built-in users (JSON, pbkdf2): right password in, wrong password CONNACK 4 / 0x86 and no session [MQTT-3.2.2-6]', {
   timeout: T,
 }, async (t) => {
-  const file = usersFile('users.json', [['alice', 'secret']]);
+  const file = usersFile(dir, 'users.json', [['alice', 'secret']]);
   const broker = await startBroker(t, { 'auth.users_file': file, 'auth.allow_anonymous': false });
   assert.equal(await connectCode(broker, { clientId: 'a1', username: 'alice', password: 'secret' }), 0);
   const sessionsBefore = broker.counters.total(Counter.sessionCreated);
@@ -106,7 +52,7 @@ test('built-in users (CSV, bcrypt and sha256) with mosquitto_pub -u/-P; the pass
 }, async (t) => {
   const r = spawnSync('mosquitto_pub', ['--help']);
   assert.ok(!r.error, 'mosquitto_pub is not installed: apt-get install mosquitto-clients');
-  const file = usersFile('users.csv', [
+  const file = usersFile(dir, 'users.csv', [
     ['bob', 'bcrypt-pw', 'bcrypt'],
     ['carol', 'sha-pw', 'sha256'],
   ]);
@@ -217,7 +163,7 @@ test('chain order: HTTP first (deny wins over a user the users file knows; ignor
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ result }));
   });
-  const file = usersFile('chain.json', [
+  const file = usersFile(dir, 'chain.json', [
     ['alice', 'pw'],
     ['bob', 'pw'],
   ]);
@@ -259,7 +205,7 @@ test('async hook: an answer later is waited for, no answer within auth.timeout i
 test('auth.clientid_must_match_username: another user cannot take over a session by its client id [MQTT-3.1.4-2]', {
   timeout: T,
 }, async (t) => {
-  const file = usersFile('takeover.json', [
+  const file = usersFile(dir, 'takeover.json', [
     ['alice', 'a'],
     ['bob', 'b'],
   ]);
