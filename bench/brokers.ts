@@ -135,6 +135,10 @@ class ChildBroker implements Broker {
 export interface StartOptions {
   repoRoot: string;
   tmpDir: string;
+  /** emqx-ts: this checkout's build instead of repoRoot / BENCH_EMQX_TS_ROOT (bench/hooks.ts A/B) */
+  emqxRoot?: string;
+  /** emqx-ts: extra CLI options, e.g. `--hooks.modules=…` */
+  extraArgs?: readonly string[];
 }
 
 export async function startBroker(name: BrokerName, opts: StartOptions): Promise<Broker> {
@@ -145,7 +149,7 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
   switch (name) {
     case 'emqx-ts': {
       // BENCH_EMQX_TS_ROOT: another checkout's build (A/B runs of two commits under the same load).
-      const root = process.env.BENCH_EMQX_TS_ROOT ?? opts.repoRoot;
+      const root = opts.emqxRoot ?? process.env.BENCH_EMQX_TS_ROOT ?? opts.repoRoot;
       const main = path.join(root, 'dist/src/main.js');
       if (!existsSync(main)) throw new BrokerUnavailable(`${main} not found (run npm run build)`);
       // Logs at warn, as mosquitto is configured (per-connection lines are not what is measured);
@@ -168,6 +172,7 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
           '--metrics.port=0',
           '--api.port=0',
           `--node.data_dir=${opts.tmpDir}`,
+          ...(opts.extraArgs ?? []),
         ],
         { cwd: root, stdio },
       );
