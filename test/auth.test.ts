@@ -185,6 +185,29 @@ test('chain order: HTTP first (deny wins over a user the users file knows; ignor
   assert.deepEqual(alice, { clientid: 'h1', username: 'alice', password: 'pw', peerhost: '127.0.0.1' });
 });
 
+test('HTTP auth server down (connection refused): a deny, CONNACK 4 / 0x86, counted as a failure', {
+  timeout: T,
+}, async (t) => {
+  // A port with nothing listening on it: bound, then closed.
+  const gone = createServer();
+  gone.listen(0, '127.0.0.1');
+  await once(gone, 'listening');
+  const port = (gone.address() as AddressInfo).port;
+  await new Promise((r) => gone.close(r));
+  const broker = await startBroker(t, {
+    'auth.http.url': `http://127.0.0.1:${port}/auth`,
+    'auth.http.timeout': 2,
+    'auth.allow_anonymous': true, // a deny is a deny: anonymous access does not let the client in
+  });
+  assert.equal(await connectCode(broker, { clientId: 'd1', username: 'u', password: 'p' }), 4);
+  assert.equal(
+    await connectCode(broker, { clientId: 'd2', username: 'u', password: 'p', protocolVersion: 5 }),
+    0x86,
+  );
+  assert.equal(broker.counters.total(Counter.authnFailure), 2);
+  assert.equal(broker.counters.total(Counter.sessionCreated), 0);
+});
+
 test('async hook: an answer later is waited for, no answer within auth.timeout is refused and counted, a throwing hook denies', {
   timeout: T,
 }, async (t) => {

@@ -184,6 +184,28 @@ test('JWT acl claim: allowed topics only, with placeholders; the rest falls to n
   assert.deepEqual(await pubackCodes(c, ['out/jc', 'out/other']), [0x10, 0x87]);
 });
 
+test('JWT claims as ACL placeholders (jwt.<claim>) in the ACL file and in the acl claim; a missing claim matches nothing', {
+  timeout: T,
+}, async (t) => {
+  const secret = 'placeholder-secret';
+  const acl = join(dir, 'jwt-claims.conf');
+  writeFileSync(acl, `{allow, all, subscribe, ["tenants/$${'{jwt.tenant}'}/#"]}.\n{deny, all}.\n`);
+  const broker = await startBroker(t, {
+    'auth.jwt.secret': secret,
+    'authz.acl_file': acl,
+    'authz.no_match': 'deny',
+  });
+  const sign = (claims: Record<string, unknown>) =>
+    new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(secret));
+  const token = await sign({ tenant: 'acme', acl: { pub: [`out/$${'{jwt.tenant}'}/#`] } });
+  const { c } = await client5(t, broker, { clientId: 'jt1', username: 'u1', password: token });
+  assert.deepEqual(await subCodes(c, ['tenants/acme/x', 'tenants/other/x']), [0, 0x87]);
+  assert.deepEqual(await pubackCodes(c, ['out/acme/1', 'out/other/1']), [0x10, 0x87]);
+  // No tenant claim: the rule with ${jwt.tenant} does not apply, so it is not "tenants//#" either.
+  const { c: none } = await client5(t, broker, { clientId: 'jt2', username: 'u2', password: await sign({}) });
+  assert.deepEqual(await subCodes(none, ['tenants/acme/x', 'tenants//x']), [0x87, 0x87]);
+});
+
 test('hooks: onPublish modifies a message (payload, topic) and drops another; from hooks.modules', {
   timeout: T,
 }, async (t) => {

@@ -30,13 +30,30 @@ export function filterCovers(rule: string, target: string): boolean {
   }
 }
 
-/** `${clientid}` / `${username}` filled in; null when the rule needs a username the client has not got. */
+/**
+ * `${clientid}`, `${username}` and `${jwt.<claim>}` (a string or number claim of the client's
+ * JWT) filled in; null when the rule needs a username or claim the client has not got (the rule
+ * then does not apply).
+ */
 export function substitute(filter: string, c: ClientInfo): string | null {
   if (filter.indexOf('$' + '{') < 0) return filter;
   if (filter.includes(USERNAME) && c.username === null) return null;
-  return filter.replaceAll(CLIENTID, c.clientId).replaceAll(USERNAME, c.username ?? '');
+  let out = filter.replaceAll(CLIENTID, c.clientId).replaceAll(USERNAME, c.username ?? '');
+  if (out.includes(JWT)) {
+    let missing = false;
+    out = out.replace(JWT_CLAIM, (_, name: string) => {
+      const v = c.attrs?.[name];
+      if (typeof v === 'string' || typeof v === 'number') return String(v);
+      missing = true;
+      return '';
+    });
+    if (missing) return null;
+  }
+  return out;
 }
 
 // The placeholders are literal text in ACL rules, not template strings.
 const CLIENTID = '$' + '{clientid}';
 const USERNAME = '$' + '{username}';
+const JWT = '$' + '{jwt.';
+const JWT_CLAIM = /\$\{jwt\.([A-Za-z0-9_]+)\}/g;
