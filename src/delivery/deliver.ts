@@ -1,5 +1,6 @@
 import type { Config } from '../config/schema.js';
 import type { ShardSecurity } from '../hooks/security.js';
+import type { DropReason } from '../hooks/types.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
 import type { Message } from '../session/message.js';
@@ -38,6 +39,7 @@ export class Delivery {
       // does), so an interval of 0 still reaches subscribers that are online at once.
       row[Counter.deliveryDroppedExpired]++;
       row[Counter.messagesDropped]++;
+      this.droppedHook(session, msg, 'expired');
       return;
     }
     const conn = session.conn;
@@ -46,6 +48,7 @@ export class Delivery {
         if (conn.congested) {
           row[Counter.deliveryDroppedQos0Slow]++;
           row[Counter.messagesDropped]++;
+          this.droppedHook(session, msg, 'qos0_slow');
           return;
         }
         if (conn.sendPublish(msg, 0, 0, false, retainFlag, subIds)) {
@@ -103,15 +106,19 @@ export class Delivery {
       // Full: drop the oldest, as EMQX does, and count it.
       this.counters.row[Counter.deliveryDroppedQueueFull]++;
       this.counters.row[Counter.messagesDropped]++;
-      const hooks = this.security.hooks;
-      if (hooks.dropped.length > 0)
-        // the oldest goes (the new one when max is 0)
-        hooks.messageDropped(session.clientId, (max === 0 ? msg : session.queue[0].msg).topic, 'queue_full');
+      // the oldest goes (the new one when max is 0)
+      this.droppedHook(session, max === 0 ? msg : session.queue[0].msg, 'queue_full');
       if (max === 0) return;
       session.queue.shift();
     }
     msg.own();
     session.queue.push({ msg, qos, retainFlag, subIds, group });
+  }
+
+  /** onMessageDropped, when a hook provides it (one length test otherwise). */
+  private droppedHook(session: Session, msg: Message, reason: DropReason): void {
+    const hooks = this.security.hooks;
+    if (hooks.dropped.length > 0) hooks.messageDropped(session.clientId, msg.topic, reason);
   }
 
   /** Moves queued messages into the inflight window while there is room. */
@@ -128,6 +135,7 @@ export class Delivery {
       if (d.msg.expiryAt > 0 && now > d.msg.expiryAt) {
         row[Counter.deliveryDroppedExpired]++;
         row[Counter.messagesDropped]++;
+        this.droppedHook(session, d.msg, 'expired');
       } else if (d.qos === 0) {
         if (conn.sendPublish(d.msg, 0, 0, false, d.retainFlag, d.subIds)) {
           row[Counter.messagesSent]++;
