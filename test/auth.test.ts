@@ -7,13 +7,14 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { exportSPKI, generateKeyPair, SignJWT } from 'jose';
 import { runPasswd } from '../src/auth/passwd.js';
+import { loadConfig } from '../src/config/load.js';
 import { Counter } from '../src/metrics/counters.js';
 import { authTempDir, connectCode, eventually, hookFixture, usersFile } from './helpers/auth.js';
 import { client, client5, exited, LineReader, startBroker, untilPast, waitFor } from './helpers/broker.js';
@@ -293,4 +294,22 @@ test('banned clients (REST /api/v5/banned): by IP CIDR, client id and username, 
   await untilPast(until, 'ban expiry');
   assert.equal(await connectCode(broker, { clientId: 'b4' }), 0);
   assert.ok(broker.counters.total(Counter.bannedRefused) >= 4);
+});
+
+test('k8s/emqx-ts.yaml runs with auth.allow_anonymous=false and the users file from the emqx-ts-users Secret', () => {
+  const yaml = readFileSync(new URL('../k8s/emqx-ts.yaml', import.meta.url), 'utf8');
+  const envValue = (name: string): string | undefined =>
+    new RegExp(`- name: ${name}\\s*\\n\\s*value: "?([^"\\n]+)"?`).exec(yaml)?.[1];
+  const env = {
+    EMQX_AUTH__ALLOW_ANONYMOUS: envValue('EMQX_AUTH__ALLOW_ANONYMOUS'),
+    EMQX_AUTH__USERS_FILE: envValue('EMQX_AUTH__USERS_FILE'),
+  };
+  const cfg = loadConfig({ env });
+  assert.equal(cfg['auth.allow_anonymous'], false);
+  const file = cfg['auth.users_file'];
+  assert.ok(file.endsWith('.json'), file);
+  // The file's directory is the mount of the users Secret.
+  const mount = /- \{ name: users, mountPath: ([^,\s]+)/.exec(yaml)?.[1];
+  assert.equal(mount, dirname(file));
+  assert.match(yaml, /- name: users\s*\n\s*secret: \{ secretName: emqx-ts-users \}/);
 });
