@@ -17,7 +17,20 @@ import { runPasswd } from '../src/auth/passwd.js';
 import { loadConfig } from '../src/config/load.js';
 import { Counter } from '../src/metrics/counters.js';
 import { authTempDir, connectCode, eventually, hookFixture, usersFile } from './helpers/auth.js';
-import { client, client5, exited, LineReader, startBroker, untilPast, waitFor } from './helpers/broker.js';
+import {
+  client,
+  client5,
+  connectFrame,
+  exited,
+  LineReader,
+  mqttString,
+  RawClient,
+  rawFrame,
+  readFrame,
+  startBroker,
+  untilPast,
+  waitFor,
+} from './helpers/broker.js';
 import { api, scrape } from './helpers/ops.js';
 
 const T = 60_000;
@@ -312,4 +325,43 @@ test('k8s/emqx-ts.yaml runs with auth.allow_anonymous=false and the users file f
   const mount = /- \{ name: users, mountPath: ([^,\s]+)/.exec(yaml)?.[1];
   assert.equal(mount, dirname(file));
   assert.match(yaml, /- name: users\s*\n\s*secret: \{ secretName: emqx-ts-users \}/);
+});
+
+test('async authentication (hash pool): packets pipelined behind CONNECT are served after CONNACK; behind a refused CONNECT they are never routed [MQTT-3.2.2-6]', {
+  timeout: T,
+}, async (t) => {
+  const file = usersFile(dir, 'pipelined.json', [['pipe', 'pw']]);
+  const broker = await startBroker(t, { 'auth.users_file': file, 'auth.allow_anonymous': false });
+  const sub = rawFrame(0x82, [0, 1], mqttString('pipe/t'), [0]);
+  const pub = (payload: string) => rawFrame(0x30, mqttString('pipe/t'), payload);
+  const ok = await RawClient.connect(t, broker.port);
+  ok.send(
+    Buffer.concat([
+      connectFrame({ clientId: 'pipe1', username: 'pipe', password: 'pw' }),
+      sub,
+      pub('hi'),
+      Buffer.from([0xc0, 0]),
+    ]),
+  );
+  assert.deepEqual([...(await ok.read(4))], [0x20, 2, 0, 0]);
+  // SUBACK, the PUBLISH and PINGRESP, in any order: SUBACK waits for main's retained lookup, and
+  // a matching PUBLISH may come before it (MQTT 3.8.4 permits it).
+  const frames = [await readFrame(ok), await readFrame(ok), await readFrame(ok)];
+  assert.deepEqual(
+    frames.map((f) => f.type).sort((x, y) => x - y),
+    [3, 9, 13],
+  );
+  const msg = frames.find((f) => f.type === 3)!;
+  assert.ok(msg.body.subarray(2 + 'pipe/t'.length).equals(Buffer.from('hi')));
+
+  // A wrong password: CONNACK 4 and close; the pipelined PUBLISH never reaches the subscriber.
+  const bad = await RawClient.connect(t, broker.port);
+  bad.send(
+    Buffer.concat([connectFrame({ clientId: 'pipe2', username: 'pipe', password: 'no' }), pub('bad')]),
+  );
+  assert.deepEqual([...(await bad.read(4))], [0x20, 2, 0, 4]);
+  await bad.waitClosed();
+  ok.send(pub('after'));
+  const next = await readFrame(ok);
+  assert.ok(next.body.subarray(2 + 'pipe/t'.length).equals(Buffer.from('after')), next.body.toString());
 });
