@@ -23,7 +23,8 @@ export class UserStore {
 
   constructor(
     private readonly path: string,
-    private readonly algorithm: HashAlgorithm,
+    /** auth.password_hash, read at each change (SIGHUP may change it) */
+    private readonly algorithm: () => HashAlgorithm,
     private readonly pool: HashPool,
   ) {
     this.users = readUsersFile(path);
@@ -42,7 +43,7 @@ export class UserStore {
   }
 
   hash(password: string): Promise<string> {
-    return this.pool.hash(password, this.algorithm);
+    return this.pool.hash(password, this.algorithm());
   }
 
   /** Writes the file with `u` put (or `deleted` removed), then applies it; throws if unwritable. */

@@ -33,7 +33,7 @@ export class MainSecurity {
     try {
       this.users = new UserStore(
         cfg['auth.users_file'],
-        cfg['auth.password_hash'] as HashAlgorithm,
+        () => cfg['auth.password_hash'] as HashAlgorithm,
         new HashPool(cfg['auth.hash_threads']),
       );
     } catch (err) {
