@@ -16,6 +16,7 @@ import { StatsTracker } from '../metrics/emqx.js';
 import { createRegistry } from '../metrics/prometheus.js';
 import { RetainedStore } from '../retained/store.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
+import { RetainedDurability } from '../storage/retained.js';
 import { SysPublisher } from '../sys/publisher.js';
 import type { BrokerPublish, ClusterMember, RetainedRecord, ShardToMain } from '../threads/messages.js';
 import { VERSION } from '../version.js';
@@ -52,6 +53,8 @@ export class Broker implements BrokerView {
   readonly index: TopicIndex;
   readonly sharedIndex: TopicIndex;
   readonly retained = new RetainedStore();
+  /** Retained messages in the durable store (storage/retained.ts) */
+  private readonly retainedDurability: RetainedDurability;
   readonly supervisor: Supervisor;
   /** Bound MQTT port (the listening socket itself lives in the shards' acceptors) */
   private boundPort = 0;
@@ -113,10 +116,13 @@ export class Broker implements BrokerView {
     });
     this.queries = new ShardQueries(this.supervisor);
     this.sys = new SysPublisher(this);
+    this.retainedDurability = new RetainedDurability(this.config, this.retained, this.counters, this.log);
   }
 
   static async start(opts: BrokerOptions = {}): Promise<Broker> {
     const broker = new Broker(opts);
+    // The data dir is checked (and retained messages loaded) before any shard opens it.
+    await broker.retainedDurability.open();
     await broker.supervisor.start();
     try {
       await broker.listen();
@@ -275,11 +281,16 @@ export class Broker implements BrokerView {
         const rec = msg.record;
         const cfg = this.config;
         // Over a retainer limit: routed (the shard already did) but not stored.
+        let stored = false;
         if (this.retained.set(rec, cfg['retainer.max_retained_messages'], cfg['retainer.max_payload_size'])) {
           if (rec.payload.length > 0) this.counters.row[Counter.messagesRetained]++;
+          stored = true;
         } else this.retainedRefused(rec);
         this.counters.row[Counter.retainedCount] = this.retained.size;
-        if (msg.reqId > 0) this.supervisor.post(shard, { t: 'retainAck', reqId: msg.reqId });
+        // Durable: written to the store; sync mode acks once it is committed.
+        const reqId = msg.reqId;
+        const ack = reqId > 0 ? () => this.supervisor.post(shard, { t: 'retainAck', reqId }) : null;
+        this.retainedDurability.stored(rec, stored, ack);
         break;
       }
       case 'retainedLookup': {
@@ -326,6 +337,7 @@ export class Broker implements BrokerView {
         this.sys.stop();
         if (this.statsTimer) clearInterval(this.statsTimer);
         await this.supervisor.stop(undefined, this.config['node.shutdown_drain_period'] * 1000);
+        await this.retainedDurability.close();
         this.queries.close();
         await Promise.all([closeServer(this.metricsServer), closeServer(this.apiServer)]);
         this.log.info('stopped');

@@ -47,9 +47,10 @@ export class RetainedRelay {
    * Posts a retained message to main's store. A client's ack (PUBACK/PUBREC) is held until main
    * has stored it, so that a client that saw the ack and then subscribes is sure to get it.
    */
-  storeRetained(msg: Message, conn: Connection | null, ack: Buffer | null): void {
+  storeRetained(msg: Message, conn: Connection | null, ack: Buffer | null): HeldAck | null {
     const reqId = conn && ack ? ++this.reqSeq : 0;
-    if (conn && ack) this.heldAcks.set(reqId, { conn, held: conn.holdAck(ack) });
+    const held = conn && ack ? conn.holdAck(ack) : null;
+    if (conn && held) this.heldAcks.set(reqId, { conn, held });
     const payload = new Uint8Array(msg.payload.length);
     payload.set(msg.payload);
     let props: Uint8Array | null = null;
@@ -62,6 +63,7 @@ export class RetainedRelay {
       reqId,
       record: { topic: msg.topic, payload, qos: msg.qos, props, expiryAt: msg.expiryAt },
     });
+    return held;
   }
 
   /** Main stored the retained message of a held ack: the ack (and those behind it) go out. */
@@ -69,6 +71,8 @@ export class RetainedRelay {
     const pending = this.heldAcks.get(reqId);
     if (!pending) return;
     this.heldAcks.delete(reqId);
+    // durable sync: the ack also waits for this shard's commit (storage/shard-durability.ts)
+    if (pending.held.waits !== undefined && --pending.held.waits > 0) return;
     pending.held.ready = true;
     pending.conn.releaseAcks();
   }
