@@ -3,6 +3,7 @@ import { refuseSharedJoin } from '../handlers/subscribe.js';
 import type { QoS } from '../protocol/constants.js';
 import type { PendingJoin } from '../routing/subscriptions.js';
 import { Message } from '../session/message.js';
+import type { ShardDurability } from '../storage/shard-durability.js';
 import type { RetainedRecord } from '../threads/messages.js';
 import type { Connection, HeldAck } from './connection.js';
 import type { MainLink } from './state.js';
@@ -41,6 +42,8 @@ export class RetainedRelay {
   constructor(
     private readonly main: MainLink,
     private readonly delivery: Delivery,
+    /** durable sync: a persistent session's SUBACK waits for its subscriptions' commit too */
+    private readonly durable: ShardDurability | null = null,
   ) {}
 
   /**
@@ -90,16 +93,19 @@ export class RetainedRelay {
    * not also as a retained message.
    */
   sendSuback(conn: Connection, retainedFilters: string[], joins: PendingJoin[], suback: Buffer): void {
+    const durable = this.durable?.sync && conn.session.expiryInterval > 0 ? this.durable : null;
     if (retainedFilters.length === 0 && joins.length === 0) {
-      conn.writeAck(suback);
+      if (durable) durable.holdAck(conn, suback);
+      else conn.writeAck(suback);
       return;
     }
     const batch: RetainedBatch = {
       conn,
       held: conn.holdAck(suback),
-      left: retainedFilters.length + joins.length,
+      left: retainedFilters.length + joins.length + (durable ? 1 : 0),
       answers: [],
     };
+    if (durable) durable.afterCommit(() => this.subscribeStepDone(batch));
     for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch, join: j });
     for (const filter of retainedFilters) {
       const reqId = ++this.reqSeq;

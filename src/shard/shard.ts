@@ -93,7 +93,7 @@ export class Shard implements BatchVisitor, ShardState {
     this.durable = store ? new ShardDurability(this, store, this.scheduleTurnEnd) : null;
     this.replay = new ReplayVisitor(this, this);
     this.delivery = new Delivery(this.config, this.counters, this.durable);
-    this.relay = new RetainedRelay(main, this.delivery);
+    this.relay = new RetainedRelay(main, this.delivery, this.durable);
     this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
     // Received forwards are published here for local subscribers only (never forwarded again).
     this.cluster = ShardClusterLink.create(init, {

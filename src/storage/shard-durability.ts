@@ -31,6 +31,8 @@ export class ShardDurability {
   readonly sync: boolean;
   private readonly dirty = new Set<Session>();
   private acks: { conn: AckConnection; held: HeldAck }[] = [];
+  /** Run once this turn is committed (held SUBACKs of persistent sessions) */
+  private after: (() => void)[] = [];
   /** [sender shard, seq] pairs to confirm once this turn is committed */
   private confirms: number[] = [];
   private outSeq = 0;
@@ -162,6 +164,12 @@ export class ShardDurability {
     this.scheduleTurnEnd();
   }
 
+  /** Runs `fn` once this turn's writes are committed. */
+  afterCommit(fn: () => void): void {
+    this.after.push(fn);
+    this.scheduleTurnEnd();
+  }
+
   // ------------------------------------------------------------------------------------------
   // Cross-shard outbox
 
@@ -243,12 +251,14 @@ export class ShardDurability {
     }
     const acks = this.acks;
     const confirms = this.confirms;
-    if (acks.length === 0 && confirms.length === 0) {
-      // batched mode with nothing to answer: lmdb-js commits on its own schedule.
+    const after = this.after;
+    if (acks.length === 0 && confirms.length === 0 && after.length === 0) {
+      // Nothing waits for this turn's writes: lmdb-js commits them on its own schedule.
       return;
     }
     this.acks = [];
     this.confirms = [];
+    this.after = [];
     let p: Promise<void> | null;
     try {
       p = this.store.commit();
@@ -256,20 +266,25 @@ export class ShardDurability {
       this.storeError(err);
       p = null;
     }
-    if (p === null) this.committed(acks, confirms);
+    if (p === null) this.committed(acks, confirms, after);
     else {
       this.s.counters.row[Counter.storeCommits]++;
       p.then(
-        () => this.committed(acks, confirms),
+        () => this.committed(acks, confirms, after),
         (err: unknown) => {
           this.storeError(err);
-          this.committed(acks, confirms);
+          this.committed(acks, confirms, after);
         },
       );
     }
   }
 
-  private committed(acks: { conn: AckConnection; held: HeldAck }[], confirms: number[]): void {
+  private committed(
+    acks: { conn: AckConnection; held: HeldAck }[],
+    confirms: number[],
+    after: (() => void)[],
+  ): void {
+    for (let i = 0; i < after.length; i++) after[i]();
     for (let i = 0; i < acks.length; i++) {
       const { conn, held } = acks[i];
       if (held.waits !== undefined && --held.waits > 0) continue;
