@@ -16,6 +16,7 @@ import { StatsTracker } from '../metrics/emqx.js';
 import { createRegistry } from '../metrics/prometheus.js';
 import { RetainedStore } from '../retained/store.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
+import { ensureDataDir } from '../storage/open.js';
 import { RetainedDurability } from '../storage/retained.js';
 import { SysPublisher } from '../sys/publisher.js';
 import type { BrokerPublish, ClusterMember, RetainedRecord, ShardToMain } from '../threads/messages.js';
@@ -79,6 +80,7 @@ export class Broker implements BrokerView {
     this.sources = { argv: opts.argv, env: opts.env, overrides: opts.config };
     this.config = loadConfig(this.sources);
     this.log = opts.logger ?? createLogger(this.config['log.level'], { thread: 'main' });
+    ensureDataDir(this.config);
     this.credentials = loadOrCreateCredentials(this.config, this.log);
     const shards = shardCount(this.config);
     // Rows: main, one per shard, and the cluster thread's last.

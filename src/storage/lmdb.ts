@@ -49,7 +49,7 @@ function checkDataFile(dir: string): void {
 export class LmdbStore implements DurableStore {
   private readonly env: RootDatabase;
   /** clientId → StoredSession */
-  private readonly sessions: Database<StoredSession, [string]>;
+  private readonly sessions: Database<StoredSession, string>;
   /** [clientId, seq] → StoredDelivery */
   private readonly deliveries: Database<StoredDelivery, [string, number]>;
   /** [clientId, packetId] → arrival ms */
@@ -91,12 +91,12 @@ export class LmdbStore implements DurableStore {
 
   putSession(clientId: string, s: StoredSession): void {
     this.pending = true;
-    void this.sessions.put([clientId], s);
+    void this.sessions.put(clientId, s);
   }
 
   deleteSession(clientId: string): void {
     this.pending = true;
-    void this.sessions.remove([clientId]);
+    void this.sessions.remove(clientId);
     // Committed keys only: a delivery put in this same turn is cleaned up at the next start.
     for (const k of this.deliveries.getKeys({ start: [clientId], end: [clientId, Infinity] }))
       void this.deliveries.remove(k);
@@ -153,7 +153,7 @@ export class LmdbStore implements DurableStore {
     const out: LoadedSession[] = [];
     const known = new Set<string>();
     for (const { key, value } of this.sessions.getRange()) {
-      const clientId = key[0];
+      const clientId = key;
       known.add(clientId);
       if (!mine(clientId)) continue;
       const deliveries: LoadedSession['deliveries'] = [];

@@ -1,3 +1,4 @@
+import { mkdirSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Config } from '../config/schema.js';
@@ -29,4 +30,18 @@ export async function openStore(config: Config, role: 'main' | 'shard'): Promise
   }
   if (typeof open !== 'function') throw new StorageError(`durability.store ${backend} exports no openStore`);
   return await open(o);
+}
+
+/**
+ * Creates node.data_dir when the durable store will use it (before anything else writes
+ * there), so that an unusable path is a StorageError with the path, not a later failure.
+ */
+export function ensureDataDir(config: Config): void {
+  if (config['durability.mode'] === 'none') return;
+  const dir = resolve(config['node.data_dir']);
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    throw new StorageError(`cannot create data dir ${dir}: ${(err as Error).message}`);
+  }
 }
