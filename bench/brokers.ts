@@ -1,7 +1,7 @@
 // Starts each broker under test as a child process on a free loopback port and stops it again.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -171,8 +171,11 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
           'warn',
           '--metrics.port=0',
           '--api.port=0',
-          `--node.data_dir=${opts.tmpDir}`,
+          // A fresh data dir per start: no sessions or retained messages of an earlier case.
+          `--node.data_dir=${mkdtempSync(path.join(opts.tmpDir, 'emqx-ts-data-'))}`,
           ...(opts.extraArgs ?? []),
+          // BENCH_EMQX_TS_ARGS: extra options, e.g. `--durability.mode=none` (docs/PERFORMANCE.md).
+          ...(process.env.BENCH_EMQX_TS_ARGS ?? '').split(' ').filter(Boolean),
         ],
         { cwd: root, stdio },
       );
@@ -191,7 +194,11 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
           'allow_anonymous true',
           // Large queue so QoS 1/2 is never dropped by the queue limit; the bench bounds in-flight itself.
           'max_queued_messages 1000000',
-          'persistence false',
+          // BENCH_MOSQUITTO_PERSISTENCE=1: `persistence true` (snapshots every autosave_interval,
+          // default 1800 s, and at exit), for the durability comparison.
+          process.env.BENCH_MOSQUITTO_PERSISTENCE === '1'
+            ? `persistence true\npersistence_location ${mkdtempSync(path.join(opts.tmpDir, 'mosquitto-data-'))}/`
+            : 'persistence false',
           // No inflight limit: with the default 20, mosquitto 2.0.11 stops delivering queued QoS 2
           // messages to a subscriber after the first 20 (reproduced; see docs/PERFORMANCE.md).
           // In-flight is bounded by the bench's own per-publisher window instead.

@@ -95,6 +95,7 @@ class Conn implements FrameSink {
   constructor(
     readonly run: Run,
     readonly clientId: string,
+    clean = true,
   ) {
     // `onread` reads into one reused buffer: no Readable stream machinery and no Buffer allocation per
     // read. Frames must therefore be fully handled before the callback returns (the splitter copies
@@ -112,7 +113,7 @@ class Conn implements FrameSink {
     });
     this.sock = sock;
     sock.setNoDelay(true);
-    sock.on('connect', () => this.write(encodeConnect(clientId, run.spec.keepaliveS)));
+    sock.on('connect', () => this.write(encodeConnect(clientId, run.spec.keepaliveS, clean)));
     sock.on('drain', () => {
       if (this.pub !== null) {
         this.pub.waitDrain = false;
@@ -255,7 +256,8 @@ class Run {
     this.connectStartNs = nowNs();
     await this.pool(
       spec.subs.map((s) => async () => {
-        const c = await this.connect(s.clientId);
+        // BENCH_PERSISTENT_SUBS=1: subscribers keep persistent sessions (durability bench).
+        const c = await this.connect(s.clientId, process.env.BENCH_PERSISTENT_SUBS !== '1');
         c.tracks = new Map();
         await this.subscribe(c, s.filter);
       }),
@@ -300,9 +302,9 @@ class Run {
     await Promise.all(lanes);
   }
 
-  private connect(clientId: string): Promise<Conn> {
+  private connect(clientId: string, clean = true): Promise<Conn> {
     const t0 = nowNs();
-    const c = new Conn(this, clientId);
+    const c = new Conn(this, clientId, clean);
     this.conns.push(c);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${clientId}: no CONNACK within 30 s`)), 30_000);

@@ -52,8 +52,9 @@ function str(s: string): Buffer {
   return out;
 }
 
-export function encodeConnect(clientId: string, keepaliveS: number): Buffer {
-  const head = Buffer.from([0x00, 0x04, 0x4d, 0x51, 0x54, 0x54, 0x04, 0x02, 0, 0]); // "MQTT", v4, clean session
+export function encodeConnect(clientId: string, keepaliveS: number, clean = true): Buffer {
+  // "MQTT", v4, clean session (0: a persistent session, for the durability bench)
+  const head = Buffer.from([0x00, 0x04, 0x4d, 0x51, 0x54, 0x54, 0x04, clean ? 0x02 : 0x00, 0, 0]);
   head.writeUInt16BE(keepaliveS, 8);
   return frame(0x10, Buffer.concat([head, str(clientId)]));
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Broker } from './broker/broker.js';
 import { ConfigError } from './config/load.js';
+import { StorageError } from './storage/types.js';
 
 /** CLI entry: `npm start -- --port 1883 --shards 2 --host 0.0.0.0 [--config file.json]` */
 async function main(): Promise<void> {
@@ -16,6 +17,11 @@ async function main(): Promise<void> {
     if (err instanceof ConfigError) {
       process.stderr.write(`emqx-ts: ${err.message}\n`);
       process.exit(2);
+    }
+    // The data dir is unusable: refuse to start rather than run memory-only (docs/DURABILITY.md).
+    if (err instanceof StorageError) {
+      process.stderr.write(`emqx-ts: data dir: ${err.message}\n`);
+      process.exit(3);
     }
     if (err instanceof Error && err.message.startsWith('cannot listen')) {
       process.stderr.write(`emqx-ts: ${err.message}\n`);

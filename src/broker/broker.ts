@@ -18,6 +18,8 @@ import { StatsTracker } from '../metrics/emqx.js';
 import { createRegistry } from '../metrics/prometheus.js';
 import { RetainedStore } from '../retained/store.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
+import { ensureDataDir } from '../storage/open.js';
+import { RetainedDurability } from '../storage/retained.js';
 import { SysPublisher } from '../sys/publisher.js';
 import type { BrokerPublish, ClusterMember, RetainedRecord, ShardToMain } from '../threads/messages.js';
 import { VERSION } from '../version.js';
@@ -59,6 +61,8 @@ export class Broker implements BrokerView {
   readonly index: TopicIndex;
   readonly sharedIndex: TopicIndex;
   readonly retained = new RetainedStore();
+  /** Retained messages in the durable store (storage/retained.ts) */
+  private readonly retainedDurability: RetainedDurability;
   readonly supervisor: Supervisor;
   /** Banned clients and built-in users, posted to the shards (src/hooks/main-security.ts) */
   readonly security: MainSecurity;
@@ -86,6 +90,7 @@ export class Broker implements BrokerView {
     if (opts.hooks?.length) this.sources.overrides = withHooks(opts.config, opts.hooks);
     this.config = loadConfig(this.sources);
     this.log = opts.logger ?? createLogger(this.config['log.level'], { thread: 'main' });
+    ensureDataDir(this.config);
     this.credentials = loadOrCreateCredentials(this.config, this.log);
     const shards = shardCount(this.config);
     // Rows: main, one per shard, and the cluster thread's last.
@@ -127,12 +132,15 @@ export class Broker implements BrokerView {
     });
     this.queries = new ShardQueries(this.supervisor);
     this.sys = new SysPublisher(this);
+    this.retainedDurability = new RetainedDurability(this.config, this.retained, this.counters, this.log);
   }
 
   static async start(opts: BrokerOptions = {}): Promise<Broker> {
     const broker = new Broker(opts);
     await checkHooksAtStart(broker.config, broker.log); // src/hooks: fail early, warn if anonymous
     broker.security.load();
+    // The data dir is checked (and retained messages loaded) before any shard opens it.
+    await broker.retainedDurability.open();
     await broker.supervisor.start();
     try {
       await broker.listen();
@@ -291,11 +299,16 @@ export class Broker implements BrokerView {
         const rec = msg.record;
         const cfg = this.config;
         // Over a retainer limit: routed (the shard already did) but not stored.
+        let stored = false;
         if (this.retained.set(rec, cfg['retainer.max_retained_messages'], cfg['retainer.max_payload_size'])) {
           if (rec.payload.length > 0) this.counters.row[Counter.messagesRetained]++;
+          stored = true;
         } else this.retainedRefused(rec);
         this.counters.row[Counter.retainedCount] = this.retained.size;
-        if (msg.reqId > 0) this.supervisor.post(shard, { t: 'retainAck', reqId: msg.reqId });
+        // Durable: written to the store; sync mode acks once it is committed.
+        const reqId = msg.reqId;
+        const ack = reqId > 0 ? () => this.supervisor.post(shard, { t: 'retainAck', reqId }) : null;
+        this.retainedDurability.stored(rec, stored, ack);
         break;
       }
       case 'retainedLookup': {
@@ -345,6 +358,7 @@ export class Broker implements BrokerView {
         this.sys.stop();
         if (this.statsTimer) clearInterval(this.statsTimer);
         await this.supervisor.stop(undefined, this.config['node.shutdown_drain_period'] * 1000);
+        await this.retainedDurability.close();
         this.queries.close();
         await this.security.close();
         await Promise.all([closeServer(this.metricsServer), closeServer(this.apiServer)]);

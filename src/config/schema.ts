@@ -231,7 +231,25 @@ export const SCHEMA = {
   'node.data_dir': {
     type: 'string',
     default: './data',
-    doc: 'Directory for state the broker keeps between starts (the generated REST API key)',
+    doc: 'Directory for state the broker keeps between starts: the durable store (sessions, queues, inflight, retained messages) and the generated REST API key',
+  },
+  'durability.mode': {
+    type: 'string',
+    default: 'sync',
+    choices: ['sync', 'batched', 'none'],
+    doc: 'sync: a QoS 1/2 PUBLISH is acked after it is committed for its persistent subscribers (one commit per event-loop turn); batched: committed within durability.flush_interval, acked at once; none: memory only (docs/DURABILITY.md)',
+  },
+  'durability.flush_interval': {
+    type: 'number',
+    default: 10,
+    min: 0,
+    max: 10000,
+    doc: 'batched mode: ms writes wait to be committed together (the loss window on a crash)',
+  },
+  'durability.store': {
+    type: 'string',
+    default: 'lmdb',
+    doc: 'Storage backend: lmdb (embedded, in node.data_dir), or a module path exporting openStore (src/storage/types.ts)',
   },
   'node.shutdown_drain_period': {
     type: 'number',

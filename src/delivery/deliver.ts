@@ -6,6 +6,7 @@ import type { QoS } from '../protocol/constants.js';
 import type { Message } from '../session/message.js';
 import type { Session, SessionConnection } from '../session/session.js';
 import type { Connection } from '../shard/connection.js';
+import type { ShardDurability } from '../storage/shard-durability.js';
 
 /**
  * Delivery to one session of this shard: send now (QoS 0, or into the inflight window), queue
@@ -22,6 +23,8 @@ export class Delivery {
     private readonly counters: Counters,
     /** onMessageDelivered / onMessageDropped hooks (src/hooks): one length test each when none */
     private readonly security: ShardSecurity,
+    /** Persistent sessions' deliveries are written here (null: durability.mode none) */
+    private readonly durable: ShardDurability | null = null,
   ) {}
 
   /** Sends now, or queues (offline, inflight window full, or congested connection). */
@@ -60,7 +63,7 @@ export class Delivery {
         return;
       }
       if (session.queue.length === 0 && session.inflightCount < conn.inflightLimit && !conn.congested) {
-        this.sendInflight(session, conn, msg, qos, retainFlag, subIds, group);
+        this.sendInflight(session, conn, msg, qos, retainFlag, subIds, group, session.deliverySeq++);
         return;
       }
     } else if (session.expiryInterval === 0 || (qos === 0 && !this.config['mqtt.mqueue_store_qos0'])) {
@@ -78,6 +81,7 @@ export class Delivery {
     retainFlag: boolean,
     subIds: number[] | null,
     group: string | null,
+    seq: number,
   ): void {
     const id = session.allocatePacketId();
     // Held until acknowledged: in storage of its own, not a view pinning a read buffer.
@@ -86,7 +90,9 @@ export class Delivery {
       this.counters.row[Counter.messagesDropped]++;
       return;
     }
-    session.inflight.set(id, { msg, qos, released: false, retainFlag, subIds, group });
+    const e = { msg, qos, released: false, retainFlag, subIds, group, seq };
+    session.inflight.set(id, e);
+    if (this.durable) this.durable.held(session, e, id);
     const hooks = this.security.hooks;
     if (hooks.delivered.length > 0) hooks.messageDelivered(session.clientId, msg, qos);
     this.counters.row[Counter.messagesSent]++;
@@ -109,10 +115,13 @@ export class Delivery {
       // the oldest goes (the new one when max is 0)
       this.droppedHook(session, max === 0 ? msg : session.queue[0].msg, 'queue_full');
       if (max === 0) return;
-      session.queue.shift();
+      const old = session.queue.shift()!;
+      if (this.durable) this.durable.done(session, old);
     }
     msg.own();
-    session.queue.push({ msg, qos, retainFlag, subIds, group });
+    const e = { msg, qos, retainFlag, subIds, group, seq: session.deliverySeq++ };
+    session.queue.push(e);
+    if (this.durable) this.durable.held(session, e, 0);
   }
 
   /** onMessageDropped, when a hook provides it (one length test otherwise). */
@@ -136,6 +145,7 @@ export class Delivery {
         row[Counter.deliveryDroppedExpired]++;
         row[Counter.messagesDropped]++;
         this.droppedHook(session, d.msg, 'expired');
+        if (this.durable) this.durable.done(session, d);
       } else if (d.qos === 0) {
         if (conn.sendPublish(d.msg, 0, 0, false, d.retainFlag, d.subIds)) {
           row[Counter.messagesSent]++;
@@ -143,7 +153,7 @@ export class Delivery {
         } else row[Counter.messagesDropped]++;
       } else {
         if (session.inflightCount >= max) break;
-        this.sendInflight(session, conn, d.msg, d.qos, d.retainFlag, d.subIds, d.group);
+        this.sendInflight(session, conn, d.msg, d.qos, d.retainFlag, d.subIds, d.group, d.seq);
       }
       i++;
     }

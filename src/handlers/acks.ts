@@ -26,6 +26,7 @@ export const handlePuback: PacketHandler = (conn, _flags, body, start, end) => {
   // An ack for an unknown id is ignored (it may answer a message resent before a reconnect).
   if (entry !== undefined && entry.qos === 1) {
     conn.session.inflight.delete(id);
+    conn.shard.durable?.done(conn.session, entry);
     conn.shard.drainSession(conn.session);
   } else {
     conn.shard.counters.row[Counter.packetsPubackMissed]++;
@@ -42,12 +43,15 @@ export const handlePubrec: PacketHandler = (conn, _flags, body, start, end) => {
   if (reason >= 0x80) {
     if (entry && entry.qos === 2) {
       conn.session.inflight.delete(id);
+      conn.shard.durable?.done(conn.session, entry);
       conn.shard.drainSession(conn.session);
     }
     return;
   }
-  if (entry !== undefined && entry.qos === 2) entry.released = true;
-  else {
+  if (entry !== undefined && entry.qos === 2) {
+    if (!entry.released) conn.shard.durable?.released(conn.session, entry, id);
+    entry.released = true;
+  } else {
     conn.shard.counters.row[Counter.packetsPubrecMissed]++;
     // The id belongs to a QoS 1 delivery: a PUBREL for it would start a QoS 2 exchange the
     // client never had; it still owes the PUBACK.
@@ -63,6 +67,7 @@ export const handlePubcomp: PacketHandler = (conn, _flags, body, start, end) => 
   const entry = conn.session.inflight.get(id);
   if (entry && entry.qos === 2 && entry.released) {
     conn.session.inflight.delete(id);
+    conn.shard.durable?.done(conn.session, entry);
     conn.shard.drainSession(conn.session);
   } else {
     conn.shard.counters.row[Counter.packetsPubcompMissed]++;
@@ -77,6 +82,7 @@ export const handlePubrel: PacketHandler = (conn, _flags, body, start, end) => {
   const { id } = ack(conn, body, start, end);
   const known = conn.session.awaitingRelCount > 0 && conn.session.awaitingRel.delete(id);
   if (!known) conn.shard.counters.row[Counter.packetsPubrelMissed]++;
+  else conn.shard.durable?.relDone(conn.session, id);
   if (conn.v5 && !known) conn.writeAck(encodeAckV5(PacketType.PUBCOMP, id, 0x92));
   else conn.writeAck(encodeAck(PacketType.PUBCOMP, id));
 };

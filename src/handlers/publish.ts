@@ -157,5 +157,6 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
     throw new ProtocolError(`more than ${limit} QoS 2 messages awaiting PUBREL`, undefined, 0x93);
   }
   session.awaitingRel.set(f.packetId, conn.lastReceivedAt);
+  shard.durable?.awaitingRel(session, f.packetId, conn.lastReceivedAt);
   shard.publish(msg, conn, PacketType.PUBREC, f.packetId);
 };

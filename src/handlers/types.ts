@@ -6,6 +6,7 @@ import type { Counters } from '../metrics/counters.js';
 import type { PendingJoin, SubscribeOptions } from '../routing/subscriptions.js';
 import type { Message } from '../session/message.js';
 import type { Session, Subscription } from '../session/session.js';
+import type { ShardDurability } from '../storage/shard-durability.js';
 
 /**
  * What a packet handler may ask of its connection's shard (Shard implements it). ACL and
@@ -27,6 +28,8 @@ export interface HandlerShard {
   endSubscribe(): PendingJoin[];
   sendSuback(conn: HandlerConnection, retainedFilters: string[], joins: PendingJoin[], suback: Buffer): void;
   drainSession(session: Session): void;
+  /** Persistent sessions' acks and QoS 2 ids go to the durable store (null: durability.mode none) */
+  readonly durable: ShardDurability | null;
 }
 
 /** What a packet handler may ask of its connection (shard/connection.ts implements it). */

@@ -47,7 +47,10 @@ export function loadOrCreateCredentials(config: Config, log: Logger): ApiCredent
     }
     throw new ConfigError(`cannot create the REST API key file ${file}: ${(err as Error).message}`);
   } finally {
-    rmSync(tmp, { force: true });
+    // Under a path that is not a directory even this throws (ENOTDIR): the error above matters.
+    try {
+      rmSync(tmp, { force: true });
+    } catch {}
   }
   log.info({ file, key: generated.key }, 'REST API key generated; key and secret are in this file');
   return { ...generated, source: 'file', file };

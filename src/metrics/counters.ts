@@ -109,6 +109,17 @@ export const Counter = {
   subscribeAuthError: 170, // SUBSCRIBE filters refused by authorization
   bannedRefused: 171, // connections refused because the client is banned
   // 172..179 free for auth.
+  // Durable storage (issue #14): 200..219
+  storeWrites: 200, // records put or removed in the durable store (sessions, deliveries, outbox, marks)
+  storeCommits: 201, // commits this thread waited for (sync mode: one per event-loop turn with writes)
+  storeErrors: 202, // failed store writes or commits (logged; the broker keeps running in memory)
+  sessionsRestored: 203, // persistent sessions loaded from the store at start
+  sessionsPurged: 204, // expired sessions removed at start
+  messagesRestored: 205, // queued/inflight deliveries loaded from the store at start
+  messagesPurged: 206, // expired deliveries removed at start
+  outboxReplayed: 207, // cross-shard batches re-sent to a restarted shard from the outbox
+  outboxDuplicates: 208, // replayed batches a shard had committed already (skipped)
+  storeAcksHeld: 209, // QoS 1/2 acks held until their turn's commit (sync mode)
 } as const;
 
 export type CounterName = keyof typeof Counter;

@@ -8,6 +8,7 @@ import type { Worker } from 'node:worker_threads';
 import { collectDefaultMetrics, Gauge, type Metric, Counter as PromCounter, Registry } from 'prom-client';
 import type { Supervisor } from '../broker/supervisor.js';
 import type { TopicIndex, TopicIndexStats } from '../routing/topic-index.js';
+import { DURABLE_COUNTERS } from '../storage/metrics.js';
 import { Counter, type Counters, HANDOFF_BUCKETS, HANDOFF_BUCKETS_S } from './counters.js';
 import { EMQX_METRICS, EMQX_STATS, promName, type StatsTracker } from './emqx.js';
 
@@ -283,6 +284,7 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Connections refused (CONNACK 0x8A / 5) because the client is banned',
       Counter.bannedRefused,
     ],
+    ...DURABLE_COUNTERS,
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({

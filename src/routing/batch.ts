@@ -33,6 +33,8 @@ export class BatchWriter {
   private buf: Buffer;
   private pos = 0;
   count = 0;
+  /** QoS 1/2 entries: such a batch goes through the durable outbox */
+  qosCount = 0;
 
   constructor(private readonly initial = 64 * 1024) {
     this.buf = Buffer.allocUnsafeSlow(initial);
@@ -68,6 +70,7 @@ export class BatchWriter {
     if (props) p += props.copy(b, p);
     this.pos = p;
     this.count++;
+    if (msg.qos > 0) this.qosCount++;
   }
 
   private str(s: string): void {
@@ -109,11 +112,17 @@ export class BatchWriter {
   }
 
   /** Hands over the filled buffer (to be transferred) and starts a new one. */
-  take(): { buf: ArrayBuffer; len: number; count: number } {
-    const out = { buf: this.buf.buffer as ArrayBuffer, len: this.pos, count: this.count };
+  take(): { buf: ArrayBuffer; len: number; count: number; qosCount: number } {
+    const out = {
+      buf: this.buf.buffer as ArrayBuffer,
+      len: this.pos,
+      count: this.count,
+      qosCount: this.qosCount,
+    };
     this.buf = Buffer.allocUnsafeSlow(this.initial);
     this.pos = 0;
     this.count = 0;
+    this.qosCount = 0;
     return out;
   }
 }

@@ -56,11 +56,17 @@ export class Router {
     if (conn && ackType) {
       ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
     }
+    const durable = this.s.durable;
     if (msg.retain) {
-      this.relay.storeRetained(msg, conn, ack);
+      const held = this.relay.storeRetained(msg, conn, ack);
+      // sync: also after this turn's commit of its deliveries
+      if (held && conn && durable?.sync) durable.alsoWaitFor(conn, held);
     } else if (conn && ack) {
       // cluster: a QoS 1/2 message forwarded to other nodes is acked once they have accepted it
-      if (!this.cluster?.holdAck(conn, ack)) conn.writeAck(ack);
+      if (this.cluster?.holdAck(conn, ack)) return matched;
+      // sync: acked once this turn's deliveries and outbox are committed (one commit per turn)
+      if (durable?.sync) durable.holdAck(conn, ack);
+      else conn.writeAck(ack);
     }
     return matched;
   }
@@ -119,12 +125,22 @@ export class Router {
       const b = this.batches[s];
       if (!b || b.count === 0) continue;
       const batch = b.take();
+      // Durable: QoS 1/2 batches wait in the outbox until the peer has committed them (and are
+      // re-sent to it after a restart), so a peer that is down now still gets them.
+      const durable = this.s.durable;
+      const seq = durable && batch.qosCount > 0 ? durable.outboxAdd(s, batch.buf, batch.len) : 0;
       const port = this.s.peers[s];
       if (!port) continue; // peer restarting: its clients are gone anyway
       row[Counter.crossShardMessages] += batch.count;
       row[Counter.crossShardBatches]++;
       port.postMessage(
-        { t: 'batch', buf: batch.buf, len: batch.len, count: batch.count } satisfies ShardToShard,
+        {
+          t: 'batch',
+          buf: batch.buf,
+          len: batch.len,
+          count: batch.count,
+          seq: seq > 0 ? seq : undefined,
+        } satisfies ShardToShard,
         [batch.buf],
       );
     }

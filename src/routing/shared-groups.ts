@@ -142,13 +142,17 @@ export class SharedGroupRouting {
       // [MQTT-4.8.2-4], and must not go to another member if the session ends [MQTT-4.8.2-5].
       if (e.group === null || e.qos === 2) continue;
       session.inflight.delete(id);
+      this.s.durable?.done(session, e);
       this.redispatch(e.msg, e.group, session.clientId);
     }
     if (session.queue.some((d) => d.group !== null)) {
       const keep = [];
       for (const d of session.queue) {
         if (d.group === null) keep.push(d);
-        else this.redispatch(d.msg, d.group, session.clientId);
+        else {
+          this.s.durable?.done(session, d);
+          this.redispatch(d.msg, d.group, session.clientId);
+        }
       }
       session.queue = keep;
     }

@@ -59,11 +59,13 @@ export class Subscriptions {
       existing.retainAsPublished = o.retainAsPublished;
       existing.retainHandling = o.retainHandling;
       existing.subId = o.subId;
+      this.s.durable?.sessionChanged(session);
       if (existing.shared) this.shared.sendMembership('sharedJoin', session, existing);
       else this.s.subscribers.add(existing.nodeId, session, existing);
       return 'existing';
     }
     const sub: Subscription = { ...o, nodeId: -1, shared };
+    this.s.durable?.sessionChanged(session);
     if (shared) {
       session.subscriptions.set(filter, sub);
       this.sharedSubs++;
@@ -90,6 +92,7 @@ export class Subscriptions {
     const sub = session.subscriptions.get(filter);
     if (!sub) return false;
     session.subscriptions.delete(filter);
+    this.s.durable?.sessionChanged(session);
     if (sub.shared) {
       this.sharedSubs--;
       this.s.counters.row[Counter.subscriptionsShared] = this.sharedSubs;

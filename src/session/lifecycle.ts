@@ -120,6 +120,11 @@ export class SessionLifecycle {
     const conn = this.d.newConnection(socket, session, h);
     conn.auth = auth;
     session.conn = conn;
+    // Durable store: a persistent session's record; a resumed one that is no longer persistent goes.
+    if (this.s.durable) {
+      if (session.expiryInterval > 0) this.s.durable.sessionChanged(session);
+      else if (sessionPresent) this.s.durable.sessionGone(session);
+    }
     row[Counter.connections]++;
     row[Counter.clientConnected]++;
     const handoffNs = Number(process.hrtime.bigint()) - h.acceptedAt;
@@ -241,10 +246,11 @@ export class SessionLifecycle {
     } else {
       session.expiresAt =
         session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
+      this.s.durable?.sessionChanged(session);
     }
   }
 
-  private publishWill(clientId: string, w: WillMessage): void {
+  publishWill(clientId: string, w: WillMessage): void {
     const hooks = this.s.security.hooks;
     if (hooks.will.length > 0 && !hooks.willAllowed(clientId, w)) return; // onWill may suppress it
     this.s.counters.row[Counter.willsPublished]++;
@@ -264,6 +270,7 @@ export class SessionLifecycle {
       session.pendingWill = null;
     }
     if (this.s.sessions.get(session.clientId) === session) {
+      this.s.durable?.sessionGone(session);
       this.s.sessions.delete(session.clientId);
       this.s.counters.row[Counter.sessions]--;
       this.s.counters.row[Counter.sessionDiscarded]++;
@@ -299,6 +306,7 @@ export class SessionLifecycle {
         const w = session.pendingWill;
         session.pendingWill = null;
         this.publishWill(session.clientId, w);
+        this.s.durable?.sessionChanged(session);
       }
       if (session.expiresAt > 0 && now >= session.expiresAt) this.expireSession(session);
     }
@@ -311,6 +319,7 @@ export class SessionLifecycle {
     for (const [id, at] of rel) {
       if (now - at < limit) break; // insertion order is arrival order
       rel.delete(id);
+      this.s.durable?.relDone(session, id);
       this.s.counters.row[Counter.messagesDroppedAwaitPubrelTimeout]++;
     }
   }

@@ -65,6 +65,8 @@ export interface DeliveryOptions {
 /** A QoS 1/2 message sent to the client and not yet fully acknowledged. */
 export interface InflightEntry extends DeliveryOptions {
   msg: Message;
+  /** The delivery's key in the durable store (session-wide, increasing) */
+  seq: number;
   qos: 1 | 2;
   /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP */
   released: boolean;
@@ -73,6 +75,7 @@ export interface InflightEntry extends DeliveryOptions {
 /** A message waiting for an inflight slot or for the client to come back. */
 export interface QueuedDelivery extends DeliveryOptions {
   msg: Message;
+  seq: number;
 }
 
 /** Session Expiry Interval meaning "never" [MQTT-3.1.2-?] */
@@ -102,6 +105,11 @@ export class Session {
   /** ms since epoch when an offline session expires; 0 while connected or never */
   expiresAt = 0;
   createdAt = Date.now();
+  /**
+   * Next delivery sequence number: starts from the clock (µs), so that a new session of the
+   * same client id never reuses the key of a stale stored delivery.
+   */
+  deliverySeq = this.createdAt * 1000;
 
   /** Transient, not session state: the connection using the session, if any */
   conn: SessionConnection | null = null;

@@ -16,6 +16,8 @@ import type { ConnectionOrigin } from '../threads/messages.js';
 export interface HeldAck {
   frame: Buffer;
   ready: boolean;
+  /** Durable sync mode: more than one thing to wait for (main's store and the turn's commit) */
+  waits?: number;
 }
 
 /** What a connection asks of its shard (Shard implements it): the handlers' part and its own. */

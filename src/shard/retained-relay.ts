@@ -3,6 +3,7 @@ import { refuseSharedJoin } from '../handlers/subscribe.js';
 import type { QoS } from '../protocol/constants.js';
 import type { PendingJoin } from '../routing/subscriptions.js';
 import { Message } from '../session/message.js';
+import type { ShardDurability } from '../storage/shard-durability.js';
 import type { RetainedRecord } from '../threads/messages.js';
 import type { Connection, HeldAck } from './connection.js';
 import type { MainLink } from './state.js';
@@ -41,15 +42,18 @@ export class RetainedRelay {
   constructor(
     private readonly main: MainLink,
     private readonly delivery: Delivery,
+    /** durable sync: a persistent session's SUBACK waits for its subscriptions' commit too */
+    private readonly durable: ShardDurability | null = null,
   ) {}
 
   /**
    * Posts a retained message to main's store. A client's ack (PUBACK/PUBREC) is held until main
    * has stored it, so that a client that saw the ack and then subscribes is sure to get it.
    */
-  storeRetained(msg: Message, conn: Connection | null, ack: Buffer | null): void {
+  storeRetained(msg: Message, conn: Connection | null, ack: Buffer | null): HeldAck | null {
     const reqId = conn && ack ? ++this.reqSeq : 0;
-    if (conn && ack) this.heldAcks.set(reqId, { conn, held: conn.holdAck(ack) });
+    const held = conn && ack ? conn.holdAck(ack) : null;
+    if (conn && held) this.heldAcks.set(reqId, { conn, held });
     const payload = new Uint8Array(msg.payload.length);
     payload.set(msg.payload);
     let props: Uint8Array | null = null;
@@ -62,6 +66,7 @@ export class RetainedRelay {
       reqId,
       record: { topic: msg.topic, payload, qos: msg.qos, props, expiryAt: msg.expiryAt },
     });
+    return held;
   }
 
   /** Main stored the retained message of a held ack: the ack (and those behind it) go out. */
@@ -69,6 +74,8 @@ export class RetainedRelay {
     const pending = this.heldAcks.get(reqId);
     if (!pending) return;
     this.heldAcks.delete(reqId);
+    // durable sync: the ack also waits for this shard's commit (storage/shard-durability.ts)
+    if (pending.held.waits !== undefined && --pending.held.waits > 0) return;
     pending.held.ready = true;
     pending.conn.releaseAcks();
   }
@@ -86,16 +93,19 @@ export class RetainedRelay {
    * not also as a retained message.
    */
   sendSuback(conn: Connection, retainedFilters: string[], joins: PendingJoin[], suback: Buffer): void {
+    const durable = this.durable?.sync && conn.session.expiryInterval > 0 ? this.durable : null;
     if (retainedFilters.length === 0 && joins.length === 0) {
-      conn.writeAck(suback);
+      if (durable) durable.holdAck(conn, suback);
+      else conn.writeAck(suback);
       return;
     }
     const batch: RetainedBatch = {
       conn,
       held: conn.holdAck(suback),
-      left: retainedFilters.length + joins.length,
+      left: retainedFilters.length + joins.length + (durable ? 1 : 0),
       answers: [],
     };
+    if (durable) durable.afterCommit(() => this.subscribeStepDone(batch));
     for (const j of joins) this.joinWaits.set(j.reqId, { owner: j.owner, batch, join: j });
     for (const filter of retainedFilters) {
       const reqId = ++this.reqSeq;

@@ -4,6 +4,7 @@ import { ShardClusterLink } from '../cluster/shard-link.js';
 import type { Config } from '../config/schema.js';
 import { Delivery } from '../delivery/deliver.js';
 import { ShardSecurity } from '../hooks/security.js';
+import { shardOf } from '../listener/client-id.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
@@ -17,6 +18,10 @@ import { TopicIndex } from '../routing/topic-index.js';
 import { SessionLifecycle } from '../session/lifecycle.js';
 import { Message } from '../session/message.js';
 import type { Session, Subscription } from '../session/session.js';
+import { ReplayVisitor } from '../storage/replay.js';
+import { restoreSessions } from '../storage/restore.js';
+import { ShardDurability } from '../storage/shard-durability.js';
+import type { DurableStore } from '../storage/types.js';
 import type { ConnectionOrigin, MainToShard, ShardInit, ShardToShard } from '../threads/messages.js';
 import { ConnectionAccept } from './accept.js';
 import { Connection } from './connection.js';
@@ -54,6 +59,9 @@ export class Shard implements BatchVisitor, ShardState {
   stopping = false;
   /** Hooks, authentication, authorization, banned (src/hooks/security.ts): installed before start */
   readonly security: ShardSecurity;
+  /** The durable store's shard side; null with durability.mode none */
+  readonly durable: ShardDurability | null;
+  private readonly replay: ReplayVisitor;
   private readonly delivery: Delivery;
   private readonly relay: RetainedRelay;
   private readonly shared: SharedGroupRouting;
@@ -70,6 +78,8 @@ export class Shard implements BatchVisitor, ShardState {
   constructor(
     init: ShardInit,
     private readonly main: MainLink,
+    /** Opened by the worker entry (storage/open.ts); null: memory only */
+    store: DurableStore | null = null,
   ) {
     this.id = init.shardId;
     this.shardCount = init.shardCount;
@@ -84,8 +94,10 @@ export class Shard implements BatchVisitor, ShardState {
     this.sharedIndex = TopicIndex.attach(init.sharedIndex);
     this.peers = init.peers;
     this.security = new ShardSecurity(this.config, this.log, this.counters.row);
-    this.delivery = new Delivery(this.config, this.counters, this.security);
-    this.relay = new RetainedRelay(main, this.delivery);
+    this.durable = store ? new ShardDurability(this, store, this.scheduleTurnEnd) : null;
+    this.replay = new ReplayVisitor(this, this);
+    this.delivery = new Delivery(this.config, this.counters, this.security, this.durable);
+    this.relay = new RetainedRelay(main, this.delivery, this.durable);
     this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
     // Received forwards are published here for local subscribers only (never forwarded again).
     this.cluster = ShardClusterLink.create(init, {
@@ -128,6 +140,7 @@ export class Shard implements BatchVisitor, ShardState {
       }
     });
     this.sweepTimer = setInterval(() => this.lifecycle.sweep(), 1000);
+    if (this.durable) this.restore();
     this.main.postMessage({ t: 'ready', generation });
   }
 
@@ -136,7 +149,11 @@ export class Shard implements BatchVisitor, ShardState {
     if (!port) return;
     port.on('message', (m: ShardToShard) => {
       try {
-        if (m.t === 'batch') readBatch(m.buf, m.len, this);
+        if (m.t === 'batch') {
+          // Durable: a batch committed here already (re-sent after a restart) is not delivered again.
+          if (m.seq === undefined || !this.durable || this.durable.acceptBatch(i, m.seq))
+            readBatch(m.buf, m.len, m.replay ? this.replay : this);
+        } else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
         else if (m.t === 'adopt') {
           // First: from here on the fds are ours (the sender stops tracking them).
           port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
@@ -178,6 +195,8 @@ export class Shard implements BatchVisitor, ShardState {
         // A restarted shard lost the shared groups it owned: members here join them again.
         this.shared.rejoinSharedGroupsOwnedBy(msg.shard);
         this.relay.releaseJoinsTo(msg.shard);
+        // What it had not committed when it went down.
+        this.durable?.replayTo(msg.shard);
         break;
       case 'shardDown':
         // Nothing posted to a dead shard's port arrives; its restart brings a new one ('peer').
@@ -317,7 +336,24 @@ export class Shard implements BatchVisitor, ShardState {
     if (this.accept.handoffsPending) this.accept.flushHandoffs();
     if (this.router.batchesPending) this.router.flushBatches();
     if (this.delivery.corked.length > 0) this.delivery.uncorkAll();
+    if (this.durable) this.durable.endTurn();
   };
+
+  /**
+   * Durable: this shard's persistent sessions back from the store (offline, subscribed), the
+   * wills of those that expired meanwhile, and the batches peers had not committed re-sent.
+   */
+  private restore(): void {
+    const durable = this.durable!;
+    const wills = restoreSessions(this, durable.store, (id) => shardOf(id, this.shardCount) === this.id, {
+      subscribe: (session, filter, o) => this.subscriptions.subscribe(session, filter, o),
+    });
+    durable.restored();
+    for (const w of wills) this.lifecycle.publishWill(w.clientId, w.will);
+    durable.replayAll();
+    if (this.sessions.size > 0)
+      this.log.info({ sessions: this.sessions.size }, 'persistent sessions restored');
+  }
 
   // ------------------------------------------------------------------------------------------
   // Configuration and shutdown
@@ -362,6 +398,12 @@ export class Shard implements BatchVisitor, ShardState {
     this.accept.stopAccepting();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const session of this.sessions.values()) session.conn?.disconnect(0x8b, 'server shutting down');
-    this.main.postMessage({ t: 'shutdownDone' });
+    const done = (): void => this.main.postMessage({ t: 'shutdownDone' });
+    if (!this.durable) return done();
+    // The closed sessions' records are committed before main ends the thread.
+    this.durable.endTurn();
+    const p = this.durable.store.commit();
+    if (p) p.then(done, done);
+    else done();
   }
 }

@@ -7,6 +7,7 @@ import type { SharedGroups } from '../routing/shared.js';
 import type { SubscriberTable } from '../routing/subscribers.js';
 import type { TopicIndex } from '../routing/topic-index.js';
 import type { Session } from '../session/session.js';
+import type { ShardDurability } from '../storage/shard-durability.js';
 import type { MainToShard, ShardToMain } from '../threads/messages.js';
 
 /** Posts to the main thread; a port in a worker, a plain callback when embedded in one thread. */
@@ -38,4 +39,6 @@ export interface ShardState {
   stopping: boolean;
   /** Hooks, authorizer, banned list (src/hooks/security.ts) */
   readonly security: ShardSecurity;
+  /** The durable store's shard side (storage/shard-durability.ts); null with durability.mode none */
+  readonly durable: ShardDurability | null;
 }

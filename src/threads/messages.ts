@@ -179,6 +179,16 @@ export interface PeerBatch {
   buf: ArrayBuffer;
   len: number;
   count: number;
+  /** Durable modes: the batch's outbox sequence number (it has QoS 1/2 messages) */
+  seq?: number;
+  /** Re-sent from the outbox after a restart: node ids are stale, the receiver matches again */
+  replay?: boolean;
+}
+
+/** The receiver committed every batch up to `seq` from this shard: its outbox entries may go. */
+export interface PeerBatchCommitted {
+  t: 'batchCommitted';
+  seq: number;
 }
 
 /** A session on the sending shard joins or leaves a shared group owned by the receiver. */
@@ -219,7 +229,13 @@ export interface PeerAdopted {
   seq: number;
 }
 
-export type ShardToShard = PeerBatch | SharedMembership | SharedJoined | PeerAdopt | PeerAdopted;
+export type ShardToShard =
+  | PeerBatch
+  | PeerBatchCommitted
+  | SharedMembership
+  | SharedJoined
+  | PeerAdopt
+  | PeerAdopted;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {

@@ -1,8 +1,9 @@
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { Broker, type BrokerOptions } from '../../src/broker/broker.js';
-import type { Config } from '../../src/config/schema.js';
+import { type Config, SCHEMA } from '../../src/config/schema.js';
 import { shardOf } from '../../src/listener/client-id.js';
 import type { Ctx } from './base.js';
 import { client, Inbox, publish, subscribe } from './mqttjs.js';
@@ -11,6 +12,9 @@ import { client, Inbox, publish, subscribe } from './mqttjs.js';
  * Metrics/health and REST API servers on ephemeral ports (tests run side by side), the generated
  * API key kept in a temp dir instead of ./data, no drain wait at stop, and no periodic $SYS
  * messages (their retained ones would show in retained counts); tests of those turn them on.
+ * Brokers started from these alone (CLI processes, `Broker.start` in a test) share that dir, so
+ * they run memory-only (`durability.mode none`); startBroker gives each broker a fresh data dir
+ * and the default durability instead.
  */
 export const TEST_HTTP_DEFAULTS = {
   'metrics.host': '127.0.0.1',
@@ -18,6 +22,7 @@ export const TEST_HTTP_DEFAULTS = {
   'api.host': '127.0.0.1',
   'api.port': 0,
   'node.data_dir': join(tmpdir(), 'emqx-ts-test-data'),
+  'durability.mode': 'none',
   'node.shutdown_drain_period': 0,
   'sys_topics.sys_msg_interval': 0,
   'sys_topics.sys_heartbeat_interval': 0,
@@ -41,18 +46,32 @@ export function idOnShard(broker: Broker, shard: number, prefix = 'c'): string {
 
 /** Starts a broker with any BrokerOptions (e.g. `onFatal`); the test config defaults apply. */
 export async function startBrokerWith(t: Ctx, opts: BrokerOptions): Promise<Broker> {
-  const broker = await Broker.start({
-    ...opts,
-    config: {
-      'listener.host': '127.0.0.1',
-      'listener.port': 0,
-      'node.shards': 2,
-      'log.level': process.env.TEST_LOG_LEVEL ?? 'silent',
-      ...TEST_HTTP_DEFAULTS,
-      ...(opts.config ?? {}),
-    },
+  // Its own data dir (tests run in parallel), removed after it stops; durability as configured
+  // by default, so that every test also runs the durable paths.
+  const dataDir = mkdtempSync(join(tmpdir(), 'emqx-ts-data-'));
+  let broker: Broker;
+  try {
+    broker = await Broker.start({
+      ...opts,
+      config: {
+        'listener.host': '127.0.0.1',
+        'listener.port': 0,
+        'node.shards': 2,
+        'log.level': process.env.TEST_LOG_LEVEL ?? 'silent',
+        ...TEST_HTTP_DEFAULTS,
+        'node.data_dir': dataDir,
+        'durability.mode': process.env.TEST_DURABILITY ?? SCHEMA['durability.mode'].default,
+        ...(opts.config ?? {}),
+      },
+    });
+  } catch (err) {
+    rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  }
+  t.after(async () => {
+    await broker.stop();
+    rmSync(dataDir, { recursive: true, force: true });
   });
-  t.after(() => broker.stop());
   return broker;
 }
 
@@ -98,14 +117,17 @@ export async function reconfigureShards(broker: Broker, patch: Partial<Config>):
  */
 export function brokerPool(): (config?: Record<string, unknown>) => Promise<Broker> {
   const brokers = new Map<string, Promise<Broker>>();
+  // Each broker's own cleanup (stop, remove its data dir), run by the file-level `after`.
+  const cleanups: (() => unknown)[] = [];
   after(async () => {
-    await Promise.all([...brokers.values()].map(async (b) => (await b).stop()));
+    await Promise.all([...brokers.values()].map((b) => b.catch(() => {})));
+    await Promise.all(cleanups.map((fn) => fn()));
   });
   return (config = {}) => {
     const key = JSON.stringify(config);
     let b = brokers.get(key);
     // Stopped by the file-level `after` above, not by the first test that used it.
-    if (!b) brokers.set(key, (b = startBroker({ after: () => {} }, config)));
+    if (!b) brokers.set(key, (b = startBroker({ after: (fn: () => unknown) => cleanups.push(fn) }, config)));
     return b;
   };
 }
