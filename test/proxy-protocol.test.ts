@@ -5,7 +5,9 @@
  * the ws listener, which takes no header); bad, missing and late headers close the connection.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
 import type { Broker } from '../src/broker/broker.js';
 import { parseProxyHeader } from '../src/listener/proxy-protocol.js';
@@ -15,8 +17,10 @@ import {
   connectFrame,
   Inbox,
   idOnShard,
+  LineReader,
   RawClient,
   startBroker,
+  TEST_HTTP_FLAGS,
   waitFor,
   waitForMessage,
   within,
@@ -158,4 +162,41 @@ test('without proxy_protocol a PROXY line is not a CONNECT: refused', { timeout:
   raw.send(Buffer.from('PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n'));
   await raw.waitClosed();
   await assertBrokerServes(t, broker);
+});
+
+test('the PROXY header address is the one in the broker log lines (client connected / disconnected)', {
+  timeout: T,
+}, async (t) => {
+  const main = fileURLToPath(new URL('../dist/src/main.js', import.meta.url));
+  const args = ['--port', '0', '--host', '127.0.0.1', '--shards', '2', '--log-level', 'info'];
+  const child = spawn(
+    process.execPath,
+    [main, ...args, '--listeners.tcp.default.proxy_protocol=true', ...TEST_HTTP_FLAGS],
+    {
+      env: { PATH: process.env.PATH },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  t.after(() => {
+    child.kill('SIGKILL');
+  });
+  const out = new LineReader(child.stdout!);
+  const listening = JSON.parse(await out.waitFor((l) => l.includes('"msg":"listening"'), 'listening'));
+  const raw = await RawClient.connect(t, listening.port);
+  raw.send(
+    Buffer.concat([
+      Buffer.from('PROXY TCP4 203.0.113.50 10.0.0.1 44444 1883\r\n'),
+      connectFrame({ clientId: 'logged' }),
+    ]),
+  );
+  assert.deepEqual([...(await raw.read(4))], [0x20, 2, 0, 0]);
+  const connected = JSON.parse(
+    await out.waitFor((l) => l.includes('"msg":"client connected"'), 'client connected'),
+  );
+  assert.equal(connected.remote, '203.0.113.50:44444');
+  raw.socket.destroy();
+  const gone = JSON.parse(
+    await out.waitFor((l) => l.includes('"msg":"client disconnected"'), 'client disconnected'),
+  );
+  assert.equal(gone.remote, '203.0.113.50:44444');
 });

@@ -310,3 +310,34 @@ test('SIGHUP (reload) re-reads the certificate files: new handshakes get the ren
   await c.publishAsync('still/here', 'x', { qos: 1 });
   await c.endAsync();
 });
+
+test('a shard that dies takes its tunnels with it: the other end closes each one (counted), and TLS is served again after the restart', {
+  timeout: T,
+}, async (t) => {
+  const pki = makePki(t);
+  const broker = await startBroker(t, { ...tlsListeners(pki), 'log.level': 'silent' });
+  const port = sslPort(broker);
+  const ids = [0, 1, 2, 3, 4, 5, 6, 7].flatMap((n) => [
+    idOnShard(broker, 0, `d0-${n}`),
+    idOnShard(broker, 1, `d1-${n}`),
+  ]);
+  const clients = await Promise.all(ids.map((clientId) => mqtts(t, port, pki, { clientId })));
+  const opened = broker.counters.snapshot().tunnelsOpened;
+  assert.ok(opened > 0, 'some connections were tunnelled');
+  // Every tunnel runs between shard 0 and shard 1, so shard 0's death ends all of them; the
+  // survivor closes its end of each (the client socket it terminates, or the session it owns).
+  const generation = broker.supervisor.shards[0].generation;
+  broker.supervisor.post(0, { t: 'crash' });
+  await waitFor(() => broker.counters.snapshot().tunnelsLost === opened, `tunnelsLost = ${opened}`);
+  // Clients owned by shard 0 and clients tunnelled through it are all closed.
+  await waitFor(
+    () => ids.every((_, i) => i % 2 === 1 || !clients[i].connected),
+    "shard 0's own clients closed",
+  );
+  await waitFor(
+    () => broker.supervisor.shards[0].generation === generation + 1 && broker.supervisor.accepting,
+    'shard 0 restarted',
+  );
+  const again = await mqtts(t, port, pki, { clientId: idOnShard(broker, 0, 'after-crash') });
+  await again.publishAsync('after/crash', 'x', { qos: 1 });
+});
