@@ -232,3 +232,16 @@ test('a malformed WebSocket frame (reserved opcode, unmasked) closes the connect
   }
   await assertBrokerServes(t, broker);
 });
+
+test('a connection that never sends its upgrade request is closed after listener.connect_timeout', {
+  timeout: T,
+}, async (t) => {
+  const broker = await startBroker(t, { ...WS, 'listener.connect_timeout': 1 });
+  const s = netConnect({ host: '127.0.0.1', port: broker.listenerPorts['ws:default'] });
+  t.after(() => s.destroy());
+  s.on('error', () => {});
+  await once(s, 'connect');
+  s.write('GET /mqtt HTTP/1.1\r\nHost: x\r\n'); // and never the rest
+  await within(once(s, 'close'), 'closed by the broker');
+  await assertBrokerServes(t, broker);
+});

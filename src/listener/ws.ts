@@ -70,11 +70,18 @@ export function attachWebSocket(
     res.end('MQTT over WebSocket: connect with a WebSocket client\n');
   });
   server.on('clientError', (_err, socket: Socket) => socket.destroy());
+  // A connection that never completes its upgrade request is closed after listener.connect_timeout,
+  // as one that never sends CONNECT (checked every second: HTTP_CHECK_MS).
+  server.headersTimeout = cfg['listener.connect_timeout'] * 1000;
+  server.requestTimeout = server.headersTimeout;
 }
+
+/** How often the HTTP server looks for requests past their timeout (Node's default is 30 s). */
+export const HTTP_CHECK_MS = 1000;
 
 /** MQTT over WebSocket (`listeners.ws.default`); carried to its owner shard by a tunnel (tunnel.ts). */
 export function wsServer(a: AcceptorHost): TransportServer {
-  const server = createHttpServer();
+  const server = createHttpServer({ connectionsCheckingInterval: HTTP_CHECK_MS });
   attachWebSocket(a, server, 'ws');
   return { server };
 }
