@@ -1,6 +1,6 @@
 // Starts each broker under test as a child process on a free loopback port and stops it again.
 
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -11,11 +11,17 @@ export type BrokerName = (typeof BROKERS)[number];
 
 export const HOST = '127.0.0.1';
 
+/** How the load generator reaches the broker: plain TCP, MQTT over TLS, MQTT over WebSocket (emqx-ts only). */
+export const TRANSPORTS = ['tcp', 'tls', 'ws'] as const;
+export type Transport = (typeof TRANSPORTS)[number];
+
 /** The broker cannot run here (not built / not installed): reported and skipped, not a failure. */
 export class BrokerUnavailable extends Error {}
 
 export interface Broker {
-  readonly name: BrokerName;
+  /** The broker, plus `/tls` or `/ws` when measured over that transport */
+  readonly name: string;
+  readonly transport: Transport;
   readonly port: number;
   readonly pid: number;
   /** Set when the process exits; a broker exiting during a run is a crash. */
@@ -60,9 +66,10 @@ class ChildBroker implements Broker {
   private lineWaiters: { re: RegExp; resolve: () => void }[] = [];
 
   constructor(
-    readonly name: BrokerName,
+    readonly name: string,
     readonly port: number,
     private readonly proc: ChildProcess,
+    readonly transport: Transport = 'tcp',
   ) {
     this.exited = new Promise((resolve) => {
       proc.once('exit', (code, signal) => {
@@ -141,8 +148,45 @@ export interface StartOptions {
   extraArgs?: readonly string[];
 }
 
-export async function startBroker(name: BrokerName, opts: StartOptions): Promise<Broker> {
+/** A throw-away self-signed certificate for the tls transport (never committed). */
+function benchCert(tmpDir: string): { cert: string; key: string } {
+  const cert = path.join(tmpDir, 'bench.crt');
+  const key = path.join(tmpDir, 'bench.key');
+  if (!existsSync(cert)) {
+    execFileSync(
+      'openssl',
+      [
+        ...'req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost'.split(' '),
+        ...['-keyout', key, '-out', cert],
+      ],
+      { stdio: 'ignore' },
+    );
+  }
+  return { cert, key };
+}
+
+/** emqx-ts flags for a listener of `transport` on `port` (the tcp one stays on its own port). */
+function transportFlags(transport: Transport, port: number, tmpDir: string): string[] {
+  if (transport === 'ws')
+    return ['--listeners.ws.default.enable=true', `--listeners.ws.default.bind=${HOST}:${port}`];
+  const { cert, key } = benchCert(tmpDir);
+  return [
+    `--listeners.ssl.default.bind=${HOST}:${port}`,
+    `--listeners.ssl.default.ssl_options.certfile=${cert}`,
+    `--listeners.ssl.default.ssl_options.keyfile=${key}`,
+  ];
+}
+
+export async function startBroker(
+  name: BrokerName,
+  opts: StartOptions,
+  transport: Transport = 'tcp',
+): Promise<Broker> {
+  if (transport !== 'tcp' && name !== 'emqx-ts') {
+    throw new BrokerUnavailable(`${name}: --transport ${transport} is measured for emqx-ts only`);
+  }
   const port = await freePort();
+  const tcpPort = transport === 'tcp' ? port : await freePort();
   let proc: ChildProcess;
   let ready: 'tcp' | RegExp = 'tcp';
   const stdio: ['ignore', 'pipe', 'pipe'] = ['ignore', 'pipe', 'pipe'];
@@ -158,13 +202,17 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
       // BENCH_EMQX_TS_NODE_ARGS: extra node flags, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to
       // profile every thread of the broker during a scenario (written when it stops).
       const nodeArgs = (process.env.BENCH_EMQX_TS_NODE_ARGS ?? '').split(' ').filter(Boolean);
+      // BENCH_EMQX_TS_ARGS: extra broker flags, e.g. `--shards 1` (no tunnels: the cost of TLS
+      // alone) or `--durability.mode=none` (docs/PERFORMANCE.md).
+      const brokerArgs = (process.env.BENCH_EMQX_TS_ARGS ?? '').split(' ').filter(Boolean);
       proc = spawn(
         process.execPath,
         [
           ...nodeArgs,
           main,
           '--port',
-          String(port),
+          String(tcpPort),
+          ...(transport === 'tcp' ? [] : transportFlags(transport, port, opts.tmpDir)),
           '--host',
           HOST,
           '--log-level',
@@ -174,8 +222,7 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
           // A fresh data dir per start: no sessions or retained messages of an earlier case.
           `--node.data_dir=${mkdtempSync(path.join(opts.tmpDir, 'emqx-ts-data-'))}`,
           ...(opts.extraArgs ?? []),
-          // BENCH_EMQX_TS_ARGS: extra options, e.g. `--durability.mode=none` (docs/PERFORMANCE.md).
-          ...(process.env.BENCH_EMQX_TS_ARGS ?? '').split(' ').filter(Boolean),
+          ...brokerArgs,
         ],
         { cwd: root, stdio },
       );
@@ -224,7 +271,7 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
       break;
     }
   }
-  const broker = new ChildBroker(name, port, proc);
+  const broker = new ChildBroker(transport === 'tcp' ? name : `${name}/${transport}`, port, proc, transport);
   try {
     await broker.waitReady(ready, 20_000);
   } catch (err) {

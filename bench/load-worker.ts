@@ -2,8 +2,10 @@
 // Started through load-worker.mjs because workers do not inherit tsx's hooks.
 
 import net from 'node:net';
+import tls from 'node:tls';
 import { type MessagePort, parentPort } from 'node:worker_threads';
 import hdr from 'hdr-histogram-js';
+import { createWebSocketStream, WebSocket } from 'ws';
 import {
   CONNACK,
   DISCONNECT_FRAME,
@@ -77,6 +79,46 @@ interface Pub {
   progressMs: number;
 }
 
+/**
+ * The connection to the broker by transport. tcp: `onread` reads into one reused buffer (no
+ * Readable stream machinery and no Buffer allocation per read; frames must therefore be fully
+ * handled before the callback returns: the splitter copies any partial frame). tls and ws: the
+ * stream's 'data' chunks (ws: one per WebSocket message, through ws's stream adapter).
+ */
+function openSocket(run: Run, onData: (chunk: Buffer) => void, onOpen: () => void): net.Socket {
+  const { host, port, transport } = run.spec;
+  if (transport === 'tls') {
+    // The bench's own throw-away certificate: not verified.
+    const s = tls.connect({ host, port, rejectUnauthorized: false });
+    s.setNoDelay(true);
+    s.on('secureConnect', onOpen);
+    s.on('data', onData);
+    return s;
+  }
+  if (transport === 'ws') {
+    const ws = new WebSocket(`ws://${host}:${port}/mqtt`, ['mqtt'], { perMessageDeflate: false });
+    const s = createWebSocketStream(ws);
+    ws.on('open', onOpen);
+    s.on('data', onData);
+    // A Duplex offers what Conn uses of a socket (write, end, destroy, drain, close).
+    return s as unknown as net.Socket;
+  }
+  const s = net.connect({
+    host,
+    port,
+    onread: {
+      buffer: READ_BUFFER,
+      callback: (n: number): boolean => {
+        onData(READ_BUFFER.subarray(0, n));
+        return true;
+      },
+    },
+  });
+  s.setNoDelay(true);
+  s.on('connect', onOpen);
+  return s;
+}
+
 class Conn implements FrameSink {
   readonly sock: net.Socket;
   private readonly splitter = new FrameSplitter();
@@ -97,20 +139,11 @@ class Conn implements FrameSink {
     readonly clientId: string,
     clean = true,
   ) {
-    // `onread` reads into one reused buffer: no Readable stream machinery and no Buffer allocation per
-    // read. Frames must therefore be fully handled before the callback returns (the splitter copies
-    // any partial frame).
-    const sock = net.connect({
-      host: run.spec.host,
-      port: run.spec.port,
-      onread: {
-        buffer: READ_BUFFER,
-        callback: (n: number): boolean => {
-          run.onData(this, READ_BUFFER.subarray(0, n));
-          return true;
-        },
-      },
-    });
+    const sock = openSocket(
+      run,
+      (chunk) => run.onData(this, chunk),
+      () => this.write(encodeConnect(clientId, run.spec.keepaliveS)),
+    );
     this.sock = sock;
     sock.setNoDelay(true);
     sock.on('connect', () => this.write(encodeConnect(clientId, run.spec.keepaliveS, clean)));
@@ -555,7 +588,8 @@ class Run {
     });
     for (const c of this.conns) {
       if (c.closed) continue;
-      if (c.sock.readyState === 'open') c.sock.end(DISCONNECT_FRAME);
+      if (c.sock.readyState === 'open' || (c.run.spec.transport === 'ws' && c.connected))
+        c.sock.end(DISCONNECT_FRAME);
       else c.sock.destroy();
     }
     if (this.closedCount < this.conns.length) {

@@ -2,7 +2,7 @@
 //   node --import tsx bench/run.ts [--scenario pairs|fanin|fanout|conn|latency|all] [--qos 0,1,2]
 //     [--payload 64,1024] [--brokers emqx-ts,mosquitto,aedes] [--duration s] [--rounds n]
 //     [--connections n] [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--settle s]
-//     [--out results.json] [--smoke]
+//     [--transport tcp,tls,ws] [--out results.json] [--smoke]
 
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,7 +10,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { BROKERS, type Broker, type BrokerName, BrokerUnavailable, startBroker } from './brokers.js';
+import {
+  BROKERS,
+  type Broker,
+  type BrokerName,
+  BrokerUnavailable,
+  startBroker,
+  TRANSPORTS,
+  type Transport,
+} from './brokers.js';
 import { LoadPool } from './pool.js';
 import { clockTicks } from './procstat.js';
 import { PAYLOAD_HEADER } from './proto.js';
@@ -38,6 +46,8 @@ function cli() {
       rate: { type: 'string', default: '10000' },
       inflight: { type: 'string', default: '1000' },
       window: { type: 'string' },
+      // emqx-ts over MQTT/TLS and MQTT/WebSocket next to plain TCP (docs/ARCHITECTURE.md, transports).
+      transport: { type: 'string', default: 'tcp' },
       out: { type: 'string' },
       smoke: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -60,6 +70,7 @@ if (args.help) {
     'usage: node --import tsx bench/run.ts [--scenario pairs|fanin|fanout|conn|latency|all] [--qos 0,1,2]\n' +
       '  [--payload 64,1024] [--brokers emqx-ts,mosquitto,aedes] [--duration s] [--rounds n] [--connections n]\n' +
       '  [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--settle s] [--out file.json] [--smoke]\n' +
+      '  [--transport tcp,tls,ws]  (emqx-ts only: each transport is measured as its own broker, emqx-ts/tls…)\n' +
       'See docs/PERFORMANCE.md.',
   );
   process.exit(0);
@@ -147,7 +158,14 @@ function buildCases(): CaseSpec[] {
 
 const cases = buildCases();
 const rounds = args.smoke ? 1 : num('rounds', args.rounds, 1);
-const wanted = list('brokers', args.brokers!, BROKERS, (s) => s as BrokerName);
+const wantedBrokers = list('brokers', args.brokers!, BROKERS, (s) => s as BrokerName);
+const transports = list('transport', args.transport!, TRANSPORTS, (s) => s as Transport);
+/** What is measured, in order: each broker over tcp, and emqx-ts over each other transport asked for. */
+const wanted: { label: string; name: BrokerName; transport: Transport }[] = wantedBrokers.flatMap((name) =>
+  transports
+    .filter((tr) => tr === 'tcp' || name === 'emqx-ts')
+    .map((transport) => ({ label: transport === 'tcp' ? name : `${name}/${transport}`, name, transport })),
+);
 
 // Hard stop: every step has its own timeout, this is the backstop so the bench always ends.
 const budgetS =
@@ -169,7 +187,7 @@ const failures: string[] = [];
 const skipped: string[] = [];
 const outcomes: Outcome[] = [];
 const tmpDir = mkdtempSync(path.join(os.tmpdir(), 'emqx-ts-bench-'));
-const brokers = new Map<BrokerName, Broker>();
+const brokers = new Map<string, Broker>();
 // Never leave brokers behind, whatever ends the bench (watchdog, Ctrl-C, kill, uncaught error).
 process.on('exit', () => {
   for (const b of brokers.values()) b.kill();
@@ -182,15 +200,16 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   });
 }
 
-async function start(name: BrokerName): Promise<Broker | null> {
+async function start(label: string): Promise<Broker | null> {
+  const w = wanted.find((x) => x.label === label)!;
   try {
-    const b = await startBroker(name, { repoRoot, tmpDir });
-    brokers.set(name, b);
+    const b = await startBroker(w.name, { repoRoot, tmpDir }, w.transport);
+    brokers.set(label, b);
     return b;
   } catch (err) {
-    brokers.delete(name);
-    if (err instanceof BrokerUnavailable) skipped.push(`${name}: ${err.message}`);
-    else failures.push(`${name}: failed to start: ${(err as Error).message}`);
+    brokers.delete(label);
+    if (err instanceof BrokerUnavailable) skipped.push(`${label}: ${err.message}`);
+    else failures.push(`${label}: failed to start: ${(err as Error).message}`);
     return null;
   }
 }
@@ -238,21 +257,21 @@ function revision(): string {
 async function main(): Promise<void> {
   console.log(`emqx-ts revision ${revision()}, ${new Date().toISOString()}`);
   console.log(
-    `emqx-ts bench: ${cases.length} case(s) x ${rounds} round(s) x brokers [${wanted.join(', ')}]; ` +
+    `emqx-ts bench: ${cases.length} case(s) x ${rounds} round(s) x brokers [${wanted.map((w) => w.label).join(', ')}]; ` +
       `node ${process.version}, ${os.cpus().length} CPUs, CLK_TCK ${clockTicks()}, load ${os
         .loadavg()
         .map((x) => x.toFixed(2))
         .join(' ')}`,
   );
-  const order: BrokerName[] = [];
-  for (const name of wanted) {
+  const order: string[] = [];
+  for (const { label: name } of wanted) {
     const b = await start(name);
     if (b !== null) {
       order.push(name);
       console.log(`started ${name} pid ${b.pid} on 127.0.0.1:${b.port}`);
     }
   }
-  const used = new Set<BrokerName>();
+  const used = new Set<string>();
   let pool = new LoadPool(Math.max(...cases.map((c) => c.threads)));
   for (const c of cases) {
     const key = caseKey(c);

@@ -93,7 +93,7 @@ const MAX_ACK_WINDOW = 100;
 
 let nextRunId = 1 + Math.floor(Math.random() * 1e6);
 
-function plan(c: CaseSpec, port: number): Plan {
+function plan(c: CaseSpec, port: number, transport: RunSpec['transport']): Plan {
   const runId = nextRunId++;
   const pubsBy: PubSpec[][] = [];
   const subsBy: SubSpec[][] = [];
@@ -153,6 +153,7 @@ function plan(c: CaseSpec, port: number): Plan {
       workerId: w,
       host: HOST,
       port,
+      transport,
       qos: c.qos,
       payload: c.payload,
       pubs: pubsOfW,
@@ -238,7 +239,7 @@ function absorb(out: Outcome, results: WorkerResult[]): void {
 
 /** Runs one case against one broker. Throws only if the load threads themselves failed. */
 export async function runCase(pool: LoadPool, broker: Broker, c: CaseSpec, round: number): Promise<Outcome> {
-  const p = plan(c, broker.port);
+  const p = plan(c, broker.port, broker.transport);
   const shared: SharedBuffers = LoadPool.shared(p.pubs);
   const ctrl = new Int32Array(shared.ctrl);
   const stats = new Float64Array(shared.stats);

@@ -20,6 +20,8 @@ export interface RunSpec {
   workerId: number;
   host: string;
   port: number;
+  /** tcp, tls (certificate not verified: the bench's own) or ws (path /mqtt) */
+  transport: 'tcp' | 'tls' | 'ws';
   qos: Qos;
   payload: number;
   pubs: PubSpec[];

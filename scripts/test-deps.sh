@@ -15,6 +15,8 @@ have_paho() {
   done
   return 1
 }
+# test/browser.test.ts loads examples/browser/ in headless Chromium (MQTT over WebSocket).
+have_chromium() { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }
 # node-gyp builds the fd addon (native/) with make and a C/C++ compiler.
 have_compiler() { command -v make >/dev/null 2>&1 && command -v cc >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; }
 
@@ -23,6 +25,7 @@ have_mosquitto || need+=(mosquitto)
 have_clients || need+=(mosquitto-clients)
 have_paho || need+=(python3-paho-mqtt)
 have_compiler || need+=(build-essential)
+have_chromium || need+=(chromium)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 
@@ -33,11 +36,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
   # Check again: a package that installed but did not provide the tool is still a failure.
-  have_mosquitto && have_clients && have_paho && have_compiler && exit 0
+  have_mosquitto && have_clients && have_paho && have_compiler && have_chromium && exit 0
   echo "test-deps: still missing after apt-get install ${need[*]}" >&2
   exit 1
 fi
 echo "test-deps: missing system packages the tests need: ${need[*]}" >&2
 echo "test-deps: run as root:  $cmd" >&2
-echo "test-deps: (on other systems install mosquitto, its clients, python3 paho-mqtt and a C/C++ toolchain)" >&2
+echo "test-deps: (on other systems install mosquitto, its clients, python3 paho-mqtt, Chromium and a C/C++ toolchain)" >&2
 exit 1

@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import mqtt, { type MqttClient } from 'mqtt';
-import { closed, LineReader, TEST_HTTP_FLAGS, within } from './helpers/broker.js';
+import type { MqttClient } from 'mqtt';
+import { clientAt, closed, LineReader, TEST_HTTP_FLAGS, within } from './helpers/broker.js';
 
 /** Per-test hang guard (a whole test on a loaded 2-core CI machine can take 15 s): a broker bug fails the test instead of hanging the run. */
 const T = 60_000;
@@ -74,20 +74,8 @@ function nthLogLine(c: Cli, msg: string, n: number, timeoutMs = 20_000): Promise
   );
 }
 
-async function connectTo(t: Ctx, port: number, clientId: string): Promise<MqttClient> {
-  const c = mqtt.connect({ host: '127.0.0.1', port, protocolVersion: 4, reconnectPeriod: 0, clientId });
-  t.after(() => {
-    c.end(true);
-  });
-  await within(
-    new Promise<void>((resolve, reject) => {
-      c.once('connect', () => resolve());
-      c.once('error', reject);
-    }),
-    `CONNACK for ${clientId}`,
-  );
-  c.on('error', () => {});
-  return c;
+function connectTo(t: Ctx, port: number, clientId: string): Promise<MqttClient> {
+  return clientAt(t, `mqtt://127.0.0.1:${port}`, { protocolVersion: 4, clientId });
 }
 
 /** A QoS 1 round trip through the broker on one client. */

@@ -12,6 +12,7 @@ import { type ApiCredentials, loadOrCreateCredentials } from '../http/credential
 import { metricsHandler } from '../http/metrics-server.js';
 import { boundPort, closeServer, listen } from '../http/util.js';
 import { fdutil, handleFd } from '../listener/fdutil.js';
+import { enabledListeners } from '../listener/listeners.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import { StatsTracker } from '../metrics/emqx.js';
@@ -21,7 +22,13 @@ import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { ensureDataDir } from '../storage/open.js';
 import { RetainedDurability } from '../storage/retained.js';
 import { SysPublisher } from '../sys/publisher.js';
-import type { BrokerPublish, ClusterMember, RetainedRecord, ShardToMain } from '../threads/messages.js';
+import type {
+  BrokerPublish,
+  ClusterMember,
+  ListenerFd,
+  RetainedRecord,
+  ShardToMain,
+} from '../threads/messages.js';
 import { VERSION } from '../version.js';
 import { ShardQueries } from './queries.js';
 import { Supervisor } from './supervisor.js';
@@ -68,6 +75,8 @@ export class Broker implements BrokerView {
   readonly security: MainSecurity;
   /** Bound MQTT port (the listening socket itself lives in the shards' acceptors) */
   private boundPort = 0;
+  /** Bound port per listener id (the listening sockets themselves live in the shards' acceptors) */
+  private readonly ports: Record<string, number> = {};
   private stopped: Promise<void> | null = null;
   // Operating it (metrics, $SYS, health, REST API, reload): see docs/ARCHITECTURE.md.
   readonly startedAt = Date.now();
@@ -147,12 +156,15 @@ export class Broker implements BrokerView {
     } catch (err) {
       // Port in use, address not available…: stop the shards, then a clear error for the CLI.
       await broker.supervisor.stop();
-      const host = broker.config['listener.host'];
-      const port = broker.config['listener.port'];
-      throw new Error(`cannot listen on ${host}:${port} (MQTT): ${(err as Error).message}`);
+      throw err;
     }
     broker.log.info(
-      { host: broker.config['listener.host'], port: broker.port, shards: broker.supervisor.shards.length },
+      {
+        host: enabledListeners(broker.config).find((l) => l.type === 'tcp')?.host,
+        port: broker.port,
+        listeners: broker.listenerPorts,
+        shards: broker.supervisor.shards.length,
+      },
       'listening',
     );
     await broker.startOperations();
@@ -166,18 +178,35 @@ export class Broker implements BrokerView {
    * the main thread. Until every shard accepts, the kernel queues connections in the backlog.
    */
   private async listen(): Promise<void> {
-    const server = createServer();
-    server.listen({
-      port: this.config['listener.port'],
-      host: this.config['listener.host'],
-      backlog: this.config['listener.backlog'],
-    });
-    await once(server, 'listening');
-    const addr = server.address();
-    this.boundPort = addr && typeof addr === 'object' ? addr.port : 0;
-    const fd = fdutil.dup(handleFd(server));
-    server.close();
-    await this.supervisor.listen(fd);
+    const specs = enabledListeners(this.config);
+    if (specs.length === 0) throw new Error('no MQTT listener is enabled (listeners.*.default.enable)');
+    const fds: ListenerFd[] = [];
+    try {
+      for (const spec of specs) {
+        const server = createServer();
+        server.listen({ port: spec.port, host: spec.host, backlog: this.config['listener.backlog'] });
+        try {
+          await once(server, 'listening'); // rejects on 'error'
+        } catch (err) {
+          throw new Error(
+            `cannot listen on ${spec.host}:${spec.port} (MQTT ${spec.id}): ${(err as Error).message}`,
+          );
+        }
+        const addr = server.address();
+        this.ports[spec.id] = addr && typeof addr === 'object' ? addr.port : 0;
+        fds.push({ id: spec.id, fd: fdutil.dup(handleFd(server)) });
+        server.close();
+      }
+    } catch (err) {
+      for (const l of fds) fdutil.close(l.fd);
+      throw err;
+    }
+    await this.supervisor.listen(fds);
+  }
+
+  /** Bound port of each running listener, by id (`tcp:default`, `ssl:default`, `ws:default`, `wss:default`). */
+  get listenerPorts(): Readonly<Record<string, number>> {
+    return this.ports;
   }
 
   /** Metrics/health and REST API servers, $SYS messages, the 1 s stats sample (for the maxima). */
@@ -272,8 +301,9 @@ export class Broker implements BrokerView {
     return diff;
   }
 
+  /** The plain TCP listener's port (0 when it is disabled). */
   get port(): number {
-    return this.boundPort;
+    return this.ports['tcp:default'] ?? 0;
   }
 
   get shardCount(): number {

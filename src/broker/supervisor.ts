@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { RUNNING_TS } from '../paths.js';
 import type { TopicIndex } from '../routing/topic-index.js';
-import type { ClusterInit, MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
+import type { ClusterInit, ListenerFd, MainToShard, ShardInit, ShardToMain } from '../threads/messages.js';
 
 class ShardHandle {
   worker: Worker | null = null;
@@ -42,8 +42,8 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   readonly shards: ShardHandle[];
   private stopping = false;
   private restarts: number[] = [];
-  /** Main's own dup of the listening socket: every shard (and a restarted one) gets a dup of it */
-  private listenFd = -1;
+  /** Main's own dups of the listening sockets (one per listener): every shard (and a restarted one) gets dups of them */
+  private listenFds: ListenerFd[] = [];
   private onListening: ((err?: Error) => void) | null = null;
   /** The cluster thread, when cluster.discovery is not none (src/cluster/thread.ts) */
   readonly cluster: ClusterThread | null = null;
@@ -163,7 +163,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
           shard.ready = true;
           this.log.info({ shard: shard.id, generation, ms: Date.now() - shard.startedAt }, 'shard ready');
           // A restarted shard accepts again (the first start waits for listen()).
-          if (this.listenFd >= 0 && !this.stopping) this.postListen(shard);
+          if (this.listenFds.length > 0 && !this.stopping) this.postListen(shard);
           resolve();
           return;
         }
@@ -240,11 +240,11 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   }
 
   /**
-   * Shares the listening socket with every shard: each accepts on its own dup of `fd` (which
+   * Shares the listening sockets with every shard: each accepts on its own dups of the fds (which
    * the supervisor now owns). Resolves when all of them accept.
    */
-  listen(fd: number): Promise<void> {
-    this.listenFd = fd;
+  listen(fds: ListenerFd[]): Promise<void> {
+    this.listenFds = fds;
     return new Promise((resolve, reject) => {
       this.onListening = (err) => {
         this.onListening = null;
@@ -268,19 +268,22 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
 
   /** Every live shard accepts (false while one is restarting: it queues in the backlog). */
   get accepting(): boolean {
-    return this.listenFd >= 0 && this.shards.every((s) => s.listening);
+    return this.listenFds.length > 0 && this.shards.every((s) => s.listening);
   }
 
   private postListen(shard: ShardHandle): void {
-    let fd: number;
+    const listeners: ListenerFd[] = [];
     try {
-      fd = fdutil.dup(this.listenFd);
+      for (const l of this.listenFds) {
+        const fd = fdutil.dup(l.fd);
+        shard.listenFds.push(fd);
+        listeners.push({ id: l.id, fd });
+      }
     } catch (err) {
       this.emit('fatal', `cannot share the listening socket: ${(err as Error).message}`);
       return;
     }
-    shard.listenFds.push(fd);
-    this.post(shard, { t: 'listen', fd });
+    this.post(shard, { t: 'listen', listeners });
   }
 
   post(shard: ShardHandle | number, msg: MainToShard, transfer?: MessagePort[]): void {
@@ -313,9 +316,6 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
           }),
       ),
     );
-    if (this.listenFd >= 0) {
-      fdutil.close(this.listenFd);
-      this.listenFd = -1;
-    }
+    for (const l of this.listenFds.splice(0)) fdutil.close(l.fd);
   }
 }

@@ -32,6 +32,8 @@ export interface ConnectReaderOptions {
   retainAvailable?: boolean;
   log: Logger;
   counters: Counters;
+  /** The client's address for the log when the socket's peer is a proxy (PROXY protocol) */
+  remote?: string;
 }
 
 /**
@@ -61,7 +63,8 @@ export function readConnect(
     opts.counters.row[Counter.connectRejected]++;
     if (violation !== undefined) opts.counters.row[violation]++;
     if (reply) countReply(opts.counters.row, reply);
-    opts.log.info({ remote: `${socket.remoteAddress}:${socket.remotePort}`, reason }, 'connection refused');
+    const remote = opts.remote ?? `${socket.remoteAddress}:${socket.remotePort}`;
+    opts.log.info({ remote, reason }, 'connection refused');
     if (reply) socket.end(reply);
     else socket.destroy();
     // The CONNACK gets a grace period to be read, then the connection is closed [MQTT-3.2.2-5]:

@@ -120,6 +120,21 @@ export const Counter = {
   outboxReplayed: 207, // cross-shard batches re-sent to a restarted shard from the outbox
   outboxDuplicates: 208, // replayed batches a shard had committed already (skipped)
   storeAcksHeld: 209, // QoS 1/2 acks held until their turn's commit (sync mode)
+  // Transports (issue #13): 180..199, src/listener/.
+  tlsHandshakeErrors: 180, // TLS handshakes that failed (not TLS, bad or missing client certificate, timeout)
+  tlsPeerCertRefused: 181, // handshakes done but the client certificate refused (verify_peer)
+  wsUpgradeRefused: 182, // HTTP requests on a WebSocket listener not upgraded (path, method, headers)
+  wsProtocolErrors: 183, // WebSocket connections closed for bad frames, text frames or oversized messages
+  proxyProtocolErrors: 184, // connections closed for a missing, malformed or late PROXY header
+  tunnelsOpened: 185, // TLS/WS connections whose owner is another shard: carried over the peer port
+  tunnelBytesToOwner: 186, // bytes a terminating shard carried to owner shards
+  tunnelBytesFromOwner: 187, // bytes owner shards sent back through the terminating shard
+  tunnelBatches: 188, // tunnel batches posted (one per peer per turn with traffic)
+  tunnelsLost: 189, // tunnelled connections closed because the shard at the other end died
+  listenerConnectionsRefusedMax: 190, // refused: the listener's own max_connections reached
+  tlsCertReloads: 191, // certificate files re-read on SIGHUP (per shard and listener)
+  tlsCertReloadErrors: 192, // SIGHUP certificate reloads that failed (old certificates kept)
+  // 195..198: gauges of live connections per listener (tcp, ssl, ws, wss) on this shard: LISTENER_GAUGES
 } as const;
 
 export type CounterName = keyof typeof Counter;
@@ -159,6 +174,10 @@ export interface CountersShared {
 
 /** Connections over all shards, for listener.max_connections (every shard accepts). */
 export const LIVE_CONNECTIONS = 0;
+/** Connections per listener (tcp, ssl, ws, wss: cells 1..4), for listeners.*.default.max_connections */
+export const LISTENER_CONNECTIONS = 1;
+/** Row cells 195..198: this shard's live connections per listener (same order as the cells above) */
+export const LISTENER_GAUGES = 195;
 
 export class Counters {
   readonly row: Float64Array;
@@ -178,7 +197,7 @@ export class Counters {
   /** Row 0 is the main thread's; row i+1 is shard i's. */
   static create(rows: number): Counters {
     const sab = new SharedArrayBuffer(rows * COUNTER_SLOTS * 8);
-    return new Counters({ sab, rows, atomics: new SharedArrayBuffer(4 * 4) }, 0);
+    return new Counters({ sab, rows, atomics: new SharedArrayBuffer(8 * 4) }, 0);
   }
 
   static attach(shared: CountersShared, rowIndex: number): Counters {
@@ -194,6 +213,10 @@ export class Counters {
     }
     // A dead shard's connections closed with it: they no longer count against the limit.
     Atomics.sub(this.atomics, LIVE_CONNECTIONS, this.all[base + Counter.connections]);
+    for (let l = 0; l < 4; l++) {
+      Atomics.sub(this.atomics, LISTENER_CONNECTIONS + l, this.all[base + LISTENER_GAUGES + l]);
+      this.all[base + LISTENER_GAUGES + l] = 0;
+    }
     this.all[base + Counter.connections] = 0;
     this.all[base + Counter.sessions] = 0;
     this.all[base + Counter.subscriptions] = 0;

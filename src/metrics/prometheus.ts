@@ -11,6 +11,7 @@ import type { TopicIndex, TopicIndexStats } from '../routing/topic-index.js';
 import { DURABLE_COUNTERS } from '../storage/metrics.js';
 import { Counter, type Counters, HANDOFF_BUCKETS, HANDOFF_BUCKETS_S } from './counters.js';
 import { EMQX_METRICS, EMQX_STATS, promName, type StatsTracker } from './emqx.js';
+import { listenerGauge, TRANSPORT_COUNTERS } from './transport-metrics.js';
 
 export interface PrometheusSources {
   counters: Counters;
@@ -286,7 +287,7 @@ export function createRegistry(src: PrometheusSources): Registry {
     ],
     ...DURABLE_COUNTERS,
   ];
-  for (const [name, help, idx] of own) {
+  for (const [name, help, idx] of [...own, ...TRANSPORT_COUNTERS]) {
     new PromCounter({
       name,
       help,
@@ -299,6 +300,7 @@ export function createRegistry(src: PrometheusSources): Registry {
   }
   registry.registerMetric(handoffHistogram(counters) as unknown as Metric);
   if (src.indexes) topicIndexGauges(src.indexes, registers);
+  listenerGauge(counters, registers);
 
   // Process metrics of the main thread (CPU, memory, event-loop lag, GC).
   collectDefaultMetrics({ register: registry });

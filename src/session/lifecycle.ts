@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { authenticate } from '../auth/connect.js';
 import type { ClientAuth } from '../authz/authorize.js';
 import type { Delivery } from '../delivery/deliver.js';
+import { admitToListener, leaveListener } from '../listener/limits.js';
 import { Counter, LIVE_CONNECTIONS, observeHandoff } from '../metrics/counters.js';
 import { encodeAck, encodeConnack, encodeConnackV5, type WillMessage } from '../protocol/codec.js';
 import { PacketType } from '../protocol/constants.js';
@@ -56,14 +57,20 @@ export class SessionLifecycle {
     // listener.max_connections over all shards: one Atomics counter, since every shard accepts.
     const max = this.s.config['listener.max_connections'];
     const live = Atomics.add(this.s.counters.atomics, LIVE_CONNECTIONS, 1);
-    if (max > 0 && live >= max) {
+    const globalFull = max > 0 && live >= max;
+    if (globalFull || !admitToListener(this.s.counters, this.s.config, h.listenerIndex ?? 0)) {
       Atomics.sub(this.s.counters.atomics, LIVE_CONNECTIONS, 1);
-      row[Counter.connectionsRefusedMax]++;
+      const n = globalFull
+        ? ++row[Counter.connectionsRefusedMax]
+        : row[Counter.listenerConnectionsRefusedMax];
       row[Counter.packetsConnackError]++;
-      if (row[Counter.connectionsRefusedMax] % 1000 === 1)
+      if (n % 1000 === 1)
         this.s.log.warn(
-          { clientId: c.clientId, max, refusedSoFar: row[Counter.connectionsRefusedMax] },
-          'connection refused: listener.max_connections reached (logged once per 1000 per shard)',
+          {
+            clientId: c.clientId,
+            limit: globalFull ? 'listener.max_connections' : `${h.listener}.max_connections`,
+          },
+          'connection refused: max_connections reached (logged once per 1000 per shard)',
         );
       // 0x97 Quota exceeded (MQTT 5) / 0x03 Server unavailable (MQTT 3), then close.
       socket.end(v5 ? encodeConnackV5(0x97) : encodeConnack(false, 3));
@@ -214,6 +221,7 @@ export class SessionLifecycle {
     const row = this.s.counters.row;
     row[Counter.connections]--;
     Atomics.sub(this.s.counters.atomics, LIVE_CONNECTIONS, 1);
+    leaveListener(this.s.counters, conn.listenerIndex);
     row[Counter.clientDisconnected]++;
     if (this.s.log.isLevelEnabled('info'))
       this.s.log.info(

@@ -21,6 +21,8 @@ export interface SessionConnection {
   readonly username: string | null;
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /** `tcp:default`, `ssl:default`…: the listener the client came in on */
+  readonly listener: string;
   readonly protocolName: string;
   readonly protocolVersion: number;
   readonly connectedAt: number;

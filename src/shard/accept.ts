@@ -3,8 +3,16 @@ import { Socket } from 'node:net';
 import { type AcceptedConnection, Acceptor } from '../listener/acceptor.js';
 import { shardOf } from '../listener/client-id.js';
 import { fdutil, handleFd } from '../listener/fdutil.js';
+import { enabledListeners } from '../listener/listeners.js';
+import { Tunnels } from '../listener/tunnel.js';
 import { Counter } from '../metrics/counters.js';
-import type { ConnectionOrigin, Handoff, ShardToShard } from '../threads/messages.js';
+import type {
+  ConnectionOrigin,
+  Handoff,
+  ListenerFd,
+  ShardToShard,
+  TunnelBatch,
+} from '../threads/messages.js';
 import type { MainLink, ShardState } from './state.js';
 
 /** [fd, inode of the socket it refers to] (inode 0 when it cannot be read: never closed then). */
@@ -38,8 +46,10 @@ export interface AcceptDeps {
  * owner died before adopting.
  */
 export class ConnectionAccept {
-  /** Accepts on the shared listening socket (after main's `listen`) */
-  private acceptor: Acceptor | null = null;
+  /** One per listener, on the listening sockets main shares (after main's `listen`) */
+  private acceptors: Acceptor[] = [];
+  /** TLS/WebSocket connections terminated here for another owner, and the reverse */
+  private readonly tunnels: Tunnels;
   /** Accepted connections owned by another shard, posted at the end of the turn (per shard) */
   private readonly outHandoffs: Handoff[][];
   /** Some handoff waits: flush at the end of the turn */
@@ -55,19 +65,35 @@ export class ConnectionAccept {
   ) {
     this.outHandoffs = s.peers.map(() => []);
     this.sentHandoffs = s.peers.map(() => new Map());
+    this.tunnels = new Tunnels({
+      peers: s.peers,
+      counters: s.counters,
+      log: s.log,
+      markPending: () => {
+        this.handoffsPending = true;
+        this.d.scheduleTurnEnd();
+      },
+      attach: (socket, origin) => this.d.attach(socket, origin),
+    });
   }
 
-  /** Starts accepting on the listening socket main shares with every shard. */
-  listen(fd: number): void {
-    this.acceptor?.close();
-    const acceptor = new Acceptor(fd, {
+  /** Starts accepting on the listening sockets main shares with every shard (one acceptor per listener). */
+  listen(listeners: ListenerFd[]): void {
+    for (const a of this.acceptors) a.close();
+    const specs = enabledListeners(this.s.config);
+    const opts = {
       config: this.s.config,
       log: this.s.log,
       counters: this.s.counters,
-      onConnection: (a) => this.onAccepted(a),
-    });
-    this.acceptor = acceptor;
-    acceptor.listen().then(
+      onConnection: (a: AcceptedConnection) => this.onAccepted(a),
+    };
+    this.acceptors = [];
+    for (const l of listeners) {
+      const spec = specs.find((x) => x.id === l.id);
+      if (spec) this.acceptors.push(new Acceptor(l.fd, spec, opts));
+      else this.s.log.error({ listener: l.id }, 'listening socket for a listener this shard does not know');
+    }
+    Promise.all(this.acceptors.map((a) => a.listen())).then(
       () => this.main.postMessage({ t: 'listening' }),
       (err: Error) => {
         this.s.log.error({ err }, 'cannot accept on the listening socket');
@@ -76,14 +102,19 @@ export class ConnectionAccept {
     );
   }
 
-  /** SIGHUP: the acceptor's limits follow the configuration. */
+  /** SIGHUP: the acceptors' limits follow the configuration; TLS certificates are re-read. */
   reconfigure(): void {
-    this.acceptor?.reconfigure();
+    for (const a of this.acceptors) a.reconfigure();
+  }
+
+  /** Tunnel records from a peer (listener/tunnel.ts). */
+  onTunnel(peer: number, m: TunnelBatch): void {
+    this.tunnels.onBatch(peer, m.opens, m.buf, m.len);
   }
 
   /** A (re)started peer: connections accepted for it while it was down go now. */
   onPeer(shard: number): void {
-    if (this.outHandoffs[shard].length > 0) this.flushHandoffs();
+    if (this.outHandoffs[shard].length > 0 || this.tunnels.pending) this.flushHandoffs();
   }
 
   /**
@@ -96,7 +127,12 @@ export class ConnectionAccept {
       this.d.attach(a.socket, a);
       return;
     }
-    const { socket, ...origin } = a;
+    const { socket, transport, ...origin } = a;
+    if (transport !== 'tcp') {
+      // TLS/WebSocket state cannot move to another thread: this shard keeps the socket.
+      this.tunnels.open(owner, socket, origin);
+      return;
+    }
     let fd = -1;
     try {
       fd = fdutil.dup(handleFd(socket));
@@ -114,6 +150,7 @@ export class ConnectionAccept {
   /** Posts accepted connections to their owners, one message per owner (down owners wait). */
   flushHandoffs(): void {
     this.handoffsPending = false;
+    if (this.tunnels.pending) this.tunnels.flush();
     for (let s = 0; s < this.outHandoffs.length; s++) {
       const conns = this.outHandoffs[s];
       const port = this.s.peers[s];
@@ -137,6 +174,7 @@ export class ConnectionAccept {
    * so it is closed here and the client sees the connection close instead of hanging.
    */
   closeUnadopted(owner: number): void {
+    this.tunnels.peerDown(owner);
     const sent = this.sentHandoffs[owner];
     let closed = 0;
     for (const pairs of sent.values()) {
@@ -197,8 +235,8 @@ export class ConnectionAccept {
 
   /** No new clients; accepted for a peer but not posted yet: closed (they reconnect elsewhere). */
   stopAccepting(): void {
-    this.acceptor?.close();
-    this.acceptor = null;
+    for (const a of this.acceptors) a.close();
+    this.acceptors = [];
     for (const list of this.outHandoffs) {
       for (const h of list) fdutil.close(h.fd);
       list.length = 0;

@@ -89,6 +89,10 @@ export class Connection implements FrameSink {
   readonly connectedAt = Date.now();
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /** The listener it came in on (`tcp:default`…; cell index for its connection count) */
+  readonly listener: string;
+  readonly listenerIndex: number;
+  private readonly originPort: number;
   readonly username: string | null;
   readonly protocolName: string;
   readonly keepalive: number;
@@ -122,6 +126,9 @@ export class Connection implements FrameSink {
     this.protocolVersion = handoff.connect.protocolVersion;
     this.remoteAddress = handoff.remoteAddress;
     this.remotePort = handoff.remotePort;
+    this.listener = handoff.listener ?? 'tcp:default';
+    this.listenerIndex = handoff.listenerIndex ?? 0;
+    this.originPort = handoff.localPort ?? 0;
     this.username = handoff.connect.username;
     this.protocolName = handoff.connect.protocolName;
     const c = handoff.connect;
@@ -158,9 +165,9 @@ export class Connection implements FrameSink {
     if (this.logger) this.logger.level = level;
   }
 
-  /** Read when asked (REST API, $SYS events): a getsockname call each time. */
+  /** Read when asked (REST API, $SYS events): a getsockname call each time (the acceptor's for a tunnel). */
   get localPort(): number {
-    return this.socket.localPort ?? 0;
+    return this.socket.localPort ?? this.originPort;
   }
 
   /** Starts reading: first the bytes the acceptor read after CONNECT, then the socket. */

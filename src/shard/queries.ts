@@ -91,6 +91,7 @@ function clientInfo(shard: QueryHost, s: Session): ClientInfo {
     connected: c !== null,
     ip_address: c?.remoteAddress ?? '',
     port: c?.remotePort ?? 0,
+    listener: c?.listener ?? '',
     keepalive: c?.keepalive ?? 0,
     clean_start: s.clean,
     proto_name: c?.protocolName ?? 'MQTT',

@@ -159,6 +159,7 @@ export class Shard implements BatchVisitor, ShardState {
           port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
           this.accept.adoptAll(m.conns);
         } else if (m.t === 'adopted') this.accept.onAdopted(i, m.seq);
+        else if (m.t === 'tunnel') this.accept.onTunnel(i, m);
         else if (m.t === 'sharedJoin')
           this.shared.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
         else if (m.t === 'sharedJoined') this.relay.onSharedJoined(m.reqId, m.ok !== false);
@@ -184,7 +185,7 @@ export class Shard implements BatchVisitor, ShardState {
   private onMainMessage(msg: MainToShard): void {
     switch (msg.t) {
       case 'listen':
-        this.accept.listen(msg.fd);
+        this.accept.listen(msg.listeners);
         break;
       case 'peer':
         this.peers[msg.shard]?.close();

@@ -121,6 +121,17 @@ export interface ConnectionOrigin {
   remotePort: number;
   /** hrtime (ns) when the socket was accepted, for handoff latency */
   acceptedAt: number;
+  /** The listener it came in on (`tcp:default`…) and that listener's connection-count cell */
+  listener?: string;
+  listenerIndex?: number;
+  /** The broker's port the client connected to (the terminating shard's, for a tunnel) */
+  localPort?: number;
+}
+
+/** A listening socket of one listener (`tcp:default`, `ssl:default`…), shared with a shard. */
+export interface ListenerFd {
+  id: string;
+  fd: number;
 }
 
 /** A connection accepted by one shard and owned by another (client id hash), sent as an fd. */
@@ -130,8 +141,8 @@ export interface Handoff extends ConnectionOrigin {
 }
 
 export type MainToShard =
-  /** Accept on (a dup of) the listening socket; the fd stays main's, closed when the thread exits */
-  | { t: 'listen'; fd: number }
+  /** Accept on (dups of) the listening sockets; the fds stay main's, closed when the thread exits */
+  | { t: 'listen'; listeners: ListenerFd[] }
   | { t: 'peer'; shard: number; port: MessagePort }
   /** The (re)started cluster thread's port */
   | { t: 'cluster'; port: MessagePort }
@@ -229,13 +240,27 @@ export interface PeerAdopted {
   seq: number;
 }
 
+/** A TLS/WebSocket connection terminated by the sender and owned by the receiver (listener/tunnel.ts). */
+export interface TunnelOpen extends ConnectionOrigin {
+  id: number;
+}
+
+/** Tunnel opens and records (listener/tunnel.ts), one transferred buffer per turn. */
+export interface TunnelBatch {
+  t: 'tunnel';
+  opens: TunnelOpen[];
+  buf: ArrayBuffer;
+  len: number;
+}
+
 export type ShardToShard =
   | PeerBatch
   | PeerBatchCommitted
   | SharedMembership
   | SharedJoined
   | PeerAdopt
-  | PeerAdopted;
+  | PeerAdopted
+  | TunnelBatch;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {
@@ -254,6 +279,8 @@ export interface ClientInfo {
   connected: boolean;
   ip_address: string;
   port: number;
+  /** The listener it is connected through (`tcp:default`, `ssl:default`…) */
+  listener: string;
   keepalive: number;
   clean_start: boolean;
   proto_name: string;

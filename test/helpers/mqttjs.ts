@@ -42,6 +42,28 @@ async function connectMqtt(
   return { c, connack };
 }
 
+/**
+ * Connects an mqtt.js client to a URL (ws://, wss://, mqtts://…; no auto-reconnect, closed at
+ * the end of the test) and waits for CONNACK; rejects when refused or closed first.
+ */
+export async function clientAt(t: Ctx, url: string, opts: IClientOptions = {}): Promise<MqttClient> {
+  const c = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: HANG_GUARD_MS, ...opts });
+  t.after(() => {
+    c.end(true);
+  });
+  await within(
+    new Promise<void>((resolve, reject) => {
+      c.once('connect', () => resolve());
+      c.once('error', reject);
+      c.once('close', () => reject(new Error('closed before CONNACK')));
+    }),
+    `CONNACK from ${url}`,
+  );
+  c.removeAllListeners('error');
+  c.on('error', () => {});
+  return c;
+}
+
 /** Connects an mqtt.js client (MQTT 3.1.1, no auto-reconnect) and waits for CONNACK. */
 export async function client(t: Ctx, broker: Broker, opts: IClientOptions = {}): Promise<MqttClient> {
   return (await connectMqtt(t, broker, 4, opts)).c;
