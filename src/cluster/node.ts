@@ -12,7 +12,7 @@ import type { TopicIndex } from '../routing/topic-index.js';
 import type { ClusterMember, ClusterToShard, ShardToCluster } from '../threads/messages.js';
 import { VERSION } from '../version.js';
 import { entryEnd } from './codec.js';
-import { advertiseHost, discover, hostPort } from './discovery.js';
+import { advertiseHost, createDiscovery, type Discovery, hostPort } from './discovery.js';
 import { ForwardStream } from './forward.js';
 import type { ForwardBatch, NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
@@ -48,6 +48,7 @@ export class ClusterNode {
   private readonly downAfterMs: number;
   private stopping = false;
   private lastMembers = '';
+  private readonly discovery: Discovery;
 
   constructor(
     private readonly config: Config,
@@ -62,6 +63,7 @@ export class ClusterNode {
     this.peers = new PeerTable(remoteIndex);
     this.local = new LocalRoutes(localIndex);
     this.downAfterMs = config['cluster.down_after'] * 1000;
+    this.discovery = createDiscovery(config, log);
   }
 
   /** Listens; resolves with the bound port. */
@@ -85,6 +87,10 @@ export class ClusterNode {
     this.address = hostPort(advertiseHost(this.config), port);
     this.selfAddresses.add(this.address);
     this.local.scan();
+    // Not awaited: a slow API server (k8s) must not hold up the cluster service.
+    void this.discovery.start().catch((err: Error) => {
+      this.log.error({ err: err.message }, 'cluster discovery failed to start');
+    });
     const every = (ms: number, fn: () => void) => this.timers.push(setInterval(fn, ms));
     this.scheduleScan(ROUTE_SCAN_MS);
     every(JOIN_EVERY_MS, () => void this.joinRound());
@@ -253,7 +259,7 @@ export class ClusterNode {
   private async joinRound(): Promise<void> {
     if (this.stopping) return;
     try {
-      for (const a of await discover(this.config)) if (!this.selfAddresses.has(a)) this.contacts.add(a);
+      for (const a of await this.discovery.addresses()) if (!this.selfAddresses.has(a)) this.contacts.add(a);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cluster discovery failed');
     }
@@ -543,6 +549,7 @@ export class ClusterNode {
   async stop(): Promise<void> {
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
+    void this.discovery.stop();
     if (this.scanTimer) clearTimeout(this.scanTimer);
     const leaves: Promise<unknown>[] = [];
     for (const p of this.peers.byName.values()) {

@@ -369,8 +369,8 @@ export const SCHEMA = {
   'cluster.discovery': {
     type: 'string',
     default: 'none',
-    choices: ['none', 'static', 'dns'],
-    doc: 'How nodes find each other: none (single node, no cluster thread), static (cluster.static.seeds), dns (A or SRV records of cluster.dns.name). k8s is not implemented yet',
+    choices: ['none', 'static', 'dns', 'k8s'],
+    doc: 'How nodes find each other: none (single node, no cluster thread), static (cluster.static.seeds), dns (A or SRV records of cluster.dns.name), k8s (EndpointSlices of the service cluster.k8s.service, list + watch)',
   },
   'cluster.static.seeds': {
     type: 'string',
@@ -387,6 +387,21 @@ export const SCHEMA = {
     default: 'a',
     choices: ['a', 'srv'],
     doc: 'dns discovery: A/AAAA records (peers on cluster.port) or SRV records (target and port)',
+  },
+  'cluster.k8s.service': {
+    type: 'string',
+    default: '',
+    doc: 'k8s discovery: the (headless) service whose EndpointSlices list the nodes (label kubernetes.io/service-name); needs get/list/watch on discovery.k8s.io endpointslices (k8s/emqx-ts.yaml)',
+  },
+  'cluster.k8s.namespace': {
+    type: 'string',
+    default: '',
+    doc: "k8s discovery: the service's namespace; empty = the pod's service account namespace (or the KUBECONFIG context's), else default",
+  },
+  'cluster.k8s.port_name': {
+    type: 'string',
+    default: 'cluster',
+    doc: 'k8s discovery: name of the EndpointSlice port that is the cluster service; a slice without it means cluster.port',
   },
   'cluster.port': {
     type: 'number',
