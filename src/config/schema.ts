@@ -428,6 +428,13 @@ export const SCHEMA = {
     max: 3600,
     doc: 'Seconds without a heartbeat after which a peer is down: its routes are dropped until it rejoins',
   },
+  'cluster.forward_ack_timeout': {
+    type: 'number',
+    default: 5,
+    min: 0.1,
+    max: 3600,
+    doc: 'Seconds a forwarded batch may wait for the peer to accept it; past it the stream is deemed stalled and reopened, and the held acks of its QoS 1/2 publishes go as failed (MQTT 5: reason 0x80). Reloadable',
+  },
   'cluster.max_inflight_bytes': {
     type: 'number',
     integer: true,

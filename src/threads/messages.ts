@@ -94,8 +94,12 @@ export interface ShardToCluster {
 /** Publishes received from a peer node, for this shard to route to local subscribers only. */
 export type ClusterToShard =
   | { t: 'forwarded'; buf: ArrayBuffer; len: number; count: number }
-  /** Every peer batch `seq` went to has accepted it (or is down): its held PUBACK/PUBRECs go. */
-  | { t: 'forwardAcked'; seq: number };
+  /**
+   * Every peer batch `seq` went to has accepted it (or is known down), code 0; or some part was
+   * lost (0x80: stream broken or stalled) or refused (0x97: peer queue full). Its held
+   * PUBACK/PUBRECs go, with that reason code to MQTT 5 publishers.
+   */
+  | { t: 'forwardAcked'; seq: number; code: number };
 
 /** A retained message as stored by main and returned to shards. */
 export interface RetainedRecord {
