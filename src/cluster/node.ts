@@ -4,7 +4,8 @@ import type { AddressInfo } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
-import type { Config } from '../config/schema.js';
+import { RESTART_ONLY } from '../config/reload.js';
+import type { Config, OptionKey } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { topicFilterError } from '../protocol/topic.js';
@@ -45,7 +46,8 @@ export class ClusterNode {
   private readonly contacts = new Set<string>();
   private readonly selfAddresses = new Set<string>();
   private readonly timers: NodeJS.Timeout[] = [];
-  private readonly downAfterMs: number;
+  private downAfterMs: number;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   private lastMembers = '';
   private readonly discovery: Discovery;
@@ -96,12 +98,44 @@ export class ClusterNode {
     const every = (ms: number, fn: () => void) => this.timers.push(setInterval(fn, ms));
     this.scheduleScan(ROUTE_SCAN_MS);
     every(JOIN_EVERY_MS, () => void this.joinRound());
-    every(Math.max(50, Math.min(1000, this.downAfterMs / 5)), () => this.heartbeatRound());
+    this.armHeartbeats();
     every(1000, () => this.reportMembers(true));
     this.data.start();
     void this.joinRound();
     this.log.info({ node: this.name, address: this.address }, 'cluster service listening');
     return port;
+  }
+
+  /** Heartbeats every down_after/5 (≤ 1 s), re-armed when a reload changes down_after. */
+  private armHeartbeats(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    const every = Math.max(50, Math.min(1000, this.downAfterMs / 5));
+    this.heartbeatTimer = setInterval(() => this.heartbeatRound(), every);
+  }
+
+  /**
+   * SIGHUP reached this thread: main sends its whole config with only the reloadable options
+   * changed (config/reload.ts keeps cluster.discovery, port, listen_host, advertise and k8s.*
+   * for a restart). What applies at once: down_after (heartbeat period and down detection),
+   * forward_ack_timeout, max_inflight_bytes and max_queue_bytes (open streams too), static
+   * seeds and dns name/record type (read by the next join round), log.level. Returns the
+   * options that changed here.
+   */
+  reconfigure(next: Config): string[] {
+    const changed: string[] = [];
+    const cfg = this.config as Record<string, unknown>;
+    for (const [k, v] of Object.entries(next)) {
+      // Restart-only options stay as this thread started (a restarted thread's own port too).
+      if (cfg[k] !== v && !RESTART_ONLY.has(k as OptionKey)) {
+        changed.push(k);
+        cfg[k] = v;
+      }
+    }
+    this.downAfterMs = this.config['cluster.down_after'] * 1000;
+    if (this.heartbeatTimer) this.armHeartbeats();
+    this.data.reconfigure(this.config);
+    this.counters.row[Counter.clusterReloads]++;
+    return changed;
   }
 
   addShard(shard: number, port: MessagePort): void {
@@ -443,6 +477,7 @@ export class ClusterNode {
     this.stopping = true;
     this.data.stop();
     for (const t of this.timers) clearInterval(t);
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     void this.discovery.stop();
     if (this.scanTimer) clearTimeout(this.scanTimer);
     const leaves: Promise<unknown>[] = [];

@@ -72,13 +72,16 @@ export type MainToCluster =
   /** A (re)started shard's port to the cluster thread */
   | { t: 'shard'; shard: number; port: MessagePort }
   /** Tell peers we leave, then end */
-  | { t: 'shutdown' };
+  | { t: 'shutdown' }
+  /** SIGHUP: the reloaded configuration (restart-only options unchanged); answered `reconfigured` */
+  | { t: 'reconfigure'; config: Config };
 
 export type ClusterToMain =
   | { t: 'ready'; generation: number; port: number }
   | { t: 'listenFailed'; error: string }
   /** Sent on every membership change and once a second */
   | { t: 'members'; members: ClusterMember[] }
+  | { t: 'reconfigured' }
   | { t: 'shutdownDone' };
 
 /** Publishes for remote nodes: cluster/codec.ts entries, each after a u32 mask of peer slots. */

@@ -31,6 +31,8 @@ export interface NodeOptions {
   clusterPort?: number;
   /** More CLI flags */
   args?: string[];
+  /** A JSON config file (--config): what SIGHUP re-reads */
+  config?: string;
   /** More environment variables (e.g. KUBECONFIG) */
   env?: Record<string, string>;
 }
@@ -125,6 +127,7 @@ export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
     '--cluster.advertise=127.0.0.1',
     `--cluster.down_after=${opts.downAfter ?? 2}`,
     ...(seeds ? [`--cluster.static.seeds=${seeds}`] : []),
+    ...(opts.config ? [`--config=${opts.config}`] : []),
     ...(opts.args ?? []),
   ];
   const child = spawn(process.execPath, args, {
