@@ -144,14 +144,27 @@ export class DataPlane {
   }
 
   /**
-   * A shard's batch: each entry is copied to the writer of every peer in its mask. With a
-   * `seq`, the shard holds QoS 1/2 acks until every peer it went to has accepted its part
-   * (or is gone): one `forwardAcked` when the last part is done, with the worst outcome.
+   * A shard's batch: each entry is copied to the writer of every peer in its mask; the writers
+   * go to the streams once per event-loop turn, so shard batches that arrive together (several
+   * shards, or a thread that was descheduled) leave as one gRPC message per peer. With a `seq`,
+   * the shard holds QoS 1/2 acks until every peer its batch went to has accepted its part (or
+   * is gone): one `forwardAcked` when the last part is done, with the worst outcome.
    */
   onShardForward(m: ShardToCluster, port: MessagePort): void {
     const b = Buffer.from(m.buf, 0, m.len);
     const slots = this.peers.bySlot;
-    let lost = false;
+    const serial = ++this.serial;
+    const seq = m.seq;
+    let parts = 1;
+    let worst = ACCEPTED;
+    const done: BatchDone | null =
+      seq > 0
+        ? (code) => {
+            if (code > worst) worst = code;
+            if (--parts === 0)
+              port.postMessage({ t: 'forwardAcked', seq, code: worst } satisfies ClusterToShard);
+          }
+        : null;
     let p = 0;
     while (p < m.len) {
       let mask = b.readUInt32LE(p);
@@ -164,34 +177,54 @@ export class DataPlane {
         if (!peer?.stream) {
           // Its stream is between two (broken, reopening) or it is rejoining: lost, not accepted.
           this.counters.row[Counter.forwardDropped]++;
-          lost = true;
+          worst = LOST;
           continue;
         }
-        if (peer.out.count === 0) this.touched.push(peer);
+        if (peer.out.count === 0) {
+          this.touched.push(peer);
+          if (!this.flushScheduled) {
+            this.flushScheduled = true;
+            setImmediate(this.flush);
+          }
+        }
+        if (peer.outSerial !== serial) {
+          peer.outSerial = serial;
+          if (done) {
+            parts++;
+            peer.outDone.push(done);
+          }
+        }
         peer.out.addRaw(b, p, end);
       }
       p = end;
     }
-    let parts = this.touched.length + 1;
-    let worst = lost ? LOST : ACCEPTED;
-    const seq = m.seq;
-    const done: BatchDone | null =
-      seq > 0
-        ? (code) => {
-            if (code > worst) worst = code;
-            if (--parts === 0)
-              port.postMessage({ t: 'forwardAcked', seq, code: worst } satisfies ClusterToShard);
-          }
-        : null;
+    done?.(ACCEPTED);
+  }
+
+  private serial = 0;
+  private flushScheduled = false;
+
+  /** This turn's entries, one batch per peer, onto the streams. */
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
     const now = Date.now();
     for (const peer of this.touched) {
       const { buf, count } = peer.out.take();
+      const dones = peer.outDone;
+      peer.outDone = [];
+      const done: BatchDone | null =
+        dones.length === 0
+          ? null
+          : dones.length === 1
+            ? dones[0]
+            : (code) => {
+                for (const d of dones) d(code);
+              };
       if (!peer.stream?.push(buf, count, done, now)) {
         this.counters.row[Counter.forwardDropped] += count;
-        done?.(QUEUE_FULL);
+        done?.(peer.stream ? QUEUE_FULL : LOST);
       }
     }
     this.touched.length = 0;
-    done?.(ACCEPTED);
-  }
+  };
 }

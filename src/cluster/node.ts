@@ -27,6 +27,7 @@ type NodeInit = { name: string; address: string; incarnation: bigint; version?: 
 const MAX_DELTA = 1000;
 const ROUTE_SCAN_MS = 20;
 export const H2_WINDOW = 8 << 20;
+export const H2_FRAME = 1 << 20;
 const JOIN_EVERY_MS = 1000;
 
 /**
@@ -77,7 +78,12 @@ export class ClusterNode {
     });
     // HTTP/2's default 64 KiB flow-control windows stall a stream of ~100 KB batches on every
     // window update: open them wide (the forward window bounds memory instead).
-    const server = createServer({ settings: { initialWindowSize: H2_WINDOW } }, handler);
+    // Large DATA frames too: a ~60 KB batch then arrives as one chunk, not four 16 KiB ones that
+    // the gRPC envelope decoder concatenates one by one (and iterates asynchronously).
+    const server = createServer(
+      { settings: { initialWindowSize: H2_WINDOW, maxFrameSize: H2_FRAME } },
+      handler,
+    );
     server.on('session', (session) => session.setLocalWindowSize(4 * H2_WINDOW));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
