@@ -234,8 +234,8 @@ try {
 } finally {
   // SIGTERM when profiling: --cpu-prof writes its files only on a normal exit.
   const sig = process.env.BENCH_NODE_ARGS ? 'SIGTERM' : 'SIGKILL';
-  await Promise.all(
-    [n1, n2].map((n) => new Promise((r) => (n.child.once('exit', r), n.child.kill(sig)))),
-  );
+  const exited = [n1, n2].map((n) => new Promise((r) => n.child.once('exit', r)));
+  for (const n of [n1, n2]) n.child.kill(sig);
+  await Promise.all(exited);
   rmSync(dir, { recursive: true, force: true });
 }
