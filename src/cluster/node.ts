@@ -492,7 +492,7 @@ export class ClusterNode {
       if (p.synced && p.client)
         leaves.push(
           p.client
-            .leave({ name: this.name, incarnation: this.incarnation }, { timeoutMs: 1000 })
+            .leave({ name: this.name, incarnation: this.incarnation }, { timeoutMs: 2000 })
             .catch(() => {}),
         );
     }
