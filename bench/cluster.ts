@@ -30,6 +30,8 @@ const { values: args } = parseArgs({
     payload: { type: 'string', default: '64' },
     // Messages published and not yet received (closed loop)
     window: { type: 'string', default: '2000' },
+    // cross | same | both (cross alone for a profile of the forward path)
+    only: { type: 'string', default: 'both' },
   },
 });
 
@@ -52,6 +54,8 @@ async function startNode(name: string, seeds: number[], dir: string): Promise<No
   const child = spawn(
     process.execPath,
     [
+      // e.g. BENCH_NODE_ARGS=--cpu-prof (profiles every thread; written on the graceful stop)
+      ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
       path.join(root, 'dist/src/main.js'),
       `--name=${name}`,
       `--host=${HOST}`,
@@ -222,12 +226,16 @@ try {
   for (let r = 0; r < Number(args.rounds); r++) {
     for (const qos of args.qos!.split(',').map(Number)) {
       for (const cross of [false, true]) {
+        if (args.only !== 'both' && cross !== (args.only === 'cross')) continue;
         console.log(await run([n1, n2], cross, qos, Number(args.payload), Number(args.duration)));
       }
     }
   }
 } finally {
-  n1.child.kill('SIGKILL');
-  n2.child.kill('SIGKILL');
+  // SIGTERM when profiling: --cpu-prof writes its files only on a normal exit.
+  const sig = process.env.BENCH_NODE_ARGS ? 'SIGTERM' : 'SIGKILL';
+  const exited = [n1, n2].map((n) => new Promise((r) => n.child.once('exit', r)));
+  for (const n of [n1, n2]) n.child.kill(sig);
+  await Promise.all(exited);
   rmSync(dir, { recursive: true, force: true });
 }

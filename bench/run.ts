@@ -1,5 +1,5 @@
 // Benchmark driver: runs scenarios against emqx-ts, mosquitto and aedes interleaved in one run.
-//   node --import tsx bench/run.ts [--scenario pairs|fanin|fanout|conn|latency|all] [--qos 0,1,2]
+//   node --import tsx bench/run.ts [--scenario pairs|fanin|fanout|conn|latency|cluster|all] [--qos 0,1,2]
 //     [--payload 64,1024] [--brokers emqx-ts,mosquitto,aedes] [--duration s] [--rounds n]
 //     [--connections n] [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--settle s]
 //     [--transport tcp,tls,ws] [--out results.json] [--smoke]
@@ -64,6 +64,25 @@ try {
   process.exit(2);
 }
 const args = parsed.values;
+
+// The cluster scenario (2 emqx-ts nodes, cross-node vs same-node) has its own driver.
+if (args.scenario === 'cluster') {
+  const qos = args.qos === '0,1,2' ? '0,1' : args.qos!;
+  execFileSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(repoRoot, 'bench/cluster.ts'),
+      '--qos',
+      qos,
+      '--duration',
+      args.duration!,
+    ].concat(['--rounds', args.rounds!, '--payload', args.payload!.split(',')[0]]),
+    { stdio: 'inherit' },
+  );
+  process.exit(0);
+}
 
 if (args.help) {
   console.log(

@@ -24,6 +24,12 @@ for (const p of init.shards) if (p) node.listenShard(p);
 port.on('message', (m: MainToCluster) => {
   if (m.t === 'shard') node.addShard(m.shard, m.port);
   else if (m.t === 'shutdown') void node.stop().then(() => post({ t: 'shutdownDone' }));
+  else if (m.t === 'reconfigure') {
+    log.level = m.config['log.level'];
+    const changed = node.reconfigure(m.config);
+    log.info({ changed }, 'cluster configuration reloaded');
+    post({ t: 'reconfigured' });
+  }
 });
 node.listen().then(
   (p) => post({ t: 'ready', generation: init.generation, port: p }),

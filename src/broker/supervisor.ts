@@ -255,7 +255,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
     });
   }
 
-  /** Posts a new configuration to every running shard; resolves once all have applied it. */
+  /** Posts a new configuration to every running shard and the cluster thread; resolves once all have applied it. */
   reconfigure(config: Config): Promise<void> {
     const waits: Promise<void>[] = [];
     for (const s of this.shards) {
@@ -263,6 +263,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       waits.push(new Promise<void>((resolve) => s.reconfiguring.push(resolve)));
       this.post(s, { t: 'reconfigure', config });
     }
+    if (this.cluster) waits.push(this.cluster.reconfigure(config));
     return Promise.all(waits).then(() => undefined);
   }
 

@@ -29,12 +29,24 @@ export class EntryWriter {
     if (this.pos + n > this.buf.length) this.buf = grown(this.buf, this.pos, n);
   }
 
+  /** The last publisher id encoded (a shard's batch is mostly runs of one publisher) */
+  private fromStr = '';
+  private fromEnc = Buffer.alloc(0);
+
+  private fromBytes(from: string): number {
+    if (from !== this.fromStr) {
+      this.fromStr = from;
+      this.fromEnc = Buffer.from(from, 'utf8');
+    }
+    return this.fromEnc.length;
+  }
+
   /** Appends one message; `mask` >= 0 writes the destination mask first (shard → cluster). */
   add(msg: Message, remainingMs: number, mask: number): void {
     const topic = msg.topicBytes;
     const payload = msg.payload;
     const props = msg.props;
-    const fromLen = Buffer.byteLength(msg.from);
+    const fromLen = this.fromBytes(msg.from);
     this.ensure(4 + ENTRY_FIXED + topic.length + payload.length + fromLen + (props ? props.length : 0));
     const b = this.buf;
     let p = this.pos;
@@ -51,7 +63,7 @@ export class EntryWriter {
     p += payload.copy(b, p);
     b.writeUInt32LE(fromLen, p);
     p += 4;
-    p += b.write(msg.from, p, 'utf8');
+    p += this.fromEnc.copy(b, p, 0, fromLen);
     b.writeUInt32LE(remainingMs, p);
     p += 4;
     b.writeUInt32LE(props ? props.length : 0, p);
@@ -114,6 +126,11 @@ class Cursor {
  */
 export function readEntries(b: Buffer, len: number, now: number, visit: (msg: Message) => void): void {
   const c = new Cursor(b);
+  // A batch is mostly a few publishers' runs: the previous entry's publisher id is reused when
+  // its bytes are the same (no string decoded per message).
+  let from = '';
+  let fromAt = -1;
+  let fromLen = -1;
   while (c.p < len) {
     const end = entryEnd(b, c.p, len);
     const flags = b[c.p++];
@@ -121,11 +138,17 @@ export function readEntries(b: Buffer, len: number, now: number, visit: (msg: Me
     if (qos === 3) throw new RangeError('forward entry with QoS 3');
     const topic = c.view();
     const payload = c.view();
-    const from = c.view().toString('utf8');
+    const n = c.u32();
+    if (n !== fromLen || b.compare(b, fromAt, fromAt + n, c.p, c.p + n) !== 0) {
+      from = b.toString('utf8', c.p, c.p + n);
+      fromAt = c.p;
+      fromLen = n;
+    }
+    c.p += n;
     const remaining = c.u32();
-    const props = c.view();
+    const propsLen = c.u32();
     const msg = new Message(topic, payload, qos as QoS, (flags & 4) !== 0, from);
-    if (props.length > 0) msg.props = props;
+    if (propsLen > 0) msg.props = b.subarray(c.p, c.p + propsLen);
     if (remaining > 0) msg.expiryAt = now + remaining;
     c.p = end;
     visit(msg);

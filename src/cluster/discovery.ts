@@ -1,6 +1,7 @@
 import { promises as dns } from 'node:dns';
 import { networkInterfaces } from 'node:os';
 import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
 
 /** host:port with IPv6 hosts in brackets. */
 export function hostPort(host: string, port: number): string {
@@ -31,6 +32,30 @@ export function parseSeeds(seeds: string, defaultPort: number): string[] {
     out.push(hostPort(m[1], m[2] ? Number(m[2]) : defaultPort));
   }
   return out;
+}
+
+/** Where the seeds come from; asked for addresses every join round. */
+export interface Discovery {
+  start(): Promise<void>;
+  addresses(): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+/** static and dns resolve every round; k8s keeps a watched list (k8s.ts, loaded only for it). */
+export function createDiscovery(config: Config, log: Logger): Discovery {
+  if (config['cluster.discovery'] === 'k8s') {
+    let k: import('./k8s.js').K8sDiscovery | null = null;
+    return {
+      start: async () => {
+        const { K8sDiscovery } = await import('./k8s.js');
+        k = new K8sDiscovery(config, log);
+        await k.start();
+      },
+      addresses: async () => k?.addresses() ?? [],
+      stop: async () => k?.stop(),
+    };
+  }
+  return { start: async () => {}, addresses: () => discover(config), stop: async () => {} };
 }
 
 /** Addresses (host:port) of the cluster services to try joining, asked again every round. */

@@ -1,12 +1,23 @@
 import type { Client } from '@connectrpc/connect';
 import type { ClusterService, ForwardBatch } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 
+/** How a batch ended, as the reason code its held PUBACK/PUBREC gets (MQTT 5). */
+export const ACCEPTED = 0;
+/** Lost in a stream that broke or stalled: it may or may not have reached the peer */
+export const LOST = 0x80;
+/** Refused: the peer's queue is over cluster.max_queue_bytes */
+export const QUEUE_FULL = 0x97;
+
+/** Called once per batch: ACCEPTED (also when the peer is known down: no destination), LOST, QUEUE_FULL */
+export type BatchDone = (code: number) => void;
+
 interface Pending {
   seq: bigint;
   entries: Uint8Array;
   count: number;
-  /** Called once: accepted by the peer, or lost (stream ended) */
-  done: (() => void) | null;
+  /** When it was queued (ms): a batch unacknowledged for cluster.forward_ack_timeout stalls the stream */
+  at: number;
+  done: BatchDone | null;
 }
 
 /**
@@ -16,7 +27,11 @@ interface Pending {
  * acknowledged. The peer acknowledges a batch once it has handed it to its shards, so the window
  * is the back-pressure of the link. Order is kept: one stream, batches in sequence.
  * Delivery across nodes is at most once (as EMQX's default async forwarding): batches in flight
- * when the stream breaks are lost and counted.
+ * when the stream breaks are lost and counted, never resent (QoS 0 is thus at most once between
+ * nodes). Their held QoS 1/2 acks end with LOST, unless the stream was closed because the peer
+ * is known down (ACCEPTED: its routes are gone, as if it had no subscribers). A batch not
+ * acknowledged within the ack timeout means a stalled stream: `stalledSince` tells the node,
+ * which closes it (LOST) and opens another, so no held ack waits longer than that.
  */
 export class ForwardStream {
   private readonly queue: Pending[] = [];
@@ -26,6 +41,8 @@ export class ForwardStream {
   private seq = 0n;
   private wake: (() => void) | null = null;
   private closed = false;
+  /** Code for the batches the stream still holds when it ends */
+  private endCode = LOST;
   /** Aborts the call on close: a frozen peer never ends the response stream by itself */
   private readonly abort = new AbortController();
 
@@ -33,26 +50,43 @@ export class ForwardStream {
     private readonly client: Client<typeof ClusterService>,
     private readonly from: string,
     private readonly incarnation: bigint,
-    private readonly windowBytes: number,
-    private readonly maxQueueBytes: number,
+    private windowBytes: number,
+    private maxQueueBytes: number,
     /** The stream ended (error or close) with this many publishes unsent or unacknowledged */
-    private readonly onEnd: (lost: number, err: unknown) => void,
+    private readonly onEnd: (lost: number, err: unknown, code: number) => void,
   ) {}
 
-  start(): void {
-    void this.run();
+  /** Calls the peer now, or after `delayMs` (batches pushed meanwhile wait in the queue). */
+  start(delayMs = 0): void {
+    if (delayMs > 0) setTimeout(() => void this.run(), delayMs);
+    else void this.run();
   }
 
   /** Queues a batch; false (nothing queued) when the queue is full or the stream closed. */
-  push(entries: Uint8Array, count: number, done: (() => void) | null = null): boolean {
+  push(entries: Uint8Array, count: number, done: BatchDone | null, now: number): boolean {
     if (this.closed || this.queuedBytes + entries.length > this.maxQueueBytes) return false;
-    this.queue.push({ seq: 0n, entries, count, done });
+    this.queue.push({ seq: 0n, entries, count, at: now, done });
     this.queuedBytes += entries.length;
     this.signal();
     return true;
   }
 
-  close(): void {
+  /** A reload's new bounds (a lower queue bound refuses new batches until it drains below). */
+  setLimits(windowBytes: number, maxQueueBytes: number): void {
+    this.windowBytes = windowBytes;
+    this.maxQueueBytes = maxQueueBytes;
+    this.signal();
+  }
+
+  /** When the oldest unacknowledged batch was queued (ms), 0 when none waits. */
+  oldestAt(): number {
+    const b = this.inflight[0] ?? this.queue[0];
+    return b ? b.at : 0;
+  }
+
+  /** Ends the stream; what it still holds ends with `code` (ACCEPTED: the peer is known down). */
+  close(code = LOST): void {
+    if (!this.closed) this.endCode = code;
     this.closed = true;
     this.signal();
     this.abort.abort();
@@ -99,7 +133,7 @@ export class ForwardStream {
         while (inflight.length > 0 && inflight[0].seq <= ack.seq) {
           const b = inflight.shift()!;
           this.inflightBytes -= b.entries.length;
-          b.done?.();
+          b.done?.(ACCEPTED);
         }
         this.signal();
       }
@@ -108,19 +142,19 @@ export class ForwardStream {
     }
     this.closed = true;
     let lost = 0;
-    // Lost: the publishers' held acks go anyway (the peer is known gone, as for a down node).
+    const code = this.endCode;
     for (const b of this.inflight) {
       lost += b.count;
-      b.done?.();
+      b.done?.(code);
     }
     for (const b of this.queue) {
       lost += b.count;
-      b.done?.();
+      b.done?.(code);
     }
     this.inflight.length = 0;
     this.queue.length = 0;
     this.inflightBytes = 0;
     this.queuedBytes = 0;
-    this.onEnd(lost, err);
+    this.onEnd(lost, err, code);
   }
 }

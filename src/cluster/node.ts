@@ -4,17 +4,18 @@ import type { AddressInfo } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
-import type { Config } from '../config/schema.js';
+import { RESTART_ONLY } from '../config/reload.js';
+import type { Config, OptionKey } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { topicFilterError } from '../protocol/topic.js';
 import type { TopicIndex } from '../routing/topic-index.js';
-import type { ClusterMember, ClusterToShard, ShardToCluster } from '../threads/messages.js';
+import type { ClusterMember, ShardToCluster } from '../threads/messages.js';
 import { VERSION } from '../version.js';
-import { entryEnd } from './codec.js';
-import { advertiseHost, discover, hostPort } from './discovery.js';
-import { ForwardStream } from './forward.js';
-import type { ForwardBatch, NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
+import { DataPlane } from './data-plane.js';
+import { advertiseHost, createDiscovery, type Discovery, hostPort } from './discovery.js';
+import { ACCEPTED } from './forward.js';
+import type { NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { LocalRoutes } from './local-routes.js';
 import { clientTo, type Peer, PeerTable } from './peers.js';
@@ -26,6 +27,7 @@ type NodeInit = { name: string; address: string; incarnation: bigint; version?: 
 const MAX_DELTA = 1000;
 const ROUTE_SCAN_MS = 20;
 export const H2_WINDOW = 8 << 20;
+export const H2_FRAME = 1 << 20;
 const JOIN_EVERY_MS = 1000;
 
 /**
@@ -45,9 +47,12 @@ export class ClusterNode {
   private readonly contacts = new Set<string>();
   private readonly selfAddresses = new Set<string>();
   private readonly timers: NodeJS.Timeout[] = [];
-  private readonly downAfterMs: number;
+  private downAfterMs: number;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   private lastMembers = '';
+  private readonly discovery: Discovery;
+  private readonly data: DataPlane;
 
   constructor(
     private readonly config: Config,
@@ -62,6 +67,8 @@ export class ClusterNode {
     this.peers = new PeerTable(remoteIndex);
     this.local = new LocalRoutes(localIndex);
     this.downAfterMs = config['cluster.down_after'] * 1000;
+    this.discovery = createDiscovery(config, log);
+    this.data = new DataPlane(config, this.name, this.incarnation, this.peers, shards, counters, log);
   }
 
   /** Listens; resolves with the bound port. */
@@ -71,7 +78,12 @@ export class ClusterNode {
     });
     // HTTP/2's default 64 KiB flow-control windows stall a stream of ~100 KB batches on every
     // window update: open them wide (the forward window bounds memory instead).
-    const server = createServer({ settings: { initialWindowSize: H2_WINDOW } }, handler);
+    // Large DATA frames too: a ~60 KB batch then arrives as one chunk, not four 16 KiB ones that
+    // the gRPC envelope decoder concatenates one by one (and iterates asynchronously).
+    const server = createServer(
+      { settings: { initialWindowSize: H2_WINDOW, maxFrameSize: H2_FRAME } },
+      handler,
+    );
     server.on('session', (session) => session.setLocalWindowSize(4 * H2_WINDOW));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -85,14 +97,51 @@ export class ClusterNode {
     this.address = hostPort(advertiseHost(this.config), port);
     this.selfAddresses.add(this.address);
     this.local.scan();
+    // Not awaited: a slow API server (k8s) must not hold up the cluster service.
+    void this.discovery.start().catch((err: Error) => {
+      this.log.error({ err: err.message }, 'cluster discovery failed to start');
+    });
     const every = (ms: number, fn: () => void) => this.timers.push(setInterval(fn, ms));
     this.scheduleScan(ROUTE_SCAN_MS);
     every(JOIN_EVERY_MS, () => void this.joinRound());
-    every(Math.max(50, Math.min(1000, this.downAfterMs / 5)), () => this.heartbeatRound());
+    this.armHeartbeats();
     every(1000, () => this.reportMembers(true));
+    this.data.start();
     void this.joinRound();
     this.log.info({ node: this.name, address: this.address }, 'cluster service listening');
     return port;
+  }
+
+  /** Heartbeats every down_after/5 (≤ 1 s), re-armed when a reload changes down_after. */
+  private armHeartbeats(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    const every = Math.max(50, Math.min(1000, this.downAfterMs / 5));
+    this.heartbeatTimer = setInterval(() => this.heartbeatRound(), every);
+  }
+
+  /**
+   * SIGHUP reached this thread: main sends its whole config with only the reloadable options
+   * changed (config/reload.ts keeps cluster.discovery, port, listen_host, advertise and k8s.*
+   * for a restart). What applies at once: down_after (heartbeat period and down detection),
+   * forward_ack_timeout, max_inflight_bytes and max_queue_bytes (open streams too), static
+   * seeds and dns name/record type (read by the next join round), log.level. Returns the
+   * options that changed here.
+   */
+  reconfigure(next: Config): string[] {
+    const changed: string[] = [];
+    const cfg = this.config as Record<string, unknown>;
+    for (const [k, v] of Object.entries(next)) {
+      // Restart-only options stay as this thread started (a restarted thread's own port too).
+      if (cfg[k] !== v && !RESTART_ONLY.has(k as OptionKey)) {
+        changed.push(k);
+        cfg[k] = v;
+      }
+    }
+    this.downAfterMs = this.config['cluster.down_after'] * 1000;
+    if (this.heartbeatTimer) this.armHeartbeats();
+    this.data.reconfigure(this.config);
+    this.counters.row[Counter.clusterReloads]++;
+    return changed;
   }
 
   addShard(shard: number, port: MessagePort): void {
@@ -104,7 +153,7 @@ export class ClusterNode {
   listenShard(port: MessagePort): void {
     port.on('message', (m: ShardToCluster) => {
       try {
-        if (m.t === 'forward') this.onShardForward(m, port);
+        if (m.t === 'forward') this.data.onShardForward(m, port);
       } catch (err) {
         this.counters.row[Counter.clusterErrors]++;
         this.log.error({ err }, 'shard forward batch dropped');
@@ -203,48 +252,8 @@ export class ClusterNode {
         p.lastSeen = Date.now();
         return { applied: true };
       },
-      forward: (reqs) => this.receive(reqs),
+      forward: (reqs) => this.data.receive(reqs),
     };
-  }
-
-  /** Incoming forward stream: each batch goes to one shard (the same for a peer: order kept). */
-  private async *receive(reqs: AsyncIterable<ForwardBatch>): AsyncGenerator<{ seq: bigint }> {
-    let from: Peer | undefined;
-    for await (const b of reqs) {
-      if (b.from) from = this.peers.byName.get(b.from);
-      if (from && from.status === 'running' && from.incarnation === b.incarnation && b.count > 0) {
-        this.deliver(from, b.entries, b.count);
-      } else if (b.count > 0) {
-        this.counters.row[Counter.forwardDropped] += b.count;
-      }
-      yield { seq: b.seq };
-    }
-  }
-
-  private deliver(from: Peer, entries: Uint8Array, count: number): void {
-    const len = entries.length;
-    const ab = new ArrayBuffer(len);
-    const buf = Buffer.from(ab);
-    buf.set(entries);
-    try {
-      let p = 0;
-      let n = 0;
-      while (p < len) {
-        p = entryEnd(buf, p, len);
-        n++;
-      }
-      if (n !== count) throw new RangeError(`batch count ${count}, found ${n} entries`);
-    } catch (err) {
-      this.counters.row[Counter.clusterErrors]++;
-      this.log.warn({ peer: from.name, err: (err as Error).message }, 'malformed forward batch dropped');
-      return;
-    }
-    const shard = this.shards[from.slot % this.shards.length];
-    if (!shard) {
-      this.counters.row[Counter.forwardDropped] += count;
-      return;
-    }
-    shard.postMessage({ t: 'forwarded', buf: ab, len, count } satisfies ClusterToShard, [ab]);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -253,7 +262,7 @@ export class ClusterNode {
   private async joinRound(): Promise<void> {
     if (this.stopping) return;
     try {
-      for (const a of await discover(this.config)) if (!this.selfAddresses.has(a)) this.contacts.add(a);
+      for (const a of await this.discovery.addresses()) if (!this.selfAddresses.has(a)) this.contacts.add(a);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cluster discovery failed');
     }
@@ -294,7 +303,7 @@ export class ClusterNode {
       for (const f of this.local.filters) if (!sent.has(f)) p.pending.set(f, true);
       for (const f of sent) if (!this.local.filters.has(f)) p.pending.set(f, false);
       this.learn(res.members);
-      this.openStream(p);
+      this.data.openStream(p);
       this.pushRoutes(p);
       this.log.info({ peer: p.name, address }, 'joined cluster peer');
     } catch (err) {
@@ -310,15 +319,16 @@ export class ClusterNode {
   private restarted(p: Peer, incarnation: bigint): void {
     if (p.incarnation !== 0n) this.log.info({ peer: p.name }, 'cluster peer restarted');
     this.peers.dropRoutes(p);
-    this.unsync(p);
+    this.unsync(p, ACCEPTED); // its old incarnation is gone: known down
     p.status = 'stopped';
     p.incarnation = incarnation;
   }
 
-  private unsync(p: Peer): void {
+  /** `code`: how the batches still in its stream end (ACCEPTED when the peer is known down). */
+  private unsync(p: Peer, code?: number): void {
     p.synced = false;
     p.pending.clear();
-    p.stream?.close();
+    p.stream?.close(code);
     p.stream = null;
   }
 
@@ -357,7 +367,7 @@ export class ClusterNode {
     if (p.status !== 'running') return;
     p.status = 'stopped';
     this.peers.dropRoutes(p);
-    this.unsync(p);
+    this.unsync(p, ACCEPTED); // known down: held acks go as if it had no subscribers
     this.log.warn({ peer: p.name, reason }, 'cluster peer down');
     this.reportMembers(false);
   }
@@ -430,77 +440,6 @@ export class ClusterNode {
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Forwarding, our side
-
-  private openStream(p: Peer): void {
-    if (p.stream || !p.client) return;
-    const s = new ForwardStream(
-      p.client,
-      this.name,
-      this.incarnation,
-      this.config['cluster.max_inflight_bytes'],
-      this.config['cluster.max_queue_bytes'],
-      (lost, err) => {
-        if (lost > 0) this.counters.row[Counter.forwardDropped] += lost;
-        if (p.stream === s) p.stream = null;
-        if (err && !this.stopping)
-          this.log.warn({ peer: p.name, lost, err: String(err) }, 'forward stream ended');
-        // Still synced: open a new one (order restarts with it).
-        if (p.synced && !this.stopping) setTimeout(() => this.openStream(p), 100).unref();
-      },
-    );
-    p.stream = s;
-    s.start();
-  }
-
-  private readonly touched: Peer[] = [];
-
-  /**
-   * A shard's batch: each entry is copied to the writer of every peer in its mask. With a
-   * `seq`, the shard holds QoS 1/2 acks until every peer it went to has accepted its part
-   * (or is gone): one `forwardAcked` when the last part is done.
-   */
-  private onShardForward(m: ShardToCluster, port: MessagePort): void {
-    const b = Buffer.from(m.buf, 0, m.len);
-    const slots = this.peers.bySlot;
-    let p = 0;
-    while (p < m.len) {
-      let mask = b.readUInt32LE(p);
-      p += 4;
-      const end = entryEnd(b, p, m.len);
-      while (mask !== 0) {
-        const bit = 31 - Math.clz32(mask & -mask);
-        mask &= mask - 1;
-        const peer = slots[bit];
-        if (!peer?.stream) {
-          this.counters.row[Counter.forwardDropped]++;
-          continue;
-        }
-        if (peer.out.count === 0) this.touched.push(peer);
-        peer.out.addRaw(b, p, end);
-      }
-      p = end;
-    }
-    let parts = this.touched.length + 1;
-    const seq = m.seq;
-    const done =
-      seq > 0
-        ? () => {
-            if (--parts === 0) port.postMessage({ t: 'forwardAcked', seq } satisfies ClusterToShard);
-          }
-        : null;
-    for (const peer of this.touched) {
-      const { buf, count } = peer.out.take();
-      if (!peer.stream?.push(buf, count, done)) {
-        this.counters.row[Counter.forwardDropped] += count;
-        done?.();
-      }
-    }
-    this.touched.length = 0;
-    done?.();
-  }
-
-  // ---------------------------------------------------------------------------------------------
 
   members(): ClusterMember[] {
     const out: ClusterMember[] = [
@@ -542,7 +481,10 @@ export class ClusterNode {
   /** Tells running peers we leave (best effort, bounded), then closes everything. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.data.stop();
     for (const t of this.timers) clearInterval(t);
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    void this.discovery.stop();
     if (this.scanTimer) clearTimeout(this.scanTimer);
     const leaves: Promise<unknown>[] = [];
     for (const p of this.peers.byName.values()) {
@@ -550,7 +492,7 @@ export class ClusterNode {
       if (p.synced && p.client)
         leaves.push(
           p.client
-            .leave({ name: this.name, incarnation: this.incarnation }, { timeoutMs: 1000 })
+            .leave({ name: this.name, incarnation: this.incarnation }, { timeoutMs: 2000 })
             .catch(() => {}),
         );
     }

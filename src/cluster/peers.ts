@@ -34,6 +34,9 @@ export class Peer {
   stream: ForwardStream | null = null;
   /** Forwards for it collected this turn */
   readonly out = new EntryWriter(16 * 1024);
+  /** Held-ack callbacks of the shard batches that have entries in `out`, and the last one's serial */
+  outDone: ((code: number) => void)[] = [];
+  outSerial = 0;
 
   constructor(readonly name: string) {}
 }
@@ -45,7 +48,7 @@ export function clientTo(address: string): Client<typeof ClusterService> {
     createGrpcTransport({
       baseUrl: `http://${address}`,
       // Wide windows for acks too (see the server in node.ts).
-      nodeOptions: { settings: { initialWindowSize: 8 << 20 } },
+      nodeOptions: { settings: { initialWindowSize: 8 << 20, maxFrameSize: 1 << 20 } },
     }),
   );
 }

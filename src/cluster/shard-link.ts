@@ -1,14 +1,25 @@
 import type { MessagePort } from 'node:worker_threads';
 import { Counter, type Counters } from '../metrics/counters.js';
+import { PacketType } from '../protocol/constants.js';
+import { encodeAckV5 } from '../protocol/v5-control.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import type { Message } from '../session/message.js';
 import type { ClusterToShard, ShardInit, ShardToCluster } from '../threads/messages.js';
 import { EntryWriter, readEntries } from './codec.js';
+import { LOST } from './forward.js';
 
 /** A connection whose acks can be held (shard/connection.ts), as the link needs it. */
 export interface AckHolder {
-  holdAck(frame: Buffer): { ready: boolean };
+  readonly v5: boolean;
+  /** Its session's QoS 2 ids awaiting PUBREL: a failed PUBREC releases the id (MQTT 5 §4.3.3) */
+  readonly session: { readonly awaitingRel: Map<number, number> };
+  holdAck(frame: Buffer): Held;
   releaseAcks(): void;
+}
+
+interface Held {
+  frame: Buffer;
+  ready: boolean;
 }
 
 /** What the link needs from its shard (kept small so the shard's layout may change). */
@@ -40,9 +51,9 @@ export class ShardClusterLink {
   /** The message last passed to route() was forwarded at QoS 1/2 (its ack may be held) */
   private forwardedQos = false;
   /** Acks held until the batch they were forwarded in is accepted by every peer, by batch seq */
-  private readonly held = new Map<number, { conn: AckHolder; held: { ready: boolean } }[]>();
+  private readonly held = new Map<number, { conn: AckHolder; held: Held }[]>();
   private batchSeq = 0;
-  private heldThisBatch: { conn: AckHolder; held: { ready: boolean } }[] | null = null;
+  private heldThisBatch: { conn: AckHolder; held: Held }[] | null = null;
 
   private constructor(
     private readonly shard: ShardSide,
@@ -61,8 +72,8 @@ export class ShardClusterLink {
 
   /** A (re)started cluster thread's port. */
   attach(port: MessagePort): void {
-    // The old thread answers nothing more: what it held is released (its peers are gone with it).
-    for (const held of this.held.values()) release(held);
+    // The old thread answers nothing more: what it held is lost (its streams died with it).
+    for (const held of this.held.values()) this.release(held, LOST);
     this.held.clear();
     this.port?.close();
     this.port = port;
@@ -73,7 +84,7 @@ export class ShardClusterLink {
     port.on('message', (m: ClusterToShard) => {
       try {
         if (m.t === 'forwarded') this.onForwarded(m);
-        else if (m.t === 'forwardAcked') this.onAcked(m.seq);
+        else if (m.t === 'forwardAcked') this.onAcked(m.seq, m.code);
       } catch (err) {
         this.shard.onLinkError(err, m);
       }
@@ -122,7 +133,7 @@ export class ShardClusterLink {
     this.heldThisBatch = null;
     if (!this.port) {
       row[Counter.forwardDropped] += count; // cluster thread restarting
-      if (held) release(held);
+      if (held) this.release(held, LOST);
       return;
     }
     row[Counter.forwardBatches]++;
@@ -146,11 +157,33 @@ export class ShardClusterLink {
     return true;
   }
 
-  private onAcked(seq: number): void {
+  private onAcked(seq: number, code: number): void {
     const held = this.held.get(seq);
     if (!held) return;
     this.held.delete(seq);
-    release(held);
+    this.release(held, code);
+  }
+
+  /**
+   * Lets held acks go. A failed forward (`code` ≥ 0x80: lost in a broken or stalled stream, or
+   * refused by a full peer queue) is told to an MQTT 5 publisher as that reason code in its
+   * PUBACK/PUBREC, so it may publish again (MQTT 5 §3.4.2.1, §3.5.2.1); a failed PUBREC ends
+   * the QoS 2 flow, so its packet id no longer awaits PUBREL. MQTT 3.1.1 acks have no reason
+   * code: they go as they are (the failure is counted and logged by the cluster thread).
+   */
+  private release(list: { conn: AckHolder; held: Held }[], code: number): void {
+    if (code >= 0x80) this.shard.counters.row[Counter.clusterHeldAcksFailed] += list.length;
+    for (const h of list) {
+      if (code >= 0x80 && h.conn.v5) {
+        const f = h.held.frame;
+        const type = f[0] >> 4;
+        const id = f.readUInt16BE(2);
+        h.held.frame = encodeAckV5(type, id, code);
+        if (type === PacketType.PUBREC) h.conn.session.awaitingRel.delete(id);
+      }
+      h.held.ready = true;
+      h.conn.releaseAcks();
+    }
   }
 
   private onForwarded(m: Extract<ClusterToShard, { t: 'forwarded' }>): void {
@@ -164,12 +197,5 @@ export class ShardClusterLink {
     } finally {
       this.receiving = false;
     }
-  }
-}
-
-function release(list: { conn: AckHolder; held: { ready: boolean } }[]): void {
-  for (const h of list) {
-    h.held.ready = true;
-    h.conn.releaseAcks();
   }
 }

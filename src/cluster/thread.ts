@@ -29,6 +29,8 @@ export class ClusterThread {
   private stopping = false;
   private threadId = -1;
   private firstStart: ((err?: Error) => void) | null = null;
+  /** Waiting for `reconfigured`, in the order posted */
+  private reconfigured: (() => void)[] = [];
 
   constructor(
     private readonly config: Config,
@@ -99,12 +101,15 @@ export class ClusterThread {
         if (this.firstStart) this.firstStart(new Error(reason));
         else this.host.onFatal(reason);
       } else if (m.t === 'members') this.members = m.members;
+      else if (m.t === 'reconfigured') this.reconfigured.shift()?.();
       else if (m.t === 'shutdownDone') void worker.terminate();
     });
     worker.on('error', (err) => this.log.error({ err }, 'cluster thread crashed'));
     worker.on('exit', (code) => {
       if (this.worker === worker) this.worker = null;
       this.ready = false;
+      // A reload it did not answer: the restarted thread starts with main's (reloaded) config.
+      for (const done of this.reconfigured.splice(0)) done();
       // What it wrote to the remote index goes with it: the new thread rejoins and resyncs.
       this.remoteIndex.releaseLockHeldBy(this.threadId);
       this.index.releaseLockHeldBy(this.threadId); // its reader slot in the local index
@@ -118,6 +123,18 @@ export class ClusterThread {
       setTimeout(() => {
         if (!this.stopping) this.spawn();
       }, delay).unref();
+    });
+  }
+
+  /**
+   * Posts a reloaded configuration to the thread; resolves once it applied it (or at once when
+   * no thread runs: the next one starts with main's config, which reload mutated in place).
+   */
+  reconfigure(config: Config): Promise<void> {
+    if (!this.worker) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.reconfigured.push(resolve);
+      this.post({ t: 'reconfigure', config });
     });
   }
 

@@ -41,6 +41,14 @@ export const RESTART_ONLY: ReadonlySet<OptionKey> = new Set<OptionKey>([
   'auth.http.timeout',
   'authz.acl_file',
   'authz.no_match',
+  // The cluster thread's socket and identity, and how it discovers (a k8s watch is set up once).
+  'cluster.discovery',
+  'cluster.port',
+  'cluster.listen_host',
+  'cluster.advertise',
+  'cluster.k8s.service',
+  'cluster.k8s.namespace',
+  'cluster.k8s.port_name',
 ]);
 
 export interface ConfigDiff {

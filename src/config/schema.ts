@@ -387,8 +387,8 @@ export const SCHEMA = {
   'cluster.discovery': {
     type: 'string',
     default: 'none',
-    choices: ['none', 'static', 'dns'],
-    doc: 'How nodes find each other: none (single node, no cluster thread), static (cluster.static.seeds), dns (A or SRV records of cluster.dns.name). k8s is not implemented yet',
+    choices: ['none', 'static', 'dns', 'k8s'],
+    doc: 'How nodes find each other: none (single node, no cluster thread), static (cluster.static.seeds), dns (A or SRV records of cluster.dns.name), k8s (EndpointSlices of the service cluster.k8s.service, list + watch)',
   },
   'cluster.static.seeds': {
     type: 'string',
@@ -405,6 +405,21 @@ export const SCHEMA = {
     default: 'a',
     choices: ['a', 'srv'],
     doc: 'dns discovery: A/AAAA records (peers on cluster.port) or SRV records (target and port)',
+  },
+  'cluster.k8s.service': {
+    type: 'string',
+    default: '',
+    doc: 'k8s discovery: the (headless) service whose EndpointSlices list the nodes (label kubernetes.io/service-name); needs get/list/watch on discovery.k8s.io endpointslices (k8s/emqx-ts.yaml)',
+  },
+  'cluster.k8s.namespace': {
+    type: 'string',
+    default: '',
+    doc: "k8s discovery: the service's namespace; empty = the pod's service account namespace (or the KUBECONFIG context's), else default",
+  },
+  'cluster.k8s.port_name': {
+    type: 'string',
+    default: 'cluster',
+    doc: 'k8s discovery: name of the EndpointSlice port that is the cluster service; a slice without it means cluster.port',
   },
   'cluster.port': {
     type: 'number',
@@ -430,6 +445,13 @@ export const SCHEMA = {
     min: 0.2,
     max: 3600,
     doc: 'Seconds without a heartbeat after which a peer is down: its routes are dropped until it rejoins',
+  },
+  'cluster.forward_ack_timeout': {
+    type: 'number',
+    default: 5,
+    min: 0.1,
+    max: 3600,
+    doc: 'Seconds a forwarded batch may wait for the peer to accept it; past it the stream is deemed stalled and reopened, and the held acks of its QoS 1/2 publishes go as failed (MQTT 5: reason 0x80). Reloadable',
   },
   'cluster.max_inflight_bytes': {
     type: 'number',

@@ -87,7 +87,16 @@ export const Counter = {
   forwardDropped: 68, // forwards dropped: peer queue over cluster.max_queue_bytes, or no cluster thread
   forwardBatches: 69, // batches a shard handed to the cluster thread
   clusterErrors: 70, // malformed cluster input (bad batch, bad request) refused
-  // 71..79 hardening, 80..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // Cluster II (slots 80..89)
+  /** Forward streams closed because a batch waited longer than cluster.forward_ack_timeout */
+  clusterForwardTimeouts: 80,
+  /** Held PUBACK/PUBRECs of forwarded QoS 1/2 publishes released as failed (lost or refused by a peer's queue) */
+  clusterHeldAcksFailed: 81,
+  /** Forward streams that broke (error) while the peer was not known down */
+  clusterStreamBreaks: 82,
+  /** Configuration reloads applied by the cluster thread */
+  clusterReloads: 83,
+  // 71..79 hardening, 84..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // 160..179 auth, 180..199 transports, 200..219 durable storage, 220..255 free.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,

@@ -197,6 +197,26 @@ export function createRegistry(src: PrometheusSources): Registry {
       Counter.forwardBatches,
     ],
     ['emqx_ts_cluster_errors_total', 'Malformed cluster input refused', Counter.clusterErrors],
+    [
+      'emqx_ts_cluster_forward_timeouts_total',
+      'Forward streams closed as stalled (a batch unacknowledged past cluster.forward_ack_timeout)',
+      Counter.clusterForwardTimeouts,
+    ],
+    [
+      'emqx_ts_cluster_held_acks_failed_total',
+      'PUBACK/PUBRECs of forwarded QoS 1/2 publishes sent as failed (MQTT 5: 0x80 lost, 0x97 peer queue full)',
+      Counter.clusterHeldAcksFailed,
+    ],
+    [
+      'emqx_ts_cluster_stream_breaks_total',
+      'Forward streams that broke while the peer was not known down',
+      Counter.clusterStreamBreaks,
+    ],
+    [
+      'emqx_ts_cluster_reloads_total',
+      'Configuration reloads applied by the cluster thread',
+      Counter.clusterReloads,
+    ],
     ['emqx_ts_handoffs_total', 'Accepted connections adopted by their owning shard', Counter.handoffs],
     [
       'emqx_ts_handoffs_cross_shard_total',

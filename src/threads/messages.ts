@@ -74,13 +74,16 @@ export type MainToCluster =
   /** A (re)started shard's port to the cluster thread */
   | { t: 'shard'; shard: number; port: MessagePort }
   /** Tell peers we leave, then end */
-  | { t: 'shutdown' };
+  | { t: 'shutdown' }
+  /** SIGHUP: the reloaded configuration (restart-only options unchanged); answered `reconfigured` */
+  | { t: 'reconfigure'; config: Config };
 
 export type ClusterToMain =
   | { t: 'ready'; generation: number; port: number }
   | { t: 'listenFailed'; error: string }
   /** Sent on every membership change and once a second */
   | { t: 'members'; members: ClusterMember[] }
+  | { t: 'reconfigured' }
   | { t: 'shutdownDone' };
 
 /** Publishes for remote nodes: cluster/codec.ts entries, each after a u32 mask of peer slots. */
@@ -96,8 +99,12 @@ export interface ShardToCluster {
 /** Publishes received from a peer node, for this shard to route to local subscribers only. */
 export type ClusterToShard =
   | { t: 'forwarded'; buf: ArrayBuffer; len: number; count: number }
-  /** Every peer batch `seq` went to has accepted it (or is down): its held PUBACK/PUBRECs go. */
-  | { t: 'forwardAcked'; seq: number };
+  /**
+   * Every peer batch `seq` went to has accepted it (or is known down), code 0; or some part was
+   * lost (0x80: stream broken or stalled) or refused (0x97: peer queue full). Its held
+   * PUBACK/PUBRECs go, with that reason code to MQTT 5 publishers.
+   */
+  | { t: 'forwardAcked'; seq: number; code: number };
 
 /** A retained message as stored by main and returned to shards. */
 export interface RetainedRecord {

@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { LineReader, TEST_HTTP_FLAGS, within } from './broker.js';
 import { basicAuth, parsePrometheus, type Scrape } from './ops.js';
 
@@ -30,6 +31,10 @@ export interface NodeOptions {
   clusterPort?: number;
   /** More CLI flags */
   args?: string[];
+  /** A JSON config file (--config): what SIGHUP re-reads */
+  config?: string;
+  /** More environment variables (e.g. KUBECONFIG) */
+  env?: Record<string, string>;
 }
 
 export interface ClusterNodeInfo {
@@ -122,11 +127,12 @@ export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
     '--cluster.advertise=127.0.0.1',
     `--cluster.down_after=${opts.downAfter ?? 2}`,
     ...(seeds ? [`--cluster.static.seeds=${seeds}`] : []),
+    ...(opts.config ? [`--config=${opts.config}`] : []),
     ...(opts.args ?? []),
   ];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
-    env: { PATH: process.env.PATH },
+    env: { PATH: process.env.PATH, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const node = new TestNode(opts.name, child);
@@ -145,4 +151,67 @@ export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
   node.apiPort = http.apiPort;
   node.metricsPort = http.metricsPort;
   return node;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients of the nodes
+
+export interface Got {
+  topic: string;
+  payload: string;
+  qos: number;
+  retain: boolean;
+  props?: IPublishPacket['properties'];
+}
+
+export class Sub {
+  readonly got: Got[] = [];
+  private wake: (() => void) | null = null;
+  constructor(readonly c: MqttClient) {
+    c.on('message', (topic, payload, packet) => {
+      this.got.push({
+        topic,
+        payload: payload.toString(),
+        qos: packet.qos,
+        retain: packet.retain,
+        props: packet.properties,
+      });
+      this.wake?.();
+    });
+  }
+  async wait(n: number, what: string, timeoutMs = 20_000): Promise<Got[]> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.got.length < n) {
+      if (Date.now() > deadline)
+        throw new Error(`${what}: got ${this.got.length}/${n}: ${JSON.stringify(this.got)}`);
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 100);
+      });
+    }
+    return this.got;
+  }
+}
+
+export async function connect(
+  t: Ctx,
+  node: TestNode,
+  clientId: string,
+  opts: IClientOptions = {},
+): Promise<MqttClient> {
+  const c = mqtt.connect({ host: '127.0.0.1', port: node.mqttPort, clientId, reconnectPeriod: 0, ...opts });
+  t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
+  await within(
+    new Promise<void>((resolve, reject) => {
+      c.once('connect', () => resolve());
+      c.once('error', reject);
+    }),
+    `${clientId} to connect to ${node.name}`,
+  );
+  return c;
+}
+
+export async function sub(c: MqttClient, filter: string, qos: 0 | 1 | 2): Promise<void> {
+  const granted = await c.subscribeAsync(filter, { qos });
+  assert.equal(granted[0].qos, qos, `granted QoS for ${filter}`);
 }

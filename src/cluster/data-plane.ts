@@ -1,0 +1,230 @@
+import type { MessagePort } from 'node:worker_threads';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log.js';
+import { Counter, type Counters } from '../metrics/counters.js';
+import type { ClusterToShard, ShardToCluster } from '../threads/messages.js';
+import { entryEnd } from './codec.js';
+import { ACCEPTED, type BatchDone, ForwardStream, LOST, QUEUE_FULL } from './forward.js';
+import type { ForwardBatch } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
+import type { Peer, PeerTable } from './peers.js';
+
+/**
+ * The cluster thread's data plane: the forward stream to every synced peer (out), the streams
+ * from peers (in, handed to shards), and the shards' batches split per destination peer. The
+ * membership side (node.ts) opens and closes streams as peers come and go.
+ */
+export class DataPlane {
+  private readonly touched: Peer[] = [];
+  private stallTimer: NodeJS.Timeout | null = null;
+  stopping = false;
+
+  constructor(
+    private config: Config,
+    private readonly name: string,
+    private readonly incarnation: bigint,
+    private readonly peers: PeerTable,
+    private readonly shards: (MessagePort | null)[],
+    private readonly counters: Counters,
+    private readonly log: Logger,
+  ) {}
+
+  /** Checks for stalled streams a few times per ack timeout. */
+  start(): void {
+    const every = Math.max(50, Math.min(1000, (this.config['cluster.forward_ack_timeout'] * 1000) / 4));
+    if (this.stallTimer) clearInterval(this.stallTimer);
+    this.stallTimer = setInterval(() => this.checkStalls(Date.now()), every);
+  }
+
+  /** A reload: the new window, queue bound and ack timeout apply (streams opened later get them too). */
+  reconfigure(config: Config): void {
+    this.config = config;
+    for (const p of this.peers.byName.values()) p.stream?.setLimits(this.windowBytes(), this.queueBytes());
+    if (this.stallTimer) this.start();
+  }
+
+  private windowBytes(): number {
+    return this.config['cluster.max_inflight_bytes'];
+  }
+
+  private queueBytes(): number {
+    return this.config['cluster.max_queue_bytes'];
+  }
+
+  stop(): void {
+    this.stopping = true;
+    if (this.stallTimer) clearInterval(this.stallTimer);
+  }
+
+  /**
+   * A batch waiting longer than cluster.forward_ack_timeout for its ack: the stream is stalled
+   * (a frozen peer whose heartbeats have not timed out yet, a broken connection the kernel has
+   * not noticed). It is closed — what it holds is LOST, held acks go with an error code — and a
+   * new one is opened, so no publisher waits on it forever.
+   */
+  checkStalls(now: number): void {
+    const limit = this.config['cluster.forward_ack_timeout'] * 1000;
+    for (const p of this.peers.byName.values()) {
+      const s = p.stream;
+      if (!s) continue;
+      const at = s.oldestAt();
+      if (at === 0 || now - at <= limit) continue;
+      this.counters.row[Counter.clusterForwardTimeouts]++;
+      this.log.warn({ peer: p.name, waitedMs: now - at }, 'forward stream stalled: closed, held acks fail');
+      s.close(LOST);
+    }
+  }
+
+  /**
+   * Opens the forward stream to a peer we are synced with, and again at once when it ends: the
+   * new one queues what shards send meanwhile and calls the peer after `delayMs` (a dead peer is
+   * retried every 100 ms; what it queued is LOST when that call fails too).
+   */
+  openStream(p: Peer, delayMs = 0): void {
+    if (p.stream || !p.client) return;
+    const s = new ForwardStream(
+      p.client,
+      this.name,
+      this.incarnation,
+      this.windowBytes(),
+      this.queueBytes(),
+      (lost, err, code) => {
+        const row = this.counters.row;
+        if (lost > 0) row[Counter.forwardDropped] += lost;
+        if (p.stream === s) p.stream = null;
+        if (err && !this.stopping) {
+          if (code !== ACCEPTED) row[Counter.clusterStreamBreaks]++;
+          this.log.warn({ peer: p.name, lost, err: String(err) }, 'forward stream ended');
+        }
+        // Still synced: a new one (order restarts with it).
+        if (p.synced && !this.stopping) this.openStream(p, 100);
+      },
+    );
+    p.stream = s;
+    s.start(delayMs);
+  }
+
+  /** Incoming forward stream: each batch goes to one shard (the same for a peer: order kept). */
+  async *receive(reqs: AsyncIterable<ForwardBatch>): AsyncGenerator<{ seq: bigint }> {
+    let from: Peer | undefined;
+    for await (const b of reqs) {
+      if (b.from) from = this.peers.byName.get(b.from);
+      if (from && from.status === 'running' && from.incarnation === b.incarnation && b.count > 0) {
+        this.deliver(from, b.entries, b.count);
+      } else if (b.count > 0) {
+        this.counters.row[Counter.forwardDropped] += b.count;
+      }
+      yield { seq: b.seq };
+    }
+  }
+
+  private deliver(from: Peer, entries: Uint8Array, count: number): void {
+    const len = entries.length;
+    const ab = new ArrayBuffer(len);
+    const buf = Buffer.from(ab);
+    buf.set(entries);
+    try {
+      let p = 0;
+      let n = 0;
+      while (p < len) {
+        p = entryEnd(buf, p, len);
+        n++;
+      }
+      if (n !== count) throw new RangeError(`batch count ${count}, found ${n} entries`);
+    } catch (err) {
+      this.counters.row[Counter.clusterErrors]++;
+      this.log.warn({ peer: from.name, err: (err as Error).message }, 'malformed forward batch dropped');
+      return;
+    }
+    const shard = this.shards[from.slot % this.shards.length];
+    if (!shard) {
+      this.counters.row[Counter.forwardDropped] += count;
+      return;
+    }
+    shard.postMessage({ t: 'forwarded', buf: ab, len, count } satisfies ClusterToShard, [ab]);
+  }
+
+  /**
+   * A shard's batch: each entry is copied to the writer of every peer in its mask; the writers
+   * go to the streams once per event-loop turn, so shard batches that arrive together (several
+   * shards, or a thread that was descheduled) leave as one gRPC message per peer. With a `seq`,
+   * the shard holds QoS 1/2 acks until every peer its batch went to has accepted its part (or
+   * is gone): one `forwardAcked` when the last part is done, with the worst outcome.
+   */
+  onShardForward(m: ShardToCluster, port: MessagePort): void {
+    const b = Buffer.from(m.buf, 0, m.len);
+    const slots = this.peers.bySlot;
+    const serial = ++this.serial;
+    const seq = m.seq;
+    let parts = 1;
+    let worst = ACCEPTED;
+    const done: BatchDone | null =
+      seq > 0
+        ? (code) => {
+            if (code > worst) worst = code;
+            if (--parts === 0)
+              port.postMessage({ t: 'forwardAcked', seq, code: worst } satisfies ClusterToShard);
+          }
+        : null;
+    let p = 0;
+    while (p < m.len) {
+      let mask = b.readUInt32LE(p);
+      p += 4;
+      const end = entryEnd(b, p, m.len);
+      while (mask !== 0) {
+        const bit = 31 - Math.clz32(mask & -mask);
+        mask &= mask - 1;
+        const peer = slots[bit];
+        if (!peer?.stream) {
+          // Its stream is between two (broken, reopening) or it is rejoining: lost, not accepted.
+          this.counters.row[Counter.forwardDropped]++;
+          worst = LOST;
+          continue;
+        }
+        if (peer.out.count === 0) {
+          this.touched.push(peer);
+          if (!this.flushScheduled) {
+            this.flushScheduled = true;
+            setImmediate(this.flush);
+          }
+        }
+        if (peer.outSerial !== serial) {
+          peer.outSerial = serial;
+          if (done) {
+            parts++;
+            peer.outDone.push(done);
+          }
+        }
+        peer.out.addRaw(b, p, end);
+      }
+      p = end;
+    }
+    done?.(ACCEPTED);
+  }
+
+  private serial = 0;
+  private flushScheduled = false;
+
+  /** This turn's entries, one batch per peer, onto the streams. */
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    const now = Date.now();
+    for (const peer of this.touched) {
+      const { buf, count } = peer.out.take();
+      const dones = peer.outDone;
+      peer.outDone = [];
+      const done: BatchDone | null =
+        dones.length === 0
+          ? null
+          : dones.length === 1
+            ? dones[0]
+            : (code) => {
+                for (const d of dones) d(code);
+              };
+      if (!peer.stream?.push(buf, count, done, now)) {
+        this.counters.row[Counter.forwardDropped] += count;
+        done?.(peer.stream ? QUEUE_FULL : LOST);
+      }
+    }
+    this.touched.length = 0;
+  };
+}
