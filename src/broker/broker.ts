@@ -14,6 +14,7 @@ import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import { StatsTracker } from '../metrics/emqx.js';
 import { createRegistry } from '../metrics/prometheus.js';
+import { type RetainedChunk, RetainedPager } from '../retained/pager.js';
 import { RetainedStore } from '../retained/store.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { SysPublisher } from '../sys/publisher.js';
@@ -52,6 +53,11 @@ export class Broker implements BrokerView {
   readonly index: TopicIndex;
   readonly sharedIndex: TopicIndex;
   readonly retained = new RetainedStore();
+  /** Retained matches sent to shards in chunks, paced by the subscriber (retained/pager.ts) */
+  readonly retainedPager = new RetainedPager(
+    this.retained,
+    () => this.config['retainer.flow_control.batch_read_number'],
+  );
   readonly supervisor: Supervisor;
   /** Bound MQTT port (the listening socket itself lives in the shards' acceptors) */
   private boundPort = 0;
@@ -282,18 +288,27 @@ export class Broker implements BrokerView {
         if (msg.reqId > 0) this.supervisor.post(shard, { t: 'retainAck', reqId: msg.reqId });
         break;
       }
-      case 'retainedLookup': {
-        const records: RetainedRecord[] = [];
-        for (const f of msg.filters) this.retained.match(f, records);
-        this.supervisor.post(shard, { t: 'retained', reqId: msg.reqId, records });
+      case 'retainedLookup':
+        this.postRetained(shard, msg.reqId, this.retainedPager.first(shard, msg.reqId, msg.filters));
+        break;
+      case 'retainedNext': {
+        const chunk = this.retainedPager.next(shard, msg.reqId);
+        if (chunk) this.postRetained(shard, msg.reqId, chunk);
         break;
       }
+      case 'retainedCancel':
+        this.retainedPager.cancel(shard, msg.reqId);
+        break;
       case 'queryResult':
         this.queries.onResult(msg);
         break;
       default:
         break;
     }
+  }
+
+  private postRetained(shard: number, reqId: number, chunk: RetainedChunk): void {
+    this.supervisor.post(shard, { t: 'retained', reqId, records: chunk.records, more: chunk.more });
   }
 
   /** Counts a retained message a limit refused; logs the first and then one per 1000. */

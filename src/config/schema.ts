@@ -325,6 +325,14 @@ export const SCHEMA = {
     max: 1000000000,
     doc: 'Most retained topics kept (0 = unlimited); a new retained topic beyond it is routed, not stored, and counted',
   },
+  'retainer.flow_control.batch_read_number': {
+    type: 'number',
+    integer: true,
+    default: 128,
+    min: 1,
+    max: 65535,
+    doc: "Retained messages read from the store per batch for a new subscription (at most 64 KiB of payload); the next batch is read only once the subscriber's socket or inflight window took this one (EMQX's option; here never unbounded)",
+  },
   'retainer.max_payload_size': {
     type: 'number',
     integer: true,

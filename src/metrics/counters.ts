@@ -87,7 +87,10 @@ export const Counter = {
   forwardDropped: 68, // forwards dropped: peer queue over cluster.max_queue_bytes, or no cluster thread
   forwardBatches: 69, // batches a shard handed to the cluster thread
   clusterErrors: 70, // malformed cluster input (bad batch, bad request) refused
-  // 71..79 hardening, 80..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // Hardening (issue #9, items 9 and 10)
+  /** Retained deliveries on subscribe that waited for the subscriber's drain or acks */
+  retainedPaced: 71,
+  // 72..79 hardening, 80..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // 160..179 auth, 180..199 transports, 200..219 durable storage, 220..255 free.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,

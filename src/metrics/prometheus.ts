@@ -270,6 +270,11 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Connections closed because their unsent output passed force_shutdown.max_output_bytes',
       Counter.outputForceShutdown,
     ],
+    [
+      'emqx_ts_retained_delivery_paced_total',
+      "Times retained messages for a new subscription waited for the subscriber's socket to drain or its inflight window to free",
+      Counter.retainedPaced,
+    ],
   ];
   for (const [name, help, idx] of own) {
     new PromCounter({

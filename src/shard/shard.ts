@@ -81,7 +81,7 @@ export class Shard implements BatchVisitor, ShardState {
     this.sharedIndex = TopicIndex.attach(init.sharedIndex);
     this.peers = init.peers;
     this.delivery = new Delivery(this.config, this.counters);
-    this.relay = new RetainedRelay(main, this.delivery);
+    this.relay = new RetainedRelay(main, this.delivery, this.counters);
     this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
     // Received forwards are published here for local subscribers only (never forwarded again).
     this.cluster = ShardClusterLink.create(init, {
@@ -188,7 +188,7 @@ export class Shard implements BatchVisitor, ShardState {
         this.relay.onRetainAck(msg.reqId);
         break;
       case 'retained':
-        this.relay.onRetained(msg.reqId, msg.records);
+        this.relay.onRetained(msg.reqId, msg.records, msg.more);
         break;
       case 'shutdown':
         if (msg.drainMs) this.drain(msg.drainMs);
@@ -256,6 +256,8 @@ export class Shard implements BatchVisitor, ShardState {
 
   drainSession(session: Session): void {
     this.delivery.drainSession(session);
+    // Retained messages still to send after a SUBACK wait for this room (none on the normal path).
+    if (this.relay.feeds.active > 0) this.relay.feeds.pumpSession(session);
   }
 
   onConnectionClosed(conn: Connection, reason: string): void {

@@ -134,7 +134,8 @@ export type MainToShard =
   /** The (re)started cluster thread's port */
   | { t: 'cluster'; port: MessagePort }
   | { t: 'retainAck'; reqId: number }
-  | { t: 'retained'; reqId: number; records: RetainedRecord[] }
+  /** One chunk of a lookup's matches; `more`: the shard asks for the next with retainedNext */
+  | { t: 'retained'; reqId: number; records: RetainedRecord[]; more: boolean }
   /** Close the clients and end; with drainMs, the closes are spread over that many ms first. */
   | { t: 'shutdown'; drainMs?: number }
   | { t: 'crash' }
@@ -153,6 +154,8 @@ export type ShardToMain =
   | { t: 'retain'; reqId: number; record: RetainedRecord }
   /** Retained messages matching these filters, for a new subscription. */
   | { t: 'retainedLookup'; reqId: number; filters: string[] }
+  /** The subscriber took the previous chunk of this lookup: send the next (or stop: cancel) */
+  | { t: 'retainedNext' | 'retainedCancel'; reqId: number }
   | { t: 'shutdownDone' }
   | { t: 'listening' }
   /** Answer to `reconfigure`: the new configuration is in force in this shard */
