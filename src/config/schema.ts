@@ -155,6 +155,13 @@ export const SCHEMA = {
     max: 1073741824,
     doc: 'Bytes buffered for a slow client before QoS 0 is dropped and QoS 1/2 queued',
   },
+  'mqtt.slow_consumer_timeout': {
+    type: 'number',
+    default: 1,
+    min: 0,
+    max: 3600,
+    doc: 'Seconds a subscriber over mqtt.output_high_watermark may take no output before QoS 0 to it is dropped; until then its QoS 0 publishers are not read until it drains (0 = drop at once, no back-pressure)',
+  },
   'mqtt.max_output_buffer': {
     type: 'number',
     integer: true,

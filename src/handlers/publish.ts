@@ -131,7 +131,7 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
     if (props.messageExpiry >= 0) msg.expiryAt = conn.lastReceivedAt + props.messageExpiry * 1000;
   }
   if (f.qos === 0) {
-    shard.publish(msg, null, 0, 0);
+    shard.publish(msg, conn, 0, 0); // conn: a congested subscriber may hold it (flow-control.ts)
     return;
   }
   const session = conn.session;

@@ -3,6 +3,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { ShardClusterLink } from '../cluster/shard-link.js';
 import type { Config } from '../config/schema.js';
 import { Delivery } from '../delivery/deliver.js';
+import { FlowControl } from '../delivery/flow-control.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
@@ -52,6 +53,7 @@ export class Shard implements BatchVisitor, ShardState {
   readonly peers: (MessagePort | null)[];
   stopping = false;
   private readonly delivery: Delivery;
+  private readonly flow: FlowControl;
   private readonly relay: RetainedRelay;
   private readonly shared: SharedGroupRouting;
   private readonly router: Router;
@@ -80,7 +82,8 @@ export class Shard implements BatchVisitor, ShardState {
     this.index = TopicIndex.attach(init.index);
     this.sharedIndex = TopicIndex.attach(init.sharedIndex);
     this.peers = init.peers;
-    this.delivery = new Delivery(this.config, this.counters);
+    this.flow = new FlowControl(this);
+    this.delivery = new Delivery(this.config, this.counters, this.flow);
     this.relay = new RetainedRelay(main, this.delivery, this.counters);
     this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
     // Received forwards are published here for local subscribers only (never forwarded again).
@@ -132,7 +135,18 @@ export class Shard implements BatchVisitor, ShardState {
     if (!port) return;
     port.on('message', (m: ShardToShard) => {
       try {
-        if (m.t === 'batch') readBatch(m.buf, m.len, this);
+        if (m.t === 'batch') {
+          // The publishers in it were read by shard i: a congested subscriber holds them there.
+          this.flow.sourceShard = i;
+          try {
+            readBatch(m.buf, m.len, this);
+          } finally {
+            this.flow.sourceShard = -1;
+          }
+          port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
+        } else if (m.t === 'batchAck') {
+          this.router.windows.acked(i, m.bytes);
+        } else if (m.t === 'hold' || m.t === 'release') this.flow.onPeerHold(i, m.clientId, m.t === 'hold');
         else if (m.t === 'adopt') {
           // First: from here on the fds are ours (the sender stops tracking them).
           port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
@@ -169,6 +183,7 @@ export class Shard implements BatchVisitor, ShardState {
         this.peers[msg.shard]?.close();
         this.peers[msg.shard] = msg.port;
         this.listenPeer(msg.shard);
+        this.router.windows.reset(msg.shard);
         // Connections accepted for it while it was down.
         this.accept.onPeer(msg.shard);
         // A restarted shard lost the shared groups it owned: members here join them again.
@@ -181,6 +196,8 @@ export class Shard implements BatchVisitor, ShardState {
         this.peers[msg.shard] = null;
         this.accept.closeUnadopted(msg.shard);
         this.shared.dropShard(msg.shard);
+        this.flow.dropShard(msg.shard);
+        this.router.windows.reset(msg.shard);
         // A dead owner answers no join: those SUBACKs go now (its restart rejoins them).
         this.relay.releaseJoinsTo(msg.shard);
         break;
@@ -258,9 +275,12 @@ export class Shard implements BatchVisitor, ShardState {
     this.delivery.drainSession(session);
     // Retained messages still to send after a SUBACK wait for this room (none on the normal path).
     if (this.relay.feeds.active > 0) this.relay.feeds.pumpSession(session);
+    // A congested subscriber that drained lets its held publishers go (none on the normal path).
+    if (this.flow.active > 0 && session.conn) this.flow.onRoom(session.conn as Connection);
   }
 
   onConnectionClosed(conn: Connection, reason: string): void {
+    if (this.flow.active > 0) this.flow.forget(conn);
     this.lifecycle.onConnectionClosed(conn, reason);
   }
 

@@ -209,7 +209,23 @@ export interface PeerAdopted {
   seq: number;
 }
 
-export type ShardToShard = PeerBatch | SharedMembership | SharedJoined | PeerAdopt | PeerAdopted;
+/** A congested subscriber holds a QoS 0 publisher of the receiving shard, or lets go (flow-control.ts). */
+export type PeerHold = { t: 'hold'; clientId: string } | { t: 'release'; clientId: string };
+
+/** A batch of `bytes` from the receiver was processed (routing/peer-window.ts). */
+export interface PeerBatchAck {
+  t: 'batchAck';
+  bytes: number;
+}
+
+export type ShardToShard =
+  | PeerBatch
+  | SharedMembership
+  | SharedJoined
+  | PeerAdopt
+  | PeerAdopted
+  | PeerHold
+  | PeerBatchAck;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {
