@@ -144,7 +144,9 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
   const stdio: ['ignore', 'pipe', 'pipe'] = ['ignore', 'pipe', 'pipe'];
   switch (name) {
     case 'emqx-ts': {
-      const main = path.join(opts.repoRoot, 'dist/src/main.js');
+      // BENCH_EMQX_TS_ROOT: another checkout's build (A/B runs of two commits under the same load).
+      const root = process.env.BENCH_EMQX_TS_ROOT ?? opts.repoRoot;
+      const main = path.join(root, 'dist/src/main.js');
       if (!existsSync(main)) throw new BrokerUnavailable(`${main} not found (run npm run build)`);
       // Logs at warn, as mosquitto is configured (per-connection lines are not what is measured);
       // HTTP ports ephemeral and the API key in the run's temp dir. The MQTT port accepts only
@@ -167,7 +169,7 @@ export async function startBroker(name: BrokerName, opts: StartOptions): Promise
           '--api.port=0',
           `--node.data_dir=${opts.tmpDir}`,
         ],
-        { cwd: opts.repoRoot, stdio },
+        { cwd: root, stdio },
       );
       ready = 'tcp';
       break;
