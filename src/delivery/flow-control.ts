@@ -6,8 +6,10 @@ import type { ShardToShard } from '../threads/messages.js';
 
 /** A subscriber whose output is over its high-water mark, and the publishers it holds. */
 interface Congestion {
-  /** Bytes the socket had handed to the kernel at the last check (progress = more since) */
+  /** Completed output bytes at the last check (progress = more since) */
   flushed: number;
+  /** libuv's unsent bytes of the write in flight at the last check (progress = fewer) */
+  unsent: number;
   timer: NodeJS.Timeout;
   /** Took nothing for mqtt.slow_consumer_timeout: holds released, QoS 0 dropped until 'drain' */
   slow: boolean;
@@ -20,6 +22,16 @@ interface Congestion {
 /** Bytes of a socket's output whose write has completed (public counters only). */
 function flushedBytes(conn: Connection): number {
   return conn.socket.bytesWritten - conn.socket.writableLength;
+}
+
+/**
+ * Bytes of the write in flight that the kernel has not taken yet (libuv's write queue; Node's
+ * handle exposes it, undocumented: 0 when absent). A turn's output is one write that completes
+ * only when all of it is in the kernel, which for a slow reader can take longer than the
+ * timeout: this shrinking is progress too.
+ */
+function unsentInFlight(conn: Connection): number {
+  return (conn.socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0;
 }
 
 /**
@@ -66,6 +78,7 @@ export class FlowControl {
     if (c === undefined) {
       c = {
         flushed: flushedBytes(sub),
+        unsent: unsentInFlight(sub),
         timer: setTimeout(checkProgress, timeout, this, sub),
         slow: false,
         local: new Set(),
@@ -109,13 +122,16 @@ export class FlowControl {
   check(sub: Connection): void {
     const c = this.congested.get(sub);
     if (c === undefined || c.slow) return;
-    const flushed = flushedBytes(sub);
     if (sub.closed) {
       this.end(sub, c);
       return;
     }
-    if (flushed > c.flushed) {
+    // One write is in flight at a time: a new one means the last completed (flushed grows).
+    const flushed = flushedBytes(sub);
+    const unsent = unsentInFlight(sub);
+    if (flushed > c.flushed || unsent < c.unsent) {
       c.flushed = flushed;
+      c.unsent = unsent;
       c.timer.refresh();
       return;
     }
