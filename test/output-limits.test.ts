@@ -5,15 +5,12 @@
  * client); over force_shutdown.max_output_bytes it closes it. Real sockets, real broker.
  */
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
-import { connect as netConnect, type Socket } from 'node:net';
 import { test } from 'node:test';
-import type { Broker } from '../src/broker/broker.js';
 import {
   assertBrokerServes,
-  connectFrame,
   mqttString,
   rawFrame,
+  socketAfterConnect,
   startBroker,
   waitFor,
 } from './helpers/broker.js';
@@ -30,21 +27,7 @@ function floodChunk(): Buffer {
 }
 
 /** A raw client that sends CONNECT and then never reads a byte. */
-async function nonReader(
-  t: { after: (fn: () => void) => void },
-  broker: Broker,
-  clientId: string,
-): Promise<Socket> {
-  const s = netConnect({ host: '127.0.0.1', port: broker.port });
-  s.pause();
-  s.on('error', () => {});
-  t.after(() => {
-    s.destroy();
-  });
-  await once(s, 'connect');
-  s.write(connectFrame({ clientId }));
-  return s;
-}
+const nonReader = socketAfterConnect;
 
 test('a client flooding PINGREQ/SUBSCRIBE without reading is no longer read past mqtt.max_output_buffer, and is read again once it reads', {
   timeout: T,

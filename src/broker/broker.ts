@@ -17,6 +17,7 @@ import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters } from '../metrics/counters.js';
 import { StatsTracker } from '../metrics/emqx.js';
 import { createRegistry } from '../metrics/prometheus.js';
+import { type RetainedChunk, RetainedPager } from '../retained/pager.js';
 import { RetainedStore } from '../retained/store.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import { ensureDataDir } from '../storage/open.js';
@@ -70,6 +71,11 @@ export class Broker implements BrokerView {
   readonly retained = new RetainedStore();
   /** Retained messages in the durable store (storage/retained.ts) */
   private readonly retainedDurability: RetainedDurability;
+  /** Retained matches sent to shards in chunks, paced by the subscriber (retained/pager.ts) */
+  readonly retainedPager = new RetainedPager(
+    this.retained,
+    () => this.config['retainer.flow_control.batch_read_number'],
+  );
   readonly supervisor: Supervisor;
   /** Banned clients and built-in users, posted to the shards (src/hooks/main-security.ts) */
   readonly security: MainSecurity;
@@ -341,12 +347,17 @@ export class Broker implements BrokerView {
         this.retainedDurability.stored(rec, stored, ack);
         break;
       }
-      case 'retainedLookup': {
-        const records: RetainedRecord[] = [];
-        for (const f of msg.filters) this.retained.match(f, records);
-        this.supervisor.post(shard, { t: 'retained', reqId: msg.reqId, records });
+      case 'retainedLookup':
+        this.postRetained(shard, msg.reqId, this.retainedPager.first(shard, msg.reqId, msg.filters));
+        break;
+      case 'retainedNext': {
+        const chunk = this.retainedPager.next(shard, msg.reqId);
+        if (chunk) this.postRetained(shard, msg.reqId, chunk);
         break;
       }
+      case 'retainedCancel':
+        this.retainedPager.cancel(shard, msg.reqId);
+        break;
       case 'queryResult':
         this.queries.onResult(msg);
         break;
@@ -356,6 +367,10 @@ export class Broker implements BrokerView {
       default:
         break;
     }
+  }
+
+  private postRetained(shard: number, reqId: number, chunk: RetainedChunk): void {
+    this.supervisor.post(shard, { t: 'retained', reqId, records: chunk.records, more: chunk.more });
   }
 
   /** Counts a retained message a limit refused; logs the first and then one per 1000. */

@@ -155,6 +155,13 @@ export const SCHEMA = {
     max: 1073741824,
     doc: 'Bytes buffered for a slow client before QoS 0 is dropped and QoS 1/2 queued',
   },
+  'mqtt.slow_consumer_timeout': {
+    type: 'number',
+    default: 1,
+    min: 0,
+    max: 3600,
+    doc: 'Seconds a subscriber over mqtt.output_high_watermark may take no output before QoS 0 to it is dropped; until then its QoS 0 publishers are not read until it drains (0 = drop at once, no back-pressure)',
+  },
   'mqtt.max_output_buffer': {
     type: 'number',
     integer: true,
@@ -342,6 +349,14 @@ export const SCHEMA = {
     min: 0,
     max: 1000000000,
     doc: 'Most retained topics kept (0 = unlimited); a new retained topic beyond it is routed, not stored, and counted',
+  },
+  'retainer.flow_control.batch_read_number': {
+    type: 'number',
+    integer: true,
+    default: 128,
+    min: 1,
+    max: 65535,
+    doc: "Retained messages read from the store per batch for a new subscription (at most 64 KiB of payload); the next batch is read only once the subscriber's socket or inflight window took this one (EMQX's option; here never unbounded)",
   },
   'retainer.max_payload_size': {
     type: 'number',

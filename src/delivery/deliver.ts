@@ -7,6 +7,7 @@ import type { Message } from '../session/message.js';
 import type { Session, SessionConnection } from '../session/session.js';
 import type { Connection } from '../shard/connection.js';
 import type { ShardDurability } from '../storage/shard-durability.js';
+import type { FlowControl } from './flow-control.js';
 
 /**
  * Delivery to one session of this shard: send now (QoS 0, or into the inflight window), queue
@@ -21,6 +22,8 @@ export class Delivery {
   constructor(
     private readonly config: Config,
     private readonly counters: Counters,
+    /** QoS 0 back-pressure on publishers of congested subscribers */
+    readonly flow: FlowControl,
     /** onMessageDelivered / onMessageDropped hooks (src/hooks): one length test each when none */
     private readonly security: ShardSecurity,
     /** Persistent sessions' deliveries are written here (null: durability.mode none) */
@@ -48,7 +51,8 @@ export class Delivery {
     const conn = session.conn;
     if (conn) {
       if (qos === 0) {
-        if (conn.congested) {
+        // Congested: written anyway while its publisher can be held back (flow-control.ts).
+        if (conn.congested && !this.flow.admit(conn as Connection, msg)) {
           row[Counter.deliveryDroppedQos0Slow]++;
           row[Counter.messagesDropped]++;
           this.droppedHook(session, msg, 'qos0_slow');

@@ -134,7 +134,7 @@ export const handlePublish: PacketHandler = (conn, flags, body, start, end) => {
   // Authorization and onPublish hooks (src/authz/publish.ts): one precomputed test when off.
   if (shard.security.publishChecks && (msg = checkPublish(conn, msg, f.packetId)) === null) return;
   if (f.qos === 0) {
-    shard.publish(msg, null, 0, 0);
+    shard.publish(msg, conn, 0, 0); // conn: a congested subscriber may hold it (flow-control.ts)
     return;
   }
   const session = conn.session;

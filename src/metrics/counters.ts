@@ -97,6 +97,16 @@ export const Counter = {
   /** Configuration reloads applied by the cluster thread */
   clusterReloads: 83,
   // 71..79 hardening, 84..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // Hardening (issue #9, items 9 and 10)
+  /** Retained deliveries on subscribe that waited for the subscriber's drain or acks */
+  retainedPaced: 71,
+  /** QoS 0 publishers held (not read) for a congested subscriber that still takes output */
+  publishersHeld: 72,
+  /** Subscribers that took no output for mqtt.slow_consumer_timeout: QoS 0 to them dropped */
+  slowConsumers: 73,
+  /** Publishers held because a peer shard had a window of their batches unprocessed */
+  peerWindowHolds: 74,
+  // 75..79 hardening, 80..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // 160..179 auth, 180..199 transports, 200..219 durable storage, 220..255 free.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,

@@ -306,6 +306,26 @@ export function createRegistry(src: PrometheusSources): Registry {
       Counter.bannedRefused,
     ],
     ...DURABLE_COUNTERS,
+    [
+      'emqx_ts_retained_delivery_paced_total',
+      "Times retained messages for a new subscription waited for the subscriber's socket to drain or its inflight window to free",
+      Counter.retainedPaced,
+    ],
+    [
+      'emqx_ts_publishers_held_total',
+      'Times a QoS 0 publisher was not read until a congested subscriber it feeds drained (back-pressure)',
+      Counter.publishersHeld,
+    ],
+    [
+      'emqx_ts_slow_consumers_total',
+      'Subscribers that took no output for mqtt.slow_consumer_timeout: their publishers released, QoS 0 to them dropped until they drain',
+      Counter.slowConsumers,
+    ],
+    [
+      'emqx_ts_peer_window_holds_total',
+      'Times a publisher was not read because another shard had 1 MiB of its batches unprocessed',
+      Counter.peerWindowHolds,
+    ],
   ];
   for (const [name, help, idx] of [...own, ...TRANSPORT_COUNTERS]) {
     new PromCounter({

@@ -3,10 +3,12 @@ import type { RetainedRecord } from '../threads/messages.js';
 interface Node {
   children: Map<string, Node> | null;
   record: RetainedRecord | null;
+  /** Store sequence when `record` was set (see RetainedCursor's snapshot) */
+  seq: number;
 }
 
 function newNode(): Node {
-  return { children: null, record: null };
+  return { children: null, record: null, seq: 0 };
 }
 
 /**
@@ -17,6 +19,8 @@ function newNode(): Node {
 export class RetainedStore {
   private readonly root = newNode();
   private count = 0;
+  /** Incremented per stored message */
+  private seq = 0;
 
   get size(): number {
     return this.count;
@@ -48,6 +52,7 @@ export class RetainedStore {
     }
     if (!node.record) this.count++;
     node.record = record;
+    node.seq = ++this.seq;
     return true;
   }
 
@@ -80,81 +85,141 @@ export class RetainedStore {
     }
   }
 
-  /** Retained messages whose topic matches `filter` (wildcards allowed). */
+  /** Retained messages whose topic matches `filter` (wildcards allowed), all at once. */
   match(filter: string, out: RetainedRecord[] = []): RetainedRecord[] {
-    const levels = filter.split('/');
-    const from = out.length;
-    this.walk(this.root, levels, out);
-    // Expired messages (MQTT 5 Message Expiry Interval) are removed when found [MQTT-3.3.2-5].
-    const now = Date.now();
-    let w = from;
-    for (let r = from; r < out.length; r++) {
-      const rec = out[r];
-      if (rec.expiryAt && rec.expiryAt < now)
-        this.set({ topic: rec.topic, payload: new Uint8Array(0), qos: 0 });
-      else out[w++] = rec;
-    }
-    out.length = w;
+    const c = this.cursor(filter);
+    while (!c.done) c.next(out, Number.POSITIVE_INFINITY, Number.POSITIVE_INFINITY);
     return out;
   }
 
   /**
-   * Depth-first over the trie with an explicit stack, never recursion: a topic may have as many
-   * levels as a packet has bytes, and a recursive walk on main would overflow the stack (the
-   * process dies). Children are pushed in reverse so the order is that of a recursive walk.
+   * A resumable walk over the messages matching `filter`, as the store was when it was made:
+   * a message stored later (a new topic, or a newer message on a topic) is skipped, because the
+   * subscription already gets it live. Holds only a stack of child iterators (Map iterators
+   * survive inserts and deletes), so a `#` over a million retained messages costs main no
+   * array of a million references per subscriber and no walk of a million nodes at once.
    */
-  private walk(root: Node, levels: string[], out: RetainedRecord[]): void {
-    const nodes: Node[] = [root];
-    const depth: number[] = [0];
-    while (nodes.length > 0) {
-      const node = nodes.pop()!;
-      const i = depth.pop()!;
-      if (i === levels.length) {
-        if (node.record) out.push(node.record);
+  cursor(filter: string): RetainedCursor {
+    return new RetainedCursor(this, this.root, filter.split('/'), this.seq);
+  }
+
+  /** Deletes an expired message found by a cursor [MQTT-3.3.2-5]. */
+  expire(topic: string): void {
+    this.set({ topic, payload: new Uint8Array(0), qos: 0 });
+  }
+}
+
+/** Nodes visited per `next` call at most, so that a sparse match cannot block main either. */
+const VISIT_BUDGET = 4096;
+
+/** A node still to match against `levels[depth]`, or the children of one being iterated. */
+interface Frame {
+  node: Node | null;
+  iter: IterableIterator<[string, Node]> | null;
+  depth: number;
+  /** Iterating for '#': every node below is a match (else '+': each child matches one level) */
+  all: boolean;
+  /** At the root level under a wildcard: '$' topics never match [MQTT-4.7.2-1] */
+  skipDollar: boolean;
+}
+
+/**
+ * Depth-first over the trie with an explicit stack, never recursion: a topic may have as many
+ * levels as a packet has bytes, and a recursive walk on main would overflow the stack (the
+ * process dies). Pre-order, children in insertion order.
+ */
+export class RetainedCursor {
+  private readonly stack: Frame[] = [];
+  done = false;
+
+  constructor(
+    private readonly store: RetainedStore,
+    root: Node,
+    private readonly levels: string[],
+    /** Store sequence when the lookup was made: later messages are skipped */
+    private readonly snapshot: number,
+  ) {
+    this.stack.push({ node: root, iter: null, depth: 0, all: false, skipDollar: false });
+  }
+
+  /**
+   * Appends up to `maxRecords` matches (or until their payloads pass `maxBytes`) to `out`;
+   * `done` is set once the walk is over. May return with none appended and not done (the visit
+   * budget ran out): call again.
+   */
+  next(out: RetainedRecord[], maxRecords: number, maxBytes: number): void {
+    const stack = this.stack;
+    const levels = this.levels;
+    const from = out.length;
+    let bytes = 0;
+    let visits = 0;
+    const now = Date.now();
+    while (stack.length > 0 && out.length - from < maxRecords && bytes < maxBytes && visits < VISIT_BUDGET) {
+      visits++;
+      const f = stack[stack.length - 1];
+      let node: Node;
+      let depth: number;
+      if (f.iter) {
+        const r = f.iter.next();
+        if (r.done) {
+          stack.pop();
+          continue;
+        }
+        if (f.skipDollar && r.value[0].startsWith('$')) continue;
+        node = r.value[1];
+        if (f.all) {
+          bytes += this.emit(node, out, now);
+          if (node.children && node.children.size > 0) stack.push(frame(null, node.children, 0, true, false));
+          continue;
+        }
+        depth = f.depth;
+      } else {
+        stack.pop();
+        node = f.node!;
+        depth = f.depth;
+      }
+      if (depth === levels.length) {
+        bytes += this.emit(node, out, now);
         continue;
       }
-      const level = levels[i];
+      const level = levels[depth];
       if (level === '#') {
-        // '#' also matches the parent level [MQTT-4.7.1-2]; '$' topics never match a leading wildcard.
-        if (node.record && i > 0) out.push(node.record);
-        this.collect(node, i === 0, out);
+        // '#' also matches the parent level [MQTT-4.7.1-2].
+        if (depth > 0) bytes += this.emit(node, out, now);
+        if (node.children) stack.push(frame(null, node.children, 0, true, depth === 0));
         continue;
       }
       if (!node.children) continue;
       if (level === '+') {
-        const kids = [...node.children];
-        for (let k = kids.length - 1; k >= 0; k--) {
-          if (i === 0 && kids[k][0].startsWith('$')) continue; // [MQTT-4.7.2-1]
-          nodes.push(kids[k][1]);
-          depth.push(i + 1);
-        }
+        stack.push(frame(null, node.children, depth + 1, false, depth === 0));
         continue;
       }
       const child = node.children.get(level);
-      if (child) {
-        nodes.push(child);
-        depth.push(i + 1);
-      }
+      if (child) stack.push(frame(child, null, depth + 1, false, false));
     }
+    if (stack.length === 0) this.done = true;
   }
 
-  /** Every record below `from` (not its own), pre-order, iteratively (see walk). */
-  private collect(from: Node, atRoot: boolean, out: RetainedRecord[]): void {
-    if (!from.children) return;
-    const stack: Node[] = [];
-    const push = (n: Node, skipDollar: boolean): void => {
-      if (!n.children) return;
-      const kids = [...n.children];
-      for (let k = kids.length - 1; k >= 0; k--) {
-        if (skipDollar && kids[k][0].startsWith('$')) continue;
-        stack.push(kids[k][1]);
-      }
-    };
-    push(from, atRoot);
-    while (stack.length > 0) {
-      const n = stack.pop()!;
-      if (n.record) out.push(n.record);
-      push(n, false);
+  /** Appends the node's record if it is part of the snapshot and not expired; its size. */
+  private emit(node: Node, out: RetainedRecord[], now: number): number {
+    const rec = node.record;
+    if (!rec || node.seq > this.snapshot) return 0;
+    if (rec.expiryAt && rec.expiryAt < now) {
+      // Expired messages (MQTT 5 Message Expiry Interval) are removed when found [MQTT-3.3.2-5].
+      this.store.expire(rec.topic);
+      return 0;
     }
+    out.push(rec);
+    return rec.payload.length + rec.topic.length;
   }
+}
+
+function frame(
+  node: Node | null,
+  children: Map<string, Node> | null,
+  depth: number,
+  all: boolean,
+  skipDollar: boolean,
+): Frame {
+  return { node, iter: children ? children.entries() : null, depth, all, skipDollar };
 }

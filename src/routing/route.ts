@@ -11,6 +11,7 @@ import type { RetainedRelay } from '../shard/retained-relay.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
 import { BatchWriter } from './batch.js';
+import { PeerWindows } from './peer-window.js';
 import { MatchResult } from './topic-index.js';
 
 /** Where a message matching shared-subscription filters owned here goes (routing/shared-groups.ts). */
@@ -31,6 +32,8 @@ export class Router {
   private readonly sharedMatch = new MatchResult(8);
   private readonly targets: Session[] = [];
   private deliverySeq = 0;
+  /** Batch bytes in flight per peer; publishers held past the window (peer-window.ts) */
+  readonly windows: PeerWindows;
 
   constructor(
     private readonly s: ShardState,
@@ -42,6 +45,7 @@ export class Router {
     private readonly cluster: ShardClusterLink | null = null,
   ) {
     this.batches = s.peers.map((_, i) => (i === s.id ? null : new BatchWriter()));
+    this.windows = new PeerWindows(s.peers.length, s.counters);
   }
 
   /**
@@ -51,7 +55,11 @@ export class Router {
    * the ack and then subscribes is sure to get it. Returns whether any subscriber matched.
    */
   publish(msg: Message, conn: Connection | null, ackType = 0, packetId = 0): boolean {
+    // A congested subscriber of this message holds its publisher (delivery/flow-control.ts).
+    const flow = this.delivery.flow;
+    flow.sourceConn = conn;
     const matched = this.route(msg);
+    flow.sourceConn = null;
     let ack: Buffer | null = null;
     if (conn && ackType) {
       ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
@@ -89,7 +97,10 @@ export class Router {
       if (mask & (1 << id)) this.deliverLocal(msg, m.nodeIds, n);
       if ((mask & ~(1 << id)) !== 0) {
         for (let s = 0; s < this.batches.length; s++) {
-          if (s !== id && mask & (1 << s)) this.batchFor(s)!.add(msg, m.nodeIds, n);
+          if (s !== id && mask & (1 << s)) {
+            this.batchFor(s)!.add(msg, m.nodeIds, n);
+            this.windows.note(s, this.delivery.flow.sourceConn);
+          }
         }
       }
     }
@@ -103,7 +114,10 @@ export class Router {
         for (let s = 0; s < this.s.shardCount; s++) {
           if (!(mask & (1 << s))) continue;
           if (s === id) this.shared.onSharedMessage(msg, sm.nodeIds, k);
-          else this.batchFor(s)!.add(msg, sm.nodeIds, k, 1);
+          else {
+            this.batchFor(s)!.add(msg, sm.nodeIds, k, 1);
+            this.windows.note(s, this.delivery.flow.sourceConn);
+          }
         }
       }
     }
@@ -130,7 +144,10 @@ export class Router {
       const durable = this.s.durable;
       const seq = durable && batch.qosCount > 0 ? durable.outboxAdd(s, batch.buf, batch.len) : 0;
       const port = this.s.peers[s];
-      if (!port) continue; // peer restarting: its clients are gone anyway
+      if (!port) {
+        this.windows.reset(s); // peer restarting: its clients are gone anyway
+        continue;
+      }
       row[Counter.crossShardMessages] += batch.count;
       row[Counter.crossShardBatches]++;
       port.postMessage(
@@ -143,6 +160,7 @@ export class Router {
         } satisfies ShardToShard,
         [batch.buf],
       );
+      this.windows.sent(s, batch.len);
     }
   }
 

@@ -82,6 +82,8 @@ export class Connection implements FrameSink {
   private heldBytes = 0;
   /** Not read until 'drain': its own unsent output passed mqtt.max_output_buffer */
   private readPaused = false;
+  /** Subscribers whose congestion holds this publisher: not read while > 0 (delivery/flow-control.ts) */
+  private readHolds = 0;
   readonly keepaliveMs: number;
   readonly protocolVersion: number;
   readonly clientId: string;
@@ -182,14 +184,24 @@ export class Connection implements FrameSink {
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
     // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
     // leftover bytes above (resume() takes effect on a later tick).
-    if (!this.readPaused) this.socket.resume();
+    if (!this.readPaused && this.readHolds === 0) this.socket.resume();
+  }
+
+  /** A congested subscriber holds this publisher: not read until every holder lets go. */
+  holdRead(): void {
+    if (this.readHolds++ === 0) this.socket.pause();
+  }
+
+  releaseRead(): void {
+    if (this.readHolds === 0 || --this.readHolds > 0) return;
+    if (!this.readPaused && !this.closed) this.socket.resume();
   }
 
   /** The socket wrote out everything it had buffered. */
   onDrain(): void {
     if (this.readPaused) {
       this.readPaused = false;
-      if (!this.closed) this.socket.resume();
+      if (!this.closed && this.readHolds === 0) this.socket.resume();
     }
     this.shard.drainSession(this.session);
   }

@@ -1,8 +1,9 @@
 import type { Delivery } from '../delivery/deliver.js';
+import { type RetainedAnswer, RetainedFeeds } from '../delivery/retained-feed.js';
 import { refuseSharedJoin } from '../handlers/subscribe.js';
-import type { QoS } from '../protocol/constants.js';
+import type { Counters } from '../metrics/counters.js';
 import type { PendingJoin } from '../routing/subscriptions.js';
-import { Message } from '../session/message.js';
+import type { Message } from '../session/message.js';
 import type { ShardDurability } from '../storage/shard-durability.js';
 import type { RetainedRecord } from '../threads/messages.js';
 import type { Connection, HeldAck } from './connection.js';
@@ -16,13 +17,10 @@ interface RetainedBatch {
   conn: Connection;
   held: HeldAck;
   left: number;
-  answers: { filter: string; records: RetainedRecord[] }[];
+  answers: RetainedAnswer[];
 }
 
-/** Rebuilds a Buffer view of a Uint8Array that arrived by structured clone. */
-export function asBuffer(u: Uint8Array): Buffer {
-  return Buffer.from(u.buffer, u.byteOffset, u.length);
-}
+export { asBuffer } from '../delivery/retained-feed.js';
 
 /**
  * The retained store lives in main: this relays a retained PUBLISH to it (the PUBACK/PUBREC
@@ -38,13 +36,18 @@ export class RetainedRelay {
   >();
   /** SUBACKs waiting for owner shards to confirm joins, by request id */
   private readonly joinWaits = new Map<number, { owner: number; batch: RetainedBatch; join?: PendingJoin }>();
+  /** Retained messages after a SUBACK, delivered paced by the subscriber */
+  readonly feeds: RetainedFeeds;
 
   constructor(
     private readonly main: MainLink,
     private readonly delivery: Delivery,
+    counters: Counters,
     /** durable sync: a persistent session's SUBACK waits for its subscriptions' commit too */
     private readonly durable: ShardDurability | null = null,
-  ) {}
+  ) {
+    this.feeds = new RetainedFeeds(main, delivery, counters);
+  }
 
   /**
    * Posts a retained message to main's store. A client's ack (PUBACK/PUBREC) is held until main
@@ -83,6 +86,7 @@ export class RetainedRelay {
   /** A closed connection's held acks are never sent. */
   forgetConnection(conn: Connection): void {
     for (const [reqId, p] of this.heldAcks) if (p.conn === conn) this.heldAcks.delete(reqId);
+    this.feeds.cancel(conn);
   }
 
   /**
@@ -114,12 +118,16 @@ export class RetainedRelay {
     }
   }
 
-  onRetained(reqId: number, records: RetainedRecord[]): void {
+  /** A lookup's first chunk (for a held SUBACK), or a next chunk for a feed. */
+  onRetained(reqId: number, records: RetainedRecord[], more: boolean): void {
     const req = this.retainedRequests.get(reqId);
-    if (!req) return;
+    if (!req) {
+      this.feeds.onChunk(reqId, records, more);
+      return;
+    }
     this.retainedRequests.delete(reqId);
     // Main answers in request order.
-    req.batch.answers.push({ filter: req.filter, records });
+    req.batch.answers.push({ reqId, filter: req.filter, records, more });
     this.subscribeStepDone(req.batch);
   }
 
@@ -146,27 +154,7 @@ export class RetainedRelay {
     const conn = batch.conn;
     batch.held.ready = true;
     conn.releaseAcks();
-    const session = conn.session;
-    if (conn.closed || session.conn !== conn) return;
-    const now = Date.now();
-    for (const a of batch.answers) {
-      const sub = session.subscriptions.get(a.filter);
-      if (!sub) continue;
-      for (const r of a.records) {
-        if (r.expiryAt && r.expiryAt < now) continue;
-        const msg = Message.fromStrings(r.topic, asBuffer(r.payload), r.qos, true, '', true);
-        if (r.props) msg.props = asBuffer(r.props);
-        if (r.expiryAt) msg.expiryAt = r.expiryAt;
-        // Retained messages sent on subscribe carry RETAIN 1 whatever Retain As Published says.
-        this.delivery.deliver(
-          session,
-          msg,
-          Math.min(r.qos, sub.qos) as QoS,
-          true,
-          sub.subId ? [sub.subId] : null,
-          null,
-        );
-      }
-    }
+    // Delivered paced by the subscriber (delivery/retained-feed.ts); a closed one cancels.
+    if (batch.answers.some((a) => a.records.length > 0 || a.more)) this.feeds.start(conn, batch.answers);
   }
 }

@@ -3,6 +3,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { ShardClusterLink } from '../cluster/shard-link.js';
 import type { Config } from '../config/schema.js';
 import { Delivery } from '../delivery/deliver.js';
+import { FlowControl } from '../delivery/flow-control.js';
 import { ShardSecurity } from '../hooks/security.js';
 import { shardOf } from '../listener/client-id.js';
 import { createLogger, type Logger } from '../log.js';
@@ -63,6 +64,7 @@ export class Shard implements BatchVisitor, ShardState {
   readonly durable: ShardDurability | null;
   private readonly replay: ReplayVisitor;
   private readonly delivery: Delivery;
+  private readonly flow: FlowControl;
   private readonly relay: RetainedRelay;
   private readonly shared: SharedGroupRouting;
   private readonly router: Router;
@@ -96,8 +98,9 @@ export class Shard implements BatchVisitor, ShardState {
     this.security = new ShardSecurity(this.config, this.log, this.counters.row);
     this.durable = store ? new ShardDurability(this, store, this.scheduleTurnEnd) : null;
     this.replay = new ReplayVisitor(this, this);
-    this.delivery = new Delivery(this.config, this.counters, this.security, this.durable);
-    this.relay = new RetainedRelay(main, this.delivery, this.durable);
+    this.flow = new FlowControl(this);
+    this.delivery = new Delivery(this.config, this.counters, this.flow, this.security, this.durable);
+    this.relay = new RetainedRelay(main, this.delivery, this.counters, this.durable);
     this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
     // Received forwards are published here for local subscribers only (never forwarded again).
     this.cluster = ShardClusterLink.create(init, {
@@ -150,10 +153,20 @@ export class Shard implements BatchVisitor, ShardState {
     port.on('message', (m: ShardToShard) => {
       try {
         if (m.t === 'batch') {
-          // Durable: a batch committed here already (re-sent after a restart) is not delivered again.
-          if (m.seq === undefined || !this.durable || this.durable.acceptBatch(i, m.seq))
-            readBatch(m.buf, m.len, m.replay ? this.replay : this);
+          // The publishers in it were read by shard i: a congested subscriber holds them there.
+          this.flow.sourceShard = i;
+          try {
+            // Durable: a batch committed here already (re-sent after a restart) is not delivered again.
+            if (m.seq === undefined || !this.durable || this.durable.acceptBatch(i, m.seq))
+              readBatch(m.buf, m.len, m.replay ? this.replay : this);
+          } finally {
+            this.flow.sourceShard = -1;
+          }
+          port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
         } else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
+        else if (m.t === 'batchAck') {
+          this.router.windows.acked(i, m.bytes);
+        } else if (m.t === 'hold' || m.t === 'release') this.flow.onPeerHold(i, m.clientId, m.t === 'hold');
         else if (m.t === 'adopt') {
           // First: from here on the fds are ours (the sender stops tracking them).
           port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
@@ -191,6 +204,7 @@ export class Shard implements BatchVisitor, ShardState {
         this.peers[msg.shard]?.close();
         this.peers[msg.shard] = msg.port;
         this.listenPeer(msg.shard);
+        this.router.windows.reset(msg.shard);
         // Connections accepted for it while it was down.
         this.accept.onPeer(msg.shard);
         // A restarted shard lost the shared groups it owned: members here join them again.
@@ -205,6 +219,8 @@ export class Shard implements BatchVisitor, ShardState {
         this.peers[msg.shard] = null;
         this.accept.closeUnadopted(msg.shard);
         this.shared.dropShard(msg.shard);
+        this.flow.dropShard(msg.shard);
+        this.router.windows.reset(msg.shard);
         // A dead owner answers no join: those SUBACKs go now (its restart rejoins them).
         this.relay.releaseJoinsTo(msg.shard);
         break;
@@ -212,7 +228,7 @@ export class Shard implements BatchVisitor, ShardState {
         this.relay.onRetainAck(msg.reqId);
         break;
       case 'retained':
-        this.relay.onRetained(msg.reqId, msg.records);
+        this.relay.onRetained(msg.reqId, msg.records, msg.more);
         break;
       case 'shutdown':
         if (msg.drainMs) this.drain(msg.drainMs);
@@ -283,9 +299,14 @@ export class Shard implements BatchVisitor, ShardState {
 
   drainSession(session: Session): void {
     this.delivery.drainSession(session);
+    // Retained messages still to send after a SUBACK wait for this room (none on the normal path).
+    if (this.relay.feeds.active > 0) this.relay.feeds.pumpSession(session);
+    // A congested subscriber that drained lets its held publishers go (none on the normal path).
+    if (this.flow.active > 0 && session.conn) this.flow.onRoom(session.conn as Connection);
   }
 
   onConnectionClosed(conn: Connection, reason: string): void {
+    if (this.flow.active > 0) this.flow.forget(conn);
     this.lifecycle.onConnectionClosed(conn, reason);
   }
 

@@ -154,7 +154,8 @@ export type MainToShard =
   /** The (re)started cluster thread's port */
   | { t: 'cluster'; port: MessagePort }
   | { t: 'retainAck'; reqId: number }
-  | { t: 'retained'; reqId: number; records: RetainedRecord[] }
+  /** One chunk of a lookup's matches; `more`: the shard asks for the next with retainedNext */
+  | { t: 'retained'; reqId: number; records: RetainedRecord[]; more: boolean }
   /** Close the clients and end; with drainMs, the closes are spread over that many ms first. */
   | { t: 'shutdown'; drainMs?: number }
   | { t: 'crash' }
@@ -182,6 +183,8 @@ export type ShardToMain =
   | { t: 'retain'; reqId: number; record: RetainedRecord }
   /** Retained messages matching these filters, for a new subscription. */
   | { t: 'retainedLookup'; reqId: number; filters: string[] }
+  /** The subscriber took the previous chunk of this lookup: send the next (or stop: cancel) */
+  | { t: 'retainedNext' | 'retainedCancel'; reqId: number }
   | { t: 'shutdownDone' }
   | { t: 'listening' }
   /** Answer to `reconfigure`: the new configuration is in force in this shard */
@@ -260,6 +263,15 @@ export interface TunnelBatch {
   len: number;
 }
 
+/** A congested subscriber holds a QoS 0 publisher of the receiving shard, or lets go (flow-control.ts). */
+export type PeerHold = { t: 'hold'; clientId: string } | { t: 'release'; clientId: string };
+
+/** A batch of `bytes` from the receiver was processed (routing/peer-window.ts). */
+export interface PeerBatchAck {
+  t: 'batchAck';
+  bytes: number;
+}
+
 export type ShardToShard =
   | PeerBatch
   | PeerBatchCommitted
@@ -267,7 +279,9 @@ export type ShardToShard =
   | SharedJoined
   | PeerAdopt
   | PeerAdopted
-  | TunnelBatch;
+  | TunnelBatch
+  | PeerHold
+  | PeerBatchAck;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {

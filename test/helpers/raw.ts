@@ -383,3 +383,19 @@ export async function rawPing(raw: RawClient, timeoutMs = HANG_GUARD_MS): Promis
   const f = await readFrame(raw, timeoutMs);
   if (f.type !== 13 || f.body.length !== 0) throw new Error(`expected PINGRESP, got type ${f.type}`);
 }
+
+/**
+ * A plain socket that has sent CONNECT `clientId` (3.1.1) and reads nothing until the caller
+ * says how (attach 'data' or resume; left alone, it never reads: TCP pushes back on the broker).
+ */
+export async function socketAfterConnect(t: Ctx, broker: Broker, clientId: string): Promise<Socket> {
+  const s = netConnect({ host: '127.0.0.1', port: broker.port });
+  s.pause();
+  s.on('error', () => {});
+  t.after(() => {
+    s.destroy();
+  });
+  await once(s, 'connect');
+  s.write(connectFrame({ clientId }));
+  return s;
+}
