@@ -10,7 +10,19 @@ async function main(): Promise<void> {
     const { runPasswd } = await import('./auth/passwd.js');
     process.exit(await runPasswd(process.argv.slice(3)));
   }
-  let broker: Broker;
+  let broker: Broker | null = null;
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    if (!broker) return; // still starting: stopped as soon as it has started (below)
+    broker.log.info({ signal }, 'shutting down');
+    void broker.stop().then(() => process.exit(0));
+  };
+  // Installed before the start: a SIGTERM while it starts (HTTP servers after 'listening') is a
+  // clean stop, not the default kill.
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
   try {
     broker = await Broker.start({ argv: process.argv.slice(2), env: process.env });
   } catch (err) {
@@ -29,20 +41,16 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-  let stopping = false;
-  const shutdown = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    broker.log.info({ signal }, 'shutting down');
-    void broker.stop().then(() => process.exit(0));
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
+  const started: Broker = broker;
+  if (stopping) {
+    stopping = false;
+    shutdown('SIGTERM');
+  }
   // SIGHUP: reload the configuration from the same sources; what can change at runtime does.
   process.on('SIGHUP', () => {
-    broker.log.info({ signal: 'SIGHUP' }, 'reloading configuration');
-    broker.reload().catch((err: Error) => {
-      broker.log.error(
+    started.log.info({ signal: 'SIGHUP' }, 'reloading configuration');
+    started.reload().catch((err: Error) => {
+      started.log.error(
         { err: err.message },
         'configuration reload failed; keeping the running configuration',
       );

@@ -407,5 +407,6 @@ test('a corrupt data dir or one that cannot be created: a clear error and exit c
     'store opened',
   );
   ok.p.child.kill('SIGTERM');
-  assert.equal((await within(ok.p.done, 'stopped')).code, 0);
+  const r3 = await within(ok.p.done, 'stopped');
+  assert.equal(r3.code, 0, `signal ${r3.signal}; stderr: ${ok.p.err.lines.slice(-5).join('\n')}`);
 });

@@ -71,6 +71,8 @@ export class LmdbStore implements DurableStore {
     try {
       this.env = open({
         path: o.path,
+        // lmdb-js treats a path with an extension ("/var/lib/emqx.ts") as a file: it is a directory.
+        noSubdir: false,
         maxDbs: 8,
         // batched: writes of several turns share one commit, at most flush_interval later.
         commitDelay: o.mode === 'batched' ? o.flushIntervalMs : 0,
