@@ -5,72 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { within } from './helpers/broker.js';
 import { startNode, type TestNode } from './helpers/cluster.js';
+import { connectTo as connect, Inbox as Sub, subscribeTo as sub } from './helpers/cluster-clients.js';
 
 const T = 120_000;
 type Ctx = { after: (fn: () => void | Promise<void>) => void };
-
-interface Got {
-  topic: string;
-  payload: string;
-  qos: number;
-  retain: boolean;
-  props?: IPublishPacket['properties'];
-}
-
-class Sub {
-  readonly got: Got[] = [];
-  private wake: (() => void) | null = null;
-  constructor(readonly c: MqttClient) {
-    c.on('message', (topic, payload, packet) => {
-      this.got.push({
-        topic,
-        payload: payload.toString(),
-        qos: packet.qos,
-        retain: packet.retain,
-        props: packet.properties,
-      });
-      this.wake?.();
-    });
-  }
-  async wait(n: number, what: string, timeoutMs = 20_000): Promise<Got[]> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.got.length < n) {
-      if (Date.now() > deadline)
-        throw new Error(`${what}: got ${this.got.length}/${n}: ${JSON.stringify(this.got)}`);
-      await new Promise<void>((r) => {
-        this.wake = r;
-        setTimeout(r, 100);
-      });
-    }
-    return this.got;
-  }
-}
-
-async function connect(
-  t: Ctx,
-  node: TestNode,
-  clientId: string,
-  opts: IClientOptions = {},
-): Promise<MqttClient> {
-  const c = mqtt.connect({ host: '127.0.0.1', port: node.mqttPort, clientId, reconnectPeriod: 0, ...opts });
-  t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
-  await within(
-    new Promise<void>((resolve, reject) => {
-      c.once('connect', () => resolve());
-      c.once('error', reject);
-    }),
-    `${clientId} to connect to ${node.name}`,
-  );
-  return c;
-}
-
-async function sub(c: MqttClient, filter: string, qos: 0 | 1 | 2): Promise<void> {
-  const granted = await c.subscribeAsync(filter, { qos });
-  assert.equal(granted[0].qos, qos, `granted QoS for ${filter}`);
-}
 
 /** Two nodes, n2 seeded with n1, with a QoS 1 subscriber on n2 to `filter` whose route n1 holds. */
 async function pairWithSub(t: Ctx, prefix: string, downAfter: number, filter: string) {

@@ -19,11 +19,13 @@ const node = new ClusterNode(
   init.shards,
   log,
   (members) => post({ t: 'members', members }),
+  post,
 );
 for (const p of init.shards) if (p) node.listenShard(p);
 port.on('message', (m: MainToCluster) => {
   if (m.t === 'shard') node.addShard(m.shard, m.port);
   else if (m.t === 'shutdown') void node.stop().then(() => post({ t: 'shutdownDone' }));
+  else node.state.onMain(m);
 });
 node.listen().then(
   (p) => post({ t: 'ready', generation: init.generation, port: p }),

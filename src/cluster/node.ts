@@ -9,15 +9,18 @@ import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { topicFilterError } from '../protocol/topic.js';
 import type { TopicIndex } from '../routing/topic-index.js';
-import type { ClusterMember, ClusterToShard, ShardToCluster } from '../threads/messages.js';
+import type { ClusterMember, ClusterToShard, ShardForward, ShardToCluster } from '../threads/messages.js';
 import { VERSION } from '../version.js';
 import { entryEnd } from './codec.js';
 import { advertiseHost, discover, hostPort } from './discovery.js';
 import { ForwardStream } from './forward.js';
 import type { ForwardBatch, NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
+import { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
 import { LocalRoutes } from './local-routes.js';
 import { clientTo, type Peer, PeerTable } from './peers.js';
+import { ClusterState } from './state.js';
+import type { ClusterStateToMain } from './state-messages.js';
 
 /** A NodeInfo as we send it */
 type NodeInit = { name: string; address: string; incarnation: bigint; version?: string };
@@ -48,6 +51,8 @@ export class ClusterNode {
   private readonly downAfterMs: number;
   private stopping = false;
   private lastMembers = '';
+  /** Cluster II: retained store, wills, shared groups, sessions across nodes (state.ts) */
+  readonly state: ClusterState;
 
   constructor(
     private readonly config: Config,
@@ -57,17 +62,31 @@ export class ClusterNode {
     private readonly shards: (MessagePort | null)[],
     private readonly log: Logger,
     private readonly onMembers: (members: ClusterMember[]) => void,
+    onMain: (m: ClusterStateToMain) => void,
   ) {
     this.name = config['node.name'];
     this.peers = new PeerTable(remoteIndex);
     this.local = new LocalRoutes(localIndex);
     this.downAfterMs = config['cluster.down_after'] * 1000;
+    this.state = new ClusterState({
+      name: this.name,
+      incarnation: this.incarnation,
+      config,
+      log,
+      counters,
+      peers: this.peers,
+      shards,
+      postMain: (m) => onMain(m),
+    });
   }
 
   /** Listens; resolves with the bound port. */
   async listen(): Promise<number> {
     const handler = connectNodeAdapter({
-      routes: (router) => router.service(ClusterService, this.service()),
+      routes: (router) => {
+        router.service(ClusterService, this.service());
+        router.service(ClusterStateService, this.state.service());
+      },
     });
     // HTTP/2's default 64 KiB flow-control windows stall a stream of ~100 KB batches on every
     // window update: open them wide (the forward window bounds memory instead).
@@ -105,6 +124,7 @@ export class ClusterNode {
     port.on('message', (m: ShardToCluster) => {
       try {
         if (m.t === 'forward') this.onShardForward(m, port);
+        else this.state.onShard(m, this.shards.indexOf(port), port);
       } catch (err) {
         this.counters.row[Counter.clusterErrors]++;
         this.log.error({ err }, 'shard forward batch dropped');
@@ -296,6 +316,7 @@ export class ClusterNode {
       this.learn(res.members);
       this.openStream(p);
       this.pushRoutes(p);
+      this.state.synced(p);
       this.log.info({ peer: p.name, address }, 'joined cluster peer');
     } catch (err) {
       const e = ConnectError.from(err);
@@ -308,7 +329,10 @@ export class ClusterNode {
 
   /** A peer we knew came back with a new incarnation: what we held of it is stale. */
   private restarted(p: Peer, incarnation: bigint): void {
-    if (p.incarnation !== 0n) this.log.info({ peer: p.name }, 'cluster peer restarted');
+    if (p.incarnation !== 0n) {
+      this.log.info({ peer: p.name }, 'cluster peer restarted');
+      if (p.status === 'running') this.state.gone(p, 'restarted');
+    }
     this.peers.dropRoutes(p);
     this.unsync(p);
     p.status = 'stopped';
@@ -356,6 +380,7 @@ export class ClusterNode {
   private down(p: Peer, reason: string): void {
     if (p.status !== 'running') return;
     p.status = 'stopped';
+    this.state.gone(p, reason === 'left' ? 'left' : 'down');
     this.peers.dropRoutes(p);
     this.unsync(p);
     this.log.warn({ peer: p.name, reason }, 'cluster peer down');
@@ -460,7 +485,7 @@ export class ClusterNode {
    * `seq`, the shard holds QoS 1/2 acks until every peer it went to has accepted its part
    * (or is gone): one `forwardAcked` when the last part is done.
    */
-  private onShardForward(m: ShardToCluster, port: MessagePort): void {
+  private onShardForward(m: ShardForward, port: MessagePort): void {
     const b = Buffer.from(m.buf, 0, m.len);
     const slots = this.peers.bySlot;
     let p = 0;

@@ -35,8 +35,9 @@ export class ShardClusterLink {
   private readonly match = new MatchResult(8);
   private readonly out = new EntryWriter();
   private flushScheduled = false;
-  /** True while routing a forwarded batch: those messages stay on this node */
-  private receiving = false;
+  /** True while routing a forwarded batch: those messages stay on this node (and a retained
+   *  one is not stored again: the origin replicates its store, retained-sync.ts) */
+  receiving = false;
   /** The message last passed to route() was forwarded at QoS 1/2 (its ack may be held) */
   private forwardedQos = false;
   /** Acks held until the batch they were forwarded in is accepted by every peer, by batch seq */

@@ -5,6 +5,7 @@ import type { Counters } from '../metrics/counters.js';
 import type { TopicIndex } from '../routing/topic-index.js';
 import type { ClusterInit, ClusterMember, ClusterToMain, MainToCluster } from '../threads/messages.js';
 import { MAX_PEERS } from './peers.js';
+import type { ClusterStateToMain, MainToClusterState } from './state-messages.js';
 
 /** What the handle needs from the shard supervisor. */
 export interface ClusterHost {
@@ -29,6 +30,9 @@ export class ClusterThread {
   private stopping = false;
   private threadId = -1;
   private firstStart: ((err?: Error) => void) | null = null;
+  /** Cluster II (retained replication): its messages, and the thread's exit */
+  onState: ((m: ClusterStateToMain) => void) | null = null;
+  onExit: (() => void) | null = null;
 
   constructor(
     private readonly config: Config,
@@ -59,6 +63,13 @@ export class ClusterThread {
     const ch = new MessageChannel();
     this.post({ t: 'shard', shard, port: ch.port2 }, [ch.port2]);
     return ch.port1;
+  }
+
+  /** Posts a Cluster II message; false when no thread is running to take it. */
+  postState(m: MainToClusterState): boolean {
+    if (!this.worker || !this.ready) return false;
+    this.post(m);
+    return true;
   }
 
   private post(m: MainToCluster, transfer?: MessagePort[]): void {
@@ -100,11 +111,13 @@ export class ClusterThread {
         else this.host.onFatal(reason);
       } else if (m.t === 'members') this.members = m.members;
       else if (m.t === 'shutdownDone') void worker.terminate();
+      else this.onState?.(m);
     });
     worker.on('error', (err) => this.log.error({ err }, 'cluster thread crashed'));
     worker.on('exit', (code) => {
       if (this.worker === worker) this.worker = null;
       this.ready = false;
+      this.onExit?.();
       // What it wrote to the remote index goes with it: the new thread rejoins and resyncs.
       this.remoteIndex.releaseLockHeldBy(this.threadId);
       this.index.releaseLockHeldBy(this.threadId); // its reader slot in the local index

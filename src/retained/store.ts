@@ -80,6 +80,14 @@ export class RetainedStore {
     }
   }
 
+  /** Every stored record, `$` topics included (a cluster peer's full sync). */
+  all(): RetainedRecord[] {
+    const out: RetainedRecord[] = [];
+    if (this.root.record) out.push(this.root.record);
+    this.collect(this.root, false, out);
+    return out;
+  }
+
   /** Retained messages whose topic matches `filter` (wildcards allowed). */
   match(filter: string, out: RetainedRecord[] = []): RetainedRecord[] {
     const levels = filter.split('/');

@@ -56,7 +56,7 @@ export class Router {
     if (conn && ackType) {
       ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
     }
-    if (msg.retain) {
+    if (msg.retain && !this.cluster?.receiving) {
       this.relay.storeRetained(msg, conn, ack);
     } else if (conn && ack) {
       // cluster: a QoS 1/2 message forwarded to other nodes is acked once they have accepted it

@@ -13,6 +13,12 @@
  *                   main: batches of publishes for remote nodes, and forwards received from them.
  */
 import type { MessagePort } from 'node:worker_threads';
+import type {
+  ClusterStateToMain,
+  ClusterStateToShard,
+  MainToClusterState,
+  ShardToClusterState,
+} from '../cluster/state-messages.js';
 import type { Config } from '../config/schema.js';
 import type { CountersShared } from '../metrics/counters.js';
 import type { ConnectPacket } from '../protocol/codec.js';
@@ -72,17 +78,19 @@ export type MainToCluster =
   /** A (re)started shard's port to the cluster thread */
   | { t: 'shard'; shard: number; port: MessagePort }
   /** Tell peers we leave, then end */
-  | { t: 'shutdown' };
+  | { t: 'shutdown' }
+  | MainToClusterState;
 
 export type ClusterToMain =
   | { t: 'ready'; generation: number; port: number }
   | { t: 'listenFailed'; error: string }
   /** Sent on every membership change and once a second */
   | { t: 'members'; members: ClusterMember[] }
-  | { t: 'shutdownDone' };
+  | { t: 'shutdownDone' }
+  | ClusterStateToMain;
 
 /** Publishes for remote nodes: cluster/codec.ts entries, each after a u32 mask of peer slots. */
-export interface ShardToCluster {
+export interface ShardForward {
   t: 'forward';
   buf: ArrayBuffer;
   len: number;
@@ -91,11 +99,14 @@ export interface ShardToCluster {
   seq: number;
 }
 
+export type ShardToCluster = ShardForward | ShardToClusterState;
+
 /** Publishes received from a peer node, for this shard to route to local subscribers only. */
 export type ClusterToShard =
   | { t: 'forwarded'; buf: ArrayBuffer; len: number; count: number }
   /** Every peer batch `seq` went to has accepted it (or is down): its held PUBACK/PUBRECs go. */
-  | { t: 'forwardAcked'; seq: number };
+  | { t: 'forwardAcked'; seq: number }
+  | ClusterStateToShard;
 
 /** A retained message as stored by main and returned to shards. */
 export interface RetainedRecord {
@@ -106,6 +117,9 @@ export interface RetainedRecord {
   props?: Uint8Array | null;
   /** ms since epoch when it expires (Message Expiry Interval); 0 = never */
   expiryAt?: number;
+  /** Cluster: hybrid timestamp and node where it was published (last writer wins) */
+  ts?: number;
+  origin?: string;
 }
 
 /** A connection whose CONNECT the accepting shard has read and validated. */

@@ -1,0 +1,48 @@
+import type { MessagePort } from 'node:worker_threads';
+import type { ServiceImpl } from '@connectrpc/connect';
+import type { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
+import type { Peer } from './peers.js';
+import { RetainedSync } from './retained-sync.js';
+import type { StateHost } from './state-host.js';
+import type { MainToClusterState, ShardToClusterState } from './state-messages.js';
+
+/** Why a peer's state on this node ends. */
+export type PeerGone = 'down' | 'left' | 'restarted';
+
+/**
+ * Cluster II in the cluster thread: the state that lives on every node or moves between nodes.
+ * node.ts calls `synced` when our join to a peer succeeded (full syncs go then), `gone` when a
+ * peer is down, left or restarted, and hands over the messages of main and the shards that are
+ * not Cluster I's.
+ */
+export class ClusterState {
+  readonly retained: RetainedSync;
+
+  constructor(readonly host: StateHost) {
+    this.retained = new RetainedSync(host);
+  }
+
+  service(): ServiceImpl<typeof ClusterStateService> {
+    return {
+      replicateRetained: (req) => this.retained.onBatch(req),
+      pushWills: () => ({ applied: false }),
+      pushShared: () => ({ applied: false }),
+      deliverShared: () => ({ applied: false }),
+      claim: () => ({ found: false, session: new Uint8Array(0) }),
+      takeover: () => ({ found: false, session: new Uint8Array(0) }),
+    };
+  }
+
+  synced(p: Peer): void {
+    this.retained.synced(p);
+  }
+
+  gone(_p: Peer, _why: PeerGone): void {}
+
+  onMain(m: MainToClusterState): void {
+    if (m.t === 'retainedOut') this.retained.onOut(m.id, m.entries);
+    else if (m.t === 'retainedSnapshot') this.retained.onSnapshot(m.peer, m.entries);
+  }
+
+  onShard(_m: ShardToClusterState, _shard: number, _port: MessagePort): void {}
+}
