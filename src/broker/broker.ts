@@ -111,6 +111,7 @@ export class Broker implements BrokerView {
         (rec) => this.storeRetained(rec),
         (m) => cluster.postState(m),
         (shard, reqId) => this.supervisor.post(shard, { t: 'retainAck', reqId }),
+        this.counters.row,
       );
       this.retainedReplica = replica;
       cluster.onState = (m) => replica.onCluster(m);

@@ -1,3 +1,4 @@
+import { Counter } from '../metrics/counters.js';
 import type { RetainedStore } from '../retained/store.js';
 import type { RetainedRecord } from '../threads/messages.js';
 import type { ClusterStateToMain, MainToClusterState } from './state-messages.js';
@@ -30,6 +31,8 @@ export class RetainedReplica {
     private readonly set: (rec: RetainedRecord) => boolean,
     private readonly toCluster: (m: MainToClusterState) => boolean,
     private readonly ackShard: (shard: number, reqId: number) => void,
+    /** main's counter row */
+    private readonly row: Float64Array,
   ) {}
 
   /** A shard's retained message, before it is stored: stamped here. */
@@ -82,6 +85,7 @@ export class RetainedReplica {
     if (cur && !newer(ts, origin, cur.ts ?? 0, cur.origin ?? '')) return;
     // Our clock moves past what we saw, so a later local update wins over it.
     this.clock = Math.max(this.clock, Math.floor(ts / 1000) * 1000);
+    this.row[Counter.retainedMerged]++;
     if (rec.payload.length === 0) {
       this.tombstone(rec);
       this.set(rec);

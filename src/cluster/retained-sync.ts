@@ -1,7 +1,12 @@
+import { create } from '@bufbuild/protobuf';
 import { Counter } from '../metrics/counters.js';
 import { topicNameError } from '../protocol/topic.js';
 import type { RetainedRecord } from '../threads/messages.js';
-import type { RetainedBatch, RetainedEntry } from './gen/emqx_ts/cluster/v1/state_pb.js';
+import {
+  type RetainedBatch,
+  type RetainedEntry,
+  RetainedEntrySchema,
+} from './gen/emqx_ts/cluster/v1/state_pb.js';
 import type { Peer } from './peers.js';
 import { caller, callTimeout, runningPeers, type StateHost, stateClient } from './state-host.js';
 
@@ -90,7 +95,7 @@ export class RetainedSync {
 }
 
 function toEntry(r: RetainedRecord): RetainedEntry {
-  return {
+  return create(RetainedEntrySchema, {
     topic: r.topic,
     payload: r.payload,
     qos: r.qos,
@@ -98,7 +103,7 @@ function toEntry(r: RetainedRecord): RetainedEntry {
     expiryAt: BigInt(r.expiryAt ?? 0),
     ts: BigInt(r.ts ?? 0),
     origin: r.origin ?? '',
-  } as RetainedEntry;
+  });
 }
 
 function fromEntry(e: RetainedEntry): RetainedRecord {

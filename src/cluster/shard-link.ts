@@ -4,6 +4,7 @@ import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import type { Message } from '../session/message.js';
 import type { ClusterToShard, ShardInit, ShardToCluster } from '../threads/messages.js';
 import { EntryWriter, readEntries } from './codec.js';
+import type { ClusterStateToShard, ShardToClusterState } from './state-messages.js';
 
 /** A connection whose acks can be held (shard/connection.ts), as the link needs it. */
 export interface AckHolder {
@@ -44,6 +45,9 @@ export class ShardClusterLink {
   private readonly held = new Map<number, { conn: AckHolder; held: { ready: boolean } }[]>();
   private batchSeq = 0;
   private heldThisBatch: { conn: AckHolder; held: { ready: boolean } }[] | null = null;
+  /** Cluster II's shard side (shard-state.ts): its messages, and a new cluster thread's port */
+  onState: ((m: ClusterStateToShard) => void) | null = null;
+  onAttach: (() => void) | null = null;
 
   private constructor(
     private readonly shard: ShardSide,
@@ -68,6 +72,14 @@ export class ShardClusterLink {
     this.port?.close();
     this.port = port;
     this.listen(port);
+    this.onAttach?.();
+  }
+
+  /** Posts a Cluster II message; false while no cluster thread runs. */
+  postState(m: ShardToClusterState): boolean {
+    if (!this.port) return false;
+    this.port.postMessage(m);
+    return true;
   }
 
   private listen(port: MessagePort): void {
@@ -75,6 +87,7 @@ export class ShardClusterLink {
       try {
         if (m.t === 'forwarded') this.onForwarded(m);
         else if (m.t === 'forwardAcked') this.onAcked(m.seq);
+        else this.onState?.(m);
       } catch (err) {
         this.shard.onLinkError(err, m);
       }

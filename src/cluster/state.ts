@@ -5,6 +5,7 @@ import type { Peer } from './peers.js';
 import { RetainedSync } from './retained-sync.js';
 import type { StateHost } from './state-host.js';
 import type { MainToClusterState, ShardToClusterState } from './state-messages.js';
+import { WillSync } from './will-sync.js';
 
 /** Why a peer's state on this node ends. */
 export type PeerGone = 'down' | 'left' | 'restarted';
@@ -17,15 +18,17 @@ export type PeerGone = 'down' | 'left' | 'restarted';
  */
 export class ClusterState {
   readonly retained: RetainedSync;
+  readonly wills: WillSync;
 
   constructor(readonly host: StateHost) {
     this.retained = new RetainedSync(host);
+    this.wills = new WillSync(host);
   }
 
   service(): ServiceImpl<typeof ClusterStateService> {
     return {
       replicateRetained: (req) => this.retained.onBatch(req),
-      pushWills: () => ({ applied: false }),
+      pushWills: (req) => this.wills.onDelta(req),
       pushShared: () => ({ applied: false }),
       deliverShared: () => ({ applied: false }),
       claim: () => ({ found: false, session: new Uint8Array(0) }),
@@ -35,14 +38,19 @@ export class ClusterState {
 
   synced(p: Peer): void {
     this.retained.synced(p);
+    this.wills.synced(p);
   }
 
-  gone(_p: Peer, _why: PeerGone): void {}
+  gone(p: Peer, why: PeerGone): void {
+    this.wills.gone(p, why);
+  }
 
   onMain(m: MainToClusterState): void {
     if (m.t === 'retainedOut') this.retained.onOut(m.id, m.entries);
     else if (m.t === 'retainedSnapshot') this.retained.onSnapshot(m.peer, m.entries);
   }
 
-  onShard(_m: ShardToClusterState, _shard: number, _port: MessagePort): void {}
+  onShard(m: ShardToClusterState, _shard: number, _port: MessagePort): void {
+    if (m.t === 'wills') this.wills.onShard(m.set, m.clear);
+  }
 }

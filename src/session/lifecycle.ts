@@ -24,6 +24,8 @@ export interface LifecycleDeps {
   subscriptions: Subscriptions;
   delivery: Delivery;
   relay: RetainedRelay;
+  /** Cluster II (src/cluster/shard-state.ts): wills other nodes publish if this node dies */
+  cluster?: { syncWill(session: Session): void } | null;
 }
 
 /**
@@ -109,6 +111,7 @@ export class SessionLifecycle {
         ? 0
         : this.s.config['mqtt.session_expiry_interval'];
     session.will = c.will;
+    this.d.cluster?.syncWill(session);
     const conn = this.d.newConnection(socket, session, h);
     session.conn = conn;
     row[Counter.connections]++;
@@ -231,6 +234,7 @@ export class SessionLifecycle {
       session.expiresAt =
         session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
     }
+    this.d.cluster?.syncWill(session);
   }
 
   private publishWill(clientId: string, w: WillMessage): void {
@@ -249,6 +253,7 @@ export class SessionLifecycle {
       // The session ends before the will delay: the will is published now [MQTT-3.1.3-9].
       this.publishWill(session.clientId, session.pendingWill);
       session.pendingWill = null;
+      this.d.cluster?.syncWill(session);
     }
     if (this.s.sessions.get(session.clientId) === session) {
       this.s.sessions.delete(session.clientId);
@@ -284,6 +289,7 @@ export class SessionLifecycle {
         const w = session.pendingWill;
         session.pendingWill = null;
         this.publishWill(session.clientId, w);
+        this.d.cluster?.syncWill(session);
       }
       if (session.expiresAt > 0 && now >= session.expiresAt) this.expireSession(session);
     }

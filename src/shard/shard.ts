@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import { ShardClusterLink } from '../cluster/shard-link.js';
+import { ShardClusterState } from '../cluster/shard-state.js';
 import type { Config } from '../config/schema.js';
 import { Delivery } from '../delivery/deliver.js';
 import { createLogger, type Logger } from '../log.js';
@@ -98,6 +99,10 @@ export class Shard implements BatchVisitor, ShardState {
       this.cluster,
     );
     this.subscriptions = new Subscriptions(this, this.shared);
+    // Cluster II: wills, shared groups and sessions across nodes (src/cluster/shard-state.ts).
+    const clusterState = this.cluster
+      ? new ShardClusterState(this.cluster, { publish: (m) => this.publish(m, null) })
+      : null;
     this.lifecycle = new SessionLifecycle(this, {
       newConnection: (socket: Socket, session: Session, h: ConnectionOrigin) =>
         new Connection(this, socket, session, h),
@@ -106,6 +111,7 @@ export class Shard implements BatchVisitor, ShardState {
       subscriptions: this.subscriptions,
       delivery: this.delivery,
       relay: this.relay,
+      cluster: clusterState,
     });
     this.accept = new ConnectionAccept(this, main, {
       attach: (socket, h) => this.lifecycle.attach(socket, h),
