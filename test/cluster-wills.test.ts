@@ -4,25 +4,15 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { startNode, type TestNode } from './helpers/cluster.js';
-import { connectTo, Inbox, pollUntil, subscribeTo } from './helpers/cluster-clients.js';
+import type { TestNode } from './helpers/cluster.js';
+import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
 
 const metric = async (n: TestNode, name: string) => (await n.scrape()).values.get(name) ?? 0;
 
 test('wills of the clients of a node killed with -9 are published once by the surviving nodes', {
   timeout: 120_000,
 }, async (t) => {
-  const n1 = await startNode(t, { name: 'wl1@127.0.0.1' });
-  const [n2, n3] = await Promise.all([
-    startNode(t, { name: 'wl2@127.0.0.1', seeds: [n1.clusterPort] }),
-    startNode(t, { name: 'wl3@127.0.0.1', seeds: [n1.clusterPort], shards: 2 }),
-  ]);
-  await Promise.all([
-    n1.waitPeer(n2.name, 'running'),
-    n1.waitPeer(n3.name, 'running'),
-    n2.waitPeer(n3.name, 'running'),
-    n3.waitPeer(n2.name, 'running'),
-  ]);
+  const [n1, n2, n3] = await threeNodes(t, 'wl', [1, 1, 2]);
   const s1 = new Inbox(await connectTo(t, n1, 'wl-sub1'));
   const s2 = new Inbox(await connectTo(t, n2, 'wl-sub2', { protocolVersion: 5 }));
   await subscribeTo(s1.c, 'will/#', 1);

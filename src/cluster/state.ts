@@ -3,6 +3,7 @@ import type { ServiceImpl } from '@connectrpc/connect';
 import type { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
 import type { Peer } from './peers.js';
 import { RetainedSync } from './retained-sync.js';
+import { SharedRemote } from './shared-remote.js';
 import type { StateHost } from './state-host.js';
 import type { MainToClusterState, ShardToClusterState } from './state-messages.js';
 import { WillSync } from './will-sync.js';
@@ -19,18 +20,20 @@ export type PeerGone = 'down' | 'left' | 'restarted';
 export class ClusterState {
   readonly retained: RetainedSync;
   readonly wills: WillSync;
+  readonly shared: SharedRemote;
 
   constructor(readonly host: StateHost) {
     this.retained = new RetainedSync(host);
     this.wills = new WillSync(host);
+    this.shared = new SharedRemote(host);
   }
 
   service(): ServiceImpl<typeof ClusterStateService> {
     return {
       replicateRetained: (req) => this.retained.onBatch(req),
       pushWills: (req) => this.wills.onDelta(req),
-      pushShared: () => ({ applied: false }),
-      deliverShared: () => ({ applied: false }),
+      pushShared: (req) => this.shared.onDelta(req),
+      deliverShared: (req) => this.shared.onDeliveries(req),
       claim: () => ({ found: false, session: new Uint8Array(0) }),
       takeover: () => ({ found: false, session: new Uint8Array(0) }),
     };
@@ -39,10 +42,12 @@ export class ClusterState {
   synced(p: Peer): void {
     this.retained.synced(p);
     this.wills.synced(p);
+    this.shared.synced(p);
   }
 
   gone(p: Peer, why: PeerGone): void {
     this.wills.gone(p, why);
+    this.shared.gone(p, why);
   }
 
   onMain(m: MainToClusterState): void {
@@ -50,7 +55,10 @@ export class ClusterState {
     else if (m.t === 'retainedSnapshot') this.retained.onSnapshot(m.peer, m.entries);
   }
 
-  onShard(m: ShardToClusterState, _shard: number, _port: MessagePort): void {
+  onShard(m: ShardToClusterState, shard: number, _port: MessagePort): void {
     if (m.t === 'wills') this.wills.onShard(m.set, m.clear);
+    else if (m.t === 'sharedGroups') this.shared.onGroups(m.add, m.del);
+    else if (m.t === 'sharedOut') this.shared.onOut(m.items, shard);
+    else if (m.t === 'sharedDone') this.shared.onDone(m.items);
   }
 }

@@ -26,6 +26,7 @@ export const handlePuback: PacketHandler = (conn, _flags, body, start, end) => {
   // An ack for an unknown id is ignored (it may answer a message resent before a reconnect).
   if (entry !== undefined && entry.qos === 1) {
     conn.session.inflight.delete(id);
+    entry.msg.onAcked?.(); // cluster: a shared message from another node is done
     conn.shard.drainSession(conn.session);
   } else {
     conn.shard.counters.row[Counter.packetsPubackMissed]++;
@@ -46,8 +47,10 @@ export const handlePubrec: PacketHandler = (conn, _flags, body, start, end) => {
     }
     return;
   }
-  if (entry !== undefined && entry.qos === 2) entry.released = true;
-  else {
+  if (entry !== undefined && entry.qos === 2) {
+    entry.released = true;
+    entry.msg.onAcked?.(); // cluster: the member has it (QoS 2 stays with it)
+  } else {
     conn.shard.counters.row[Counter.packetsPubrecMissed]++;
     // The id belongs to a QoS 1 delivery: a PUBREL for it would start a QoS 2 exchange the
     // client never had; it still owes the PUBACK.

@@ -103,6 +103,7 @@ export const Counter = {
   sessionsShipped: 224, // sessions this node shipped to another node (cross-node takeover)
   sessionsImported: 225, // sessions taken over from another node
   willsReceived: 227, // wills of other nodes' clients received (set) by this node
+  sharedRemoteGroups: 228, // gauge: (peer, shared group) pairs this node knows have members (cluster thread)
   claimFailures: 226, // cross-node claims that failed (lock node or owner unreachable): session started here
 } as const;
 

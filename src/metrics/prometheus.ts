@@ -121,6 +121,14 @@ export function createRegistry(src: PrometheusSources): Registry {
     });
   }
 
+  new Gauge({
+    name: 'emqx_ts_cluster_shared_remote_groups',
+    help: 'Shared groups with members on another node, counted once per such node',
+    registers,
+    collect() {
+      this.set(counters.total(Counter.sharedRemoteGroups));
+    },
+  });
   // This broker's own: per shard.
   const labelNames = ['shard'] as const;
   new Gauge({

@@ -101,7 +101,13 @@ export class Shard implements BatchVisitor, ShardState {
     this.subscriptions = new Subscriptions(this, this.shared);
     // Cluster II: wills, shared groups and sessions across nodes (src/cluster/shard-state.ts).
     const clusterState = this.cluster
-      ? new ShardClusterState(this.cluster, { publish: (m) => this.publish(m, null) })
+      ? new ShardClusterState(this.cluster, {
+          publish: (m) => this.publish(m, null),
+          shardId: this.id,
+          counters: this.counters,
+          shared: this.shared,
+          sharedGroups: this.sharedGroups,
+        })
       : null;
     this.lifecycle = new SessionLifecycle(this, {
       newConnection: (socket: Socket, session: Session, h: ConnectionOrigin) =>

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { within } from './broker.js';
-import type { TestNode } from './cluster.js';
+import { startNode, type TestNode } from './cluster.js';
 
 type Ctx = { after: (fn: () => void | Promise<void>) => void };
 
@@ -97,4 +97,21 @@ export async function pollUntil<T>(
 export async function retainedCount(node: TestNode): Promise<number> {
   const s = await node.api<Record<string, number>[]>('/stats');
   return s[0]['retained.count'];
+}
+
+/** Three nodes: n1 is the seed, n2 and n3 join it; resolves once they form a full mesh. */
+export async function threeNodes(t: Ctx, prefix: string, shards = [1, 2, 1]): Promise<TestNode[]> {
+  const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1`, shards: shards[0] });
+  const [n2, n3] = await Promise.all([
+    startNode(t, { name: `${prefix}2@127.0.0.1`, seeds: [n1.clusterPort], shards: shards[1] }),
+    startNode(t, { name: `${prefix}3@127.0.0.1`, seeds: [n1.clusterPort], shards: shards[2] }),
+  ]);
+  // n3 learns n2 through n1 (members in join/heartbeat answers): a full mesh.
+  await Promise.all([
+    n1.waitPeer(n2.name, 'running'),
+    n1.waitPeer(n3.name, 'running'),
+    n2.waitPeer(n3.name, 'running'),
+    n3.waitPeer(n2.name, 'running'),
+  ]);
+  return [n1, n2, n3];
 }
