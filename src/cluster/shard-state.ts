@@ -3,9 +3,11 @@ import type { WillMessage } from '../protocol/codec.js';
 import type { SharedGroups } from '../routing/shared.js';
 import type { SharedGroupRouting } from '../routing/shared-groups.js';
 import { Message } from '../session/message.js';
-import type { Session } from '../session/session.js';
+import { Session, type Subscription } from '../session/session.js';
 import { asBuffer } from '../shard/retained-relay.js';
+import type { ConnectionOrigin } from '../threads/messages.js';
 import { EntryWriter, readEntries } from './codec.js';
+import { decodeSession, encodeSession, restoreSession } from './session-codec.js';
 import type { ShardClusterLink } from './shard-link.js';
 import type { ClusterStateToShard, ClusterWill, SharedOut } from './state-messages.js';
 
@@ -20,6 +22,20 @@ export interface ShardStateDeps {
   readonly counters: Counters;
   readonly shared: SharedGroupRouting;
   readonly sharedGroups: SharedGroups;
+  /** Session lifecycle (session/lifecycle.ts): takeover to and from other nodes */
+  exportSession<T>(clientId: string, clean: boolean, encode: (s: Session) => T): T | null;
+  adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][]): void;
+  readonly claimTimeoutMs: number;
+  readonly log: { warn(o: object, msg: string): void };
+}
+
+interface PendingClaim {
+  clientId: string;
+  socket: { destroyed: boolean };
+  attach: () => void;
+  timer: NodeJS.Timeout;
+  /** Takeovers by other nodes that arrived while this claim was in flight: run after it */
+  deferred: (() => void)[];
 }
 
 /**
@@ -42,6 +58,9 @@ export class ShardClusterState {
   private unackedSeq = 0;
   /** QoS 1/2 shared messages sent to another node's member, until it acknowledges them */
   private readonly unacked = new Map<number, { msg: Message; groupKey: string; slot: number }>();
+  // Session takeover across nodes
+  private claimSeq = 0;
+  private readonly claims = new Map<number, PendingClaim>();
 
   constructor(
     private readonly link: ShardClusterLink,
@@ -187,6 +206,64 @@ export class ShardClusterState {
     else if (m.t === 'sharedPeerGone') this.peerGone(m.slot);
     else if (m.t === 'sharedIn') this.sharedIn(m.from, m.group, m.filter, m.entry, m.id);
     else if (m.t === 'sharedAcked') for (const id of m.ids) this.unacked.delete(id);
+    else if (m.t === 'claimed') this.claimed(m.reqId, m.session);
+    else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim);
+  }
+
+  /**
+   * A CONNECT: the client id is claimed cluster-wide first (registry.ts); a session another
+   * node ships is adopted, then the connection attaches as usual and resumes it. Bytes the
+   * client sends meanwhile wait in the socket (nothing reads it before attach).
+   */
+  claimThenAttach(socket: { destroyed: boolean }, h: ConnectionOrigin, attach: () => void): void {
+    const clientId = h.connect.clientId;
+    const reqId = ++this.claimSeq;
+    if (!this.link.postState({ t: 'claim', reqId, clientId, clean: h.connect.clean })) {
+      attach(); // no cluster thread: this node alone decides, as a single broker
+      return;
+    }
+    const timer = setTimeout(() => {
+      this.deps.counters.row[Counter.claimFailures]++;
+      this.deps.log.warn({ clientId }, 'session claim not answered in time: session starts here');
+      this.claimed(reqId, null);
+    }, this.deps.claimTimeoutMs);
+    this.claims.set(reqId, { clientId, socket, attach, timer, deferred: [] });
+  }
+
+  private claimed(reqId: number, blob: Uint8Array | null): void {
+    const c = this.claims.get(reqId);
+    if (!c) return;
+    this.claims.delete(reqId);
+    clearTimeout(c.timer);
+    if (blob && blob.length > 0) {
+      try {
+        const snap = decodeSession(blob);
+        const session = new Session(c.clientId, false);
+        restoreSession(session, snap);
+        this.deps.adoptSession(session, snap.subs);
+        this.deps.counters.row[Counter.sessionsImported]++;
+      } catch (err) {
+        this.deps.counters.row[Counter.clusterErrors]++;
+        this.deps.log.warn({ clientId: c.clientId, err: String(err) }, 'shipped session unreadable: dropped');
+      }
+    }
+    // A client that gave up meanwhile leaves the adopted session offline, as a disconnect would.
+    if (!c.socket.destroyed) c.attach();
+    for (const run of c.deferred) run();
+  }
+
+  /**
+   * Another node takes the client over. When it revokes our claim `afterClaim` whose answer has
+   * not arrived yet, it runs after that claim's connection attached (the later claim wins).
+   */
+  private takeover(reqId: number, clientId: string, clean: boolean, afterClaim: number): void {
+    const run = () => {
+      const session = this.deps.exportSession(clientId, clean, encodeSession);
+      this.link.postState({ t: 'exported', reqId, session });
+    };
+    const pending = afterClaim > 0 ? this.claims.get(afterClaim) : undefined;
+    if (pending) pending.deferred.push(run);
+    else run();
   }
 
   private publishWill(clientId: string, w: WillMessage): void {

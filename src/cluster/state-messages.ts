@@ -70,4 +70,4 @@ export type ClusterStateToShard =
   /** Answer to `claim`: the session the previous owner shipped, if any */
   | { t: 'claimed'; reqId: number; session: SessionBlob | null }
   /** Another node takes the client over: close it (0x8E), ship (or discard) its session */
-  | { t: 'takeover'; reqId: number; clientId: string; clean: boolean };
+  | { t: 'takeover'; reqId: number; clientId: string; clean: boolean; afterClaim: number };

@@ -2,6 +2,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { ServiceImpl } from '@connectrpc/connect';
 import type { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
 import type { Peer } from './peers.js';
+import { Registry } from './registry.js';
 import { RetainedSync } from './retained-sync.js';
 import { SharedRemote } from './shared-remote.js';
 import type { StateHost } from './state-host.js';
@@ -21,11 +22,13 @@ export class ClusterState {
   readonly retained: RetainedSync;
   readonly wills: WillSync;
   readonly shared: SharedRemote;
+  readonly registry: Registry;
 
   constructor(readonly host: StateHost) {
     this.retained = new RetainedSync(host);
     this.wills = new WillSync(host);
     this.shared = new SharedRemote(host);
+    this.registry = new Registry(host, this.wills);
   }
 
   service(): ServiceImpl<typeof ClusterStateService> {
@@ -34,8 +37,8 @@ export class ClusterState {
       pushWills: (req) => this.wills.onDelta(req),
       pushShared: (req) => this.shared.onDelta(req),
       deliverShared: (req) => this.shared.onDeliveries(req),
-      claim: () => ({ found: false, session: new Uint8Array(0) }),
-      takeover: () => ({ found: false, session: new Uint8Array(0) }),
+      claim: (req) => this.registry.claim(req),
+      takeover: (req) => this.registry.takeover(req),
     };
   }
 
@@ -60,5 +63,7 @@ export class ClusterState {
     else if (m.t === 'sharedGroups') this.shared.onGroups(m.add, m.del);
     else if (m.t === 'sharedOut') this.shared.onOut(m.items, shard);
     else if (m.t === 'sharedDone') this.shared.onDone(m.items);
+    else if (m.t === 'claim') this.registry.onClaim(shard, m.reqId, m.clientId, m.clean);
+    else if (m.t === 'exported') this.registry.onExported(m.reqId, m.session);
   }
 }

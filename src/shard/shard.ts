@@ -107,6 +107,10 @@ export class Shard implements BatchVisitor, ShardState {
           counters: this.counters,
           shared: this.shared,
           sharedGroups: this.sharedGroups,
+          exportSession: (id, clean, encode) => this.lifecycle.exportSession(id, clean, encode),
+          adoptSession: (session, subs) => this.lifecycle.adoptSession(session, subs),
+          claimTimeoutMs: Math.min(10_000, Math.max(2000, this.config['cluster.down_after'] * 2000)),
+          log: this.log,
         })
       : null;
     this.lifecycle = new SessionLifecycle(this, {
@@ -120,7 +124,10 @@ export class Shard implements BatchVisitor, ShardState {
       cluster: clusterState,
     });
     this.accept = new ConnectionAccept(this, main, {
-      attach: (socket, h) => this.lifecycle.attach(socket, h),
+      attach: (socket, h) =>
+        clusterState
+          ? clusterState.claimThenAttach(socket, h, () => this.lifecycle.attach(socket, h))
+          : this.lifecycle.attach(socket, h),
       scheduleTurnEnd: this.scheduleTurnEnd,
       threadMessageError: (err, from, msg) => this.threadMessageError(err, from, msg),
     });
