@@ -83,7 +83,7 @@ export class Registry {
     stateClient(p.address)
       .claim(
         { clientId, node: this.host.name, clean, claimId },
-        { timeoutMs: 2 * callTimeout(this.host.config) },
+        { timeoutMs: 4 * callTimeout(this.host.config) },
       )
       .then(done, failed);
   }
@@ -123,7 +123,7 @@ export class Registry {
         if (n === this.host.name) return this.takeoverHere(clientId, clean, revokes);
         const p = running.find((q) => q.name === n)!;
         return stateClient(p.address)
-          .takeover({ clientId, to: node, clean, revokes }, { timeoutMs: callTimeout(this.host.config) })
+          .takeover({ clientId, to: node, clean, revokes }, { timeoutMs: 3 * callTimeout(this.host.config) })
           .then(
             (r) => (r.found ? r : NONE),
             (err) => {
@@ -159,8 +159,10 @@ export class Registry {
     const afterClaim = this.outstanding.get(revokes) ?? 0;
     const reqId = ++this.reqSeq;
     return new Promise<Found>((resolve) => {
-      // Bounded: a claim we wait for is itself bounded by its call timeout.
-      const timer = setTimeout(() => finish(null), 3 * callTimeout(this.host.config));
+      // Bounded: a claim we wait for is itself bounded by its call timeout. Timeouts nest
+      // (export here < takeover call < claim call < the shard's wait), so that a session
+      // shipped late is not dropped by a claimer that gave up first.
+      const timer = setTimeout(() => finish(null), 2.5 * callTimeout(this.host.config));
       const finish = (blob: SessionBlob | null) => {
         clearTimeout(timer);
         this.exports.delete(reqId);

@@ -109,7 +109,8 @@ export class Shard implements BatchVisitor, ShardState {
           sharedGroups: this.sharedGroups,
           exportSession: (id, clean, encode) => this.lifecycle.exportSession(id, clean, encode),
           adoptSession: (session, subs) => this.lifecycle.adoptSession(session, subs),
-          claimTimeoutMs: Math.min(10_000, Math.max(2000, this.config['cluster.down_after'] * 2000)),
+          // Longer than the cluster thread's claim call (4 × its call timeout), which answers first.
+          claimTimeoutMs: 5 * Math.min(5000, Math.max(500, this.config['cluster.down_after'] * 1000)),
           log: this.log,
         })
       : null;
