@@ -6,7 +6,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { within } from './helpers/broker.js';
-import { connect, Sub, startNode, sub, type TestNode } from './helpers/cluster.js';
+import { startNode, type TestNode } from './helpers/cluster.js';
+import {
+  connectTo as connect,
+  Inbox as Sub,
+  subscribeTo as sub,
+  threeNodes,
+} from './helpers/cluster-clients.js';
 
 const T = 120_000;
 type Ctx = { after: (fn: () => void | Promise<void>) => void };
@@ -19,23 +25,6 @@ async function pairWithSub(t: Ctx, prefix: string, downAfter: number, filter: st
   await sub(s2.c, filter, 1);
   await n1.waitPeer(n2.name, 'running', (r) => r === 1);
   return { n1, n2, s2 };
-}
-
-/** Three nodes: n1 is the seed, n2 and n3 join it. */
-async function threeNodes(t: Ctx, prefix: string): Promise<TestNode[]> {
-  const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1` });
-  const [n2, n3] = await Promise.all([
-    startNode(t, { name: `${prefix}2@127.0.0.1`, seeds: [n1.clusterPort], shards: 2 }),
-    startNode(t, { name: `${prefix}3@127.0.0.1`, seeds: [n1.clusterPort] }),
-  ]);
-  // n3 learns n2 through n1 (members in join/heartbeat answers): a full mesh.
-  await Promise.all([
-    n1.waitPeer(n2.name, 'running'),
-    n1.waitPeer(n3.name, 'running'),
-    n2.waitPeer(n3.name, 'running'),
-    n3.waitPeer(n2.name, 'running'),
-  ]);
-  return [n1, n2, n3];
 }
 
 test('publishes on node 1 reach +/# subscribers on nodes 2 and 3 at QoS 0/1/2, MQTT 3.1.1 and 5, properties intact', {

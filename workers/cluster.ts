@@ -19,6 +19,7 @@ const node = new ClusterNode(
   init.shards,
   log,
   (members) => post({ t: 'members', members }),
+  post,
 );
 for (const p of init.shards) if (p) node.listenShard(p);
 port.on('message', (m: MainToCluster) => {
@@ -29,7 +30,7 @@ port.on('message', (m: MainToCluster) => {
     const changed = node.reconfigure(m.config);
     log.info({ changed }, 'cluster configuration reloaded');
     post({ t: 'reconfigured' });
-  }
+  } else node.state.onMain(m);
 });
 node.listen().then(
   (p) => post({ t: 'ready', generation: init.generation, port: p }),

@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import type { Server as HttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import type { Registry } from 'prom-client';
+import { RetainedReplica } from '../cluster/retained-merge.js';
 import { type ConfigInput, type LoadSources, loadConfig, shardCount } from '../config/load.js';
 import { type ConfigDiff, diffConfig } from '../config/reload.js';
 import type { Config } from '../config/schema.js';
@@ -99,6 +100,8 @@ export class Broker implements BrokerView {
   private statsTimer: NodeJS.Timeout | null = null;
   private stopping = false;
   private readonly scratch = new MatchResult(8);
+  /** Cluster: the retained store replicated on every node (src/cluster/retained-merge.ts) */
+  private readonly retainedReplica: RetainedReplica | null = null;
 
   private constructor(opts: BrokerOptions) {
     this.sources = { argv: opts.argv, env: opts.env, overrides: opts.config };
@@ -133,6 +136,21 @@ export class Broker implements BrokerView {
       for (const s of this.supervisor.shards)
         if (shard === undefined || s.id === shard) this.supervisor.post(s, { t: 'security', msg });
     });
+    const cluster = this.supervisor.cluster;
+    if (cluster) {
+      const cfg = this.config;
+      const replica = new RetainedReplica(
+        this.retained,
+        cfg['node.name'],
+        (rec) => this.storeRetained(rec),
+        (m) => cluster.postState(m),
+        (shard, reqId) => this.supervisor.post(shard, { t: 'retainAck', reqId }),
+        this.counters.row,
+      );
+      this.retainedReplica = replica;
+      cluster.onState = (m) => replica.onCluster(m);
+      cluster.onExit = () => replica.onClusterExit();
+    }
     const onFatal = opts.onFatal ?? (() => void this.stop().then(() => process.exit(1)));
     this.supervisor.on('fatal', (reason) => {
       this.log.fatal({ reason }, 'giving up');
@@ -333,16 +351,17 @@ export class Broker implements BrokerView {
     switch (msg.t) {
       case 'retain': {
         const rec = msg.record;
-        const cfg = this.config;
+        const replica = this.retainedReplica;
+        replica?.stamp(rec);
         // Over a retainer limit: routed (the shard already did) but not stored.
-        let stored = false;
-        if (this.retained.set(rec, cfg['retainer.max_retained_messages'], cfg['retainer.max_payload_size'])) {
-          if (rec.payload.length > 0) this.counters.row[Counter.messagesRetained]++;
-          stored = true;
-        } else this.retainedRefused(rec);
-        this.counters.row[Counter.retainedCount] = this.retained.size;
-        // Durable: written to the store; sync mode acks once it is committed.
+        const stored = this.storeRetained(rec);
         const reqId = msg.reqId;
+        // Cluster: the ack waits until every running peer has the update too.
+        if (stored && replica?.replicate(rec, shard, reqId)) {
+          this.retainedDurability.stored(rec, stored, null);
+          break;
+        }
+        // Durable: written to the store; sync mode acks once it is committed.
         const ack = reqId > 0 ? () => this.supervisor.post(shard, { t: 'retainAck', reqId }) : null;
         this.retainedDurability.stored(rec, stored, ack);
         break;
@@ -371,6 +390,21 @@ export class Broker implements BrokerView {
 
   private postRetained(shard: number, reqId: number, chunk: RetainedChunk): void {
     this.supervisor.post(shard, { t: 'retained', reqId, records: chunk.records, more: chunk.more });
+  }
+
+  /** Stores (or deletes) a retained message within the retainer limits; false: refused. */
+  private storeRetained(rec: RetainedRecord): boolean {
+    const cfg = this.config;
+    const ok = this.retained.set(
+      rec,
+      cfg['retainer.max_retained_messages'],
+      cfg['retainer.max_payload_size'],
+    );
+    if (ok) {
+      if (rec.payload.length > 0) this.counters.row[Counter.messagesRetained]++;
+    } else this.retainedRefused(rec);
+    this.counters.row[Counter.retainedCount] = this.retained.size;
+    return ok;
   }
 
   /** Counts a retained message a limit refused; logs the first and then one per 1000. */

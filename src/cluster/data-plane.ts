@@ -2,7 +2,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
-import type { ClusterToShard, ShardToCluster } from '../threads/messages.js';
+import type { ClusterToShard, ShardForward, ShardToCluster } from '../threads/messages.js';
 import { entryEnd } from './codec.js';
 import { ACCEPTED, type BatchDone, ForwardStream, LOST, QUEUE_FULL } from './forward.js';
 import type { ForwardBatch } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
@@ -150,7 +150,7 @@ export class DataPlane {
    * the shard holds QoS 1/2 acks until every peer its batch went to has accepted its part (or
    * is gone): one `forwardAcked` when the last part is done, with the worst outcome.
    */
-  onShardForward(m: ShardToCluster, port: MessagePort): void {
+  onShardForward(m: ShardForward, port: MessagePort): void {
     const b = Buffer.from(m.buf, 0, m.len);
     const slots = this.peers.bySlot;
     const serial = ++this.serial;

@@ -17,8 +17,11 @@ import { advertiseHost, createDiscovery, type Discovery, hostPort } from './disc
 import { ACCEPTED } from './forward.js';
 import type { NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
+import { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
 import { LocalRoutes } from './local-routes.js';
 import { clientTo, type Peer, PeerTable } from './peers.js';
+import { ClusterState } from './state.js';
+import type { ClusterStateToMain } from './state-messages.js';
 
 /** A NodeInfo as we send it */
 type NodeInit = { name: string; address: string; incarnation: bigint; version?: string };
@@ -53,6 +56,8 @@ export class ClusterNode {
   private lastMembers = '';
   private readonly discovery: Discovery;
   private readonly data: DataPlane;
+  /** Cluster II: retained store, wills, shared groups, sessions across nodes (state.ts) */
+  readonly state: ClusterState;
 
   constructor(
     private readonly config: Config,
@@ -62,6 +67,7 @@ export class ClusterNode {
     private readonly shards: (MessagePort | null)[],
     private readonly log: Logger,
     private readonly onMembers: (members: ClusterMember[]) => void,
+    onMain: (m: ClusterStateToMain) => void,
   ) {
     this.name = config['node.name'];
     this.peers = new PeerTable(remoteIndex);
@@ -69,12 +75,25 @@ export class ClusterNode {
     this.downAfterMs = config['cluster.down_after'] * 1000;
     this.discovery = createDiscovery(config, log);
     this.data = new DataPlane(config, this.name, this.incarnation, this.peers, shards, counters, log);
+    this.state = new ClusterState({
+      name: this.name,
+      incarnation: this.incarnation,
+      config,
+      log,
+      counters,
+      peers: this.peers,
+      shards,
+      postMain: (m) => onMain(m),
+    });
   }
 
   /** Listens; resolves with the bound port. */
   async listen(): Promise<number> {
     const handler = connectNodeAdapter({
-      routes: (router) => router.service(ClusterService, this.service()),
+      routes: (router) => {
+        router.service(ClusterService, this.service());
+        router.service(ClusterStateService, this.state.service());
+      },
     });
     // HTTP/2's default 64 KiB flow-control windows stall a stream of ~100 KB batches on every
     // window update: open them wide (the forward window bounds memory instead).
@@ -154,6 +173,7 @@ export class ClusterNode {
     port.on('message', (m: ShardToCluster) => {
       try {
         if (m.t === 'forward') this.data.onShardForward(m, port);
+        else this.state.onShard(m, this.shards.indexOf(port), port);
       } catch (err) {
         this.counters.row[Counter.clusterErrors]++;
         this.log.error({ err }, 'shard forward batch dropped');
@@ -305,6 +325,7 @@ export class ClusterNode {
       this.learn(res.members);
       this.data.openStream(p);
       this.pushRoutes(p);
+      this.state.synced(p);
       this.log.info({ peer: p.name, address }, 'joined cluster peer');
     } catch (err) {
       const e = ConnectError.from(err);
@@ -317,7 +338,10 @@ export class ClusterNode {
 
   /** A peer we knew came back with a new incarnation: what we held of it is stale. */
   private restarted(p: Peer, incarnation: bigint): void {
-    if (p.incarnation !== 0n) this.log.info({ peer: p.name }, 'cluster peer restarted');
+    if (p.incarnation !== 0n) {
+      this.log.info({ peer: p.name }, 'cluster peer restarted');
+      if (p.status === 'running') this.state.gone(p, 'restarted');
+    }
     this.peers.dropRoutes(p);
     this.unsync(p, ACCEPTED); // its old incarnation is gone: known down
     p.status = 'stopped';
@@ -366,6 +390,7 @@ export class ClusterNode {
   private down(p: Peer, reason: string): void {
     if (p.status !== 'running') return;
     p.status = 'stopped';
+    this.state.gone(p, reason === 'left' ? 'left' : 'down');
     this.peers.dropRoutes(p);
     this.unsync(p, ACCEPTED); // known down: held acks go as if it had no subscribers
     this.log.warn({ peer: p.name, reason }, 'cluster peer down');

@@ -7,6 +7,7 @@ import type { Message } from '../session/message.js';
 import type { ClusterToShard, ShardInit, ShardToCluster } from '../threads/messages.js';
 import { EntryWriter, readEntries } from './codec.js';
 import { LOST } from './forward.js';
+import type { ClusterStateToShard, ShardToClusterState } from './state-messages.js';
 
 /** A connection whose acks can be held (shard/connection.ts), as the link needs it. */
 export interface AckHolder {
@@ -46,14 +47,18 @@ export class ShardClusterLink {
   private readonly match = new MatchResult(8);
   private readonly out = new EntryWriter();
   private flushScheduled = false;
-  /** True while routing a forwarded batch: those messages stay on this node */
-  private receiving = false;
+  /** True while routing a forwarded batch: those messages stay on this node (and a retained
+   *  one is not stored again: the origin replicates its store, retained-sync.ts) */
+  receiving = false;
   /** The message last passed to route() was forwarded at QoS 1/2 (its ack may be held) */
   private forwardedQos = false;
   /** Acks held until the batch they were forwarded in is accepted by every peer, by batch seq */
   private readonly held = new Map<number, { conn: AckHolder; held: Held }[]>();
   private batchSeq = 0;
   private heldThisBatch: { conn: AckHolder; held: Held }[] | null = null;
+  /** Cluster II's shard side (shard-state.ts): its messages, and a new cluster thread's port */
+  onState: ((m: ClusterStateToShard) => void) | null = null;
+  onAttach: (() => void) | null = null;
 
   private constructor(
     private readonly shard: ShardSide,
@@ -78,6 +83,14 @@ export class ShardClusterLink {
     this.port?.close();
     this.port = port;
     this.listen(port);
+    this.onAttach?.();
+  }
+
+  /** Posts a Cluster II message; false while no cluster thread runs. */
+  postState(m: ShardToClusterState): boolean {
+    if (!this.port) return false;
+    this.port.postMessage(m);
+    return true;
   }
 
   private listen(port: MessagePort): void {
@@ -85,6 +98,7 @@ export class ShardClusterLink {
       try {
         if (m.t === 'forwarded') this.onForwarded(m);
         else if (m.t === 'forwardAcked') this.onAcked(m.seq, m.code);
+        else this.onState?.(m);
       } catch (err) {
         this.shard.onLinkError(err, m);
       }

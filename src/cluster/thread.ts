@@ -5,6 +5,7 @@ import type { Counters } from '../metrics/counters.js';
 import type { TopicIndex } from '../routing/topic-index.js';
 import type { ClusterInit, ClusterMember, ClusterToMain, MainToCluster } from '../threads/messages.js';
 import { MAX_PEERS } from './peers.js';
+import type { ClusterStateToMain, MainToClusterState } from './state-messages.js';
 
 /** What the handle needs from the shard supervisor. */
 export interface ClusterHost {
@@ -31,6 +32,9 @@ export class ClusterThread {
   private firstStart: ((err?: Error) => void) | null = null;
   /** Waiting for `reconfigured`, in the order posted */
   private reconfigured: (() => void)[] = [];
+  /** Cluster II (retained replication): its messages, and the thread's exit */
+  onState: ((m: ClusterStateToMain) => void) | null = null;
+  onExit: (() => void) | null = null;
 
   constructor(
     private readonly config: Config,
@@ -61,6 +65,13 @@ export class ClusterThread {
     const ch = new MessageChannel();
     this.post({ t: 'shard', shard, port: ch.port2 }, [ch.port2]);
     return ch.port1;
+  }
+
+  /** Posts a Cluster II message; false when no thread is running to take it. */
+  postState(m: MainToClusterState): boolean {
+    if (!this.worker || !this.ready) return false;
+    this.post(m);
+    return true;
   }
 
   private post(m: MainToCluster, transfer?: MessagePort[]): void {
@@ -103,6 +114,7 @@ export class ClusterThread {
       } else if (m.t === 'members') this.members = m.members;
       else if (m.t === 'reconfigured') this.reconfigured.shift()?.();
       else if (m.t === 'shutdownDone') void worker.terminate();
+      else this.onState?.(m);
     });
     worker.on('error', (err) => this.log.error({ err }, 'cluster thread crashed'));
     worker.on('exit', (code) => {
@@ -110,6 +122,7 @@ export class ClusterThread {
       this.ready = false;
       // A reload it did not answer: the restarted thread starts with main's (reloaded) config.
       for (const done of this.reconfigured.splice(0)) done();
+      this.onExit?.();
       // What it wrote to the remote index goes with it: the new thread rejoins and resyncs.
       this.remoteIndex.releaseLockHeldBy(this.threadId);
       this.index.releaseLockHeldBy(this.threadId); // its reader slot in the local index

@@ -27,6 +27,7 @@ export const handlePuback: PacketHandler = (conn, _flags, body, start, end) => {
   if (entry !== undefined && entry.qos === 1) {
     conn.session.inflight.delete(id);
     conn.shard.durable?.done(conn.session, entry);
+    entry.msg.onAcked?.(); // cluster: a shared message from another node is done
     conn.shard.drainSession(conn.session);
   } else {
     conn.shard.counters.row[Counter.packetsPubackMissed]++;
@@ -51,6 +52,7 @@ export const handlePubrec: PacketHandler = (conn, _flags, body, start, end) => {
   if (entry !== undefined && entry.qos === 2) {
     if (!entry.released) conn.shard.durable?.released(conn.session, entry, id);
     entry.released = true;
+    entry.msg.onAcked?.(); // cluster: the member has it (QoS 2 stays with it)
   } else {
     conn.shard.counters.row[Counter.packetsPubrecMissed]++;
     // The id belongs to a QoS 1 delivery: a PUBREL for it would start a QoS 2 exchange the

@@ -154,6 +154,16 @@ export const Counter = {
   tlsCertReloads: 191, // certificate files re-read on SIGHUP (per shard and listener)
   tlsCertReloadErrors: 192, // SIGHUP certificate reloads that failed (old certificates kept)
   // 195..198: gauges of live connections per listener (tcp, ssl, ws, wss) on this shard: LISTENER_GAUGES
+  // Cluster II (issue #11): 220..239
+  clusterWillsPublished: 220, // wills of clients of a dead node published by this node
+  retainedMerged: 221, // retained updates from peers kept (newer than ours)
+  sharedForwarded: 222, // shared-group messages sent to a member on another node
+  sharedRedispatched: 223, // unacked shared messages moved to another member after their node went down
+  sessionsShipped: 224, // sessions this node shipped to another node (cross-node takeover)
+  sessionsImported: 225, // sessions taken over from another node
+  willsReceived: 227, // wills of other nodes' clients received (set) by this node
+  sharedRemoteGroups: 228, // gauge: (peer, shared group) pairs this node knows have members (cluster thread)
+  claimFailures: 226, // cross-node claims that failed (lock node or owner unreachable): session started here
 } as const;
 
 export type CounterName = keyof typeof Counter;

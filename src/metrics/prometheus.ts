@@ -123,6 +123,14 @@ export function createRegistry(src: PrometheusSources): Registry {
     });
   }
 
+  new Gauge({
+    name: 'emqx_ts_cluster_shared_remote_groups',
+    help: 'Shared groups with members on another node, counted once per such node',
+    registers,
+    collect() {
+      this.set(counters.total(Counter.sharedRemoteGroups));
+    },
+  });
   // This broker's own: per shard.
   const labelNames = ['shard'] as const;
   new Gauge({
@@ -216,6 +224,39 @@ export function createRegistry(src: PrometheusSources): Registry {
       'emqx_ts_cluster_reloads_total',
       'Configuration reloads applied by the cluster thread',
       Counter.clusterReloads,
+    ],
+    // Cluster II (src/cluster/state.ts)
+    [
+      'emqx_ts_cluster_wills_published_total',
+      'Wills of clients of a dead node published by this node',
+      Counter.clusterWillsPublished,
+    ],
+    [
+      'emqx_ts_cluster_wills_received_total',
+      'Wills of other nodes’ clients received (to publish if that node dies)',
+      Counter.willsReceived,
+    ],
+    ['emqx_ts_cluster_retained_merged_total', 'Retained updates from peers kept', Counter.retainedMerged],
+    [
+      'emqx_ts_cluster_shared_forwarded_total',
+      'Shared-group messages sent to a member on another node',
+      Counter.sharedForwarded,
+    ],
+    [
+      'emqx_ts_cluster_shared_redispatched_total',
+      'Unacknowledged shared messages moved to another member after their node went down',
+      Counter.sharedRedispatched,
+    ],
+    ['emqx_ts_cluster_sessions_shipped_total', 'Sessions shipped to another node', Counter.sessionsShipped],
+    [
+      'emqx_ts_cluster_sessions_imported_total',
+      'Sessions taken over from another node',
+      Counter.sessionsImported,
+    ],
+    [
+      'emqx_ts_cluster_claim_failures_total',
+      'Cross-node session claims that failed (the session started on this node)',
+      Counter.claimFailures,
     ],
     ['emqx_ts_handoffs_total', 'Accepted connections adopted by their owning shard', Counter.handoffs],
     [

@@ -85,6 +85,18 @@ export class RetainedStore {
     }
   }
 
+  /** Every stored record, `$` topics included (a cluster peer's full sync). */
+  all(): RetainedRecord[] {
+    const out: RetainedRecord[] = [];
+    const stack: Node[] = [this.root];
+    while (stack.length > 0) {
+      const node = stack.pop()!;
+      if (node.record) out.push(node.record);
+      if (node.children) for (const child of node.children.values()) stack.push(child);
+    }
+    return out;
+  }
+
   /** Retained messages whose topic matches `filter` (wildcards allowed), all at once. */
   match(filter: string, out: RetainedRecord[] = []): RetainedRecord[] {
     const c = this.cursor(filter);

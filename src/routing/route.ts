@@ -65,7 +65,7 @@ export class Router {
       ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
     }
     const durable = this.s.durable;
-    if (msg.retain) {
+    if (msg.retain && !this.cluster?.receiving) {
       const held = this.relay.storeRetained(msg, conn, ack);
       // sync: also after this turn's commit of its deliveries
       if (held && conn && durable?.sync) durable.alsoWaitFor(conn, held);

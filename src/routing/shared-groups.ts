@@ -6,7 +6,7 @@ import type { Session, Subscription } from '../session/session.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
 import type { BatchWriter } from './batch.js';
-import { ownerShard, type SharedStrategy } from './shared.js';
+import { candidateSlot, ownerShard, type SharedStrategy, sharedKey } from './shared.js';
 import type { PendingJoin } from './subscriptions.js';
 
 /** A session's subscription through the shared group with this key (`group\0filter`), if any. */
@@ -30,6 +30,14 @@ export class SharedGroupRouting {
   private reqSeq = 0;
   /** Remote shared-group joins of the SUBSCRIBE being handled (see beginSubscribe) */
   private joinCollector: PendingJoin[] | null = null;
+  /**
+   * Cluster (src/cluster/shard-state.ts): told when a group owned here gets its first local
+   * member or loses its last, and given the messages picked for a member on another node.
+   */
+  cluster: {
+    localMembers(group: string, filter: string, present: boolean): void;
+    toNode(msg: Message, slot: number, groupKey: string): void;
+  } | null = null;
 
   constructor(
     private readonly s: ShardState,
@@ -101,7 +109,9 @@ export class SharedGroupRouting {
   ): boolean {
     const nodeId = this.s.sharedIndex.acquire(filter, this.s.id);
     const ok = nodeId > 0;
+    const had = this.localCount(group, filter);
     if (ok) this.s.sharedGroups.join(group, filter, nodeId, { clientId, shard, qos, subId });
+    if (ok && had === 0) this.cluster?.localMembers(group, filter, true);
     else {
       this.s.counters.row[Counter.subscriptionsIndexFull]++;
       this.s.log.warn({ group, filter, clientId }, 'shared-subscription index full; member not added');
@@ -114,14 +124,59 @@ export class SharedGroupRouting {
   sharedLeave(group: string, filter: string, clientId: string): void {
     const g = this.s.sharedGroups.get(`${group}\u0000${filter}`);
     if (!g) return;
+    const had = g.members.length;
     if (this.s.sharedGroups.leave(group, filter, clientId))
       this.s.sharedIndex.clearShard(g.nodeId, this.s.id);
+    if (had > 0 && g.members.length === 0) this.cluster?.localMembers(group, filter, false);
+  }
+
+  private localCount(group: string, filter: string): number {
+    return this.s.sharedGroups.get(sharedKey(group, filter))?.members.length ?? 0;
+  }
+
+  /** Cluster: peer `slot` has (or no longer has) members of a group owned here. */
+  setRemote(group: string, filter: string, slot: number, present: boolean): void {
+    if (present) {
+      const nodeId = this.s.sharedIndex.acquire(filter, this.s.id);
+      if (nodeId > 0) this.s.sharedGroups.addRemote(group, filter, nodeId, slot);
+      else this.s.counters.row[Counter.subscriptionsIndexFull]++;
+      return;
+    }
+    const g = this.s.sharedGroups.get(sharedKey(group, filter));
+    if (g && this.s.sharedGroups.removeRemote(group, filter, slot))
+      this.s.sharedIndex.clearShard(g.nodeId, this.s.id);
+  }
+
+  /** Cluster: a peer is gone (or every peer, slot -1: a new cluster thread) from the groups owned here. */
+  dropRemote(slot: number): void {
+    for (const g of [...this.s.sharedGroups.all()]) {
+      for (const r of [...g.remote]) {
+        const sl = candidateSlot(r);
+        if ((slot < 0 || sl === slot) && this.s.sharedGroups.removeRemote(g.group, g.filter, sl))
+          this.s.sharedIndex.clearShard(g.nodeId, this.s.id);
+      }
+    }
+  }
+
+  /**
+   * Cluster: a message another node's owner picked this node for: one local member gets it.
+   * False when the group has no member here (the caller reports it done, dropped).
+   */
+  onRemoteShared(msg: Message, groupKey: string): boolean {
+    const g = this.s.sharedGroups.get(groupKey);
+    const strategy = this.s.config['mqtt.shared_subscription_strategy'] as SharedStrategy;
+    const m = g?.pick(strategy, msg.from, msg.topic, null, true);
+    if (!g || !m) return false;
+    this.toMember(msg, m.clientId, m.shard, Math.min(msg.qos, m.qos) as QoS, m.subId, g.key);
+    return true;
   }
 
   /** Owner side: a dead shard's members leave every group owned here. */
   dropShard(shard: number): void {
+    const before = this.cluster ? [...this.s.sharedGroups.all()].filter((g) => g.members.length > 0) : [];
     for (const nodeId of this.s.sharedGroups.dropShard(shard))
       this.s.sharedIndex.clearShard(nodeId, this.s.id);
+    for (const g of before) if (g.members.length === 0) this.cluster?.localMembers(g.group, g.filter, false);
   }
 
   /**
@@ -192,14 +247,17 @@ export class SharedGroupRouting {
 
   onRedispatch(msg: Message, groupKey: string, exclude: string): void {
     const g = this.s.sharedGroups.get(groupKey);
+    // A message another node picked this node for stays here (that node tracks it).
     const m = g?.pick(
       this.s.config['mqtt.shared_subscription_strategy'] as SharedStrategy,
       msg.from,
       msg.topic,
       exclude,
+      msg.onAcked !== null,
     );
     if (!g || !m) {
       this.s.counters.row[Counter.messagesDropped]++;
+      msg.onAcked?.(); // done at the origin: dropped here
       return;
     }
     this.toMember(msg, m.clientId, m.shard, Math.min(msg.qos, m.qos) as QoS, m.subId, g.key);
@@ -213,7 +271,8 @@ export class SharedGroupRouting {
     subId: number,
     group: string,
   ): void {
-    if (shard === this.s.id) this.onDirectMessage(msg, clientId, qos, subId, group);
+    if (shard < 0) this.cluster?.toNode(msg, -1 - shard, group);
+    else if (shard === this.s.id) this.onDirectMessage(msg, clientId, qos, subId, group);
     else this.batchFor(shard)?.addDirect(msg, clientId, qos, subId, group);
   }
 

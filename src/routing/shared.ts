@@ -68,8 +68,20 @@ export interface SharedMember {
   subId: number;
 }
 
+/** Cluster: a candidate that is another node (peer slot) with members of the group. */
+export function remoteCandidate(slot: number): SharedMember {
+  return { clientId: `\u0000node/${slot}`, shard: -1 - slot, qos: 2, subId: 0 };
+}
+
+/** The peer slot of a remote candidate; -1 for a member on this node. */
+export function candidateSlot(m: SharedMember): number {
+  return m.shard < 0 ? -1 - m.shard : -1;
+}
+
 export class SharedGroup {
   readonly members: SharedMember[] = [];
+  /** Cluster: other nodes (candidates, see remoteCandidate) that have members of this group */
+  readonly remote: SharedMember[] = [];
   private rr = 0;
   /** Client id of the sticky strategy's current member */
   private sticky: string | null = null;
@@ -103,8 +115,11 @@ export class SharedGroup {
     publisher: string,
     topic: string,
     exclude: string | null,
+    localOnly = false,
   ): SharedMember | null {
-    const ms = this.members;
+    // Cluster: the other nodes with members are candidates too (each message to one node; that
+    // node picks one of its members), unless this node was picked by another one (localOnly).
+    const ms = localOnly || this.remote.length === 0 ? this.members : [...this.members, ...this.remote];
     const n = ms.length;
     if (n === 0) return null;
     if (n === 1) {
@@ -163,6 +178,12 @@ export class SharedGroups {
 
   /** Returns true when this node had no group here before (the owner must set its index bit). */
   join(group: string, filter: string, nodeId: number, m: SharedMember): boolean {
+    const { g, first } = this.ensure(group, filter, nodeId);
+    g.join(m);
+    return first;
+  }
+
+  private ensure(group: string, filter: string, nodeId: number): { g: SharedGroup; first: boolean } {
     const key = sharedKey(group, filter);
     let g = this.byKey.get(key);
     let first = false;
@@ -177,8 +198,32 @@ export class SharedGroups {
       }
       list.push(g);
     }
-    g.join(m);
+    return { g, first };
+  }
+
+  /** Cluster: peer `slot` has members of the group; true when the node had no group here before. */
+  addRemote(group: string, filter: string, nodeId: number, slot: number): boolean {
+    const { g, first } = this.ensure(group, filter, nodeId);
+    if (!g.remote.some((r) => candidateSlot(r) === slot)) g.remote.push(remoteCandidate(slot));
     return first;
+  }
+
+  /** Cluster: peer `slot` has no members left; true when the node has no groups left here. */
+  removeRemote(group: string, filter: string, slot: number): boolean {
+    const g = this.byKey.get(sharedKey(group, filter));
+    if (!g) return false;
+    const i = g.remote.findIndex((r) => candidateSlot(r) === slot);
+    if (i >= 0) g.remote.splice(i, 1);
+    return this.prune(g);
+  }
+
+  /** Cluster: a peer is gone from every group; returns the nodes left with no groups. */
+  dropRemote(slot: number): number[] {
+    const emptied: number[] = [];
+    for (const g of [...this.byKey.values()]) {
+      if (g.remote.length > 0 && this.removeRemote(g.group, g.filter, slot)) emptied.push(g.nodeId);
+    }
+    return emptied;
   }
 
   /** Returns true when the node has no groups left here (the owner must clear its index bit). */
@@ -187,8 +232,13 @@ export class SharedGroups {
     const g = this.byKey.get(key);
     if (!g) return false;
     g.leave(clientId);
-    if (g.members.length > 0) return false;
-    this.byKey.delete(key);
+    return this.prune(g);
+  }
+
+  /** Removes a group with no members here and no remote ones; true when its node has none left. */
+  private prune(g: SharedGroup): boolean {
+    if (g.members.length > 0 || g.remote.length > 0) return false;
+    this.byKey.delete(g.key);
     const list = this.byNode.get(g.nodeId)!;
     list.splice(list.indexOf(g), 1);
     if (list.length > 0) return false;

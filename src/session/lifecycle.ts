@@ -15,7 +15,7 @@ import type { ShardState } from '../shard/state.js';
 import { type ClientEventHost, publishClientEvent } from '../sys/events.js';
 import type { ConnectionOrigin } from '../threads/messages.js';
 import { Message } from './message.js';
-import { NEVER_EXPIRES, Session } from './session.js';
+import { NEVER_EXPIRES, Session, type Subscription } from './session.js';
 
 /** What the session lifecycle needs of the rest of the shard. */
 export interface LifecycleDeps {
@@ -27,6 +27,8 @@ export interface LifecycleDeps {
   subscriptions: Subscriptions;
   delivery: Delivery;
   relay: RetainedRelay;
+  /** Cluster II (src/cluster/shard-state.ts): wills other nodes publish if this node dies */
+  cluster?: { syncWill(session: Session): void } | null;
 }
 
 /**
@@ -124,6 +126,7 @@ export class SessionLifecycle {
         ? 0
         : this.s.config['mqtt.session_expiry_interval'];
     session.will = c.will;
+    this.d.cluster?.syncWill(session);
     const conn = this.d.newConnection(socket, session, h);
     conn.auth = auth;
     session.conn = conn;
@@ -256,6 +259,7 @@ export class SessionLifecycle {
         session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
       this.s.durable?.sessionChanged(session);
     }
+    this.d.cluster?.syncWill(session);
   }
 
   publishWill(clientId: string, w: WillMessage): void {
@@ -276,6 +280,7 @@ export class SessionLifecycle {
       // The session ends before the will delay: the will is published now [MQTT-3.1.3-9].
       this.publishWill(session.clientId, session.pendingWill);
       session.pendingWill = null;
+      this.d.cluster?.syncWill(session);
     }
     if (this.s.sessions.get(session.clientId) === session) {
       this.s.durable?.sessionGone(session);
@@ -315,6 +320,7 @@ export class SessionLifecycle {
         session.pendingWill = null;
         this.publishWill(session.clientId, w);
         this.s.durable?.sessionChanged(session);
+        this.d.cluster?.syncWill(session);
       }
       if (session.expiresAt > 0 && now >= session.expiresAt) this.expireSession(session);
     }
@@ -330,6 +336,50 @@ export class SessionLifecycle {
       this.s.durable?.relDone(session, id);
       this.s.counters.row[Counter.messagesDroppedAwaitPubrelTimeout]++;
     }
+  }
+
+  /**
+   * Cluster takeover by another node: closes the client's connection (MQTT 5: DISCONNECT 0x8E,
+   * its will handled as for a takeover here) and removes the session from this node (its
+   * routes go with its subscriptions). Returns the session encoded by `encode` before it is
+   * removed, or null when there is none, it expired, or `clean` discards it.
+   */
+  exportSession<T>(clientId: string, clean: boolean, encode: (s: Session) => T): T | null {
+    let session = this.s.sessions.get(clientId);
+    if (session?.conn) {
+      this.s.counters.row[Counter.sessionTakenover]++;
+      session.conn.log.info('session taken over by a connection on another node');
+      session.conn.disconnect(0x8e, 'session taken over');
+      session = this.s.sessions.get(clientId); // gone if it ended with its connection
+    }
+    if (!session) return null;
+    if (clean || (session.expiresAt > 0 && Date.now() >= session.expiresAt)) {
+      this.discardSession(session);
+      return null;
+    }
+    const out = encode(session);
+    // Shipped: a will waiting for its delay goes with it and is not published here.
+    session.pendingWill = null;
+    this.discardSession(session);
+    this.d.cluster?.syncWill(session);
+    return out;
+  }
+
+  /**
+   * Cluster takeover from another node: the shipped session replaces any local one; its
+   * subscriptions go into the routing tables (routes follow the session). The CONNECT that
+   * claimed it then resumes it (session present 1, inflight resent with DUP).
+   */
+  adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][]): void {
+    const old = this.s.sessions.get(session.clientId);
+    if (old && !old.conn) this.discardSession(old);
+    else if (old) return; // connected here meanwhile: that one is newer
+    this.s.sessions.set(session.clientId, session);
+    this.s.counters.row[Counter.sessions]++;
+    for (const [filter, sub] of subs) this.d.subscriptions.subscribe(session, filter, sub, sub.shared);
+    // Offline until its CONNECT attaches (or expires like any offline session if that never comes).
+    session.expiresAt =
+      session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
   }
 
   /** REST API kick: closes the client's connection (if any) and discards its session. */

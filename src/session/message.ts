@@ -23,6 +23,12 @@ export class Message {
   /** ms since epoch after which the message must not be delivered [MQTT-3.3.2-5]; 0 = never */
   expiryAt = 0;
 
+  /**
+   * Cluster: a shared-group message another node picked this node for; called once when the
+   * member has acknowledged it (PUBACK / PUBREC) or it was dropped here, so that node forgets it.
+   */
+  onAcked: (() => void) | null = null;
+
   /** Topic, payload and properties are in storage of their own (see own()) */
   private owned = false;
 

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import { ShardClusterLink } from '../cluster/shard-link.js';
+import { ShardClusterState } from '../cluster/shard-state.js';
 import type { Config } from '../config/schema.js';
 import { Delivery } from '../delivery/deliver.js';
 import { FlowControl } from '../delivery/flow-control.js';
@@ -117,6 +118,21 @@ export class Shard implements BatchVisitor, ShardState {
       this.cluster,
     );
     this.subscriptions = new Subscriptions(this, this.shared);
+    // Cluster II: wills, shared groups and sessions across nodes (src/cluster/shard-state.ts).
+    const clusterState = this.cluster
+      ? new ShardClusterState(this.cluster, {
+          publish: (m) => this.publish(m, null),
+          shardId: this.id,
+          counters: this.counters,
+          shared: this.shared,
+          sharedGroups: this.sharedGroups,
+          exportSession: (id, clean, encode) => this.lifecycle.exportSession(id, clean, encode),
+          adoptSession: (session, subs) => this.lifecycle.adoptSession(session, subs),
+          // Longer than the cluster thread's claim call (4 × its call timeout), which answers first.
+          claimTimeoutMs: 5 * Math.min(5000, Math.max(500, this.config['cluster.down_after'] * 1000)),
+          log: this.log,
+        })
+      : null;
     this.lifecycle = new SessionLifecycle(this, {
       newConnection: (socket: Socket, session: Session, h: ConnectionOrigin) =>
         new Connection(this, socket, session, h),
@@ -125,9 +141,13 @@ export class Shard implements BatchVisitor, ShardState {
       subscriptions: this.subscriptions,
       delivery: this.delivery,
       relay: this.relay,
+      cluster: clusterState,
     });
     this.accept = new ConnectionAccept(this, main, {
-      attach: (socket, h) => this.lifecycle.attach(socket, h),
+      attach: (socket, h) =>
+        clusterState
+          ? clusterState.claimThenAttach(socket, h, () => this.lifecycle.attach(socket, h))
+          : this.lifecycle.attach(socket, h),
       scheduleTurnEnd: this.scheduleTurnEnd,
       threadMessageError: (err, from, msg) => this.threadMessageError(err, from, msg),
     });

@@ -15,6 +15,12 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { UserRecord } from '../auth/users-file.js';
 import type { BannedEntry } from '../authz/banned.js';
+import type {
+  ClusterStateToMain,
+  ClusterStateToShard,
+  MainToClusterState,
+  ShardToClusterState,
+} from '../cluster/state-messages.js';
 import type { Config } from '../config/schema.js';
 import type { CountersShared } from '../metrics/counters.js';
 import type { ConnectPacket } from '../protocol/codec.js';
@@ -76,7 +82,8 @@ export type MainToCluster =
   /** Tell peers we leave, then end */
   | { t: 'shutdown' }
   /** SIGHUP: the reloaded configuration (restart-only options unchanged); answered `reconfigured` */
-  | { t: 'reconfigure'; config: Config };
+  | { t: 'reconfigure'; config: Config }
+  | MainToClusterState;
 
 export type ClusterToMain =
   | { t: 'ready'; generation: number; port: number }
@@ -84,10 +91,11 @@ export type ClusterToMain =
   /** Sent on every membership change and once a second */
   | { t: 'members'; members: ClusterMember[] }
   | { t: 'reconfigured' }
-  | { t: 'shutdownDone' };
+  | { t: 'shutdownDone' }
+  | ClusterStateToMain;
 
 /** Publishes for remote nodes: cluster/codec.ts entries, each after a u32 mask of peer slots. */
-export interface ShardToCluster {
+export interface ShardForward {
   t: 'forward';
   buf: ArrayBuffer;
   len: number;
@@ -95,6 +103,8 @@ export interface ShardToCluster {
   /** > 0: the batch holds QoS 1/2 publishes whose acks wait; answered with `forwardAcked` */
   seq: number;
 }
+
+export type ShardToCluster = ShardForward | ShardToClusterState;
 
 /** Publishes received from a peer node, for this shard to route to local subscribers only. */
 export type ClusterToShard =
@@ -104,7 +114,8 @@ export type ClusterToShard =
    * lost (0x80: stream broken or stalled) or refused (0x97: peer queue full). Its held
    * PUBACK/PUBRECs go, with that reason code to MQTT 5 publishers.
    */
-  | { t: 'forwardAcked'; seq: number; code: number };
+  | { t: 'forwardAcked'; seq: number; code: number }
+  | ClusterStateToShard;
 
 /** A retained message as stored by main and returned to shards. */
 export interface RetainedRecord {
@@ -115,6 +126,9 @@ export interface RetainedRecord {
   props?: Uint8Array | null;
   /** ms since epoch when it expires (Message Expiry Interval); 0 = never */
   expiryAt?: number;
+  /** Cluster: hybrid timestamp and node where it was published (last writer wins) */
+  ts?: number;
+  origin?: string;
 }
 
 /** A connection whose CONNECT the accepting shard has read and validated. */

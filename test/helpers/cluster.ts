@@ -74,6 +74,14 @@ export class TestNode {
     return (await res.json()) as T;
   }
 
+  /** GET without asserting the status (404 is an answer too). */
+  async get(path: string): Promise<{ status: number; body: unknown }> {
+    const res = await fetch(`http://127.0.0.1:${this.apiPort}/api/v5${path}`, {
+      headers: { authorization: basicAuth(KEY, SECRET) },
+    });
+    return { status: res.status, body: await res.json() };
+  }
+
   nodes(): Promise<ClusterNodeInfo[]> {
     return this.api<ClusterNodeInfo[]>('/nodes');
   }

@@ -1,0 +1,119 @@
+import { create } from '@bufbuild/protobuf';
+import { Counter } from '../metrics/counters.js';
+import { topicNameError } from '../protocol/topic.js';
+import type { RetainedRecord } from '../threads/messages.js';
+import {
+  type RetainedBatch,
+  type RetainedEntry,
+  RetainedEntrySchema,
+} from './gen/emqx_ts/cluster/v1/state_pb.js';
+import type { Peer } from './peers.js';
+import { caller, callTimeout, runningPeers, type StateHost, stateClient } from './state-host.js';
+
+/** Records per ReplicateRetained call of a full sync */
+const CHUNK = 500;
+
+/**
+ * The cluster thread's side of the replicated retained store (main keeps the store; see
+ * retained-merge.ts): local updates go to every running peer in one call per peer per turn,
+ * and main hears when all have answered (the publishers' acks wait for that); a peer we join
+ * gets our whole store (its merge keeps the newer of each topic, so both directions of a join
+ * converge); updates from peers go to main to merge.
+ */
+export class RetainedSync {
+  private out: RetainedRecord[] = [];
+  private outIds: number[] = [];
+  private scheduled = false;
+
+  constructor(private readonly host: StateHost) {}
+
+  /** main: stored locally */
+  onOut(id: number, entries: RetainedRecord[]): void {
+    for (const e of entries) this.out.push(e);
+    this.outIds.push(id);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flush);
+    }
+  }
+
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    const entries = this.out.map(toEntry);
+    const ids = this.outIds;
+    this.out = [];
+    this.outIds = [];
+    const calls = runningPeers(this.host.peers).map((p) => this.send(p, entries));
+    void Promise.all(calls).then(() => this.host.postMain({ t: 'retainedReplicated', ids }));
+  };
+
+  /** Resolves when the peer answered or failed (a failure is its down detection's business). */
+  private send(p: Peer, entries: RetainedEntry[]): Promise<void> {
+    return stateClient(p.address)
+      .replicateRetained(
+        { from: this.host.name, incarnation: this.host.incarnation, entries },
+        { timeoutMs: callTimeout(this.host.config) },
+      )
+      .then(
+        () => {},
+        (err) => this.host.log.debug({ peer: p.name, err: String(err) }, 'retained replication failed'),
+      );
+  }
+
+  /** We joined `p`: it gets the whole store, once main has sent it (onSnapshot). */
+  synced(p: Peer): void {
+    this.host.postMain({ t: 'retainedSnapshotReq', peer: p.name });
+  }
+
+  onSnapshot(peer: string, records: RetainedRecord[]): void {
+    const p = this.host.peers.byName.get(peer);
+    if (!p?.synced) return;
+    const entries = records.map(toEntry);
+    void (async () => {
+      for (let i = 0; i < entries.length; i += CHUNK) {
+        if (!p.synced) return;
+        await this.send(p, entries.slice(i, i + CHUNK));
+      }
+      this.host.log.debug({ peer, records: entries.length }, 'retained store sent to peer');
+    })();
+  }
+
+  /** Server side: a peer's updates, checked, for main to merge. */
+  onBatch(req: RetainedBatch): { applied: boolean } {
+    if (!caller(this.host.peers, req.from, req.incarnation)) return { applied: false };
+    const records: RetainedRecord[] = [];
+    for (const e of req.entries) {
+      if (topicNameError(e.topic) !== null || e.qos > 2) {
+        this.host.counters.row[Counter.clusterErrors]++;
+        continue;
+      }
+      records.push(fromEntry(e));
+    }
+    if (records.length > 0) this.host.postMain({ t: 'retainedIn', entries: records });
+    return { applied: true };
+  }
+}
+
+function toEntry(r: RetainedRecord): RetainedEntry {
+  return create(RetainedEntrySchema, {
+    topic: r.topic,
+    payload: r.payload,
+    qos: r.qos,
+    props: r.props ?? new Uint8Array(0),
+    expiryAt: BigInt(r.expiryAt ?? 0),
+    ts: BigInt(r.ts ?? 0),
+    origin: r.origin ?? '',
+  });
+}
+
+function fromEntry(e: RetainedEntry): RetainedRecord {
+  return {
+    topic: e.topic,
+    payload: e.payload,
+    qos: e.qos as 0 | 1 | 2,
+    props: e.props.length > 0 ? e.props : null,
+    expiryAt: Number(e.expiryAt),
+    ts: Number(e.ts),
+    origin: e.origin,
+  };
+}

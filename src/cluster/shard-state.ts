@@ -1,0 +1,275 @@
+import { Counter, type Counters } from '../metrics/counters.js';
+import type { WillMessage } from '../protocol/codec.js';
+import type { SharedGroups } from '../routing/shared.js';
+import type { SharedGroupRouting } from '../routing/shared-groups.js';
+import { Message } from '../session/message.js';
+import { Session, type Subscription } from '../session/session.js';
+import { asBuffer } from '../shard/retained-relay.js';
+import type { ConnectionOrigin } from '../threads/messages.js';
+import { EntryWriter, readEntries } from './codec.js';
+import { decodeSession, encodeSession, restoreSession } from './session-codec.js';
+import type { ShardClusterLink } from './shard-link.js';
+import type { ClusterStateToShard, ClusterWill, SharedOut } from './state-messages.js';
+
+/** Most shared deliveries a shard keeps for members on other nodes until they acknowledge */
+const MAX_UNACKED = 10_000;
+
+/** What the shard side of Cluster II needs of its shard. */
+export interface ShardStateDeps {
+  /** Routes a message as published on this node (local, other shards, other nodes) */
+  publish(msg: Message): void;
+  readonly shardId: number;
+  readonly counters: Counters;
+  readonly shared: SharedGroupRouting;
+  readonly sharedGroups: SharedGroups;
+  /** Session lifecycle (session/lifecycle.ts): takeover to and from other nodes */
+  exportSession<T>(clientId: string, clean: boolean, encode: (s: Session) => T): T | null;
+  adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][]): void;
+  readonly claimTimeoutMs: number;
+  readonly log: { warn(o: object, msg: string): void };
+}
+
+interface PendingClaim {
+  clientId: string;
+  socket: { destroyed: boolean };
+  attach: () => void;
+  timer: NodeJS.Timeout;
+  /** Takeovers by other nodes that arrived while this claim was in flight: run after it */
+  deferred: (() => void)[];
+}
+
+/**
+ * A shard's side of Cluster II: tells the cluster thread which wills of its clients the other
+ * nodes must publish if this node dies, and publishes the wills of dead nodes' clients the
+ * cluster thread hands it. Rides the shard's cluster port (shard-link.ts).
+ */
+export class ShardClusterState {
+  /** Wills the cluster thread holds for clients of this shard (resent to a restarted thread) */
+  private readonly wills = new Map<string, WillMessage & { delay: number }>();
+  private set: ClusterWill[] = [];
+  private clear: string[] = [];
+  private scheduled = false;
+  // Shared groups across nodes
+  private groupsAdd: [string, string][] = [];
+  private groupsDel: [string, string][] = [];
+  private sharedOut: SharedOut[] = [];
+  private sharedDone: { peer: number; id: number }[] = [];
+  private readonly entries = new EntryWriter(4096);
+  private unackedSeq = 0;
+  /** QoS 1/2 shared messages sent to another node's member, until it acknowledges them */
+  private readonly unacked = new Map<number, { msg: Message; groupKey: string; slot: number }>();
+  // Session takeover across nodes
+  private claimSeq = 0;
+  private readonly claims = new Map<number, PendingClaim>();
+
+  constructor(
+    private readonly link: ShardClusterLink,
+    private readonly deps: ShardStateDeps,
+  ) {
+    link.onState = (m) => this.onMessage(m);
+    link.onAttach = () => {
+      this.set = [...this.wills].map(([clientId, will]) => ({ clientId, will }));
+      this.clear = [];
+      // A new cluster thread: peers' slots start again; groups with local members are re-sent.
+      this.peerGone(-1);
+      this.groupsAdd = [];
+      this.groupsDel = [];
+      for (const g of deps.sharedGroups.all())
+        if (g.members.length > 0) this.groupsAdd.push([g.group, g.filter]);
+      this.schedule();
+    };
+    deps.shared.cluster = {
+      localMembers: (group, filter, present) => {
+        (present ? this.groupsAdd : this.groupsDel).push([group, filter]);
+        this.schedule();
+      },
+      toNode: (msg, slot, groupKey) => this.toNode(msg, slot, groupKey),
+    };
+  }
+
+  /**
+   * The will this node would publish for the session now: the connection's (with its delay
+   * capped by the session expiry, as on close here) or one waiting for its delay; none → cleared.
+   */
+  syncWill(session: Session): void {
+    const id = session.clientId;
+    let will: (WillMessage & { delay: number }) | null = null;
+    if (session.will) {
+      const w = session.will;
+      const delay =
+        w.delay && w.delay > 0 && session.expiryInterval > 0 ? Math.min(w.delay, session.expiryInterval) : 0;
+      will = { ...w, delay };
+    } else if (session.pendingWill) {
+      will = { ...session.pendingWill, delay: Math.max(0, Math.ceil((session.willAt - Date.now()) / 1000)) };
+    }
+    if (will) {
+      this.wills.set(id, will);
+      this.set.push({ clientId: id, will });
+    } else if (this.wills.delete(id)) this.clear.push(id);
+    else return;
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(this.flush);
+  }
+
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    // Not posted (no cluster thread): a new thread gets the whole state on attach.
+    if (this.set.length > 0 || this.clear.length > 0)
+      this.link.postState({ t: 'wills', set: this.set, clear: this.clear });
+    this.set = [];
+    this.clear = [];
+    if (this.groupsAdd.length > 0 || this.groupsDel.length > 0)
+      this.link.postState({ t: 'sharedGroups', add: this.groupsAdd, del: this.groupsDel });
+    this.groupsAdd = [];
+    this.groupsDel = [];
+    if (this.sharedOut.length > 0) {
+      this.entries.take(); // the entries' buffer goes with the message (cloned)
+      if (!this.link.postState({ t: 'sharedOut', items: this.sharedOut })) this.peerGone(-1);
+    }
+    this.sharedOut = [];
+    if (this.sharedDone.length > 0) this.link.postState({ t: 'sharedDone', items: this.sharedDone });
+    this.sharedDone = [];
+  };
+
+  /** The owner here picked another node for a shared message. */
+  private toNode(msg: Message, slot: number, groupKey: string): void {
+    let remaining = 0;
+    if (msg.expiryAt > 0) {
+      remaining = msg.expiryAt - Date.now();
+      if (remaining <= 0) return; // expired [MQTT-3.3.2-5]
+      remaining = Math.min(Math.ceil(remaining), 0xffffffff);
+    }
+    let id = 0;
+    if (msg.qos > 0) {
+      id = ++this.unackedSeq * 32 + this.deps.shardId;
+      msg.own();
+      this.unacked.set(id, { msg, groupKey, slot });
+      if (this.unacked.size > MAX_UNACKED) {
+        const oldest = this.unacked.keys().next().value as number;
+        this.unacked.delete(oldest);
+      }
+    }
+    const w = this.entries;
+    const start = w.pos;
+    w.add(msg, remaining, -1);
+    const cut = groupKey.indexOf('\u0000');
+    this.sharedOut.push({
+      slot,
+      group: groupKey.slice(0, cut),
+      filter: groupKey.slice(cut + 1),
+      entry: w.buf.subarray(start, w.pos),
+      id,
+    });
+    this.deps.counters.row[Counter.sharedForwarded]++;
+    this.schedule();
+  }
+
+  /** A peer (slot; -1 = all) is gone: its groups drop it, its unacked messages go to another member. */
+  private peerGone(slot: number): void {
+    this.deps.shared.dropRemote(slot);
+    for (const [id, u] of [...this.unacked]) {
+      if (slot >= 0 && u.slot !== slot) continue;
+      this.unacked.delete(id);
+      this.deps.counters.row[Counter.sharedRedispatched]++;
+      this.deps.shared.onRedispatch(u.msg, u.groupKey, '');
+    }
+  }
+
+  /** Another node's owner picked this node: one local member gets it; its ack goes back. */
+  private sharedIn(from: number, group: string, filter: string, entry: Uint8Array, id: number): void {
+    const b = Buffer.from(entry.buffer, entry.byteOffset, entry.length);
+    readEntries(b, b.length, Date.now(), (msg) => {
+      if (id > 0) {
+        let done = false;
+        msg.onAcked = () => {
+          if (done) return;
+          done = true;
+          this.sharedDone.push({ peer: from, id });
+          this.schedule();
+        };
+      }
+      if (!this.deps.shared.onRemoteShared(msg, `${group}\u0000${filter}`)) {
+        this.deps.counters.row[Counter.messagesDropped]++;
+        msg.onAcked?.();
+      } else if (msg.qos === 0 || id === 0) msg.onAcked = null;
+    });
+  }
+
+  private onMessage(m: ClusterStateToShard): void {
+    if (m.t === 'publishWill') this.publishWill(m.clientId, m.will);
+    else if (m.t === 'sharedRemote') this.deps.shared.setRemote(m.group, m.filter, m.slot, m.add);
+    else if (m.t === 'sharedPeerGone') this.peerGone(m.slot);
+    else if (m.t === 'sharedIn') this.sharedIn(m.from, m.group, m.filter, m.entry, m.id);
+    else if (m.t === 'sharedAcked') for (const id of m.ids) this.unacked.delete(id);
+    else if (m.t === 'claimed') this.claimed(m.reqId, m.session);
+    else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim);
+  }
+
+  /**
+   * A CONNECT: the client id is claimed cluster-wide first (registry.ts); a session another
+   * node ships is adopted, then the connection attaches as usual and resumes it. Bytes the
+   * client sends meanwhile wait in the socket (nothing reads it before attach).
+   */
+  claimThenAttach(socket: { destroyed: boolean }, h: ConnectionOrigin, attach: () => void): void {
+    const clientId = h.connect.clientId;
+    const reqId = ++this.claimSeq;
+    if (!this.link.postState({ t: 'claim', reqId, clientId, clean: h.connect.clean })) {
+      attach(); // no cluster thread: this node alone decides, as a single broker
+      return;
+    }
+    const timer = setTimeout(() => {
+      this.deps.counters.row[Counter.claimFailures]++;
+      this.deps.log.warn({ clientId }, 'session claim not answered in time: session starts here');
+      this.claimed(reqId, null);
+    }, this.deps.claimTimeoutMs);
+    this.claims.set(reqId, { clientId, socket, attach, timer, deferred: [] });
+  }
+
+  private claimed(reqId: number, blob: Uint8Array | null): void {
+    const c = this.claims.get(reqId);
+    if (!c) return;
+    this.claims.delete(reqId);
+    clearTimeout(c.timer);
+    if (blob && blob.length > 0) {
+      try {
+        const snap = decodeSession(blob);
+        const session = new Session(c.clientId, false);
+        restoreSession(session, snap);
+        this.deps.adoptSession(session, snap.subs);
+        this.deps.counters.row[Counter.sessionsImported]++;
+      } catch (err) {
+        this.deps.counters.row[Counter.clusterErrors]++;
+        this.deps.log.warn({ clientId: c.clientId, err: String(err) }, 'shipped session unreadable: dropped');
+      }
+    }
+    // A client that gave up meanwhile leaves the adopted session offline, as a disconnect would.
+    if (!c.socket.destroyed) c.attach();
+    for (const run of c.deferred) run();
+  }
+
+  /**
+   * Another node takes the client over. When it revokes our claim `afterClaim` whose answer has
+   * not arrived yet, it runs after that claim's connection attached (the later claim wins).
+   */
+  private takeover(reqId: number, clientId: string, clean: boolean, afterClaim: number): void {
+    const run = () => {
+      const session = this.deps.exportSession(clientId, clean, encodeSession);
+      this.link.postState({ t: 'exported', reqId, session });
+    };
+    const pending = afterClaim > 0 ? this.claims.get(afterClaim) : undefined;
+    if (pending) pending.deferred.push(run);
+    else run();
+  }
+
+  private publishWill(clientId: string, w: WillMessage): void {
+    const msg = Message.fromStrings(w.topic, asBuffer(w.payload), w.qos, w.retain, clientId);
+    if (w.props) msg.props = asBuffer(w.props);
+    if (w.expiry !== undefined && w.expiry >= 0) msg.expiryAt = Date.now() + w.expiry * 1000;
+    this.deps.publish(msg);
+  }
+}

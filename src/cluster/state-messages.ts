@@ -1,0 +1,73 @@
+/**
+ * Messages of Cluster II (retained replication, wills, cross-node shared groups, session
+ * takeover) between main, the shards and the cluster thread. Kept apart from Cluster I's
+ * forwarding messages; src/threads/messages.ts unions them in.
+ */
+import type { WillMessage } from '../protocol/codec.js';
+import type { RetainedRecord } from '../threads/messages.js';
+
+// --- main ↔ cluster thread: retained store replication (main owns the store) -------------------
+
+export type MainToClusterState =
+  /** Stored locally: replicate to every running peer; answered with `retainedReplicated` */
+  | { t: 'retainedOut'; id: number; entries: RetainedRecord[] }
+  /** The whole store (and its tombstones), for a peer we just joined */
+  | { t: 'retainedSnapshot'; peer: string; entries: RetainedRecord[] };
+
+export type ClusterStateToMain =
+  /** Every running peer has applied (or failed to take) these `retainedOut`s */
+  | { t: 'retainedReplicated'; ids: number[] }
+  /** From a peer: merge into the store (last writer wins), do not replicate again */
+  | { t: 'retainedIn'; entries: RetainedRecord[] }
+  | { t: 'retainedSnapshotReq'; peer: string };
+
+// --- shard ↔ cluster thread -------------------------------------------------------------------
+
+/** A will as the cluster keeps it for a client of this node (published by others if we die). */
+export interface ClusterWill {
+  clientId: string;
+  will: WillMessage;
+}
+
+/** A session as shipped between nodes on takeover (src/cluster/session-codec.ts encodes it). */
+export type SessionBlob = Uint8Array;
+
+export type ShardToClusterState =
+  /** Wills of this shard's clients set and cleared this turn */
+  | { t: 'wills'; set: ClusterWill[]; clear: string[] }
+  /** Shared groups with local members: first member joined (add) / last left (del) */
+  | { t: 'sharedGroups'; add: [string, string][]; del: [string, string][] }
+  /** Owner shard: messages of shared groups it picked another node for (codec entries) */
+  | { t: 'sharedOut'; items: SharedOut[] }
+  /** Member side: remote shared deliveries done (acked by the member, or dropped) */
+  | { t: 'sharedDone'; items: { peer: number; id: number }[] }
+  /** A CONNECT: become the client's owner cluster-wide (answered with `claimed`) */
+  | { t: 'claim'; reqId: number; clientId: string; clean: boolean }
+  /** Answer to `takeover` */
+  | { t: 'exported'; reqId: number; session: SessionBlob | null };
+
+export interface SharedOut {
+  /** Peer slot the owner picked */
+  slot: number;
+  group: string;
+  filter: string;
+  entry: Uint8Array;
+  /** > 0 for QoS 1/2: kept by the owner until `sharedAcked` */
+  id: number;
+}
+
+export type ClusterStateToShard =
+  /** Publish a will (of a client of a dead node) as a message published on this node */
+  | { t: 'publishWill'; clientId: string; will: WillMessage }
+  /** A peer has (add) / no longer has (del) members of this group; for the group's owner shard */
+  | { t: 'sharedRemote'; slot: number; group: string; filter: string; add: boolean }
+  /** A peer is gone: every group drops it, its unacked deliveries go to another member */
+  | { t: 'sharedPeerGone'; slot: number }
+  /** A remote owner picked this node: deliver to one local member of the group */
+  | { t: 'sharedIn'; from: number; group: string; filter: string; entry: Uint8Array; id: number }
+  /** The member on `slot` acknowledged shared deliveries `ids` this shard sent */
+  | { t: 'sharedAcked'; slot: number; ids: number[] }
+  /** Answer to `claim`: the session the previous owner shipped, if any */
+  | { t: 'claimed'; reqId: number; session: SessionBlob | null }
+  /** Another node takes the client over: close it (0x8E), ship (or discard) its session */
+  | { t: 'takeover'; reqId: number; clientId: string; clean: boolean; afterClaim: number };

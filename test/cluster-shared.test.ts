@@ -1,0 +1,123 @@
+/**
+ * Cluster II (issue #11): shared subscriptions across nodes. `$share/g/f` and `$queue/f`
+ * members on different nodes form one group; each message reaches exactly one member
+ * cluster-wide [MQTT-4.8.2-?: a shared subscription's message goes to one session]; a member's
+ * node going down moves its unacknowledged messages to another member. Real nodes as processes
+ * on loopback, real MQTT clients.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { Broker } from '../src/broker/broker.js';
+import { startNode, type TestNode } from './helpers/cluster.js';
+import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
+import { PacketClient } from './helpers/raw.js';
+
+const metric = async (n: TestNode, name: string) => (await n.scrape()).values.get(name) ?? 0;
+
+test('a $share group and a $queue group with members on 3 nodes: each message reaches exactly one member', {
+  timeout: 120_000,
+}, async (t) => {
+  const [n1, n2, n3] = await threeNodes(t, 'sh', [2, 1, 2]);
+  const nodes = [n1, n2, n3];
+  const share = await Promise.all(
+    nodes.map(
+      async (n, i) => new Inbox(await connectTo(t, n, `sh-g-${i}`, { protocolVersion: i === 1 ? 4 : 5 })),
+    ),
+  );
+  const queue = await Promise.all(
+    nodes.slice(1).map(async (n, i) => new Inbox(await connectTo(t, n, `sh-q-${i}`))),
+  );
+  for (const s of share) await subscribeTo(s.c, '$share/g/sh/+', 1);
+  for (const s of queue) await subscribeTo(s.c, '$queue/sh/#', 1);
+  // n1 (the publishers' node) knows the other nodes' members: 2 peers for $share/g, 2 for $queue.
+  await pollUntil(
+    () => metric(n1, 'emqx_ts_cluster_shared_remote_groups'),
+    (v) => v === 4,
+    'n1 to know the remote members',
+  );
+
+  const N = 60;
+  const pub = await connectTo(t, n1, 'sh-pub');
+  for (let i = 0; i < N; i++) await pub.publishAsync(`sh/${i}`, `m${i}`, { qos: 1 });
+  // A second publisher on another node: its node picks for its own messages.
+  const pub3 = await connectTo(t, n3, 'sh-pub3');
+  for (let i = 0; i < N; i++) await pub3.publishAsync(`sh/${i}`, `n${i}`, { qos: 1 });
+
+  const all = (inboxes: Inbox[]) => inboxes.flatMap((s) => s.got.map((g) => g.payload));
+  const expected = [...Array(N).keys()].flatMap((i) => [`m${i}`, `n${i}`]).sort();
+  await pollUntil(
+    async () => all(share).length,
+    (n) => n >= 2 * N,
+    'the $share group to get every message',
+  );
+  await pollUntil(
+    async () => all(queue).length,
+    (n) => n >= 2 * N,
+    'the $queue group to get every message',
+  );
+  // Settle: a marker through a plain subscription on each member node arrives after any duplicate.
+  const marks = await Promise.all(
+    nodes.map(async (n, i) => new Inbox(await connectTo(t, n, `sh-mark-${i}`))),
+  );
+  for (const m of marks) await subscribeTo(m.c, 'sh/marker', 1);
+  await Promise.all([
+    n1.waitPeer(n2.name, 'running', (r) => r >= 1),
+    n1.waitPeer(n3.name, 'running', (r) => r >= 1),
+  ]);
+  await pub.publishAsync('sh/marker', 'x', { qos: 1 });
+  await Promise.all(marks.map((m) => m.wait(1, 'marker')));
+  const shareGot = all(share).filter((p) => p !== 'x');
+  const queueGot = all(queue).filter((p) => p !== 'x');
+  assert.deepEqual(shareGot.sort(), expected, '$share/g: each message once across the 3 nodes');
+  assert.deepEqual(queueGot.sort(), expected, '$queue: each message once across n2 and n3');
+  for (const [i, s] of share.entries())
+    assert.ok(s.got.length > 0, `the $share member on node ${i + 1} got some (round robin over nodes)`);
+});
+
+test('a shared member’s node killed with -9: its unacknowledged messages go to another member', {
+  timeout: 120_000,
+}, async (t) => {
+  const n1 = await startNode(t, { name: 'shd1@127.0.0.1' });
+  const [n2, n3] = await Promise.all([
+    startNode(t, { name: 'shd2@127.0.0.1', seeds: [n1.clusterPort] }),
+    startNode(t, { name: 'shd3@127.0.0.1', seeds: [n1.clusterPort] }),
+  ]);
+  await Promise.all([n1.waitPeer(n2.name, 'running'), n1.waitPeer(n3.name, 'running')]);
+  const ok = new Inbox(await connectTo(t, n2, 'shd-ok'));
+  await subscribeTo(ok.c, '$share/h/job/#', 1);
+  // The member on n3 is a raw client: it receives but never acknowledges (no PUBACK).
+  const { pc: stuck } = await PacketClient.connect(
+    t,
+    { port: n3.mqttPort } as unknown as Broker,
+    'shd-stuck',
+  );
+  stuck.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: '$share/h/job/#', qos: 1 }] });
+  await stuck.expect('suback');
+  await pollUntil(
+    () => metric(n1, 'emqx_ts_cluster_shared_remote_groups'),
+    (v) => v === 2,
+    'n1 to know both members',
+  );
+
+  const N = 20;
+  const pub = await connectTo(t, n1, 'shd-pub');
+  for (let i = 0; i < N; i++) await pub.publishAsync(`job/${i}`, `j${i}`, { qos: 1 });
+  await pollUntil(
+    async () => ok.got.length + stuck.publishes,
+    (n) => n >= N,
+    'every job to reach a member',
+  );
+  const held: string[] = [];
+  for (let i = 0; i < stuck.publishes; i++) held.push((await stuck.expect('publish')).payload.toString());
+  assert.ok(held.length > 0, 'the member on n3 got some jobs');
+
+  await n3.kill9();
+  await ok.until(
+    (g) => held.every((p) => g.some((x) => x.payload === p)),
+    'the unacknowledged jobs of the dead member to reach the member on n2',
+    30_000,
+  );
+  const payloads = new Set(ok.got.map((g) => g.payload));
+  for (let i = 0; i < N; i++) assert.ok(payloads.has(`j${i}`), `job ${i} reached the live member`);
+  assert.ok((await metric(n1, 'emqx_ts_cluster_shared_redispatched_total')) >= held.length);
+});
