@@ -407,6 +407,8 @@ test('a corrupt data dir or one that cannot be created: a clear error and exit c
     (l) => l.includes('"msg":"durable store opened"') && l.includes('"mode":"sync"'),
     'store opened',
   );
+  // Signal handlers are installed once start-up is complete (this is its last line).
+  await ok.p.out.waitFor((l) => l.includes('"msg":"metrics, health and REST API listening"'), 'started');
   ok.p.child.kill('SIGTERM');
   assert.equal((await within(ok.p.done, 'stopped')).code, 0);
 });
