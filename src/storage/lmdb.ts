@@ -117,7 +117,8 @@ export class LmdbStore implements DurableStore {
     // Committed keys only: a delivery put in this same turn is cleaned up at the next start.
     for (const d of this.deliveries.getKeys({ start: [key], end: [key, Infinity] }))
       void this.deliveries.remove(d).catch(this.fail);
-    for (const r of this.rel.getKeys({ start: [key], end: [key, Infinity] })) void this.rel.remove(r).catch(this.fail);
+    for (const r of this.rel.getKeys({ start: [key], end: [key, Infinity] }))
+      void this.rel.remove(r).catch(this.fail);
   }
 
   putDelivery(clientId: string, seq: number, d: StoredDelivery): void {
