@@ -182,6 +182,12 @@ test('kill -9: offline persistent sessions get every acked QoS 1/2 message after
       properties: { sessionExpiryInterval: 3600 },
     });
     await subscribe(c, `${topic}/#`, 2);
+    await end(c);
+  }
+  // The delayed will's subscriber: a session of its own, reconnected once after the restart.
+  const willSub = onShard(1, 'k9-willsub');
+  {
+    const { c } = await connect(t, first.port, { clientId: willSub, clean: false });
     await subscribe(c, 'k9will/#', 1);
     await end(c);
   }
@@ -239,17 +245,12 @@ test('kill -9: offline persistent sessions get every acked QoS 1/2 message after
   const second = await startProcess(t, dir, ['--durability.mode=sync']);
   await second.p.out.waitFor((l) => l.includes('persistent sessions restored'), 'sessions restored');
   await checkRedelivery(t, second.port, [...subs, sub5], topic, { qos1, qos2 });
-  // The MQTT 5 subscriber got the delayed will of the client that was connected at the kill.
+  // The will subscriber gets the delayed will of the client that was connected at the kill.
   {
     let inbox: Inbox | undefined;
-    await connect(
-      t,
-      second.port,
-      { clientId: sub5, protocolVersion: 5, clean: false, properties: { sessionExpiryInterval: 3600 } },
-      (c) => {
-        inbox = new Inbox(c);
-      },
-    );
+    await connect(t, second.port, { clientId: willSub, clean: false }, (c) => {
+      inbox = new Inbox(c);
+    });
     await waitFor(
       () => inbox!.messages.some((m) => m.topic === 'k9will/w' && m.payload === 'gone'),
       'delayed will',
@@ -406,6 +407,8 @@ test('a corrupt data dir or one that cannot be created: a clear error and exit c
     (l) => l.includes('"msg":"durable store opened"') && l.includes('"mode":"sync"'),
     'store opened',
   );
+  // Signal handlers are installed once start-up is complete (this is its last line).
+  await ok.p.out.waitFor((l) => l.includes('"msg":"metrics, health and REST API listening"'), 'started');
   ok.p.child.kill('SIGTERM');
   const r3 = await within(ok.p.done, 'stopped');
   assert.equal(r3.code, 0, `signal ${r3.signal}; stderr: ${ok.p.err.lines.slice(-5).join('\n')}`);

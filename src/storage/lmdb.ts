@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Database, open, type RootDatabase } from 'lmdb';
@@ -39,6 +40,14 @@ function checkDataFile(dir: string): void {
   }
 }
 
+/** LMDB keys are short (lmdb-js: under ~1978 bytes): a longer client id or topic is hashed. */
+const MAX_KEY = 400;
+
+function k(s: string): string {
+  if (s.length * 3 <= MAX_KEY || Buffer.byteLength(s) <= MAX_KEY) return s;
+  return `\u0001${createHash('sha256').update(s).digest('hex')}`;
+}
+
 /**
  * The built-in store: one LMDB environment in node.data_dir, opened by main and every shard
  * (lmdb-js shares one environment per path within the process). Writes are lmdb-js's async
@@ -49,7 +58,7 @@ function checkDataFile(dir: string): void {
 export class LmdbStore implements DurableStore {
   private readonly env: RootDatabase;
   /** clientId → StoredSession */
-  private readonly sessions: Database<StoredSession, string>;
+  private readonly sessions: Database<StoredSession & { id?: string }, string>;
   /** [clientId, seq] → StoredDelivery */
   private readonly deliveries: Database<StoredDelivery, [string, number]>;
   /** [clientId, packetId] → arrival ms */
@@ -60,6 +69,13 @@ export class LmdbStore implements DurableStore {
   private readonly marks: Database<number, [number, number]>;
   private readonly retained: Database<StoredRetained, string>;
   private pending = false;
+  /** A failed write is logged by the caller's counters; it must not become an unhandled rejection */
+  private readonly fail = (err: unknown): void => {
+    this.errors++;
+    this.lastError = err;
+  };
+  errors = 0;
+  lastError: unknown = null;
 
   constructor(o: StoreOptions) {
     try {
@@ -93,84 +109,85 @@ export class LmdbStore implements DurableStore {
 
   putSession(clientId: string, s: StoredSession): void {
     this.pending = true;
-    void this.sessions.put(clientId, s);
+    void this.sessions.put(k(clientId), { ...s, id: clientId }).catch(this.fail);
   }
 
   deleteSession(clientId: string): void {
     this.pending = true;
-    void this.sessions.remove(clientId);
+    const key = k(clientId);
+    void this.sessions.remove(key).catch(this.fail);
     // Committed keys only: a delivery put in this same turn is cleaned up at the next start.
-    for (const k of this.deliveries.getKeys({ start: [clientId], end: [clientId, Infinity] }))
-      void this.deliveries.remove(k);
-    for (const k of this.rel.getKeys({ start: [clientId], end: [clientId, Infinity] }))
-      void this.rel.remove(k);
+    for (const d of this.deliveries.getKeys({ start: [key], end: [key, Infinity] }))
+      void this.deliveries.remove(d).catch(this.fail);
+    for (const r of this.rel.getKeys({ start: [key], end: [key, Infinity] }))
+      void this.rel.remove(r).catch(this.fail);
   }
 
   putDelivery(clientId: string, seq: number, d: StoredDelivery): void {
     this.pending = true;
-    void this.deliveries.put([clientId, seq], d);
+    void this.deliveries.put([k(clientId), seq], d).catch(this.fail);
   }
 
   deleteDelivery(clientId: string, seq: number): void {
     this.pending = true;
-    void this.deliveries.remove([clientId, seq]);
+    void this.deliveries.remove([k(clientId), seq]).catch(this.fail);
   }
 
   putAwaitingRel(clientId: string, packetId: number, at: number): void {
     this.pending = true;
-    void this.rel.put([clientId, packetId], at);
+    void this.rel.put([k(clientId), packetId], at).catch(this.fail);
   }
 
   deleteAwaitingRel(clientId: string, packetId: number): void {
     this.pending = true;
-    void this.rel.remove([clientId, packetId]);
+    void this.rel.remove([k(clientId), packetId]).catch(this.fail);
   }
 
   putOutbox(from: number, to: number, seq: number, batch: Uint8Array): void {
     this.pending = true;
-    void this.outbox.put([from, to, seq], batch as Buffer);
+    void this.outbox.put([from, to, seq], batch as Buffer).catch(this.fail);
   }
 
   deleteOutbox(from: number, to: number, seq: number): void {
     this.pending = true;
-    void this.outbox.remove([from, to, seq]);
+    void this.outbox.remove([from, to, seq]).catch(this.fail);
   }
 
   putMark(to: number, from: number, seq: number): void {
     this.pending = true;
-    void this.marks.put([to, from], seq);
+    void this.marks.put([to, from], seq).catch(this.fail);
   }
 
   putRetained(topic: string, r: StoredRetained): void {
     this.pending = true;
-    void this.retained.put(topic, r);
+    void this.retained.put(k(topic), r).catch(this.fail);
   }
 
   deleteRetained(topic: string): void {
     this.pending = true;
-    void this.retained.remove(topic);
+    void this.retained.remove(k(topic)).catch(this.fail);
   }
 
   loadSessions(mine: (clientId: string) => boolean): LoadedSession[] {
     const out: LoadedSession[] = [];
     const known = new Set<string>();
     for (const { key, value } of this.sessions.getRange()) {
-      const clientId = key;
-      known.add(clientId);
+      const clientId = (value as StoredSession & { id?: string }).id ?? key;
+      known.add(key);
       if (!mine(clientId)) continue;
       const deliveries: LoadedSession['deliveries'] = [];
-      for (const r of this.deliveries.getRange({ start: [clientId], end: [clientId, Infinity] }))
+      for (const r of this.deliveries.getRange({ start: [key], end: [key, Infinity] }))
         deliveries.push({ seq: r.key[1], d: r.value });
       const awaitingRel: [number, number][] = [];
-      for (const r of this.rel.getRange({ start: [clientId], end: [clientId, Infinity] }))
+      for (const r of this.rel.getRange({ start: [key], end: [key, Infinity] }))
         awaitingRel.push([r.key[1], r.value]);
       out.push({ clientId, session: value, deliveries, awaitingRel });
     }
     // Deliveries of a session removed in the turn they were written: nobody owns them.
-    for (const k of this.deliveries.getKeys())
-      if (!known.has(k[0]) && mine(k[0])) {
+    for (const d of this.deliveries.getKeys())
+      if (!known.has(d[0]) && mine(d[0])) {
         this.pending = true;
-        void this.deliveries.remove(k);
+        void this.deliveries.remove(d).catch(this.fail);
       }
     return out;
   }
@@ -197,7 +214,11 @@ export class LmdbStore implements DurableStore {
   commit(): Promise<void> | null {
     if (!this.pending) return null;
     this.pending = false;
-    return this.env.committed.then(() => undefined);
+    const errors = this.errors;
+    return this.env.committed.then(() => {
+      // A write of this batch failed (too large, disk full): the caller logs and counts it.
+      if (this.errors !== errors) throw this.lastError;
+    });
   }
 
   async close(): Promise<void> {
