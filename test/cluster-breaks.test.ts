@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { UniqueMessageIdProvider } from 'mqtt';
 import { waitFor, within } from './helpers/broker.js';
-import { connect, Sub, startNode, sub } from './helpers/cluster.js';
+import { startNode } from './helpers/cluster.js';
+import { connectTo as connect, Inbox as Sub, subscribeTo as sub } from './helpers/cluster-clients.js';
 
 const T = 120_000;
 type Ctx = { after: (fn: () => void | Promise<void>) => void };

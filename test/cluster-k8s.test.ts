@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { waitFor } from './helpers/broker.js';
-import { connect, Sub, startNode, sub } from './helpers/cluster.js';
+import { startNode } from './helpers/cluster.js';
+import { connectTo as connect, Inbox as Sub, subscribeTo as sub } from './helpers/cluster-clients.js';
 import { FakeKubeApi } from './helpers/k8s-api.js';
 
 test('k8s discovery: nodes find each other through watched EndpointSlices (and a listed one on start), with the RBAC verbs of k8s/', {

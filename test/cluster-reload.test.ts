@@ -8,7 +8,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { connect, Sub, startNode, sub } from './helpers/cluster.js';
+import { startNode } from './helpers/cluster.js';
+import { connectTo as connect, Inbox as Sub, subscribeTo as sub } from './helpers/cluster-clients.js';
 
 test('SIGHUP: new static seeds and forward_ack_timeout apply in the cluster thread; restart-only cluster options are reported', {
   timeout: 120_000,

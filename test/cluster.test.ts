@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { within } from './helpers/broker.js';
-import { startNode, type TestNode } from './helpers/cluster.js';
+import { startNode } from './helpers/cluster.js';
 import {
   connectTo as connect,
   Inbox as Sub,

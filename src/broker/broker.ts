@@ -80,8 +80,6 @@ export class Broker implements BrokerView {
   readonly supervisor: Supervisor;
   /** Banned clients and built-in users, posted to the shards (src/hooks/main-security.ts) */
   readonly security: MainSecurity;
-  /** Bound MQTT port (the listening socket itself lives in the shards' acceptors) */
-  private boundPort = 0;
   /** Bound port per listener id (the listening sockets themselves live in the shards' acceptors) */
   private readonly ports: Record<string, number> = {};
   private stopped: Promise<void> | null = null;

@@ -2,7 +2,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { Counter, type Counters } from '../metrics/counters.js';
-import type { ClusterToShard, ShardForward, ShardToCluster } from '../threads/messages.js';
+import type { ClusterToShard, ShardForward } from '../threads/messages.js';
 import { entryEnd } from './codec.js';
 import { ACCEPTED, type BatchDone, ForwardStream, LOST, QUEUE_FULL } from './forward.js';
 import type { ForwardBatch } from './gen/emqx_ts/cluster/v1/cluster_pb.js';

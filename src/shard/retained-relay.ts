@@ -41,7 +41,7 @@ export class RetainedRelay {
 
   constructor(
     private readonly main: MainLink,
-    private readonly delivery: Delivery,
+    delivery: Delivery,
     counters: Counters,
     /** durable sync: a persistent session's SUBACK waits for its subscriptions' commit too */
     private readonly durable: ShardDurability | null = null,

@@ -1,5 +1,5 @@
 /**
- * MQTT clients of cluster nodes for the Cluster II tests: connect to a node, subscribe, and
+ * MQTT clients of cluster nodes for the cluster tests: connect to a node, subscribe, and
  * collect what arrives, waiting on arrivals (never fixed sleeps).
  */
 import assert from 'node:assert/strict';

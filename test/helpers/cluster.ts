@@ -10,7 +10,6 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { LineReader, TEST_HTTP_FLAGS, within } from './broker.js';
 import { basicAuth, parsePrometheus, type Scrape } from './ops.js';
 
@@ -159,67 +158,4 @@ export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
   node.apiPort = http.apiPort;
   node.metricsPort = http.metricsPort;
   return node;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients of the nodes
-
-export interface Got {
-  topic: string;
-  payload: string;
-  qos: number;
-  retain: boolean;
-  props?: IPublishPacket['properties'];
-}
-
-export class Sub {
-  readonly got: Got[] = [];
-  private wake: (() => void) | null = null;
-  constructor(readonly c: MqttClient) {
-    c.on('message', (topic, payload, packet) => {
-      this.got.push({
-        topic,
-        payload: payload.toString(),
-        qos: packet.qos,
-        retain: packet.retain,
-        props: packet.properties,
-      });
-      this.wake?.();
-    });
-  }
-  async wait(n: number, what: string, timeoutMs = 20_000): Promise<Got[]> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.got.length < n) {
-      if (Date.now() > deadline)
-        throw new Error(`${what}: got ${this.got.length}/${n}: ${JSON.stringify(this.got)}`);
-      await new Promise<void>((r) => {
-        this.wake = r;
-        setTimeout(r, 100);
-      });
-    }
-    return this.got;
-  }
-}
-
-export async function connect(
-  t: Ctx,
-  node: TestNode,
-  clientId: string,
-  opts: IClientOptions = {},
-): Promise<MqttClient> {
-  const c = mqtt.connect({ host: '127.0.0.1', port: node.mqttPort, clientId, reconnectPeriod: 0, ...opts });
-  t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
-  await within(
-    new Promise<void>((resolve, reject) => {
-      c.once('connect', () => resolve());
-      c.once('error', reject);
-    }),
-    `${clientId} to connect to ${node.name}`,
-  );
-  return c;
-}
-
-export async function sub(c: MqttClient, filter: string, qos: 0 | 1 | 2): Promise<void> {
-  const granted = await c.subscribeAsync(filter, { qos });
-  assert.equal(granted[0].qos, qos, `granted QoS for ${filter}`);
 }
