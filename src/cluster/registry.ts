@@ -170,7 +170,15 @@ export class Registry {
       };
       this.exports.set(reqId, finish);
       const shard = shardOf(clientId, this.host.shards.length);
-      if (!postShard(this.host, shard, { t: 'takeover', reqId, clientId, clean, afterClaim })) finish(null);
+      // Messages this node accepted (acked to their senders) before now may still be on their
+      // way to the client's shard: in another shard's port (the one a peer's forwarded batches
+      // go to) or in its batch to this one. Every other shard routes what it holds and posts a
+      // `drained` behind it; the session is exported once all of them arrived (none is lost).
+      let drains = 0;
+      for (let i = 0; i < this.host.shards.length; i++)
+        if (i !== shard && postShard(this.host, i, { t: 'takeoverDrain', reqId, to: shard })) drains++;
+      if (!postShard(this.host, shard, { t: 'takeover', reqId, clientId, clean, afterClaim, drains }))
+        finish(null);
     });
   }
 

@@ -25,6 +25,8 @@ export interface ShardStateDeps {
   /** Session lifecycle (session/lifecycle.ts): takeover to and from other nodes */
   exportSession<T>(clientId: string, clean: boolean, encode: (s: Session) => T): T | null;
   adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][]): void;
+  /** Posts this turn's cross-shard batches, then `drained` to shard `to` behind them */
+  drainTo(to: number, reqId: number): void;
   readonly claimTimeoutMs: number;
   readonly log: { warn(o: object, msg: string): void };
 }
@@ -61,6 +63,11 @@ export class ShardClusterState {
   // Session takeover across nodes
   private claimSeq = 0;
   private readonly claims = new Map<number, PendingClaim>();
+  /** Takeovers waiting for the other shards' `drained` */
+  private readonly drainWaits = new Map<
+    number,
+    { remaining: number; run: () => void; timer: NodeJS.Timeout }
+  >();
 
   constructor(
     private readonly link: ShardClusterLink,
@@ -68,6 +75,9 @@ export class ShardClusterState {
   ) {
     link.onState = (m) => this.onMessage(m);
     link.onAttach = () => {
+      // The old thread's takeovers: nobody takes their answer any more, the sessions stay here.
+      for (const w of this.drainWaits.values()) clearTimeout(w.timer);
+      this.drainWaits.clear();
       this.set = [...this.wills].map(([clientId, will]) => ({ clientId, will }));
       this.clear = [];
       // A new cluster thread: peers' slots start again; groups with local members are re-sent.
@@ -207,7 +217,9 @@ export class ShardClusterState {
     else if (m.t === 'sharedIn') this.sharedIn(m.from, m.group, m.filter, m.entry, m.id);
     else if (m.t === 'sharedAcked') for (const id of m.ids) this.unacked.delete(id);
     else if (m.t === 'claimed') this.claimed(m.reqId, m.session);
-    else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim);
+    else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim, m.drains);
+    // No port to it (restarting): nothing of ours reaches it anyway; it waits for its timer.
+    else if (m.t === 'takeoverDrain') this.deps.drainTo(m.to, m.reqId);
   }
 
   /**
@@ -253,17 +265,45 @@ export class ShardClusterState {
   }
 
   /**
-   * Another node takes the client over. When it revokes our claim `afterClaim` whose answer has
-   * not arrived yet, it runs after that claim's connection attached (the later claim wins).
+   * Another node takes the client over. It waits for the `drained` of the `drains` other shards
+   * (messages this node accepted before the takeover are in the session then, and are shipped
+   * with it; registry.ts). When it revokes our claim `afterClaim` whose answer has not arrived
+   * yet, it runs after that claim's connection attached (the later claim wins).
    */
-  private takeover(reqId: number, clientId: string, clean: boolean, afterClaim: number): void {
+  private takeover(
+    reqId: number,
+    clientId: string,
+    clean: boolean,
+    afterClaim: number,
+    drains: number,
+  ): void {
     const run = () => {
       const session = this.deps.exportSession(clientId, clean, encodeSession);
       this.link.postState({ t: 'exported', reqId, session });
     };
-    const pending = afterClaim > 0 ? this.claims.get(afterClaim) : undefined;
-    if (pending) pending.deferred.push(run);
-    else run();
+    const afterDrains = () => {
+      const pending = afterClaim > 0 ? this.claims.get(afterClaim) : undefined;
+      if (pending) pending.deferred.push(run);
+      else run();
+    };
+    if (drains === 0) return afterDrains();
+    // A shard that died meanwhile never answers (what it held died with it): bounded, shorter
+    // than the cluster thread's wait for the export (2.5 × its call timeout).
+    const timer = setTimeout(() => {
+      this.deps.counters.row[Counter.takeoverDrainTimeouts]++;
+      this.drainWaits.delete(reqId);
+      afterDrains();
+    }, this.deps.claimTimeoutMs / 5);
+    this.drainWaits.set(reqId, { remaining: drains, run: afterDrains, timer });
+  }
+
+  /** Another shard's `drained` for takeover `reqId` (its messages before it are routed here). */
+  onDrained(reqId: number): void {
+    const w = this.drainWaits.get(reqId);
+    if (!w || --w.remaining > 0) return;
+    clearTimeout(w.timer);
+    this.drainWaits.delete(reqId);
+    w.run();
   }
 
   private publishWill(clientId: string, w: WillMessage): void {

@@ -69,5 +69,13 @@ export type ClusterStateToShard =
   | { t: 'sharedAcked'; slot: number; ids: number[] }
   /** Answer to `claim`: the session the previous owner shipped, if any */
   | { t: 'claimed'; reqId: number; session: SessionBlob | null }
-  /** Another node takes the client over: close it (0x8E), ship (or discard) its session */
-  | { t: 'takeover'; reqId: number; clientId: string; clean: boolean; afterClaim: number };
+  /**
+   * Another node takes the client over: close it (0x8E), ship (or discard) its session — once
+   * `drains` other shards have sent their `drained` (what they were routing reached it first)
+   */
+  | { t: 'takeover'; reqId: number; clientId: string; clean: boolean; afterClaim: number; drains: number }
+  /**
+   * Before a takeover of a client of shard `to`: route what this shard was handed until now
+   * (forwarded batches), post its batches, then `drained` to `to` behind them (same port, in order)
+   */
+  | { t: 'takeoverDrain'; reqId: number; to: number };

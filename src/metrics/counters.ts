@@ -164,6 +164,7 @@ export const Counter = {
   willsReceived: 227, // wills of other nodes' clients received (set) by this node
   sharedRemoteGroups: 228, // gauge: (peer, shared group) pairs this node knows have members (cluster thread)
   claimFailures: 226, // cross-node claims that failed (lock node or owner unreachable): session started here
+  takeoverDrainTimeouts: 229, // takeovers exported before every other shard had drained (a shard died)
 } as const;
 
 export type CounterName = keyof typeof Counter;

@@ -258,6 +258,11 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Cross-node session claims that failed (the session started on this node)',
       Counter.claimFailures,
     ],
+    [
+      'emqx_ts_cluster_takeover_drain_timeouts_total',
+      'Cross-node takeovers exported before every other shard had routed what it held (a shard died)',
+      Counter.takeoverDrainTimeouts,
+    ],
     ['emqx_ts_handoffs_total', 'Accepted connections adopted by their owning shard', Counter.handoffs],
     [
       'emqx_ts_handoffs_cross_shard_total',

@@ -77,6 +77,8 @@ export class Shard implements BatchVisitor, ShardState {
   private sweepTimer: NodeJS.Timeout | null = null;
   /** Publishes to and from other nodes (src/cluster/shard-link.ts); null on a single node */
   private readonly cluster: ShardClusterLink | null;
+  /** Cluster II's shard side (wills, shared groups, takeover); null on a single node */
+  private readonly clusterState: ShardClusterState | null;
 
   constructor(
     init: ShardInit,
@@ -119,7 +121,7 @@ export class Shard implements BatchVisitor, ShardState {
     );
     this.subscriptions = new Subscriptions(this, this.shared);
     // Cluster II: wills, shared groups and sessions across nodes (src/cluster/shard-state.ts).
-    const clusterState = this.cluster
+    const clusterState = (this.clusterState = this.cluster
       ? new ShardClusterState(this.cluster, {
           publish: (m) => this.publish(m, null),
           shardId: this.id,
@@ -128,11 +130,15 @@ export class Shard implements BatchVisitor, ShardState {
           sharedGroups: this.sharedGroups,
           exportSession: (id, clean, encode) => this.lifecycle.exportSession(id, clean, encode),
           adoptSession: (session, subs) => this.lifecycle.adoptSession(session, subs),
+          drainTo: (to, reqId) => {
+            if (this.router.batchesPending) this.router.flushBatches();
+            this.peers[to]?.postMessage({ t: 'drained', reqId } satisfies ShardToShard);
+          },
           // Longer than the cluster thread's claim call (4 × its call timeout), which answers first.
           claimTimeoutMs: 5 * Math.min(5000, Math.max(500, this.config['cluster.down_after'] * 1000)),
           log: this.log,
         })
-      : null;
+      : null);
     this.lifecycle = new SessionLifecycle(this, {
       newConnection: (socket: Socket, session: Session, h: ConnectionOrigin) =>
         new Connection(this, socket, session, h),
@@ -183,7 +189,8 @@ export class Shard implements BatchVisitor, ShardState {
             this.flow.sourceShard = -1;
           }
           port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
-        } else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
+        } else if (m.t === 'drained') this.clusterState?.onDrained(m.reqId);
+        else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
         else if (m.t === 'batchAck') {
           this.router.windows.acked(i, m.bytes);
         } else if (m.t === 'hold' || m.t === 'release') this.flow.onPeerHold(i, m.clientId, m.t === 'hold');

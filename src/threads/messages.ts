@@ -286,8 +286,18 @@ export interface PeerBatchAck {
   bytes: number;
 }
 
+/**
+ * Cluster takeover barrier (cluster/shard-state.ts): everything this shard routed to the
+ * receiver before it is in the receiver's port ahead of this message.
+ */
+export interface PeerDrained {
+  t: 'drained';
+  reqId: number;
+}
+
 export type ShardToShard =
   | PeerBatch
+  | PeerDrained
   | PeerBatchCommitted
   | SharedMembership
   | SharedJoined
