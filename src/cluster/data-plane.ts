@@ -98,6 +98,9 @@ export class DataPlane {
         // Still synced: a new one (order restarts with it).
         if (p.synced && !this.stopping) this.openStream(p, 100);
       },
+      () => {
+        if (p.status === 'running') p.lastSeen = Date.now();
+      },
     );
     p.stream = s;
     s.start(delayMs);
@@ -108,8 +111,11 @@ export class DataPlane {
     let from: Peer | undefined;
     for await (const b of reqs) {
       if (b.from) from = this.peers.byName.get(b.from);
-      if (from && from.status === 'running' && from.incarnation === b.incarnation && b.count > 0) {
-        this.deliver(from, b.entries, b.count);
+      if (from && from.status === 'running' && from.incarnation === b.incarnation) {
+        // Any traffic from a peer proves it alive, not only its heartbeats: under load a
+        // heartbeat may wait behind batches past down_after while the stream keeps moving.
+        from.lastSeen = Date.now();
+        if (b.count > 0) this.deliver(from, b.entries, b.count);
       } else if (b.count > 0) {
         this.counters.row[Counter.forwardDropped] += b.count;
       }

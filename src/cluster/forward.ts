@@ -54,6 +54,8 @@ export class ForwardStream {
     private maxQueueBytes: number,
     /** The stream ended (error or close) with this many publishes unsent or unacknowledged */
     private readonly onEnd: (lost: number, err: unknown, code: number) => void,
+    /** An ack arrived: the peer is alive and taking our batches (its liveness, node.ts) */
+    private readonly onProgress: () => void = () => {},
   ) {}
 
   /** Calls the peer now, or after `delayMs` (batches pushed meanwhile wait in the queue). */
@@ -129,6 +131,7 @@ export class ForwardStream {
       for await (const ack of this.client.forward(this.batches() as AsyncIterable<ForwardBatch>, {
         signal: this.abort.signal,
       })) {
+        this.onProgress();
         const inflight = this.inflight;
         while (inflight.length > 0 && inflight[0].seq <= ack.seq) {
           const b = inflight.shift()!;

@@ -135,8 +135,15 @@ export class ClusterNode {
   private armHeartbeats(): void {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     const every = Math.max(50, Math.min(1000, this.downAfterMs / 5));
+    this.heartbeatEvery = every;
+    this.lastRound = Date.now();
     this.heartbeatTimer = setInterval(() => this.heartbeatRound(), every);
   }
+
+  private heartbeatEvery = 1000;
+  /** When the last heartbeat round ran: a late one means this thread was stalled */
+  private lastRound = 0;
+  private skippedRound = false;
 
   /**
    * SIGHUP reached this thread: main sends its whole config with only the reloadable options
@@ -358,8 +365,16 @@ export class ClusterNode {
 
   private heartbeatRound(): void {
     const now = Date.now();
+    // This thread was stalled (event loop or CPU starved): what peers sent meanwhile (acks,
+    // batches, heartbeat answers) still waits in its sockets, so their silence proves nothing.
+    // No peer is declared down in this round; the next one, after that I/O, decides (one round
+    // skipped at most, so that a thread always late still detects a dead peer).
+    const stalled = now - this.lastRound > 2 * this.heartbeatEvery && !this.skippedRound;
+    this.skippedRound = stalled;
+    this.lastRound = now;
     for (const p of this.peers.byName.values()) {
-      if (p.status === 'running' && now - p.lastSeen > this.downAfterMs) this.down(p, 'no heartbeat');
+      if (!stalled && p.status === 'running' && now - p.lastSeen > this.downAfterMs)
+        this.down(p, 'no heartbeat');
     }
     for (const p of this.peers.byName.values()) {
       if (!p.synced || !p.client) continue;

@@ -14,7 +14,7 @@ export class Peer {
   incarnation = 0n;
   version = '';
   status: 'running' | 'stopped' = 'stopped';
-  /** Last heartbeat (either direction) or join seen from it */
+  /** Last traffic seen from it: heartbeat (either direction), join, route push, forward batch or ack */
   lastSeen = 0;
   /** Its route slice as it last sent it, and that slice's version */
   readonly routes = new Set<string>();
