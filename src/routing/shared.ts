@@ -78,6 +78,9 @@ export function candidateSlot(m: SharedMember): number {
   return m.shard < 0 ? -1 - m.shard : -1;
 }
 
+/** A group's members and remote candidates while one is picked (shards are single-threaded) */
+const candidates: SharedMember[] = [];
+
 export class SharedGroup {
   readonly members: SharedMember[] = [];
   /** Cluster: other nodes (candidates, see remoteCandidate) that have members of this group */
@@ -119,7 +122,24 @@ export class SharedGroup {
   ): SharedMember | null {
     // Cluster: the other nodes with members are candidates too (each message to one node; that
     // node picks one of its members), unless this node was picked by another one (localOnly).
-    const ms = localOnly || this.remote.length === 0 ? this.members : [...this.members, ...this.remote];
+    if (localOnly || this.remote.length === 0)
+      return this.pickFrom(this.members, strategy, publisher, topic, exclude);
+    // Both lists in one reused array (as Router.targets): no allocation per message.
+    const ms = candidates;
+    for (let i = 0; i < this.members.length; i++) ms.push(this.members[i]);
+    for (let i = 0; i < this.remote.length; i++) ms.push(this.remote[i]);
+    const m = this.pickFrom(ms, strategy, publisher, topic, exclude);
+    ms.length = 0;
+    return m;
+  }
+
+  private pickFrom(
+    ms: SharedMember[],
+    strategy: SharedStrategy,
+    publisher: string,
+    topic: string,
+    exclude: string | null,
+  ): SharedMember | null {
     const n = ms.length;
     if (n === 0) return null;
     if (n === 1) {
