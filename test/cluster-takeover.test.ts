@@ -28,6 +28,29 @@ async function pair(
 const clientOn = async (n: TestNode, id: string) =>
   (await n.get(`/clients/${encodeURIComponent(id)}`)).status;
 
+/** A persistent MQTT 5 subscriber (clean start 0) connecting to `n`: its inbox and CONNACK. */
+async function resume(t: Parameters<typeof startNode>[0], n: TestNode, clientId: string, what: string) {
+  const sub = mqtt.connect({
+    host: '127.0.0.1',
+    port: n.mqttPort,
+    clientId,
+    protocolVersion: 5,
+    clean: false,
+    properties: { sessionExpiryInterval: 300 },
+    reconnectPeriod: 0,
+  });
+  t.after(() => new Promise<void>((r) => sub.end(true, {}, () => r())));
+  const inbox = new Inbox(sub);
+  const connack = await within(
+    new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
+      sub.once('connect', resolve);
+      sub.once('error', reject);
+    }),
+    what,
+  );
+  return { inbox, connack };
+}
+
 test('takeover across nodes: inflight and queued QoS 1 messages all delivered in order, DUP on the inflight ones, session present, 0x8E to the old connection', {
   timeout: 120_000,
 }, async (t) => {
@@ -52,24 +75,7 @@ test('takeover across nodes: inflight and queued QoS 1 messages all delivered in
     'the old connection’s window to fill',
   );
 
-  const sub = mqtt.connect({
-    host: '127.0.0.1',
-    port: n2.mqttPort,
-    clientId: 'tk-sub',
-    protocolVersion: 5,
-    clean: false,
-    properties: { sessionExpiryInterval: 300 },
-    reconnectPeriod: 0,
-  });
-  t.after(() => new Promise<void>((r) => sub.end(true, {}, () => r())));
-  const inbox = new Inbox(sub);
-  const connack = await within(
-    new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
-      sub.once('connect', resolve);
-      sub.once('error', reject);
-    }),
-    'the client to connect to n2',
-  );
+  const { inbox, connack } = await resume(t, n2, 'tk-sub', 'the client to connect to n2');
   assert.equal(connack.sessionPresent, true, 'session present 1 after a cross-node takeover [MQTT-3.2.2-2]');
 
   // The old connection on n1 is told why [MQTT-3.1.4-3]: DISCONNECT 0x8E Session taken over.
@@ -222,24 +228,7 @@ test('a session shipped by a takeover is in the new node’s durable store at on
   });
   t.after(() => rmSync(dataDir, { recursive: true, force: true }));
   await n2b.waitPeer(n1.name, 'running');
-  const sub = mqtt.connect({
-    host: '127.0.0.1',
-    port: n2b.mqttPort,
-    clientId: id,
-    protocolVersion: 5,
-    clean: false,
-    properties: { sessionExpiryInterval: 300 },
-    reconnectPeriod: 0,
-  });
-  t.after(() => new Promise<void>((r) => sub.end(true, {}, () => r())));
-  const inbox = new Inbox(sub);
-  const ack = await within(
-    new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
-      sub.once('connect', resolve);
-      sub.once('error', reject);
-    }),
-    'the client to reconnect to the restarted n2',
-  );
+  const { inbox, connack: ack } = await resume(t, n2b, id, 'the client to reconnect to the restarted n2');
   assert.equal(ack.sessionPresent, true, 'the imported session survived the crash');
   const got = await inbox.wait(N, 'the shipped messages after the restart');
   assert.deepEqual(
