@@ -312,7 +312,10 @@ test('kill -9: online persistent subscribers get the acked messages they had not
   for (let i = 0; i < 40; i++) {
     qos1.push(`on1-${i}`);
     qos2.push(`on2-${i}`);
-    acks.push(publish(pub, 'online/a', `on1-${i}`, { qos: 1 }), publish(pub, 'online/b', `on2-${i}`, { qos: 2 }));
+    acks.push(
+      publish(pub, 'online/a', `on1-${i}`, { qos: 1 }),
+      publish(pub, 'online/b', `on2-${i}`, { qos: 2 }),
+    );
   }
   // The acker answers every PUBLISH as it arrives (PUBACK, or PUBREC then PUBCOMP on PUBREL).
   const ackerPc = clients.get(acker)!;

@@ -129,8 +129,7 @@ export class LmdbStore implements DurableStore {
     // Committed keys (the shard flushes only once its earlier writes are committed: all of them).
     for (const d of this.deliveries.getKeys({ start: [key], end: [key, Infinity] }))
       this.track(this.deliveries.remove(d));
-    for (const r of this.rel.getKeys({ start: [key], end: [key, Infinity] }))
-      this.track(this.rel.remove(r));
+    for (const r of this.rel.getKeys({ start: [key], end: [key, Infinity] })) this.track(this.rel.remove(r));
   }
 
   putDelivery(clientId: string, seq: number, d: StoredDelivery): void {

@@ -1,4 +1,5 @@
 import type { InflightEntry, QueuedDelivery, Session } from '../session/session.js';
+import type { Ticket } from './ticket.js';
 import type { DurableStore, StoredDelivery, StoredSession, StoredSubscription } from './types.js';
 
 const EMPTY = new Uint8Array(0);
@@ -10,6 +11,8 @@ interface DeliveryOp {
   i: number;
   /** QoS 2 after PUBREC: only the packet id is kept */
   rel: boolean;
+  /** sync: the publisher's ack waiting for this record (until flushed and committed, or done) */
+  t: Ticket | null;
 }
 
 /** One client id's deliveries: what the store holds and what changes at the next flush. */
@@ -39,9 +42,9 @@ export class PendingWrites {
   /** Client ids whose records go, before anything else of the flush */
   private gone: string[] = [];
   /** Inbound QoS 2 ids in order: at < 0 removes */
-  private rel: { c: string; id: number; at: number }[] = [];
-  /** outbox seq → entry to put (bytes) or remove (null) */
-  private readonly outbox = new Map<number, { to: number; bytes: Buffer | null }>();
+  private rel: { c: string; id: number; at: number; t: Ticket | null }[] = [];
+  /** outbox seq → entry to put (bytes) or remove (null), and the acks waiting for the put */
+  private readonly outbox = new Map<number, { to: number; bytes: Buffer | null; ts: Ticket[] | null }>();
   /** sender shard → last batch seq committed here */
   private readonly marks = new Map<number, number>();
   /** Writes saved: a put and its remove that were never made */
@@ -84,46 +87,69 @@ export class PendingWrites {
     this.dirty.delete(session);
     const r = this.clients.get(c);
     if (r !== undefined) {
+      // Nothing is stored for a discarded session: acks waiting for its deliveries are free.
+      for (const op of r.pending.values()) op?.t?.settle();
       this.touched.delete(r);
       this.clients.delete(c);
     }
-    if (this.rel.length > 0) this.rel = this.rel.filter((o) => o.c !== c);
+    if (this.rel.length > 0)
+      this.rel = this.rel.filter((o) => {
+        if (o.c !== c) return true;
+        o.t?.settle();
+        return false;
+      });
     this.gone.push(c);
   }
 
-  putDelivery(clientId: string, e: QueuedDelivery | InflightEntry, i: number, rel: boolean): void {
+  putDelivery(
+    clientId: string,
+    e: QueuedDelivery | InflightEntry,
+    i: number,
+    rel: boolean,
+    t: Ticket | null,
+  ): void {
     const r = this.client(clientId);
-    r.pending.set(e.seq, { e, i, rel });
+    // A later state of an unflushed delivery: the ack waiting for it waits for this one.
+    const prev = r.pending.get(e.seq)?.t ?? null;
+    if (prev !== null && t !== null && prev !== t) prev.settle();
+    r.pending.set(e.seq, { e, i, rel, t: t ?? prev });
     this.touched.add(r);
   }
 
   removeDelivery(clientId: string, seq: number): void {
     const r = this.clients.get(clientId);
     if (r === undefined) return;
+    // Done before its record was flushed: nothing to store for it, its publisher's ack is free.
+    r.pending.get(seq)?.t?.settle();
     if (r.stored.has(seq)) {
       r.pending.set(seq, null);
       this.touched.add(r);
     } else if (r.pending.delete(seq)) this.skipped += 2;
   }
 
-  putAwaitingRel(clientId: string, id: number, at: number): void {
-    this.rel.push({ c: clientId, id, at });
+  /** Returns the op, so that the PUBLISH's ack can wait for it (its ticket opens after this). */
+  putAwaitingRel(clientId: string, id: number, at: number): { t: Ticket | null } {
+    const op: { c: string; id: number; at: number; t: Ticket | null } = { c: clientId, id, at, t: null };
+    this.rel.push(op);
+    return op;
   }
 
   removeAwaitingRel(clientId: string, id: number): void {
-    this.rel.push({ c: clientId, id, at: -1 });
+    this.rel.push({ c: clientId, id, at: -1, t: null });
   }
 
-  putOutbox(to: number, seq: number, bytes: Buffer): void {
-    this.outbox.set(seq, { to, bytes });
+  putOutbox(to: number, seq: number, bytes: Buffer, ts: Ticket[] | null): void {
+    this.outbox.set(seq, { to, bytes, ts });
   }
 
   removeOutbox(to: number, seq: number): void {
     const o = this.outbox.get(seq);
-    if (o === undefined) this.outbox.set(seq, { to, bytes: null });
+    if (o === undefined) this.outbox.set(seq, { to, bytes: null, ts: null });
     else if (o.bytes !== null) {
+      // Confirmed by the receiver (committed there) before our flush: never written here.
       this.outbox.delete(seq);
       this.skipped += 2;
+      if (o.ts !== null) for (const t of o.ts) t.settle();
     }
   }
 
@@ -131,8 +157,11 @@ export class PendingWrites {
     this.marks.set(from, seq);
   }
 
-  /** Hands everything pending to the store (not committed yet); returns the records written. */
-  flush(store: DurableStore, shard: number): number {
+  /**
+   * Hands everything pending to the store (not committed yet); returns the records written.
+   * The tickets of the records written go to `tickets`, settled once the commit is done.
+   */
+  flush(store: DurableStore, shard: number, tickets: Ticket[]): number {
     let n = 0;
     for (let i = 0; i < this.gone.length; i++) store.deleteSession(this.gone[i]);
     n += this.gone.length;
@@ -148,6 +177,7 @@ export class PendingWrites {
         } else {
           store.putDelivery(r.clientId, seq, storedDelivery(op));
           r.stored.add(seq);
+          if (op.t !== null) tickets.push(op.t);
         }
         n++;
       }
@@ -159,12 +189,14 @@ export class PendingWrites {
       const o = this.rel[i];
       if (o.at < 0) store.deleteAwaitingRel(o.c, o.id);
       else store.putAwaitingRel(o.c, o.id, o.at);
+      if (o.t !== null) tickets.push(o.t);
     }
     n += this.rel.length;
     this.rel = [];
     for (const [seq, o] of this.outbox) {
       if (o.bytes === null) store.deleteOutbox(shard, o.to, seq);
       else store.putOutbox(shard, o.to, seq, o.bytes);
+      if (o.ts !== null) for (const t of o.ts) tickets.push(t);
     }
     n += this.outbox.size;
     this.outbox.clear();

@@ -4,13 +4,8 @@ import type { HeldAck } from '../shard/connection.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
 import { PendingWrites } from './pending-writes.js';
+import { type AckConnection, Ticket } from './ticket.js';
 import type { DurableStore } from './types.js';
-
-/** What an ack waits on: the connection to release it on, once written. */
-interface AckConnection {
-  readonly closed: boolean;
-  releaseAcks(): void;
-}
 
 /**
  * A shard's side of the durable store (docs/DURABILITY.md). Persistent sessions (Session
@@ -29,9 +24,13 @@ interface AckConnection {
  * flight per thread). A delivery that is done before its flush — a QoS 1 message acknowledged by
  * an online subscriber while the previous commit ran — is never written at all.
  *
- * `sync`: a client's QoS 1/2 ack is held until the commit that contains the message's writes
- * (local deliveries and outbox), or until a commit that follows them when they were done before
- * being written (a subscriber that has acknowledged it needs nothing stored for it).
+ * `sync`: a client's QoS 1/2 ack is held until each of the message's records (deliveries to
+ * this shard's persistent sessions, the outbox entries of the batches carrying it to other
+ * shards, its QoS 2 id) is committed, or no longer needed: a delivery the subscriber has
+ * acknowledged before its record was flushed needs nothing stored (ticket.ts). A flush waits
+ * one event-loop turn more (setImmediate) for the acks of what was just sent: an online
+ * subscriber's PUBACK usually comes within it, and then neither the put nor the remove is made
+ * and the publisher's ack goes out without waiting for any commit.
  * `batched`: acks go at once; a flush at most `durability.flush_interval` after the previous
  * commit.
  */
@@ -42,6 +41,14 @@ export class ShardDurability {
   private current: Promise<void> | null = null;
   /** batched: the flush timer */
   private timer: NodeJS.Timeout | null = null;
+  /** sync: a flush is scheduled for the next turn */
+  private flushSoon = false;
+  /** sync: the ticket of the client PUBLISH being routed (openTicket … closeTicket) */
+  private ticket: Ticket | null = null;
+  /** Its QoS 2 awaiting-PUBREL record, written just before it is routed */
+  private relOp: { t: Ticket | null } | null = null;
+  /** Tickets of messages added to this turn's batch for each peer shard (its outbox entry) */
+  private readonly batchTickets: Ticket[][];
   private readonly flushIntervalMs: number;
   private acks: { conn: AckConnection; held: HeldAck }[] = [];
   /** Run once this turn is committed (held SUBACKs of persistent sessions) */
@@ -62,6 +69,7 @@ export class ShardDurability {
     this.sync = s.config['durability.mode'] === 'sync';
     this.flushIntervalMs = s.config['durability.flush_interval'];
     this.unconfirmed = s.peers.map(() => new Map());
+    this.batchTickets = s.peers.map(() => []);
     for (const o of store.loadOutbox(s.id)) {
       const m = this.unconfirmed[o.to];
       if (m) m.set(o.seq, Buffer.from(o.batch));
@@ -99,14 +107,16 @@ export class ShardDurability {
   /** A QoS 1/2 delivery was queued (packetId 0) or sent into the inflight window. */
   held(session: Session, e: QueuedDelivery | InflightEntry, packetId: number): void {
     if (session.expiryInterval === 0 || e.qos === 0) return;
-    this.w.putDelivery(session.clientId, e, packetId, false);
+    const t = this.ticket;
+    if (t !== null) t.n++;
+    this.w.putDelivery(session.clientId, e, packetId, false, t);
     this.scheduleTurnEnd();
   }
 
   /** QoS 2 PUBREC received, PUBREL sent: only the packet id matters now (the payload is delivered). */
   released(session: Session, e: InflightEntry, packetId: number): void {
     if (session.expiryInterval === 0) return;
-    this.w.putDelivery(session.clientId, e, packetId, true);
+    this.w.putDelivery(session.clientId, e, packetId, true, null);
     this.scheduleTurnEnd();
   }
 
@@ -120,7 +130,9 @@ export class ShardDurability {
   /** Inbound QoS 2: PUBREC sent, the id is remembered until PUBREL [MQTT-4.3.3-2]. */
   awaitingRel(session: Session, packetId: number, at: number): void {
     if (session.expiryInterval === 0) return;
-    this.w.putAwaitingRel(session.clientId, packetId, at);
+    const op = this.w.putAwaitingRel(session.clientId, packetId, at);
+    // The PUBLISH is routed next: its PUBREC also waits for this record [MQTT-4.3.3-2].
+    if (this.sync) this.relOp = op;
     this.scheduleTurnEnd();
   }
 
@@ -133,17 +145,51 @@ export class ShardDurability {
   // ------------------------------------------------------------------------------------------
   // Acks (sync mode)
 
+  /** A client's QoS 1/2 PUBLISH is about to be routed: what it writes, its ack waits for. */
+  openTicket(): void {
+    const t = new Ticket();
+    const rel = this.relOp;
+    if (rel !== null) {
+      this.relOp = null;
+      rel.t = t;
+      t.n++;
+    }
+    this.ticket = t;
+  }
+
+  /** The message was added to this turn's batch for shard `to` (with QoS 1/2: the outbox). */
+  routedTo(to: number): void {
+    const t = this.ticket;
+    if (t === null) return;
+    t.n++;
+    this.batchTickets[to].push(t);
+  }
+
+  /** Routing done: the ticket, or null when nothing needs to be waited for (ack at once). */
+  closeTicket(): Ticket | null {
+    const t = this.ticket;
+    this.ticket = null;
+    return t !== null && t.n > 0 ? t : null;
+  }
+
+  /** Holds a PUBLISH's ack until its ticket is settled (releaseAcks keeps PUBLISH order). */
+  holdAckFor(conn: AckConnection & { holdAck(frame: Buffer): HeldAck }, frame: Buffer, t: Ticket): void {
+    t.conn = conn;
+    t.held = conn.holdAck(frame);
+    this.s.counters.row[Counter.storeAcksHeld]++;
+  }
+
+  /** A retained PUBLISH's ack, held for main's store, also waits for the ticket. */
+  alsoWaitForTicket(conn: AckConnection, held: HeldAck, t: Ticket): void {
+    held.waits = (held.waits ?? 1) + 1;
+    t.conn = conn;
+    t.held = held;
+    this.s.counters.row[Counter.storeAcksHeld]++;
+  }
+
   /** Holds a client's ack until this turn is committed (releaseAcks keeps PUBLISH order). */
   holdAck(conn: AckConnection & { holdAck(frame: Buffer): HeldAck }, frame: Buffer): void {
     this.acks.push({ conn, held: conn.holdAck(frame) });
-    this.s.counters.row[Counter.storeAcksHeld]++;
-    this.scheduleTurnEnd();
-  }
-
-  /** An ack already held for something else (main's retained store) waits for this commit too. */
-  alsoWaitFor(conn: AckConnection, held: HeldAck): void {
-    held.waits = (held.waits ?? 1) + 1;
-    this.acks.push({ conn, held });
     this.s.counters.row[Counter.storeAcksHeld]++;
     this.scheduleTurnEnd();
   }
@@ -167,7 +213,9 @@ export class ShardDurability {
     const copy = Buffer.allocUnsafeSlow(len);
     copy.set(new Uint8Array(ab, 0, len));
     this.unconfirmed[to].set(seq, copy);
-    this.w.putOutbox(to, seq, copy);
+    const ts = this.batchTickets[to];
+    if (ts.length > 0) this.batchTickets[to] = [];
+    this.w.putOutbox(to, seq, copy, ts.length > 0 ? ts : null);
     this.scheduleTurnEnd();
     return seq;
   }
@@ -231,9 +279,18 @@ export class ShardDurability {
     if (this.current !== null) return; // flushed when the commit in flight is done
     if (this.w.empty && this.acks.length === 0 && this.confirms.length === 0 && this.after.length === 0)
       return;
-    if (this.sync) this.flush();
-    else if (this.timer === null) this.timer = setTimeout(this.onTimer, this.flushIntervalMs);
+    if (this.sync) {
+      if (!this.flushSoon) {
+        this.flushSoon = true;
+        setImmediate(this.onSoon);
+      }
+    } else if (this.timer === null) this.timer = setTimeout(this.onTimer, this.flushIntervalMs);
   }
+
+  private readonly onSoon = (): void => {
+    this.flushSoon = false;
+    if (this.current === null) this.flush();
+  };
 
   private readonly onTimer = (): void => {
     this.timer = null;
@@ -249,9 +306,10 @@ export class ShardDurability {
     this.acks = [];
     this.confirms = [];
     this.after = [];
+    const tickets: Ticket[] = [];
     let p: Promise<void> | null = null;
     try {
-      row[Counter.storeWrites] += this.w.flush(this.store, this.s.id);
+      row[Counter.storeWrites] += this.w.flush(this.store, this.s.id, tickets);
       p = this.store.commit();
     } catch (err) {
       this.storeError(err);
@@ -261,15 +319,15 @@ export class ShardDurability {
       this.w.skipped = 0;
     }
     if (p === null) {
-      this.committed(acks, confirms, after);
+      this.committed(acks, confirms, after, tickets);
       return;
     }
     row[Counter.storeCommits]++;
     this.current = p.then(
-      () => this.commitDone(acks, confirms, after),
+      () => this.commitDone(acks, confirms, after, tickets),
       (err: unknown) => {
         this.storeError(err);
-        this.commitDone(acks, confirms, after);
+        this.commitDone(acks, confirms, after, tickets);
       },
     );
   }
@@ -278,9 +336,10 @@ export class ShardDurability {
     acks: { conn: AckConnection; held: HeldAck }[],
     confirms: number[],
     after: (() => void)[],
+    tickets: Ticket[],
   ): void {
     this.current = null;
-    this.committed(acks, confirms, after);
+    this.committed(acks, confirms, after, tickets);
     // What the turns since this flush wrote, and the acks they hold.
     this.endTurn();
   }
@@ -293,7 +352,12 @@ export class ShardDurability {
     }
     for (let i = 0; i < 1000; i++) {
       if (this.current !== null) await this.current;
-      else if (this.w.empty && this.acks.length === 0 && this.confirms.length === 0 && this.after.length === 0)
+      else if (
+        this.w.empty &&
+        this.acks.length === 0 &&
+        this.confirms.length === 0 &&
+        this.after.length === 0
+      )
         return;
       else this.flush();
     }
@@ -303,8 +367,10 @@ export class ShardDurability {
     acks: { conn: AckConnection; held: HeldAck }[],
     confirms: number[],
     after: (() => void)[],
+    tickets: Ticket[],
   ): void {
     for (let i = 0; i < after.length; i++) after[i]();
+    for (let i = 0; i < tickets.length; i++) tickets[i].settle();
     for (let i = 0; i < acks.length; i++) {
       const { conn, held } = acks[i];
       if (held.waits !== undefined && --held.waits > 0) continue;
