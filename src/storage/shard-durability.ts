@@ -28,8 +28,8 @@ import type { DurableStore } from './types.js';
  * this shard's persistent sessions, the outbox entries of the batches carrying it to other
  * shards, its QoS 2 id) is committed, or no longer needed: a delivery the subscriber has
  * acknowledged before its record was flushed needs nothing stored (ticket.ts). A flush waits
- * one event-loop turn more (setImmediate) for the acks of what was just sent: an online
- * subscriber's PUBACK usually comes within it, and then neither the put nor the remove is made
+ * `durability.sync_delay` (2 ms; 0: one event-loop turn) for the acks of what was just sent: an
+ * online subscriber's PUBACK that comes within it means neither the put nor the remove is made,
  * and the publisher's ack goes out without waiting for any commit.
  * `batched`: acks go at once; a flush at most `durability.flush_interval` after the previous
  * commit.
@@ -50,6 +50,7 @@ export class ShardDurability {
   /** Tickets of messages added to this turn's batch for each peer shard (its outbox entry) */
   private readonly batchTickets: Ticket[][];
   private readonly flushIntervalMs: number;
+  private readonly syncDelayMs: number;
   private acks: { conn: AckConnection; held: HeldAck }[] = [];
   /** Run once this turn is committed (held SUBACKs of persistent sessions) */
   private after: (() => void)[] = [];
@@ -68,6 +69,7 @@ export class ShardDurability {
   ) {
     this.sync = s.config['durability.mode'] === 'sync';
     this.flushIntervalMs = s.config['durability.flush_interval'];
+    this.syncDelayMs = s.config['durability.sync_delay'];
     this.unconfirmed = s.peers.map(() => new Map());
     this.batchTickets = s.peers.map(() => []);
     for (const o of store.loadOutbox(s.id)) {
@@ -282,7 +284,8 @@ export class ShardDurability {
     if (this.sync) {
       if (!this.flushSoon) {
         this.flushSoon = true;
-        setImmediate(this.onSoon);
+        if (this.syncDelayMs > 0) setTimeout(this.onSoon, this.syncDelayMs);
+        else setImmediate(this.onSoon);
       }
     } else if (this.timer === null) this.timer = setTimeout(this.onTimer, this.flushIntervalMs);
   }
