@@ -584,6 +584,29 @@ class Run {
     if (this.onAllClosed !== null && this.closedCount === this.conns.length) this.onAllClosed();
   }
 
+  /**
+   * BENCH_PERSISTENT_SUBS: the run's persistent sessions are ended (a clean-session CONNECT
+   * discards them [MQTT-3.1.2-6]). Left behind, they stay subscribed to the same topics while
+   * offline, and every later run and round queued (and, durable, stored) each message for all of
+   * them as well: the cost per delivered message grew round after round.
+   */
+  private async discardSessions(): Promise<void> {
+    this.onAllClosed = null;
+    await Promise.all(
+      this.spec.subs.map(async (s) => {
+        try {
+          const c = await this.connect(s.clientId, true);
+          await new Promise<void>((resolve) => {
+            c.sock.once('close', () => resolve());
+            c.sock.end(DISCONNECT_FRAME);
+          });
+        } catch (err) {
+          this.error(`${s.clientId}: ending the persistent session: ${(err as Error).message}`);
+        }
+      }),
+    );
+  }
+
   async finish(): Promise<WorkerResult> {
     this.finishing = true;
     clearInterval(this.housekeeping);
@@ -604,6 +627,7 @@ class Run {
       await allClosed;
       clearTimeout(timer);
     }
+    if (process.env.BENCH_PERSISTENT_SUBS === '1') await this.discardSessions();
     return {
       sent: this.sent,
       unique: this.unique,
