@@ -146,6 +146,8 @@ export interface StartOptions {
   emqxRoot?: string;
   /** emqx-ts: extra CLI options, e.g. `--hooks.modules=…` */
   extraArgs?: readonly string[];
+  /** The name its results are reported under (run.ts --variant), instead of the broker's */
+  label?: string;
 }
 
 /** A throw-away self-signed certificate for the tls transport (never committed). */
@@ -271,7 +273,8 @@ export async function startBroker(
       break;
     }
   }
-  const broker = new ChildBroker(transport === 'tcp' ? name : `${name}/${transport}`, port, proc, transport);
+  const label = opts.label ?? (transport === 'tcp' ? name : `${name}/${transport}`);
+  const broker = new ChildBroker(label, port, proc, transport);
   try {
     await broker.waitReady(ready, 20_000);
   } catch (err) {

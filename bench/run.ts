@@ -2,7 +2,7 @@
 //   node --import tsx bench/run.ts [--scenario pairs|fanin|fanout|conn|latency|cluster|all] [--qos 0,1,2]
 //     [--payload 64,1024] [--brokers emqx-ts,mosquitto,aedes] [--duration s] [--rounds n]
 //     [--connections n] [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--settle s]
-//     [--transport tcp,tls,ws] [--out results.json] [--smoke]
+//     [--transport tcp,tls,ws] [--variant 'label=DIR [broker options]']... [--out results.json] [--smoke]
 
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -48,6 +48,9 @@ function cli() {
       window: { type: 'string' },
       // emqx-ts over MQTT/TLS and MQTT/WebSocket next to plain TCP (docs/ARCHITECTURE.md, transports).
       transport: { type: 'string', default: 'tcp' },
+      // More emqx-ts brokers in the same run, interleaved: `label=DIR [options]` (DIR another
+      // built checkout, `.` this one), e.g. --variant 'base=/work/base --durability.mode=none'.
+      variant: { type: 'string', multiple: true, default: [] },
       out: { type: 'string' },
       smoke: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -90,6 +93,7 @@ if (args.help) {
       '  [--payload 64,1024] [--brokers emqx-ts,mosquitto,aedes] [--duration s] [--rounds n] [--connections n]\n' +
       '  [--threads n] [--rate msg/s] [--inflight n] [--window n] [--warmup s] [--settle s] [--out file.json] [--smoke]\n' +
       '  [--transport tcp,tls,ws]  (emqx-ts only: each transport is measured as its own broker, emqx-ts/tls…)\n' +
+      "  [--variant 'label=DIR [broker options]']...  (more emqx-ts builds/options in the same run, interleaved)\n" +
       'See docs/PERFORMANCE.md.',
   );
   process.exit(0);
@@ -180,11 +184,21 @@ const rounds = args.smoke ? 1 : num('rounds', args.rounds, 1);
 const wantedBrokers = list('brokers', args.brokers!, BROKERS, (s) => s as BrokerName);
 const transports = list('transport', args.transport!, TRANSPORTS, (s) => s as Transport);
 /** What is measured, in order: each broker over tcp, and emqx-ts over each other transport asked for. */
-const wanted: { label: string; name: BrokerName; transport: Transport }[] = wantedBrokers.flatMap((name) =>
-  transports
-    .filter((tr) => tr === 'tcp' || name === 'emqx-ts')
-    .map((transport) => ({ label: transport === 'tcp' ? name : `${name}/${transport}`, name, transport })),
-);
+const wanted: { label: string; name: BrokerName; transport: Transport; root?: string; args?: string[] }[] =
+  wantedBrokers.flatMap((name) =>
+    transports
+      .filter((tr) => tr === 'tcp' || name === 'emqx-ts')
+      .map((transport) => ({ label: transport === 'tcp' ? name : `${name}/${transport}`, name, transport })),
+  );
+for (const v of args.variant ?? []) {
+  const m = /^([\w.:@+-]+)=(\S+)(?:\s+(.*))?$/.exec(v);
+  if (!m || wanted.some((w) => w.label === m[1])) {
+    console.error(`--variant: expected 'label=DIR [broker options]' with a new label, got ${v}`);
+    process.exit(2);
+  }
+  const root = m[2] === '.' ? repoRoot : path.resolve(m[2]);
+  wanted.push({ label: m[1], name: 'emqx-ts', transport: 'tcp', root, args: m[3]?.split(/\s+/) ?? [] });
+}
 
 // Hard stop: every step has its own timeout, this is the backstop so the bench always ends.
 const budgetS =
@@ -222,7 +236,11 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
 async function start(label: string): Promise<Broker | null> {
   const w = wanted.find((x) => x.label === label)!;
   try {
-    const b = await startBroker(w.name, { repoRoot, tmpDir }, w.transport);
+    const b = await startBroker(
+      w.name,
+      { repoRoot, tmpDir, emqxRoot: w.root, extraArgs: w.args, label: w.root ? w.label : undefined },
+      w.transport,
+    );
     brokers.set(label, b);
     return b;
   } catch (err) {

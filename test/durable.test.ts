@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import type { IConnackPacket } from 'mqtt-packet';
+import type { IConnackPacket, IPublishPacket } from 'mqtt-packet';
+import type { Broker } from '../src/broker/broker.js';
 import { shardOf } from '../src/listener/client-id.js';
 import {
   type Ctx,
@@ -27,6 +28,7 @@ import {
   waitFor,
   within,
 } from './helpers/broker.js';
+import { PacketClient } from './helpers/raw.js';
 
 const T = 120_000;
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -279,6 +281,97 @@ test('kill -9: offline persistent sessions get every acked QoS 1/2 message after
       ['kept-1', true],
     ]);
   }
+  second.p.child.kill('SIGTERM');
+  assert.equal((await within(second.p.done, 'broker stopped')).code, 0);
+});
+
+test('kill -9: online persistent subscribers get the acked messages they had not acknowledged again, with their packet ids; the publisher saw every PUBACK/PUBCOMP only after the commit', {
+  timeout: T,
+}, async (t) => {
+  const dir = tempDir(t, 'emqx-ts-durable-online-');
+  // All 80 messages fit the inflight window of a subscriber that acknowledges none.
+  const flags = ['--durability.mode=sync', '--mqtt.max_inflight=128'];
+  const first = await startProcess(t, dir, flags);
+  const at = { port: first.port } as Broker;
+  // Online persistent subscribers that read but never acknowledge (a raw client sends nothing by
+  // itself), one per shard, and one on shard 1 that acknowledges everything at once: its
+  // deliveries are done before they are written, the others' must be stored before the PUBACK.
+  const silent = [onShard(0, 'on-silent'), onShard(1, 'on-silent')];
+  const acker = onShard(1, 'on-acker');
+  const clients = new Map<string, PacketClient>();
+  for (const id of [...silent, acker]) {
+    const { pc, connack } = await PacketClient.connect(t, at, id, { clean: false });
+    assert.equal(connack.returnCode, 0);
+    await pc.subscribe('online/#', 2);
+    clients.set(id, pc);
+  }
+  const { c: pub } = await connect(t, first.port, { clientId: onShard(0, 'on-pub') });
+  const qos1: string[] = [];
+  const qos2: string[] = [];
+  const acks: Promise<void>[] = [];
+  for (let i = 0; i < 40; i++) {
+    qos1.push(`on1-${i}`);
+    qos2.push(`on2-${i}`);
+    acks.push(
+      publish(pub, 'online/a', `on1-${i}`, { qos: 1 }),
+      publish(pub, 'online/b', `on2-${i}`, { qos: 2 }),
+    );
+  }
+  // The acker answers every PUBLISH as it arrives (PUBACK, or PUBREC then PUBCOMP on PUBREL).
+  const ackerPc = clients.get(acker)!;
+  let ackerDone = false;
+  const ackLoop = (async () => {
+    let got = 0;
+    while (got < 80 || !ackerDone) {
+      const p = await ackerPc.next().catch(() => null);
+      if (p === null) return;
+      if (p.cmd === 'publish') {
+        got++;
+        if (p.qos === 1) ackerPc.send({ cmd: 'puback', messageId: p.messageId! });
+        else ackerPc.send({ cmd: 'pubrec', messageId: p.messageId! });
+      } else if (p.cmd === 'pubrel') ackerPc.send({ cmd: 'pubcomp', messageId: p.messageId! });
+      if (got >= 80) ackerDone = true;
+    }
+  })();
+  await Promise.all(acks);
+  // Every message reached the silent subscribers, each with its packet id.
+  const sentIds = new Map<string, Map<string, number>>();
+  for (const id of silent) {
+    const pc = clients.get(id)!;
+    const ids = new Map<string, number>();
+    while (ids.size < 80) {
+      const p = await pc.expect('publish');
+      ids.set(String(p.payload), p.messageId!);
+    }
+    sentIds.set(id, ids);
+  }
+  first.p.child.kill('SIGKILL');
+  assert.equal((await within(first.p.done, 'broker killed')).signal, 'SIGKILL');
+  await ackLoop;
+
+  const second = await startProcess(t, dir, flags);
+  const at2 = { port: second.port } as Broker;
+  for (const id of silent) {
+    const { pc, connack } = await PacketClient.connect(t, at2, id, { clean: false });
+    assert.equal(connack.sessionPresent, true, `${id}: session present after restart [MQTT-3.2.2-2]`);
+    const again = new Map<string, IPublishPacket>();
+    while (again.size < 80) {
+      const p = await pc.expect('publish');
+      again.set(String(p.payload), p);
+    }
+    const ids = sentIds.get(id)!;
+    for (const m of [...qos1, ...qos2]) {
+      const p = again.get(m);
+      assert.ok(p, `${id}: ${m} resent after the restart`);
+      // Unacknowledged PUBLISHes are resent with their original packet ids and DUP [MQTT-4.4.0-1].
+      assert.equal(p.messageId, ids.get(m), `${id}: ${m} keeps its packet id`);
+      assert.equal(p.dup, true, `${id}: ${m} resent with DUP [MQTT-3.3.1-1]`);
+    }
+  }
+  // The acker's session is back too; what it acknowledged before the kill may come again at
+  // QoS 1 (at least once), never at QoS 2 once PUBCOMP was sent and committed.
+  const { connack } = await PacketClient.connect(t, at2, acker, { clean: false });
+  assert.equal(connack.sessionPresent, true);
   second.p.child.kill('SIGTERM');
   assert.equal((await within(second.p.done, 'broker stopped')).code, 0);
 });

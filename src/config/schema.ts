@@ -244,7 +244,14 @@ export const SCHEMA = {
     type: 'string',
     default: 'sync',
     choices: ['sync', 'batched', 'none'],
-    doc: 'sync: a QoS 1/2 PUBLISH is acked after it is committed for its persistent subscribers (one commit per event-loop turn); batched: committed within durability.flush_interval, acked at once; none: memory only (docs/DURABILITY.md)',
+    doc: 'sync: a QoS 1/2 PUBLISH is acked once it is committed for its persistent subscribers or they have acknowledged it (group commit, one commit in flight per shard); batched: committed within durability.flush_interval, acked at once; none: memory only (docs/DURABILITY.md)',
+  },
+  'durability.sync_delay': {
+    type: 'number',
+    default: 2,
+    min: 0,
+    max: 1000,
+    doc: 'sync mode: ms a shard waits before writing deliveries it just sent, so that online subscribers can acknowledge them first (then nothing is written); 0 = the next event-loop turn',
   },
   'durability.flush_interval': {
     type: 'number',

@@ -139,6 +139,7 @@ export const Counter = {
   outboxReplayed: 207, // cross-shard batches re-sent to a restarted shard from the outbox
   outboxDuplicates: 208, // replayed batches a shard had committed already (skipped)
   storeAcksHeld: 209, // QoS 1/2 acks held until their turn's commit (sync mode)
+  storeWritesSkipped: 210, // delivery/outbox puts and removes never made: done before their flush
   // Transports (issue #13): 180..199, src/listener/.
   tlsHandshakeErrors: 180, // TLS handshakes that failed (not TLS, bad or missing client certificate, timeout)
   tlsPeerCertRefused: 181, // handshakes done but the client certificate refused (verify_peer)

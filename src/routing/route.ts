@@ -58,22 +58,25 @@ export class Router {
     // A congested subscriber of this message holds its publisher (delivery/flow-control.ts).
     const flow = this.delivery.flow;
     flow.sourceConn = conn;
+    // sync: what routing writes for a client's QoS 1/2 PUBLISH, its ack waits for (ticket.ts)
+    const durable = conn && ackType && this.s.durable?.sync ? this.s.durable : null;
+    if (durable) durable.openTicket();
     const matched = this.route(msg);
+    const ticket = durable ? durable.closeTicket() : null;
     flow.sourceConn = null;
     let ack: Buffer | null = null;
     if (conn && ackType) {
       ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
     }
-    const durable = this.s.durable;
     if (msg.retain && !this.cluster?.receiving) {
       const held = this.relay.storeRetained(msg, conn, ack);
-      // sync: also after this turn's commit of its deliveries
-      if (held && conn && durable?.sync) durable.alsoWaitFor(conn, held);
+      // sync: also once its deliveries and outbox entries are committed (or acknowledged)
+      if (held && conn && ticket) durable!.alsoWaitForTicket(conn, held, ticket);
     } else if (conn && ack) {
       // cluster: a QoS 1/2 message forwarded to other nodes is acked once they have accepted it
       if (this.cluster?.holdAck(conn, ack)) return matched;
-      // sync: acked once this turn's deliveries and outbox are committed (one commit per turn)
-      if (durable?.sync) durable.holdAck(conn, ack);
+      // sync: acked once its deliveries and outbox entries are committed (or acknowledged)
+      if (ticket) durable!.holdAckFor(conn, ack, ticket);
       else conn.writeAck(ack);
     }
     return matched;
@@ -83,6 +86,8 @@ export class Router {
   batchFor(shard: number): BatchWriter | null {
     this.batchesPending = true;
     this.scheduleTurnEnd();
+    // sync: the PUBLISH being routed (if any) is acked once this batch's outbox entry is committed
+    this.s.durable?.routedTo(shard);
     return this.batches[shard];
   }
 

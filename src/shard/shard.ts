@@ -450,9 +450,6 @@ export class Shard implements BatchVisitor, ShardState {
     const done = (): void => this.main.postMessage({ t: 'shutdownDone' });
     if (!this.durable) return done();
     // The closed sessions' records are committed before main ends the thread.
-    this.durable.endTurn();
-    const p = this.durable.store.commit();
-    if (p) p.then(done, done);
-    else done();
+    this.durable.flushAll().then(done, done);
   }
 }

@@ -69,6 +69,8 @@ export class LmdbStore implements DurableStore {
   private readonly marks: Database<number, [number, number]>;
   private readonly retained: Database<StoredRetained, string>;
   private pending = false;
+  /** The promise of the last write: lmdb-js gives every write of one transaction the same one */
+  private last: Promise<unknown> | null = null;
   /** A failed write is logged by the caller's counters; it must not become an unhandled rejection */
   private readonly fail = (err: unknown): void => {
     this.errors++;
@@ -90,8 +92,9 @@ export class LmdbStore implements DurableStore {
         // lmdb-js treats a path with an extension ("/var/lib/emqx.ts") as a file: it is a directory.
         noSubdir: false,
         maxDbs: 8,
-        // batched: writes of several turns share one commit, at most flush_interval later.
-        commitDelay: o.mode === 'batched' ? o.flushIntervalMs : 0,
+        // batched, main (retained): writes of several turns share one commit, at most
+        // flush_interval later. Shards time their own flushes (storage/shard-durability.ts).
+        commitDelay: o.mode === 'batched' && o.role === 'main' ? o.flushIntervalMs : 0,
       });
       this.sessions = this.env.openDB({ name: 'sessions' });
       this.deliveries = this.env.openDB({ name: 'deliveries' });
@@ -107,65 +110,62 @@ export class LmdbStore implements DurableStore {
     }
   }
 
-  putSession(clientId: string, s: StoredSession): void {
+  /** One rejection handler per transaction's promise, not one per write. */
+  private track(p: Promise<unknown>): void {
     this.pending = true;
-    void this.sessions.put(k(clientId), { ...s, id: clientId }).catch(this.fail);
+    if (p !== this.last) {
+      this.last = p;
+      p.catch(this.fail);
+    }
+  }
+
+  putSession(clientId: string, s: StoredSession): void {
+    this.track(this.sessions.put(k(clientId), { ...s, id: clientId }));
   }
 
   deleteSession(clientId: string): void {
-    this.pending = true;
     const key = k(clientId);
-    void this.sessions.remove(key).catch(this.fail);
-    // Committed keys only: a delivery put in this same turn is cleaned up at the next start.
+    this.track(this.sessions.remove(key));
+    // Committed keys (the shard flushes only once its earlier writes are committed: all of them).
     for (const d of this.deliveries.getKeys({ start: [key], end: [key, Infinity] }))
-      void this.deliveries.remove(d).catch(this.fail);
-    for (const r of this.rel.getKeys({ start: [key], end: [key, Infinity] }))
-      void this.rel.remove(r).catch(this.fail);
+      this.track(this.deliveries.remove(d));
+    for (const r of this.rel.getKeys({ start: [key], end: [key, Infinity] })) this.track(this.rel.remove(r));
   }
 
   putDelivery(clientId: string, seq: number, d: StoredDelivery): void {
-    this.pending = true;
-    void this.deliveries.put([k(clientId), seq], d).catch(this.fail);
+    this.track(this.deliveries.put([k(clientId), seq], d));
   }
 
   deleteDelivery(clientId: string, seq: number): void {
-    this.pending = true;
-    void this.deliveries.remove([k(clientId), seq]).catch(this.fail);
+    this.track(this.deliveries.remove([k(clientId), seq]));
   }
 
   putAwaitingRel(clientId: string, packetId: number, at: number): void {
-    this.pending = true;
-    void this.rel.put([k(clientId), packetId], at).catch(this.fail);
+    this.track(this.rel.put([k(clientId), packetId], at));
   }
 
   deleteAwaitingRel(clientId: string, packetId: number): void {
-    this.pending = true;
-    void this.rel.remove([k(clientId), packetId]).catch(this.fail);
+    this.track(this.rel.remove([k(clientId), packetId]));
   }
 
   putOutbox(from: number, to: number, seq: number, batch: Uint8Array): void {
-    this.pending = true;
-    void this.outbox.put([from, to, seq], batch as Buffer).catch(this.fail);
+    this.track(this.outbox.put([from, to, seq], batch as Buffer));
   }
 
   deleteOutbox(from: number, to: number, seq: number): void {
-    this.pending = true;
-    void this.outbox.remove([from, to, seq]).catch(this.fail);
+    this.track(this.outbox.remove([from, to, seq]));
   }
 
   putMark(to: number, from: number, seq: number): void {
-    this.pending = true;
-    void this.marks.put([to, from], seq).catch(this.fail);
+    this.track(this.marks.put([to, from], seq));
   }
 
   putRetained(topic: string, r: StoredRetained): void {
-    this.pending = true;
-    void this.retained.put(k(topic), r).catch(this.fail);
+    this.track(this.retained.put(k(topic), r));
   }
 
   deleteRetained(topic: string): void {
-    this.pending = true;
-    void this.retained.remove(k(topic)).catch(this.fail);
+    this.track(this.retained.remove(k(topic)));
   }
 
   loadSessions(mine: (clientId: string) => boolean): LoadedSession[] {
@@ -186,8 +186,7 @@ export class LmdbStore implements DurableStore {
     // Deliveries of a session removed in the turn they were written: nobody owns them.
     for (const d of this.deliveries.getKeys())
       if (!known.has(d[0]) && mine(d[0])) {
-        this.pending = true;
-        void this.deliveries.remove(d).catch(this.fail);
+        this.track(this.deliveries.remove(d));
       }
     return out;
   }
@@ -215,7 +214,9 @@ export class LmdbStore implements DurableStore {
     if (!this.pending) return null;
     this.pending = false;
     const errors = this.errors;
-    return this.env.committed.then(() => {
+    // The last write's transaction: lmdb-js commits them in order.
+    const p = this.last ?? this.env.committed;
+    return p.then(() => {
       // A write of this batch failed (too large, disk full): the caller logs and counts it.
       if (this.errors !== errors) throw this.lastError;
     });

@@ -40,4 +40,9 @@ export const DURABLE_COUNTERS: [string, string, number][] = [
     'QoS 1/2 acks held until their commit (sync mode)',
     Counter.storeAcksHeld,
   ],
+  [
+    'emqx_ts_store_writes_skipped_total',
+    'Delivery and outbox puts and removes never made: the record was done before its flush',
+    Counter.storeWritesSkipped,
+  ],
 ];

@@ -3,15 +3,9 @@ import type { InflightEntry, QueuedDelivery, Session } from '../session/session.
 import type { HeldAck } from '../shard/connection.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
-import type { DurableStore, StoredDelivery, StoredSession, StoredSubscription } from './types.js';
-
-/** What an ack waits on: the connection to release it on, once written. */
-interface AckConnection {
-  readonly closed: boolean;
-  releaseAcks(): void;
-}
-
-const EMPTY = new Uint8Array(0);
+import { PendingWrites } from './pending-writes.js';
+import { type AckConnection, Ticket } from './ticket.js';
+import type { DurableStore } from './types.js';
 
 /**
  * A shard's side of the durable store (docs/DURABILITY.md). Persistent sessions (Session
@@ -24,12 +18,39 @@ const EMPTY = new Uint8Array(0);
  * receiver keeps the last sequence number it committed per sender (a mark, in the same commit
  * as its deliveries), so a batch re-sent after a restart (`replayTo`) is delivered once.
  *
- * `sync`: a client's QoS 1/2 ack is held until the commit of the turn that routed the message
- * (local deliveries and outbox): one commit per event-loop turn, not per message.
+ * Writes are collected in memory (pending-writes.ts) and flushed to the store when this thread
+ * has no commit in flight: at the end of a turn when the store is idle, else as soon as the commit
+ * in flight is done, for everything of the turns in between (group commit: at most one commit in
+ * flight per thread). A delivery that is done before its flush — a QoS 1 message acknowledged by
+ * an online subscriber while the previous commit ran — is never written at all.
+ *
+ * `sync`: a client's QoS 1/2 ack is held until each of the message's records (deliveries to
+ * this shard's persistent sessions, the outbox entries of the batches carrying it to other
+ * shards, its QoS 2 id) is committed, or no longer needed: a delivery the subscriber has
+ * acknowledged before its record was flushed needs nothing stored (ticket.ts). A flush waits
+ * `durability.sync_delay` (2 ms; 0: one event-loop turn) for the acks of what was just sent: an
+ * online subscriber's PUBACK that comes within it means neither the put nor the remove is made,
+ * and the publisher's ack goes out without waiting for any commit.
+ * `batched`: acks go at once; a flush at most `durability.flush_interval` after the previous
+ * commit.
  */
 export class ShardDurability {
   readonly sync: boolean;
-  private readonly dirty = new Set<Session>();
+  private readonly w = new PendingWrites();
+  /** The commit in flight (its acks released when it resolves), or null */
+  private current: Promise<void> | null = null;
+  /** batched: the flush timer */
+  private timer: NodeJS.Timeout | null = null;
+  /** sync: a flush is scheduled for the next turn */
+  private flushSoon = false;
+  /** sync: the ticket of the client PUBLISH being routed (openTicket … closeTicket) */
+  private ticket: Ticket | null = null;
+  /** Its QoS 2 awaiting-PUBREL record, written just before it is routed */
+  private relOp: { t: Ticket | null } | null = null;
+  /** Tickets of messages added to this turn's batch for each peer shard (its outbox entry) */
+  private readonly batchTickets: Ticket[][];
+  private readonly flushIntervalMs: number;
+  private readonly syncDelayMs: number;
   private acks: { conn: AckConnection; held: HeldAck }[] = [];
   /** Run once this turn is committed (held SUBACKs of persistent sessions) */
   private after: (() => void)[] = [];
@@ -47,7 +68,10 @@ export class ShardDurability {
     private readonly scheduleTurnEnd: () => void,
   ) {
     this.sync = s.config['durability.mode'] === 'sync';
+    this.flushIntervalMs = s.config['durability.flush_interval'];
+    this.syncDelayMs = s.config['durability.sync_delay'];
     this.unconfirmed = s.peers.map(() => new Map());
+    this.batchTickets = s.peers.map(() => []);
     for (const o of store.loadOutbox(s.id)) {
       const m = this.unconfirmed[o.to];
       if (m) m.set(o.seq, Buffer.from(o.batch));
@@ -56,110 +80,118 @@ export class ShardDurability {
     this.marks = store.loadMarks(s.id);
   }
 
-  private wrote(n: number): void {
-    this.s.counters.row[Counter.storeWrites] += n;
-    this.scheduleTurnEnd();
-  }
-
   // ------------------------------------------------------------------------------------------
   // Sessions and their deliveries
 
-  /** After restoring: the restored sessions' records are as stored, nothing to rewrite. */
+  /** After restoring: the restored sessions' records are as stored; their deliveries are known. */
   restored(): void {
-    this.dirty.clear();
+    for (const session of this.s.sessions.values()) {
+      const seqs: number[] = [];
+      for (const d of session.queue) seqs.push(d.seq);
+      if (session.inflightCount > 0) for (const e of session.inflight.values()) seqs.push(e.seq);
+      if (seqs.length > 0) this.w.loaded(session.clientId, seqs);
+    }
   }
 
-  /** The session's record (subscriptions, expiry, wills) is written at the end of this turn. */
+  /** The session's record (subscriptions, expiry, wills) is written at the next flush. */
   sessionChanged(session: Session): void {
     if (session.expiryInterval === 0) return;
-    this.dirty.add(session);
+    this.w.sessionChanged(session);
     this.scheduleTurnEnd();
   }
 
   /** The session ended (discarded, expired, or no longer persistent): all its records go. */
   sessionGone(session: Session): void {
-    this.dirty.delete(session);
-    this.store.deleteSession(session.clientId);
-    this.wrote(1);
+    this.w.sessionGone(session);
+    this.scheduleTurnEnd();
   }
 
   /** A QoS 1/2 delivery was queued (packetId 0) or sent into the inflight window. */
   held(session: Session, e: QueuedDelivery | InflightEntry, packetId: number): void {
     if (session.expiryInterval === 0 || e.qos === 0) return;
-    const m = e.msg;
-    const d: StoredDelivery = {
-      t: m.topic,
-      p: m.payload,
-      q: e.qos,
-      r: e.retainFlag,
-      pr: m.props,
-      e: m.expiryAt,
-      f: m.from,
-      dr: m.deliverRetained,
-      s: e.subIds,
-      g: e.group,
-      i: packetId,
-      rel: false,
-    };
-    this.store.putDelivery(session.clientId, e.seq, d);
-    this.wrote(1);
+    const t = this.ticket;
+    if (t !== null) t.n++;
+    this.w.putDelivery(session.clientId, e, packetId, false, t);
+    this.scheduleTurnEnd();
   }
 
   /** QoS 2 PUBREC received, PUBREL sent: only the packet id matters now (the payload is delivered). */
   released(session: Session, e: InflightEntry, packetId: number): void {
     if (session.expiryInterval === 0) return;
-    const d: StoredDelivery = {
-      t: e.msg.topic,
-      p: EMPTY,
-      q: 2,
-      r: false,
-      pr: null,
-      e: 0,
-      f: '',
-      dr: false,
-      s: null,
-      g: e.group,
-      i: packetId,
-      rel: true,
-    };
-    this.store.putDelivery(session.clientId, e.seq, d);
-    this.wrote(1);
+    this.w.putDelivery(session.clientId, e, packetId, true, null);
+    this.scheduleTurnEnd();
   }
 
   /** The delivery is complete (acknowledged) or dropped (expired, queue full, redispatched). */
   done(session: Session, e: QueuedDelivery | InflightEntry): void {
     if (session.expiryInterval === 0 || e.qos === 0) return;
-    this.store.deleteDelivery(session.clientId, e.seq);
-    this.wrote(1);
+    this.w.removeDelivery(session.clientId, e.seq);
+    this.scheduleTurnEnd();
   }
 
   /** Inbound QoS 2: PUBREC sent, the id is remembered until PUBREL [MQTT-4.3.3-2]. */
   awaitingRel(session: Session, packetId: number, at: number): void {
     if (session.expiryInterval === 0) return;
-    this.store.putAwaitingRel(session.clientId, packetId, at);
-    this.wrote(1);
+    const op = this.w.putAwaitingRel(session.clientId, packetId, at);
+    // The PUBLISH is routed next: its PUBREC also waits for this record [MQTT-4.3.3-2].
+    if (this.sync) this.relOp = op;
+    this.scheduleTurnEnd();
   }
 
   relDone(session: Session, packetId: number): void {
     if (session.expiryInterval === 0) return;
-    this.store.deleteAwaitingRel(session.clientId, packetId);
-    this.wrote(1);
+    this.w.removeAwaitingRel(session.clientId, packetId);
+    this.scheduleTurnEnd();
   }
 
   // ------------------------------------------------------------------------------------------
   // Acks (sync mode)
 
+  /** A client's QoS 1/2 PUBLISH is about to be routed: what it writes, its ack waits for. */
+  openTicket(): void {
+    const t = new Ticket();
+    const rel = this.relOp;
+    if (rel !== null) {
+      this.relOp = null;
+      rel.t = t;
+      t.n++;
+    }
+    this.ticket = t;
+  }
+
+  /** The message was added to this turn's batch for shard `to` (with QoS 1/2: the outbox). */
+  routedTo(to: number): void {
+    const t = this.ticket;
+    if (t === null) return;
+    t.n++;
+    this.batchTickets[to].push(t);
+  }
+
+  /** Routing done: the ticket, or null when nothing needs to be waited for (ack at once). */
+  closeTicket(): Ticket | null {
+    const t = this.ticket;
+    this.ticket = null;
+    return t !== null && t.n > 0 ? t : null;
+  }
+
+  /** Holds a PUBLISH's ack until its ticket is settled (releaseAcks keeps PUBLISH order). */
+  holdAckFor(conn: AckConnection & { holdAck(frame: Buffer): HeldAck }, frame: Buffer, t: Ticket): void {
+    t.conn = conn;
+    t.held = conn.holdAck(frame);
+    this.s.counters.row[Counter.storeAcksHeld]++;
+  }
+
+  /** A retained PUBLISH's ack, held for main's store, also waits for the ticket. */
+  alsoWaitForTicket(conn: AckConnection, held: HeldAck, t: Ticket): void {
+    held.waits = (held.waits ?? 1) + 1;
+    t.conn = conn;
+    t.held = held;
+    this.s.counters.row[Counter.storeAcksHeld]++;
+  }
+
   /** Holds a client's ack until this turn is committed (releaseAcks keeps PUBLISH order). */
   holdAck(conn: AckConnection & { holdAck(frame: Buffer): HeldAck }, frame: Buffer): void {
     this.acks.push({ conn, held: conn.holdAck(frame) });
-    this.s.counters.row[Counter.storeAcksHeld]++;
-    this.scheduleTurnEnd();
-  }
-
-  /** An ack already held for something else (main's retained store) waits for this commit too. */
-  alsoWaitFor(conn: AckConnection, held: HeldAck): void {
-    held.waits = (held.waits ?? 1) + 1;
-    this.acks.push({ conn, held });
     this.s.counters.row[Counter.storeAcksHeld]++;
     this.scheduleTurnEnd();
   }
@@ -183,8 +215,10 @@ export class ShardDurability {
     const copy = Buffer.allocUnsafeSlow(len);
     copy.set(new Uint8Array(ab, 0, len));
     this.unconfirmed[to].set(seq, copy);
-    this.store.putOutbox(this.s.id, to, seq, copy);
-    this.wrote(1);
+    const ts = this.batchTickets[to];
+    if (ts.length > 0) this.batchTickets[to] = [];
+    this.w.putOutbox(to, seq, copy, ts.length > 0 ? ts : null);
+    this.scheduleTurnEnd();
     return seq;
   }
 
@@ -196,10 +230,10 @@ export class ShardDurability {
     for (const k of m.keys()) {
       if (k > seq) break;
       m.delete(k);
-      this.store.deleteOutbox(this.s.id, from, k);
+      this.w.removeOutbox(from, k);
       n++;
     }
-    if (n > 0) this.wrote(n);
+    if (n > 0) this.scheduleTurnEnd();
   }
 
   /**
@@ -215,8 +249,7 @@ export class ShardDurability {
       return false;
     }
     this.marks.set(from, seq);
-    this.store.putMark(this.s.id, from, seq);
-    this.wrote(1);
+    this.w.putMark(from, seq);
     return true;
   }
 
@@ -241,41 +274,95 @@ export class ShardDurability {
   }
 
   // ------------------------------------------------------------------------------------------
-  // End of turn: one commit
+  // Flushes and commits: at most one commit in flight
 
+  /** End of an event-loop turn: flush now if the store is idle (sync), else once it is. */
   endTurn(): void {
-    if (this.dirty.size > 0) {
-      for (const session of this.dirty) this.store.putSession(session.clientId, storedSession(session));
-      this.wrote(this.dirty.size);
-      this.dirty.clear();
-    }
+    if (this.current !== null) return; // flushed when the commit in flight is done
+    if (this.w.empty && this.acks.length === 0 && this.confirms.length === 0 && this.after.length === 0)
+      return;
+    if (this.sync) {
+      if (!this.flushSoon) {
+        this.flushSoon = true;
+        if (this.syncDelayMs > 0) setTimeout(this.onSoon, this.syncDelayMs);
+        else setImmediate(this.onSoon);
+      }
+    } else if (this.timer === null) this.timer = setTimeout(this.onTimer, this.flushIntervalMs);
+  }
+
+  private readonly onSoon = (): void => {
+    this.flushSoon = false;
+    if (this.current === null) this.flush();
+  };
+
+  private readonly onTimer = (): void => {
+    this.timer = null;
+    if (this.current === null) this.flush();
+  };
+
+  /** Everything pending goes to the store in one commit; acks waiting for it go after it. */
+  private flush(): void {
+    const row = this.s.counters.row;
     const acks = this.acks;
     const confirms = this.confirms;
     const after = this.after;
-    if (acks.length === 0 && confirms.length === 0 && after.length === 0) {
-      // Nothing waits for this turn's writes: lmdb-js commits them on its own schedule.
-      return;
-    }
     this.acks = [];
     this.confirms = [];
     this.after = [];
-    let p: Promise<void> | null;
+    const tickets: Ticket[] = [];
+    let p: Promise<void> | null = null;
     try {
+      row[Counter.storeWrites] += this.w.flush(this.store, this.s.id, tickets);
       p = this.store.commit();
     } catch (err) {
       this.storeError(err);
-      p = null;
     }
-    if (p === null) this.committed(acks, confirms, after);
-    else {
-      this.s.counters.row[Counter.storeCommits]++;
-      p.then(
-        () => this.committed(acks, confirms, after),
-        (err: unknown) => {
-          this.storeError(err);
-          this.committed(acks, confirms, after);
-        },
-      );
+    if (this.w.skipped > 0) {
+      row[Counter.storeWritesSkipped] += this.w.skipped;
+      this.w.skipped = 0;
+    }
+    if (p === null) {
+      this.committed(acks, confirms, after, tickets);
+      return;
+    }
+    row[Counter.storeCommits]++;
+    this.current = p.then(
+      () => this.commitDone(acks, confirms, after, tickets),
+      (err: unknown) => {
+        this.storeError(err);
+        this.commitDone(acks, confirms, after, tickets);
+      },
+    );
+  }
+
+  private commitDone(
+    acks: { conn: AckConnection; held: HeldAck }[],
+    confirms: number[],
+    after: (() => void)[],
+    tickets: Ticket[],
+  ): void {
+    this.current = null;
+    this.committed(acks, confirms, after, tickets);
+    // What the turns since this flush wrote, and the acks they hold.
+    this.endTurn();
+  }
+
+  /** Shutdown: everything pending committed (waits for the commit in flight first). */
+  async flushAll(): Promise<void> {
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    for (let i = 0; i < 1000; i++) {
+      if (this.current !== null) await this.current;
+      else if (
+        this.w.empty &&
+        this.acks.length === 0 &&
+        this.confirms.length === 0 &&
+        this.after.length === 0
+      )
+        return;
+      else this.flush();
     }
   }
 
@@ -283,8 +370,10 @@ export class ShardDurability {
     acks: { conn: AckConnection; held: HeldAck }[],
     confirms: number[],
     after: (() => void)[],
+    tickets: Ticket[],
   ): void {
     for (let i = 0; i < after.length; i++) after[i]();
+    for (let i = 0; i < tickets.length; i++) tickets[i].settle();
     for (let i = 0; i < acks.length; i++) {
       const { conn, held } = acks[i];
       if (held.waits !== undefined && --held.waits > 0) continue;
@@ -304,29 +393,4 @@ export class ShardDurability {
     this.s.counters.row[Counter.storeErrors]++;
     this.s.log.error({ err }, 'durable store commit failed');
   }
-}
-
-function storedSession(session: Session): StoredSession {
-  const subs: StoredSubscription[] = [];
-  if (session.subscriptionCount > 0)
-    for (const [f, sub] of session.subscriptions)
-      subs.push({
-        f,
-        q: sub.qos,
-        nl: sub.noLocal,
-        rap: sub.retainAsPublished,
-        rh: sub.retainHandling,
-        id: sub.subId,
-        g: sub.shared?.group ?? '',
-        sf: sub.shared?.filter ?? '',
-      });
-  return {
-    e: session.expiryInterval,
-    x: session.expiresAt,
-    c: session.createdAt,
-    w: session.conn ? session.will : null,
-    pw: session.pendingWill,
-    wa: session.willAt,
-    subs,
-  };
 }

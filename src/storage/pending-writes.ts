@@ -1,0 +1,268 @@
+import type { InflightEntry, QueuedDelivery, Session } from '../session/session.js';
+import type { Ticket } from './ticket.js';
+import type { DurableStore, StoredDelivery, StoredSession, StoredSubscription } from './types.js';
+
+const EMPTY = new Uint8Array(0);
+
+/** A delivery's latest state, written at the next flush (null: remove it). */
+interface DeliveryOp {
+  e: QueuedDelivery | InflightEntry;
+  /** packet id once sent (0 = queued) */
+  i: number;
+  /** QoS 2 after PUBREC: only the packet id is kept */
+  rel: boolean;
+  /** sync: the publisher's ack waiting for this record (until flushed and committed, or done) */
+  t: Ticket | null;
+}
+
+/** One client id's deliveries: what the store holds and what changes at the next flush. */
+class ClientDeliveries {
+  /** seq → latest state (insertion order = first change since the last flush) */
+  readonly pending = new Map<number, DeliveryOp | null>();
+  /** seqs written to the store by earlier flushes (or loaded from it) and not removed since */
+  readonly stored = new Set<number>();
+  constructor(readonly clientId: string) {}
+}
+
+/**
+ * A shard's store writes between two flushes, collapsed by key: a delivery changed several
+ * times (queued, then sent with its packet id) is written once, in its latest state, and one
+ * that is done (acknowledged, dropped) before its first flush is never written at all — no put
+ * and no remove. The same for outbox entries confirmed before their flush and for marks (the
+ * last one per sender). Session records are written once per flush, removed sessions first.
+ *
+ * Flushes only happen when no commit of this thread is in flight (shard-durability.ts), so a
+ * flush's reads (the keys of a removed session) see every earlier flush committed.
+ */
+export class PendingWrites {
+  private readonly clients = new Map<string, ClientDeliveries>();
+  private readonly touched = new Set<ClientDeliveries>();
+  /** Sessions whose record (subscriptions, expiry, wills) is written at the next flush */
+  private readonly dirty = new Set<Session>();
+  /** Client ids whose records go, before anything else of the flush */
+  private gone: string[] = [];
+  /** Inbound QoS 2 ids in order: at < 0 removes */
+  private rel: { c: string; id: number; at: number; t: Ticket | null }[] = [];
+  /** outbox seq → entry to put (bytes) or remove (null), and the acks waiting for the put */
+  private readonly outbox = new Map<number, { to: number; bytes: Buffer | null; ts: Ticket[] | null }>();
+  /** sender shard → last batch seq committed here */
+  private readonly marks = new Map<number, number>();
+  /** Writes saved: a put and its remove that were never made */
+  skipped = 0;
+
+  get empty(): boolean {
+    return (
+      this.touched.size === 0 &&
+      this.dirty.size === 0 &&
+      this.gone.length === 0 &&
+      this.rel.length === 0 &&
+      this.outbox.size === 0 &&
+      this.marks.size === 0
+    );
+  }
+
+  /** After restoring: the deliveries the store holds, so that their removal is written. */
+  loaded(clientId: string, seqs: Iterable<number>): void {
+    const r = this.client(clientId);
+    for (const s of seqs) r.stored.add(s);
+    if (r.stored.size === 0) this.clients.delete(clientId);
+  }
+
+  private client(clientId: string): ClientDeliveries {
+    let r = this.clients.get(clientId);
+    if (r === undefined) {
+      r = new ClientDeliveries(clientId);
+      this.clients.set(clientId, r);
+    }
+    return r;
+  }
+
+  sessionChanged(session: Session): void {
+    this.dirty.add(session);
+  }
+
+  /** The session ended: its records go, and nothing of it that is pending is written. */
+  sessionGone(session: Session): void {
+    const c = session.clientId;
+    this.dirty.delete(session);
+    const r = this.clients.get(c);
+    if (r !== undefined) {
+      // Nothing is stored for a discarded session: acks waiting for its deliveries are free.
+      for (const op of r.pending.values()) op?.t?.settle();
+      this.touched.delete(r);
+      this.clients.delete(c);
+    }
+    if (this.rel.length > 0)
+      this.rel = this.rel.filter((o) => {
+        if (o.c !== c) return true;
+        o.t?.settle();
+        return false;
+      });
+    this.gone.push(c);
+  }
+
+  putDelivery(
+    clientId: string,
+    e: QueuedDelivery | InflightEntry,
+    i: number,
+    rel: boolean,
+    t: Ticket | null,
+  ): void {
+    const r = this.client(clientId);
+    // A later state of an unflushed delivery: the ack waiting for it waits for this one.
+    const prev = r.pending.get(e.seq)?.t ?? null;
+    if (prev !== null && t !== null && prev !== t) prev.settle();
+    r.pending.set(e.seq, { e, i, rel, t: t ?? prev });
+    this.touched.add(r);
+  }
+
+  removeDelivery(clientId: string, seq: number): void {
+    const r = this.clients.get(clientId);
+    if (r === undefined) return;
+    // Done before its record was flushed: nothing to store for it, its publisher's ack is free.
+    r.pending.get(seq)?.t?.settle();
+    if (r.stored.has(seq)) {
+      r.pending.set(seq, null);
+      this.touched.add(r);
+    } else if (r.pending.delete(seq)) this.skipped += 2;
+  }
+
+  /** Returns the op, so that the PUBLISH's ack can wait for it (its ticket opens after this). */
+  putAwaitingRel(clientId: string, id: number, at: number): { t: Ticket | null } {
+    const op: { c: string; id: number; at: number; t: Ticket | null } = { c: clientId, id, at, t: null };
+    this.rel.push(op);
+    return op;
+  }
+
+  removeAwaitingRel(clientId: string, id: number): void {
+    this.rel.push({ c: clientId, id, at: -1, t: null });
+  }
+
+  putOutbox(to: number, seq: number, bytes: Buffer, ts: Ticket[] | null): void {
+    this.outbox.set(seq, { to, bytes, ts });
+  }
+
+  removeOutbox(to: number, seq: number): void {
+    const o = this.outbox.get(seq);
+    if (o === undefined) this.outbox.set(seq, { to, bytes: null, ts: null });
+    else if (o.bytes !== null) {
+      // Confirmed by the receiver (committed there) before our flush: never written here.
+      this.outbox.delete(seq);
+      this.skipped += 2;
+      if (o.ts !== null) for (const t of o.ts) t.settle();
+    }
+  }
+
+  putMark(from: number, seq: number): void {
+    this.marks.set(from, seq);
+  }
+
+  /**
+   * Hands everything pending to the store (not committed yet); returns the records written.
+   * The tickets of the records written go to `tickets`, settled once the commit is done.
+   */
+  flush(store: DurableStore, shard: number, tickets: Ticket[]): number {
+    let n = 0;
+    for (let i = 0; i < this.gone.length; i++) store.deleteSession(this.gone[i]);
+    n += this.gone.length;
+    this.gone = [];
+    for (const s of this.dirty) store.putSession(s.clientId, storedSession(s));
+    n += this.dirty.size;
+    this.dirty.clear();
+    for (const r of this.touched) {
+      for (const [seq, op] of r.pending) {
+        if (op === null) {
+          store.deleteDelivery(r.clientId, seq);
+          r.stored.delete(seq);
+        } else {
+          store.putDelivery(r.clientId, seq, storedDelivery(op));
+          r.stored.add(seq);
+          if (op.t !== null) tickets.push(op.t);
+        }
+        n++;
+      }
+      r.pending.clear();
+      if (r.stored.size === 0) this.clients.delete(r.clientId);
+    }
+    this.touched.clear();
+    for (let i = 0; i < this.rel.length; i++) {
+      const o = this.rel[i];
+      if (o.at < 0) store.deleteAwaitingRel(o.c, o.id);
+      else store.putAwaitingRel(o.c, o.id, o.at);
+      if (o.t !== null) tickets.push(o.t);
+    }
+    n += this.rel.length;
+    this.rel = [];
+    for (const [seq, o] of this.outbox) {
+      if (o.bytes === null) store.deleteOutbox(shard, o.to, seq);
+      else store.putOutbox(shard, o.to, seq, o.bytes);
+      if (o.ts !== null) for (const t of o.ts) tickets.push(t);
+    }
+    n += this.outbox.size;
+    this.outbox.clear();
+    for (const [from, seq] of this.marks) store.putMark(shard, from, seq);
+    n += this.marks.size;
+    this.marks.clear();
+    return n;
+  }
+}
+
+function storedDelivery(op: DeliveryOp): StoredDelivery {
+  const e = op.e;
+  if (op.rel)
+    // QoS 2 PUBREC received, PUBREL sent: only the packet id matters now (the payload is delivered).
+    return {
+      t: e.msg.topic,
+      p: EMPTY,
+      q: 2,
+      r: false,
+      pr: null,
+      e: 0,
+      f: '',
+      dr: false,
+      s: null,
+      g: e.group,
+      i: op.i,
+      rel: true,
+    };
+  const m = e.msg;
+  return {
+    t: m.topic,
+    p: m.payload,
+    q: e.qos,
+    r: e.retainFlag,
+    pr: m.props,
+    e: m.expiryAt,
+    f: m.from,
+    dr: m.deliverRetained,
+    s: e.subIds,
+    g: e.group,
+    i: op.i,
+    rel: false,
+  };
+}
+
+export function storedSession(session: Session): StoredSession {
+  const subs: StoredSubscription[] = [];
+  if (session.subscriptionCount > 0)
+    for (const [f, sub] of session.subscriptions)
+      subs.push({
+        f,
+        q: sub.qos,
+        nl: sub.noLocal,
+        rap: sub.retainAsPublished,
+        rh: sub.retainHandling,
+        id: sub.subId,
+        g: sub.shared?.group ?? '',
+        sf: sub.shared?.filter ?? '',
+      });
+  return {
+    e: session.expiryInterval,
+    x: session.expiresAt,
+    c: session.createdAt,
+    w: session.conn ? session.will : null,
+    pw: session.pendingWill,
+    wa: session.willAt,
+    subs,
+  };
+}

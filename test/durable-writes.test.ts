@@ -1,0 +1,42 @@
+/**
+ * Sync mode's write path (docs/DURABILITY.md, "How a shard writes"): a QoS 1 delivery to an
+ * online persistent subscriber that acknowledges it before the shard flushes is never written,
+ * and the publisher's PUBACK then waits for no commit; one the subscriber has not acknowledged
+ * is written and committed before the publisher's PUBACK. Real broker, real sockets.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { idOnShard, publish, startBroker, subscribe, waitFor } from './helpers/broker.js';
+import { client } from './helpers/mqttjs.js';
+import { PacketClient } from './helpers/raw.js';
+
+test('sync: deliveries acknowledged before the flush are neither put nor removed; unacknowledged ones are committed before the PUBACK', async (t) => {
+  // A long delay: the subscriber's PUBACKs surely come first; the publisher's PUBACKs then
+  // cannot have waited for a flush (it would come 1 s later, after the test's own deadline).
+  const broker = await startBroker(t, { 'durability.mode': 'sync', 'durability.sync_delay': 1000 });
+  // Publisher and subscribers on one shard: no outbox (a cross-shard batch waits for its commit).
+  const sub = await client(t, broker, { clientId: idOnShard(broker, 0, 'dw-sub'), clean: false });
+  await subscribe(sub, 'dw/fast', 1);
+  const pub = await client(t, broker, { clientId: idOnShard(broker, 0, 'dw-pub') });
+  const before = broker.counters.snapshot();
+  const started = Date.now();
+  await Promise.all(Array.from({ length: 20 }, (_, i) => publish(pub, 'dw/fast', `m${i}`, { qos: 1 })));
+  assert.ok(Date.now() - started < 1000, 'acked on the subscriber’s PUBACKs, not after the flush');
+  // Counted at the next flush (after the delay).
+  const skipped = (): number => broker.counters.snapshot().storeWritesSkipped - before.storeWritesSkipped;
+  await waitFor(() => skipped() >= 40, 'the skipped writes counted');
+  const after = broker.counters.snapshot();
+  assert.equal(skipped(), 40, '20 puts and 20 removes never made');
+  assert.equal(after.storeWrites, before.storeWrites + 0, 'no delivery record written');
+
+  // A subscriber that never acknowledges: the publisher's PUBACK [MQTT-4.3.2-?] follows the
+  // commit of the delivery record (after the 1 s delay: a store commit is counted first).
+  const { pc } = await PacketClient.connect(t, broker, idOnShard(broker, 0, 'dw-silent'), { clean: false });
+  await pc.subscribe('dw/slow', 1);
+  const commits = broker.counters.snapshot().storeCommits;
+  await publish(pub, 'dw/slow', 'kept', { qos: 1 });
+  const p = await pc.expect('publish');
+  assert.equal(String(p.payload), 'kept');
+  assert.ok(broker.counters.snapshot().storeCommits > commits, 'the PUBACK came after a commit');
+  await waitFor(() => broker.counters.snapshot().storeWrites > after.storeWrites, 'the delivery written');
+});
