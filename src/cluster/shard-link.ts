@@ -201,7 +201,7 @@ export class ShardClusterLink {
   }
 
   private onForwarded(m: Extract<ClusterToShard, { t: 'forwarded' }>): void {
-    const b = Buffer.from(m.buf, 0, m.len);
+    const b = Buffer.from(m.buf, m.off, m.len);
     this.shard.counters.row[Counter.messagesForwardReceived] += m.count;
     this.receiving = true;
     try {

@@ -108,7 +108,7 @@ export type ShardToCluster = ShardForward | ShardToClusterState;
 
 /** Publishes received from a peer node, for this shard to route to local subscribers only. */
 export type ClusterToShard =
-  | { t: 'forwarded'; buf: ArrayBuffer; len: number; count: number }
+  | { t: 'forwarded'; buf: ArrayBuffer; off: number; len: number; count: number }
   /**
    * Every peer batch `seq` went to has accepted it (or is known down), code 0; or some part was
    * lost (0x80: stream broken or stalled) or refused (0x97: peer queue full). Its held
