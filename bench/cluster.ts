@@ -180,12 +180,21 @@ async function blast(
 interface Result {
   rate: number;
   cpu: number;
+  /** CPU per message less what the pair burns idle over the same time (heartbeats, timers) */
+  net: number;
   /** Publishes per gRPC batch on the link (cross-node, builds that count them) */
   perBatch: number;
   line: string;
 }
 
-async function run(nodes: Node[], cross: boolean, qos: number, payload: number, s: number): Promise<Result> {
+async function run(
+  nodes: Node[],
+  cross: boolean,
+  qos: number,
+  payload: number,
+  s: number,
+  idlePerS: number,
+): Promise<Result> {
   const tag = `${cross ? 'cross' : 'same'}-${qos}-${Math.random().toString(36).slice(2, 6)}`;
   const sub = new Conn(nodes[cross ? 1 : 0].mqtt, `sub-${tag}`);
   await sub.subscribe('bench/cluster/+', qos);
@@ -233,13 +242,14 @@ async function run(nodes: Node[], cross: boolean, qos: number, payload: number, 
   pub.sock.destroy();
   sub.sock.destroy();
   const rate = got / secs;
+  const net = (cpu - idlePerS * secs) / got;
   const perBatch = cross && batches > 0 ? got / batches : Number.NaN;
   const line =
     `${cross ? 'cross-node' : 'same-node '}  QoS ${qos}  ${payload} B  ${Math.round(rate)} msg/s  ` +
-    `${(cpu / got).toFixed(2)} µs CPU/msg (both nodes)  sent ${sent} delivered ${got} forward-dropped ${dropped}` +
+    `${(cpu / got).toFixed(2)} µs CPU/msg (both nodes; ${net.toFixed(2)} net of idle)  sent ${sent} delivered ${got} forward-dropped ${dropped}` +
     (Number.isNaN(perBatch) ? '' : `  ${Math.round(perBatch)} msg/batch`) +
     `  load ${os.loadavg()[0].toFixed(1)}`;
-  return { rate, cpu: cpu / got, perBatch, line };
+  return { rate, cpu: cpu / got, net, perBatch, line };
 }
 
 /** CPU the idle pair burns (timers, heartbeats, route scans), µs per second. */
@@ -265,11 +275,11 @@ const dir = mkdtempSync(path.join(os.tmpdir(), 'emqx-ts-bench-cluster-'));
 const builds = [{ name: 'this', root }];
 if (process.env.BENCH_EMQX_TS_ROOT)
   builds.push({ name: 'base', root: path.resolve(process.env.BENCH_EMQX_TS_ROOT) });
-const pairs: { name: string; root: string; nodes: Node[] }[] = [];
+const pairs: { name: string; root: string; nodes: Node[]; idle: number }[] = [];
 for (const b of builds) {
   const n1 = await startNode(`${b.name}1@127.0.0.1`, [], dir, b.root);
   const n2 = await startNode(`${b.name}2@127.0.0.1`, [n1.cluster], dir, b.root);
-  pairs.push({ ...b, nodes: [n1, n2] });
+  pairs.push({ ...b, nodes: [n1, n2], idle: 0 });
 }
 const qoses = args.qos!.split(',').map(Number);
 const cases = [false, true].filter((cross) => args.only === 'both' || cross === (args.only === 'cross'));
@@ -292,7 +302,7 @@ try {
     for (const qos of qoses) {
       for (const p of order) {
         for (const cross of cases) {
-          const res = await run(p.nodes, cross, qos, Number(args.payload), Number(args.duration));
+          const res = await run(p.nodes, cross, qos, Number(args.payload), Number(args.duration), p.idle);
           console.log(`round ${r + 1}  ${p.name}  ${res.line}`);
           const k = key(p.name, qos, cross);
           results.set(k, [...(results.get(k) ?? []), res]);

@@ -202,16 +202,15 @@ export class DataPlane {
   }
 
   /**
-   * A shard's batch: each entry is copied to the writer of every peer in its mask; the writers
-   * go to the streams once per event-loop turn, so shard batches that arrive together (several
-   * shards, or a thread that was descheduled) leave as one gRPC message per peer. With a `seq`,
-   * the shard holds QoS 1/2 acks until every peer its batch went to has accepted its part (or
-   * is gone): one `forwardAcked` when the last part is done, with the worst outcome.
+   * A shard's batch: one buffer of entries per destination peer, queued for that peer as it is
+   * (no work per entry here); the buffers go to the streams once per event-loop turn, so shard
+   * batches that arrive together (several shards, or a thread that was descheduled) leave as
+   * one gRPC message per peer. With a `seq`, the shard holds QoS 1/2 acks until every peer its
+   * batch went to has accepted its part (or is gone): one `forwardAcked` when the last part is
+   * done, with the worst outcome.
    */
   onShardForward(m: ShardForward, port: MessagePort): void {
-    const b = Buffer.from(m.buf, 0, m.len);
     const slots = this.peers.bySlot;
-    const serial = ++this.serial;
     const seq = m.seq;
     let parts = 1;
     let worst = ACCEPTED;
@@ -223,43 +222,31 @@ export class DataPlane {
               port.postMessage({ t: 'forwardAcked', seq, code: worst } satisfies ClusterToShard);
           }
         : null;
-    let p = 0;
-    while (p < m.len) {
-      let mask = b.readUInt32LE(p);
-      p += 4;
-      const end = entryEnd(b, p, m.len);
-      while (mask !== 0) {
-        const bit = 31 - Math.clz32(mask & -mask);
-        mask &= mask - 1;
-        const peer = slots[bit];
-        if (!peer?.stream) {
-          // Its stream is between two (broken, reopening) or it is rejoining: lost, not accepted.
-          this.counters.row[Counter.forwardDropped]++;
-          worst = LOST;
-          continue;
-        }
-        if (peer.out.count === 0) {
-          this.touched.push(peer);
-          if (!this.flushScheduled) {
-            this.flushScheduled = true;
-            setImmediate(this.flush);
-          }
-        }
-        if (peer.outSerial !== serial) {
-          peer.outSerial = serial;
-          if (done) {
-            parts++;
-            peer.outDone.push(done);
-          }
-        }
-        peer.out.addRaw(b, p, end);
+    for (const part of m.parts) {
+      const peer = slots[part.slot];
+      if (!peer?.stream) {
+        // Its stream is between two (broken, reopening) or it is rejoining: lost, not accepted.
+        this.counters.row[Counter.forwardDropped] += part.count;
+        worst = LOST;
+        continue;
       }
-      p = end;
+      if (peer.outCount === 0) {
+        this.touched.push(peer);
+        if (!this.flushScheduled) {
+          this.flushScheduled = true;
+          setImmediate(this.flush);
+        }
+      }
+      peer.outParts.push(Buffer.from(part.buf, 0, part.len));
+      peer.outCount += part.count;
+      if (done) {
+        parts++;
+        peer.outDone.push(done);
+      }
     }
     done?.(ACCEPTED);
   }
 
-  private serial = 0;
   private flushScheduled = false;
 
   /** This turn's entries, one batch per peer, onto the streams. */
@@ -267,7 +254,10 @@ export class DataPlane {
     this.flushScheduled = false;
     const now = Date.now();
     for (const peer of this.touched) {
-      const { buf, count } = peer.out.take();
+      const chunks = peer.outParts;
+      const count = peer.outCount;
+      peer.outParts = [];
+      peer.outCount = 0;
       const dones = peer.outDone;
       peer.outDone = [];
       const done: BatchDone | null =
@@ -278,7 +268,7 @@ export class DataPlane {
             : (code) => {
                 for (const d of dones) d(code);
               };
-      if (!peer.stream?.push(buf, count, done, now)) {
+      if (!peer.stream?.push(chunks, count, done, now)) {
         this.counters.row[Counter.forwardDropped] += count;
         done?.(peer.stream ? QUEUE_FULL : LOST);
       }

@@ -18,7 +18,9 @@ export type BatchDone = (code: number) => void;
 
 interface Pending {
   seq: number;
-  entries: Uint8Array;
+  /** The batch's entries, in pieces (one per shard batch): sent back to back as one message */
+  chunks: Buffer[];
+  bytes: number;
   count: number;
   /** When it was queued (ms): a batch unacknowledged for cluster.forward_ack_timeout stalls the stream */
   at: number;
@@ -77,10 +79,12 @@ export class ForwardStream {
   }
 
   /** Queues a batch; false (nothing queued) when the queue is full or the stream closed. */
-  push(entries: Uint8Array, count: number, done: BatchDone | null, now: number): boolean {
-    if (this.closed || this.queuedBytes + entries.length > this.maxQueueBytes) return false;
-    this.queue.push({ seq: 0, entries, count, at: now, done });
-    this.queuedBytes += entries.length;
+  push(chunks: Buffer[], count: number, done: BatchDone | null, now: number): boolean {
+    let bytes = 0;
+    for (const c of chunks) bytes += c.length;
+    if (this.closed || this.queuedBytes + bytes > this.maxQueueBytes) return false;
+    this.queue.push({ seq: 0, chunks, bytes, count, at: now, done });
+    this.queuedBytes += bytes;
     this.pump();
     return true;
   }
@@ -172,17 +176,17 @@ export class ForwardStream {
     const row = this.counters.row;
     while (this.queue.length > 0 && this.inflightBytes < this.windowBytes && this.writable) {
       const b = this.queue.shift()!;
-      this.queuedBytes -= b.entries.length;
+      this.queuedBytes -= b.bytes;
       b.seq = ++this.seq;
       this.inflight.push(b);
-      this.inflightBytes += b.entries.length;
+      this.inflightBytes += b.bytes;
       const from = this.seq === 1 ? this.fromBytes : EMPTY;
       req.cork();
-      req.write(forwardHeader(from, this.incarnation, b.seq, b.count, b.entries.length));
-      this.writable = req.write(b.entries);
+      req.write(forwardHeader(from, this.incarnation, b.seq, b.count, b.bytes));
+      for (const c of b.chunks) this.writable = req.write(c);
       req.uncork();
       row[Counter.clusterWireBatchesOut]++;
-      row[Counter.clusterWireBytesOut] += b.entries.length;
+      row[Counter.clusterWireBytesOut] += b.bytes;
     }
   }
 
@@ -190,7 +194,7 @@ export class ForwardStream {
     const inflight = this.inflight;
     while (inflight.length > 0 && inflight[0].seq <= seq) {
       const b = inflight.shift()!;
-      this.inflightBytes -= b.entries.length;
+      this.inflightBytes -= b.bytes;
       b.done?.(ACCEPTED);
     }
     this.pump();

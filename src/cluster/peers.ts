@@ -1,7 +1,6 @@
 import { type Client, createClient } from '@connectrpc/connect';
 import { createGrpcTransport } from '@connectrpc/connect-node';
 import type { TopicIndex } from '../routing/topic-index.js';
-import { EntryWriter } from './codec.js';
 import { type ForwardStream, H2_FRAME, H2_WINDOW } from './forward.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 
@@ -34,11 +33,11 @@ export class Peer {
   pending = new Map<string, boolean>();
   pushing = false;
   stream: ForwardStream | null = null;
-  /** Forwards for it collected this turn */
-  readonly out = new EntryWriter(16 * 1024);
-  /** Held-ack callbacks of the shard batches that have entries in `out`, and the last one's serial */
+  /** Entry buffers for it that shards handed over this turn, and how many publishes they hold */
+  outParts: Buffer[] = [];
+  outCount = 0;
+  /** Held-ack callbacks of the shard batches that have entries in `outParts` */
   outDone: ((code: number) => void)[] = [];
-  outSerial = 0;
 
   constructor(readonly name: string) {}
 }

@@ -94,14 +94,21 @@ export type ClusterToMain =
   | { t: 'shutdownDone' }
   | ClusterStateToMain;
 
-/** Publishes for remote nodes: cluster/codec.ts entries, each after a u32 mask of peer slots. */
+/** Publishes for remote nodes: per destination peer slot, its cluster/codec.ts entries. */
 export interface ShardForward {
   t: 'forward';
+  parts: ForwardPart[];
+  /** > 0: the batch holds QoS 1/2 publishes whose acks wait; answered with `forwardAcked` */
+  seq: number;
+}
+
+export interface ForwardPart {
+  /** Peer slot (bit of the remote-route index) */
+  slot: number;
+  /** Transferred; entries in [0, len) */
   buf: ArrayBuffer;
   len: number;
   count: number;
-  /** > 0: the batch holds QoS 1/2 publishes whose acks wait; answered with `forwardAcked` */
-  seq: number;
 }
 
 export type ShardToCluster = ShardForward | ShardToClusterState;
