@@ -294,8 +294,10 @@ try {
       .map((l) => l.toFixed(1))
       .join(' ')}`,
   );
-  for (const p of pairs)
-    console.log(`${p.name} (${p.root}): idle CPU of the 2 nodes ${Math.round(await idleCpu(p.nodes))} µs/s`);
+  for (const p of pairs) {
+    p.idle = await idleCpu(p.nodes, 3000);
+    console.log(`${p.name} (${p.root}): idle CPU of the 2 nodes ${Math.round(p.idle)} µs/s`);
+  }
   for (let r = 0; r < Number(args.rounds); r++) {
     // Alternate which build goes first, so neither always runs after the other.
     const order = r % 2 === 0 ? pairs : [...pairs].reverse();
