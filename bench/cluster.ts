@@ -1,8 +1,12 @@
 // Cluster bench (issue #10): 2 emqx-ts nodes on loopback, one publisher, one subscriber.
 // Cross-node (publisher on node 1, subscriber on node 2) against same-node (both on node 1),
 // interleaved in one run; msg/s delivered and CPU µs per delivered message (both node
-// processes, all threads, from /proc).
+// processes, all threads, from /proc), the cross/same CPU ratio against the target (≤ 2×) and
+// the cross-node QoS 0 rate against its target (≥ 100k msg/s).
 //   npm run build && node --import tsx bench/cluster.ts [--qos 0,1] [--duration 5] [--rounds 2] [--payload 64] [--window 2000]
+// A/B: BENCH_EMQX_TS_ROOT=/other/built/checkout runs a second pair of nodes from that build,
+// measured in the same rounds (the two builds alternate, first one first, then the other).
+// BENCH_EMQX_TS_NODE_ARGS (or BENCH_NODE_ARGS): extra node flags, e.g. --cpu-prof.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -49,14 +53,18 @@ async function metric(n: Node, name: string): Promise<number> {
   return line ? Number(line.slice(name.length + 1)) : Number.NaN;
 }
 
-async function startNode(name: string, seeds: number[], dir: string): Promise<Node> {
+const nodeArgs = (process.env.BENCH_EMQX_TS_NODE_ARGS ?? process.env.BENCH_NODE_ARGS ?? '')
+  .split(' ')
+  .filter(Boolean);
+
+async function startNode(name: string, seeds: number[], dir: string, build: string): Promise<Node> {
   const [mqtt, cluster, metrics, api] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
   const child = spawn(
     process.execPath,
     [
-      // e.g. BENCH_NODE_ARGS=--cpu-prof (profiles every thread; written on the graceful stop)
-      ...(process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
-      path.join(root, 'dist/src/main.js'),
+      // e.g. --cpu-prof (profiles every thread; written on the graceful stop)
+      ...nodeArgs,
+      path.join(build, 'dist/src/main.js'),
       `--name=${name}`,
       `--host=${HOST}`,
       `--port=${mqtt}`,
@@ -169,7 +177,24 @@ async function blast(
   return sent;
 }
 
-async function run(nodes: Node[], cross: boolean, qos: number, payload: number, s: number): Promise<string> {
+interface Result {
+  rate: number;
+  cpu: number;
+  /** CPU per message less what the pair burns idle over the same time (heartbeats, timers) */
+  net: number;
+  /** Publishes per gRPC batch on the link (cross-node, builds that count them) */
+  perBatch: number;
+  line: string;
+}
+
+async function run(
+  nodes: Node[],
+  cross: boolean,
+  qos: number,
+  payload: number,
+  s: number,
+  idlePerS: number,
+): Promise<Result> {
   const tag = `${cross ? 'cross' : 'same'}-${qos}-${Math.random().toString(36).slice(2, 6)}`;
   const sub = new Conn(nodes[cross ? 1 : 0].mqtt, `sub-${tag}`);
   await sub.subscribe('bench/cluster/+', qos);
@@ -183,6 +208,7 @@ async function run(nodes: Node[], cross: boolean, qos: number, payload: number, 
   pub.acked = 0;
   const base = sub.received;
   const dropped0 = await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total');
+  const batches0 = await metric(nodes[0], 'emqx_ts_cluster_wire_batches_sent_total');
   const cpu0 = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0);
   const t0 = process.hrtime.bigint();
   const sent = await blast(pub, sub, qos, payload, s * 1000, Number(args.window));
@@ -212,30 +238,128 @@ async function run(nodes: Node[], cross: boolean, qos: number, payload: number, 
   const cpu = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0) - cpu0;
   const got = sub.received - base;
   const dropped = (await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total')) - dropped0;
+  const batches = (await metric(nodes[0], 'emqx_ts_cluster_wire_batches_sent_total')) - batches0;
   pub.sock.destroy();
   sub.sock.destroy();
-  return `${cross ? 'cross-node' : 'same-node '}  QoS ${qos}  ${payload} B  ${Math.round(got / secs)} msg/s  ${(cpu / got).toFixed(2)} µs CPU/msg (both nodes)  sent ${sent} delivered ${got} forward-dropped ${dropped}`;
+  const rate = got / secs;
+  const net = (cpu - idlePerS * secs) / got;
+  const perBatch = cross && batches > 0 ? got / batches : Number.NaN;
+  const line =
+    `${cross ? 'cross-node' : 'same-node '}  QoS ${qos}  ${payload} B  ${Math.round(rate)} msg/s  ` +
+    `${(cpu / got).toFixed(2)} µs CPU/msg (both nodes; ${net.toFixed(2)} net of idle)  sent ${sent} delivered ${got} forward-dropped ${dropped}` +
+    (Number.isNaN(perBatch) ? '' : `  ${Math.round(perBatch)} msg/batch`) +
+    `  load ${os.loadavg()[0].toFixed(1)}`;
+  return { rate, cpu: cpu / got, net, perBatch, line };
 }
 
+/** CPU the idle pair burns (timers, heartbeats, route scans), µs per second. */
+async function idleCpu(nodes: Node[], ms = 2000): Promise<number> {
+  const c0 = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0);
+  const t0 = Date.now();
+  await sleep(ms);
+  return (nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0) - c0) / ((Date.now() - t0) / 1000);
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0
+    ? Number.NaN
+    : s.length % 2
+      ? s[(s.length - 1) / 2]
+      : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const range = (xs: number[], digits: number) =>
+  `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
+
 const dir = mkdtempSync(path.join(os.tmpdir(), 'emqx-ts-bench-cluster-'));
-const n1 = await startNode('bench1@127.0.0.1', [], dir);
-const n2 = await startNode('bench2@127.0.0.1', [n1.cluster], dir);
+const builds = [{ name: 'this', root }];
+if (process.env.BENCH_EMQX_TS_ROOT)
+  builds.push({ name: 'base', root: path.resolve(process.env.BENCH_EMQX_TS_ROOT) });
+const pairs: { name: string; root: string; nodes: Node[]; idle: number }[] = [];
+for (const b of builds) {
+  const n1 = await startNode(`${b.name}1@127.0.0.1`, [], dir, b.root);
+  const n2 = await startNode(`${b.name}2@127.0.0.1`, [n1.cluster], dir, b.root);
+  pairs.push({ ...b, nodes: [n1, n2], idle: 0 });
+}
+const qoses = args.qos!.split(',').map(Number);
+const cases = [false, true].filter((cross) => args.only === 'both' || cross === (args.only === 'cross'));
+/** results[build][qos][same|cross] */
+const results = new Map<string, Result[]>();
+const key = (b: string, qos: number, cross: boolean) => `${b} ${qos} ${cross ? 'cross' : 'same'}`;
 try {
   await sleep(1500); // join + first heartbeats
-  console.log(`node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), 1 shard per node`);
+  console.log(
+    `node ${process.version}, ${os.cpus().length} CPUs (${os.cpus()[0]?.model}), 1 shard per node, load ${os
+      .loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' ')}`,
+  );
+  for (const p of pairs) {
+    p.idle = await idleCpu(p.nodes, 3000);
+    console.log(`${p.name} (${p.root}): idle CPU of the 2 nodes ${Math.round(p.idle)} µs/s`);
+  }
   for (let r = 0; r < Number(args.rounds); r++) {
-    for (const qos of args.qos!.split(',').map(Number)) {
-      for (const cross of [false, true]) {
-        if (args.only !== 'both' && cross !== (args.only === 'cross')) continue;
-        console.log(await run([n1, n2], cross, qos, Number(args.payload), Number(args.duration)));
+    // Alternate which build goes first, so neither always runs after the other.
+    const order = r % 2 === 0 ? pairs : [...pairs].reverse();
+    for (const qos of qoses) {
+      for (const p of order) {
+        for (const cross of cases) {
+          const res = await run(p.nodes, cross, qos, Number(args.payload), Number(args.duration), p.idle);
+          console.log(`round ${r + 1}  ${p.name}  ${res.line}`);
+          const k = key(p.name, qos, cross);
+          results.set(k, [...(results.get(k) ?? []), res]);
+        }
+      }
+    }
+  }
+  console.log(
+    `\nSummary: median (min–max) over ${args.rounds} rounds; load ${os
+      .loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' ')}`,
+  );
+  for (const qos of qoses) {
+    for (const p of pairs) {
+      const same = results.get(key(p.name, qos, false)) ?? [];
+      const cross = results.get(key(p.name, qos, true)) ?? [];
+      for (const [label, rs] of [
+        ['same-node ', same],
+        ['cross-node', cross],
+      ] as const) {
+        if (rs.length === 0) continue;
+        const pb = rs.map((x) => x.perBatch).filter((x) => !Number.isNaN(x));
+        console.log(
+          `${p.name.padEnd(5)} QoS ${qos} ${label}  ${range(
+            rs.map((x) => x.rate / 1000),
+            1,
+          )}k msg/s  ${range(
+            rs.map((x) => x.cpu),
+            2,
+          )} µs CPU/msg` + (pb.length > 0 ? `  ${Math.round(median(pb))} msg/batch` : ''),
+        );
+      }
+      if (same.length > 0 && same.length === cross.length) {
+        // Per-round ratio: each round's cross-node run against the same-node run next to it.
+        const ratios = cross.map((c, i) => c.cpu / same[i].cpu);
+        const rm = median(ratios);
+        console.log(
+          `${p.name.padEnd(5)} QoS ${qos} CPU per message cross/same ${range(ratios, 2)}×  target ≤ 2×: ${rm <= 2 ? 'met' : 'NOT met'}`,
+        );
+      }
+      if (qos === 0 && cross.length > 0) {
+        const rate = median(cross.map((x) => x.rate));
+        console.log(
+          `${p.name.padEnd(5)} QoS 0 cross-node rate ${Math.round(rate / 1000)}k msg/s  target ≥ 100k msg/s: ${rate >= 100_000 ? 'met' : 'NOT met'}`,
+        );
       }
     }
   }
 } finally {
   // SIGTERM when profiling: --cpu-prof writes its files only on a normal exit.
-  const sig = process.env.BENCH_NODE_ARGS ? 'SIGTERM' : 'SIGKILL';
-  const exited = [n1, n2].map((n) => new Promise((r) => n.child.once('exit', r)));
-  for (const n of [n1, n2]) n.child.kill(sig);
+  const sig = nodeArgs.length > 0 ? 'SIGTERM' : 'SIGKILL';
+  const all = pairs.flatMap((p) => p.nodes);
+  const exited = all.map((n) => new Promise((r) => n.child.once('exit', r)));
+  for (const n of all) n.child.kill(sig);
   await Promise.all(exited);
   rmSync(dir, { recursive: true, force: true });
 }

@@ -105,7 +105,7 @@ test('a @grpc/grpc-js client calls the cluster service: heartbeat, join, forward
   const w = new EntryWriter();
   const m = Message.fromStrings('from/fake/a', Buffer.from('hi over grpc'), 1, false, 'remote-client');
   m.props = Buffer.from([0x03, 0x00, 0x04, ...Buffer.from('text')]); // Content Type "text"
-  w.add(m, 0, -1);
+  w.add(m, 0);
   const good = w.take();
   const stream = client.makeBidiStreamRequest(
     `${SERVICE}/Forward`,

@@ -10,23 +10,29 @@ import { Message } from '../session/message.js';
  *   u8 flags (qos | retain << 2) · u32 topic length · topic · u32 payload length · payload ·
  *   u32 publisher id length · publisher id · u32 remaining expiry ms (0 = none) ·
  *   u32 props length · MQTT 5 property bytes as received (user-property order kept)
- * From a shard to the cluster thread every entry is preceded by a u32 mask of destination
- * peer slots (bits of the remote-route index). Expiry travels as time remaining, so node
- * clocks need not agree.
+ * A shard writes one such buffer per destination peer (entries for k peers are written k
+ * times), so the cluster thread sends it as it is: no work per entry there. Expiry travels as
+ * time remaining, so node clocks need not agree.
  */
 export const ENTRY_FIXED = 1 + 4 + 4 + 4 + 4 + 4;
+const EMPTY = Buffer.alloc(0);
 
 export class EntryWriter {
-  buf: Buffer;
+  buf: Buffer = EMPTY;
   pos = 0;
   count = 0;
+  /** Size of the next buffer: the last batch's, so that a steady stream rarely grows one */
+  private next: number;
 
   constructor(private readonly initial = 64 * 1024) {
-    this.buf = Buffer.allocUnsafeSlow(initial);
+    this.next = initial;
   }
 
   ensure(n: number): void {
-    if (this.pos + n > this.buf.length) this.buf = grown(this.buf, this.pos, n);
+    if (this.pos + n <= this.buf.length) return;
+    // Allocated on first use (a writer per peer slot mostly sits empty), grown by doubling.
+    if (this.buf.length === 0) this.buf = Buffer.allocUnsafeSlow(Math.max(this.next, n));
+    else this.buf = grown(this.buf, this.pos, n);
   }
 
   /** The last publisher id encoded (a shard's batch is mostly runs of one publisher) */
@@ -41,56 +47,52 @@ export class EntryWriter {
     return this.fromEnc.length;
   }
 
-  /** Appends one message; `mask` >= 0 writes the destination mask first (shard → cluster). */
-  add(msg: Message, remainingMs: number, mask: number): void {
+  /** Appends one message. */
+  add(msg: Message, remainingMs: number): void {
     const topic = msg.topicBytes;
     const payload = msg.payload;
     const props = msg.props;
     const fromLen = this.fromBytes(msg.from);
-    this.ensure(4 + ENTRY_FIXED + topic.length + payload.length + fromLen + (props ? props.length : 0));
+    this.ensure(ENTRY_FIXED + topic.length + payload.length + fromLen + (props ? props.length : 0));
     const b = this.buf;
     let p = this.pos;
-    if (mask >= 0) {
-      b.writeUInt32LE(mask >>> 0, p);
-      p += 4;
-    }
     b[p++] = msg.qos | (msg.retain ? 4 : 0);
     b.writeUInt32LE(topic.length, p);
     p += 4;
-    p += topic.copy(b, p);
+    b.set(topic, p);
+    p += topic.length;
     b.writeUInt32LE(payload.length, p);
     p += 4;
-    p += payload.copy(b, p);
+    b.set(payload, p);
+    p += payload.length;
     b.writeUInt32LE(fromLen, p);
     p += 4;
-    p += this.fromEnc.copy(b, p, 0, fromLen);
+    b.set(this.fromEnc, p);
+    p += fromLen;
     b.writeUInt32LE(remainingMs, p);
     p += 4;
     b.writeUInt32LE(props ? props.length : 0, p);
     p += 4;
-    if (props) p += props.copy(b, p);
+    if (props) {
+      b.set(props, p);
+      p += props.length;
+    }
     this.pos = p;
-    this.count++;
-  }
-
-  /** Appends an already encoded entry (the cluster thread splitting a shard's batch per peer). */
-  addRaw(src: Buffer, start: number, end: number): void {
-    this.ensure(end - start);
-    this.pos += src.copy(this.buf, this.pos, start, end);
     this.count++;
   }
 
   /** The filled part as a fresh ArrayBuffer-backed Buffer (safe to transfer); starts again. */
   take(): { buf: Buffer; count: number } {
     const out = { buf: this.buf.subarray(0, this.pos), count: this.count };
-    this.buf = Buffer.allocUnsafeSlow(this.initial);
+    this.next = Math.max(this.initial, Math.min(16 << 20, this.pos + (this.pos >> 2)));
+    this.buf = EMPTY;
     this.pos = 0;
     this.count = 0;
     return out;
   }
 }
 
-/** End offset of the entry starting at `p` (after any mask); throws on a truncated entry. */
+/** End offset of the entry starting at `p`; throws on a truncated entry. */
 export function entryEnd(b: Buffer, p: number, len: number): number {
   let q = p + 1;
   q += 4 + b.readUInt32LE(q); // topic
@@ -121,7 +123,7 @@ class Cursor {
 }
 
 /**
- * Decodes wire entries (no masks) into Messages whose topic, payload and props are views into
+ * Decodes entries into Messages whose topic, payload and props are views into
  * `b`; `now` turns remaining expiry back into a deadline.
  */
 export function readEntries(b: Buffer, len: number, now: number, visit: (msg: Message) => void): void {

@@ -1,3 +1,4 @@
+import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { MessagePort } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
@@ -7,6 +8,7 @@ import { entryEnd } from './codec.js';
 import { ACCEPTED, type BatchDone, ForwardStream, LOST, QUEUE_FULL } from './forward.js';
 import type { ForwardBatch } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import type { Peer, PeerTable } from './peers.js';
+import { EnvelopeReader, forwardAck, readForwardBatch } from './wire.js';
 
 /**
  * The cluster thread's data plane: the forward stream to every synced peer (out), the streams
@@ -80,13 +82,14 @@ export class DataPlane {
    * retried every 100 ms; what it queued is LOST when that call fails too).
    */
   openStream(p: Peer, delayMs = 0): void {
-    if (p.stream || !p.client) return;
+    if (p.stream || !p.client || !p.clientAddress) return;
     const s = new ForwardStream(
-      p.client,
+      p.clientAddress,
       this.name,
       this.incarnation,
       this.windowBytes(),
       this.queueBytes(),
+      this.counters,
       (lost, err, code) => {
         const row = this.counters.row;
         if (lost > 0) row[Counter.forwardDropped] += lost;
@@ -106,7 +109,56 @@ export class DataPlane {
     s.start(delayMs);
   }
 
-  /** Incoming forward stream: each batch goes to one shard (the same for a peer: order kept). */
+  /**
+   * Incoming forward stream, gRPC framed by hand (wire.ts): each ForwardBatch is read once into
+   * a buffer of its own, checked, and that buffer is transferred to the shard (the same shard
+   * for a peer: order kept); acknowledged once handed over.
+   */
+  serveForward(req: Http2ServerRequest, res: Http2ServerResponse): void {
+    let from: Peer | undefined;
+    let failed = false;
+    const fail = (status: number, message: string) => {
+      if (failed) return;
+      failed = true;
+      this.counters.row[Counter.clusterErrors]++;
+      this.log.warn({ err: message }, 'forward stream refused');
+      res.addTrailers({ 'grpc-status': String(status), 'grpc-message': encodeURIComponent(message) });
+      res.end();
+    };
+    res.writeHead(200, { 'content-type': 'application/grpc+proto' });
+    const reader = new EnvelopeReader(Math.max(1 << 20, this.queueBytes()), (m) => {
+      const b = readForwardBatch(m, 0, m.length);
+      if (b.from) from = this.peers.byName.get(b.from);
+      this.counters.row[Counter.clusterWireBatchesIn]++;
+      this.counters.row[Counter.clusterWireBytesIn] += b.entriesLen;
+      const live = from !== undefined && from.status === 'running' && from.incarnation === b.incarnation;
+      // Any traffic from a peer proves it alive, not only its heartbeats (see receive()).
+      if (live) from!.lastSeen = Date.now();
+      if (live && b.count > 0) {
+        this.deliver(from!, m, b.entriesAt, b.entriesLen, b.count, true);
+      } else if (b.count > 0) {
+        this.counters.row[Counter.forwardDropped] += b.count;
+      }
+      if (!res.stream.destroyed) res.write(forwardAck(Number(b.seq)));
+    });
+    req.on('data', (chunk: Buffer) => {
+      if (failed) return;
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        fail(3, (err as Error).message); // INVALID_ARGUMENT
+      }
+    });
+    req.on('end', () => {
+      if (failed) return;
+      if (reader.partial) return fail(3, 'stream ended inside a message');
+      res.addTrailers({ 'grpc-status': '0' });
+      res.end();
+    });
+    req.on('error', () => {}); // a peer that goes away: its batches are its to count
+  }
+
+  /** The same stream through connect-node (a client speaking the Connect or gRPC-Web protocol). */
   async *receive(reqs: AsyncIterable<ForwardBatch>): AsyncGenerator<{ seq: bigint }> {
     let from: Peer | undefined;
     for await (const b of reqs) {
@@ -115,7 +167,10 @@ export class DataPlane {
         // Any traffic from a peer proves it alive, not only its heartbeats: under load a
         // heartbeat may wait behind batches past down_after while the stream keeps moving.
         from.lastSeen = Date.now();
-        if (b.count > 0) this.deliver(from, b.entries, b.count);
+      }
+      if (from && from.status === 'running' && from.incarnation === b.incarnation && b.count > 0) {
+        const e = b.entries;
+        this.deliver(from, Buffer.from(e.buffer, e.byteOffset, e.length), 0, e.length, b.count, false);
       } else if (b.count > 0) {
         this.counters.row[Counter.forwardDropped] += b.count;
       }
@@ -123,16 +178,17 @@ export class DataPlane {
     }
   }
 
-  private deliver(from: Peer, entries: Uint8Array, count: number): void {
-    const len = entries.length;
-    const ab = new ArrayBuffer(len);
-    const buf = Buffer.from(ab);
-    buf.set(entries);
+  /**
+   * Checks a batch's entries and posts them to the peer's shard. `own`: `buf`'s ArrayBuffer
+   * holds only this message (wire.ts) and is transferred as it is; otherwise it is copied.
+   */
+  private deliver(from: Peer, buf: Buffer, off: number, len: number, count: number, own: boolean): void {
     try {
-      let p = 0;
+      const end = off + len;
+      let p = off;
       let n = 0;
-      while (p < len) {
-        p = entryEnd(buf, p, len);
+      while (p < end) {
+        p = entryEnd(buf, p, end);
         n++;
       }
       if (n !== count) throw new RangeError(`batch count ${count}, found ${n} entries`);
@@ -146,20 +202,26 @@ export class DataPlane {
       this.counters.row[Counter.forwardDropped] += count;
       return;
     }
-    shard.postMessage({ t: 'forwarded', buf: ab, len, count } satisfies ClusterToShard, [ab]);
+    let ab = buf.buffer as ArrayBuffer;
+    let at = buf.byteOffset + off;
+    if (!own || ab.byteLength !== buf.length) {
+      ab = new ArrayBuffer(len);
+      Buffer.from(ab).set(buf.subarray(off, off + len));
+      at = 0;
+    }
+    shard.postMessage({ t: 'forwarded', buf: ab, off: at, len, count } satisfies ClusterToShard, [ab]);
   }
 
   /**
-   * A shard's batch: each entry is copied to the writer of every peer in its mask; the writers
-   * go to the streams once per event-loop turn, so shard batches that arrive together (several
-   * shards, or a thread that was descheduled) leave as one gRPC message per peer. With a `seq`,
-   * the shard holds QoS 1/2 acks until every peer its batch went to has accepted its part (or
-   * is gone): one `forwardAcked` when the last part is done, with the worst outcome.
+   * A shard's batch: one buffer of entries per destination peer, queued for that peer as it is
+   * (no work per entry here); the buffers go to the streams once per event-loop turn, so shard
+   * batches that arrive together (several shards, or a thread that was descheduled) leave as
+   * one gRPC message per peer. With a `seq`, the shard holds QoS 1/2 acks until every peer its
+   * batch went to has accepted its part (or is gone): one `forwardAcked` when the last part is
+   * done, with the worst outcome.
    */
   onShardForward(m: ShardForward, port: MessagePort): void {
-    const b = Buffer.from(m.buf, 0, m.len);
     const slots = this.peers.bySlot;
-    const serial = ++this.serial;
     const seq = m.seq;
     let parts = 1;
     let worst = ACCEPTED;
@@ -171,43 +233,31 @@ export class DataPlane {
               port.postMessage({ t: 'forwardAcked', seq, code: worst } satisfies ClusterToShard);
           }
         : null;
-    let p = 0;
-    while (p < m.len) {
-      let mask = b.readUInt32LE(p);
-      p += 4;
-      const end = entryEnd(b, p, m.len);
-      while (mask !== 0) {
-        const bit = 31 - Math.clz32(mask & -mask);
-        mask &= mask - 1;
-        const peer = slots[bit];
-        if (!peer?.stream) {
-          // Its stream is between two (broken, reopening) or it is rejoining: lost, not accepted.
-          this.counters.row[Counter.forwardDropped]++;
-          worst = LOST;
-          continue;
-        }
-        if (peer.out.count === 0) {
-          this.touched.push(peer);
-          if (!this.flushScheduled) {
-            this.flushScheduled = true;
-            setImmediate(this.flush);
-          }
-        }
-        if (peer.outSerial !== serial) {
-          peer.outSerial = serial;
-          if (done) {
-            parts++;
-            peer.outDone.push(done);
-          }
-        }
-        peer.out.addRaw(b, p, end);
+    for (const part of m.parts) {
+      const peer = slots[part.slot];
+      if (!peer?.stream) {
+        // Its stream is between two (broken, reopening) or it is rejoining: lost, not accepted.
+        this.counters.row[Counter.forwardDropped] += part.count;
+        worst = LOST;
+        continue;
       }
-      p = end;
+      if (peer.outCount === 0) {
+        this.touched.push(peer);
+        if (!this.flushScheduled) {
+          this.flushScheduled = true;
+          setImmediate(this.flush);
+        }
+      }
+      peer.outParts.push(Buffer.from(part.buf, 0, part.len));
+      peer.outCount += part.count;
+      if (done) {
+        parts++;
+        peer.outDone.push(done);
+      }
     }
     done?.(ACCEPTED);
   }
 
-  private serial = 0;
   private flushScheduled = false;
 
   /** This turn's entries, one batch per peer, onto the streams. */
@@ -215,7 +265,10 @@ export class DataPlane {
     this.flushScheduled = false;
     const now = Date.now();
     for (const peer of this.touched) {
-      const { buf, count } = peer.out.take();
+      const chunks = peer.outParts;
+      const count = peer.outCount;
+      peer.outParts = [];
+      peer.outCount = 0;
       const dones = peer.outDone;
       peer.outDone = [];
       const done: BatchDone | null =
@@ -226,7 +279,7 @@ export class DataPlane {
             : (code) => {
                 for (const d of dones) d(code);
               };
-      if (!peer.stream?.push(buf, count, done, now)) {
+      if (!peer.stream?.push(chunks, count, done, now)) {
         this.counters.row[Counter.forwardDropped] += count;
         done?.(peer.stream ? QUEUE_FULL : LOST);
       }

@@ -14,7 +14,7 @@ import type { ClusterMember, ShardToCluster } from '../threads/messages.js';
 import { VERSION } from '../version.js';
 import { DataPlane } from './data-plane.js';
 import { advertiseHost, createDiscovery, type Discovery, hostPort } from './discovery.js';
-import { ACCEPTED } from './forward.js';
+import { ACCEPTED, H2_FRAME, H2_WINDOW } from './forward.js';
 import type { NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
@@ -22,6 +22,7 @@ import { LocalRoutes } from './local-routes.js';
 import { clientTo, type Peer, PeerTable } from './peers.js';
 import { ClusterState } from './state.js';
 import type { ClusterStateToMain } from './state-messages.js';
+import { FORWARD_PATH, isGrpc } from './wire.js';
 
 /** A NodeInfo as we send it */
 type NodeInit = { name: string; address: string; incarnation: bigint; version?: string };
@@ -29,8 +30,6 @@ type NodeInit = { name: string; address: string; incarnation: bigint; version?: 
 /** Most route changes per PushRoutes call (EMQX batches at most 1000 route ops). */
 const MAX_DELTA = 1000;
 const ROUTE_SCAN_MS = 20;
-export const H2_WINDOW = 8 << 20;
-export const H2_FRAME = 1 << 20;
 const JOIN_EVERY_MS = 1000;
 
 /**
@@ -99,9 +98,15 @@ export class ClusterNode {
     // window update: open them wide (the forward window bounds memory instead).
     // Large DATA frames too: a ~60 KB batch then arrives as one chunk, not four 16 KiB ones that
     // the gRPC envelope decoder concatenates one by one (and iterates asynchronously).
+    // The data plane's Forward stream over gRPC is framed by hand (wire.ts); everything else,
+    // and Forward in the Connect or gRPC-Web protocols, goes through connect-node.
     const server = createServer(
       { settings: { initialWindowSize: H2_WINDOW, maxFrameSize: H2_FRAME } },
-      handler,
+      (req, res) => {
+        if (req.url === FORWARD_PATH && req.method === 'POST' && isGrpc(req.headers['content-type']))
+          this.data.serveForward(req, res);
+        else handler(req, res);
+      },
     );
     server.on('session', (session) => session.setLocalWindowSize(4 * H2_WINDOW));
     this.server = server;
@@ -322,6 +327,7 @@ export class ClusterNode {
       if (p.incarnation !== n.incarnation) this.restarted(p, n.incarnation);
       if (!p.address) p.address = n.address || address;
       p.client = client;
+      p.clientAddress = address;
       p.synced = true;
       p.ackedVersion = version;
       // Changes made while the join was in flight.

@@ -1,8 +1,7 @@
 import { type Client, createClient } from '@connectrpc/connect';
 import { createGrpcTransport } from '@connectrpc/connect-node';
 import type { TopicIndex } from '../routing/topic-index.js';
-import { EntryWriter } from './codec.js';
-import type { ForwardStream } from './forward.js';
+import { type ForwardStream, H2_FRAME, H2_WINDOW } from './forward.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 
 /** Most peers a node routes to: one bit of the remote-route index per peer. */
@@ -24,6 +23,8 @@ export class Peer {
 
   // Our side towards it
   client: Client<typeof ClusterService> | null = null;
+  /** The address `client` calls (the forward stream's HTTP/2 connection goes there too) */
+  clientAddress = '';
   /** It holds our slice (our Join succeeded since it last lost us) */
   synced = false;
   joining = false;
@@ -32,11 +33,11 @@ export class Peer {
   pending = new Map<string, boolean>();
   pushing = false;
   stream: ForwardStream | null = null;
-  /** Forwards for it collected this turn */
-  readonly out = new EntryWriter(16 * 1024);
-  /** Held-ack callbacks of the shard batches that have entries in `out`, and the last one's serial */
+  /** Entry buffers for it that shards handed over this turn, and how many publishes they hold */
+  outParts: Buffer[] = [];
+  outCount = 0;
+  /** Held-ack callbacks of the shard batches that have entries in `outParts` */
   outDone: ((code: number) => void)[] = [];
-  outSerial = 0;
 
   constructor(readonly name: string) {}
 }
@@ -48,7 +49,7 @@ export function clientTo(address: string): Client<typeof ClusterService> {
     createGrpcTransport({
       baseUrl: `http://${address}`,
       // Wide windows for acks too (see the server in node.ts).
-      nodeOptions: { settings: { initialWindowSize: 8 << 20, maxFrameSize: 1 << 20 } },
+      nodeOptions: { settings: { initialWindowSize: H2_WINDOW, maxFrameSize: H2_FRAME } },
     }),
   );
 }

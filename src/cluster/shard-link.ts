@@ -4,7 +4,7 @@ import { PacketType } from '../protocol/constants.js';
 import { encodeAckV5 } from '../protocol/v5-control.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import type { Message } from '../session/message.js';
-import type { ClusterToShard, ShardInit, ShardToCluster } from '../threads/messages.js';
+import type { ClusterToShard, ForwardPart, ShardInit, ShardToCluster } from '../threads/messages.js';
 import { EntryWriter, readEntries } from './codec.js';
 import { LOST } from './forward.js';
 import type { ClusterStateToShard, ShardToClusterState } from './state-messages.js';
@@ -37,15 +37,19 @@ export interface ShardSide {
  * `route` from its routing step and `attach` when main sends a new port).
  *
  * Outgoing: a publish whose topic matches the remote-route index (shared memory written by the
- * cluster thread; bit = peer slot) is appended with its destination mask to one buffer, posted
- * (transferred) to the cluster thread once per event-loop turn: never a postMessage per message.
+ * cluster thread; bit = peer slot) is appended to the buffer of each destination peer; the
+ * buffers are posted (transferred) to the cluster thread once per event-loop turn — never a
+ * postMessage per message — and go on to the peers' streams as they are.
  * Incoming: batches forwarded by peers are routed to local subscribers only — a forwarded
  * message never leaves this node again, so routes that overlap cannot loop.
  */
 export class ShardClusterLink {
   private readonly remote: TopicIndex;
   private readonly match = new MatchResult(8);
-  private readonly out = new EntryWriter();
+  /** Entries for each peer slot collected this turn (a message for k peers is written k times) */
+  private readonly outs: (EntryWriter | undefined)[] = [];
+  private readonly touched: number[] = [];
+  private outCount = 0;
   private flushScheduled = false;
   /** True while routing a forwarded batch: those messages stay on this node (and a retained
    *  one is not stored again: the origin replicates its store, retained-sync.ts) */
@@ -123,13 +127,18 @@ export class ShardClusterLink {
       if (remaining <= 0) return true; // expired in flight: nobody may get it [MQTT-3.3.2-5]
       remaining = Math.min(Math.ceil(remaining), 0xffffffff);
     }
-    this.out.add(msg, remaining, m.mask);
     this.forwardedQos = msg.qos > 0;
     const row = this.shard.counters.row;
     let mask = m.mask;
     while (mask !== 0) {
-      row[Counter.messagesForward]++;
+      const slot = 31 - Math.clz32(mask & -mask);
       mask &= mask - 1;
+      let w = this.outs[slot];
+      if (w === undefined) w = this.outs[slot] = new EntryWriter(16 * 1024);
+      if (w.count === 0) this.touched.push(slot);
+      w.add(msg, remaining);
+      this.outCount++;
+      row[Counter.messagesForward]++;
     }
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -140,8 +149,18 @@ export class ShardClusterLink {
 
   private readonly flush = (): void => {
     this.flushScheduled = false;
-    if (this.out.count === 0) return;
-    const { buf, count } = this.out.take();
+    if (this.outCount === 0) return;
+    const count = this.outCount;
+    this.outCount = 0;
+    const parts: ForwardPart[] = [];
+    const transfer: ArrayBuffer[] = [];
+    for (const slot of this.touched) {
+      const { buf, count } = this.outs[slot]!.take();
+      const ab = buf.buffer as ArrayBuffer;
+      parts.push({ slot, buf: ab, len: buf.length, count });
+      transfer.push(ab);
+    }
+    this.touched.length = 0;
     const row = this.shard.counters.row;
     const held = this.heldThisBatch;
     this.heldThisBatch = null;
@@ -153,9 +172,8 @@ export class ShardClusterLink {
     row[Counter.forwardBatches]++;
     let seq = 0;
     if (held) this.held.set((seq = ++this.batchSeq), held);
-    const ab = buf.buffer as ArrayBuffer;
-    const m: ShardToCluster = { t: 'forward', buf: ab, len: buf.length, count, seq };
-    this.port.postMessage(m, [ab]);
+    const m: ShardToCluster = { t: 'forward', parts, seq };
+    this.port.postMessage(m, transfer);
   };
 
   /**
@@ -201,7 +219,7 @@ export class ShardClusterLink {
   }
 
   private onForwarded(m: Extract<ClusterToShard, { t: 'forwarded' }>): void {
-    const b = Buffer.from(m.buf, 0, m.len);
+    const b = Buffer.from(m.buf, m.off, m.len);
     this.shard.counters.row[Counter.messagesForwardReceived] += m.count;
     this.receiving = true;
     try {

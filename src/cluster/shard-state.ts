@@ -166,7 +166,7 @@ export class ShardClusterState {
     }
     const w = this.entries;
     const start = w.pos;
-    w.add(msg, remaining, -1);
+    w.add(msg, remaining);
     const cut = groupKey.indexOf('\u0000');
     this.sharedOut.push({
       slot,

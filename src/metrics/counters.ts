@@ -96,7 +96,13 @@ export const Counter = {
   clusterStreamBreaks: 82,
   /** Configuration reloads applied by the cluster thread */
   clusterReloads: 83,
-  // 71..79 hardening, 84..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // Cluster data plane (issue #10 bench): gRPC messages on forward streams, each way, and their
+  // entries bytes (publishes per batch = forwards / batches: the lever of CPU per message)
+  clusterWireBatchesOut: 84,
+  clusterWireBytesOut: 85,
+  clusterWireBatchesIn: 86,
+  clusterWireBytesIn: 87,
+  // 71..79 hardening, 88, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // Hardening (issue #9, items 9 and 10)
   /** Retained deliveries on subscribe that waited for the subscriber's drain or acks */
   retainedPaced: 71,
@@ -106,7 +112,7 @@ export const Counter = {
   slowConsumers: 73,
   /** Publishers held because a peer shard had a window of their batches unprocessed */
   peerWindowHolds: 74,
-  // 75..79 hardening, 80..89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // 75..79 hardening, 88, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // 160..179 auth, 180..199 transports, 200..219 durable storage, 220..255 free.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,

@@ -225,6 +225,26 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Configuration reloads applied by the cluster thread',
       Counter.clusterReloads,
     ],
+    [
+      'emqx_ts_cluster_wire_batches_sent_total',
+      'gRPC ForwardBatch messages sent on forward streams',
+      Counter.clusterWireBatchesOut,
+    ],
+    [
+      'emqx_ts_cluster_wire_bytes_sent_total',
+      'Entry bytes sent on forward streams',
+      Counter.clusterWireBytesOut,
+    ],
+    [
+      'emqx_ts_cluster_wire_batches_received_total',
+      'gRPC ForwardBatch messages received on forward streams',
+      Counter.clusterWireBatchesIn,
+    ],
+    [
+      'emqx_ts_cluster_wire_bytes_received_total',
+      'Entry bytes received on forward streams',
+      Counter.clusterWireBytesIn,
+    ],
     // Cluster II (src/cluster/state.ts)
     [
       'emqx_ts_cluster_wills_published_total',

@@ -94,21 +94,28 @@ export type ClusterToMain =
   | { t: 'shutdownDone' }
   | ClusterStateToMain;
 
-/** Publishes for remote nodes: cluster/codec.ts entries, each after a u32 mask of peer slots. */
+/** Publishes for remote nodes: per destination peer slot, its cluster/codec.ts entries. */
 export interface ShardForward {
   t: 'forward';
+  parts: ForwardPart[];
+  /** > 0: the batch holds QoS 1/2 publishes whose acks wait; answered with `forwardAcked` */
+  seq: number;
+}
+
+export interface ForwardPart {
+  /** Peer slot (bit of the remote-route index) */
+  slot: number;
+  /** Transferred; entries in [0, len) */
   buf: ArrayBuffer;
   len: number;
   count: number;
-  /** > 0: the batch holds QoS 1/2 publishes whose acks wait; answered with `forwardAcked` */
-  seq: number;
 }
 
 export type ShardToCluster = ShardForward | ShardToClusterState;
 
 /** Publishes received from a peer node, for this shard to route to local subscribers only. */
 export type ClusterToShard =
-  | { t: 'forwarded'; buf: ArrayBuffer; len: number; count: number }
+  | { t: 'forwarded'; buf: ArrayBuffer; off: number; len: number; count: number }
   /**
    * Every peer batch `seq` went to has accepted it (or is known down), code 0; or some part was
    * lost (0x80: stream broken or stalled) or refused (0x97: peer queue full). Its held
