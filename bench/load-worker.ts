@@ -142,11 +142,10 @@ class Conn implements FrameSink {
     const sock = openSocket(
       run,
       (chunk) => run.onData(this, chunk),
-      () => this.write(encodeConnect(clientId, run.spec.keepaliveS)),
+      () => this.write(encodeConnect(clientId, run.spec.keepaliveS, clean)),
     );
     this.sock = sock;
     sock.setNoDelay(true);
-    sock.on('connect', () => this.write(encodeConnect(clientId, run.spec.keepaliveS, clean)));
     sock.on('drain', () => {
       if (this.pub !== null) {
         this.pub.waitDrain = false;
