@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { Broker } from './broker/broker.js';
+import { writeHeapSnapshots } from './broker/heap-snapshots.js';
 import { ConfigError } from './config/load.js';
 import { StorageError } from './storage/types.js';
 
@@ -55,6 +56,13 @@ async function main(): Promise<void> {
         'configuration reload failed; keeping the running configuration',
       );
     });
+  });
+  // SIGUSR2: heap snapshots of every thread in the working directory (diagnosis).
+  process.on('SIGUSR2', () => {
+    const sup = started.supervisor;
+    const workers = sup.shards.map((s) => ({ name: `shard${s.id}`, worker: s.worker }));
+    if (sup.cluster) workers.push({ name: 'cluster', worker: sup.cluster.worker });
+    void writeHeapSnapshots(workers, process.cwd(), started.log);
   });
 }
 

@@ -15,7 +15,7 @@ import { boundPort, closeServer, listen } from '../http/util.js';
 import { fdutil, handleFd } from '../listener/fdutil.js';
 import { enabledListeners } from '../listener/listeners.js';
 import { createLogger, type Logger } from '../log.js';
-import { Counter, Counters } from '../metrics/counters.js';
+import { Counter, Counters, sampleMemory } from '../metrics/counters.js';
 import { StatsTracker } from '../metrics/emqx.js';
 import { createRegistry } from '../metrics/prometheus.js';
 import { type RetainedChunk, RetainedPager } from '../retained/pager.js';
@@ -246,7 +246,10 @@ export class Broker implements BrokerView {
       await this.stop();
       throw err;
     }
-    this.statsTimer = setInterval(() => this.stats.sample(), 1000).unref();
+    this.statsTimer = setInterval(() => {
+      this.stats.sample();
+      sampleMemory(this.counters.row);
+    }, 1000).unref();
     this.sys.start();
     this.log.info(
       { metricsPort: this.metricsPort, apiPort: this.apiPort, apiKeyFile: this.credentials.file },

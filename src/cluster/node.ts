@@ -7,7 +7,7 @@ import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { RESTART_ONLY } from '../config/reload.js';
 import type { Config, OptionKey } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import { Counter, type Counters } from '../metrics/counters.js';
+import { Counter, type Counters, sampleMemory } from '../metrics/counters.js';
 import { topicFilterError } from '../protocol/topic.js';
 import type { TopicIndex } from '../routing/topic-index.js';
 import type { ClusterMember, ShardToCluster } from '../threads/messages.js';
@@ -129,7 +129,10 @@ export class ClusterNode {
     this.scheduleScan(ROUTE_SCAN_MS);
     every(JOIN_EVERY_MS, () => void this.joinRound());
     this.armHeartbeats();
-    every(1000, () => this.reportMembers(true));
+    every(1000, () => {
+      this.reportMembers(true);
+      sampleMemory(this.counters.row);
+    });
     this.data.start();
     void this.joinRound();
     this.log.info({ node: this.name, address: this.address }, 'cluster service listening');

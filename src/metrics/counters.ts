@@ -113,7 +113,7 @@ export const Counter = {
   /** Publishers held because a peer shard had a window of their batches unprocessed */
   peerWindowHolds: 74,
   // 75..79 hardening, 88, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
-  // 160..179 auth, 180..199 transports, 200..219 durable storage, 220..255 free.
+  // 160..179 auth, 180..199 transports, 200..219 durable storage, 230..245 free, 246..255 hardening.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,
   /** Subscriptions refused because the client has mqtt.max_subscriptions already */
@@ -172,6 +172,12 @@ export const Counter = {
   sharedRemoteGroups: 228, // gauge: (peer, shared group) pairs this node knows have members (cluster thread)
   claimFailures: 226, // cross-node claims that failed (lock node or owner unreachable): session started here
   takeoverDrainTimeouts: 229, // takeovers exported before every other shard had drained (a shard died)
+  // Memory of the thread that owns the row (gauges, bytes; issue #9 item 11): 246..249, written
+  // by that thread about once a second (`sampleMemory`). 250..255 free for hardening.
+  memHeapUsed: 246,
+  memHeapTotal: 247,
+  memExternal: 248,
+  memArrayBuffers: 249,
 } as const;
 
 export type CounterName = keyof typeof Counter;
@@ -191,6 +197,18 @@ export const HANDOFF_BUCKETS = 128;
 export const HANDOFF_BUCKETS_S = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 ] as const;
+
+/**
+ * This thread's `process.memoryUsage()` (V8 heap used and reserved, external and ArrayBuffer
+ * bytes of this isolate) into its own row: a few µs, called from a once-a-second timer.
+ */
+export function sampleMemory(row: Float64Array): void {
+  const m = process.memoryUsage();
+  row[Counter.memHeapUsed] = m.heapUsed;
+  row[Counter.memHeapTotal] = m.heapTotal;
+  row[Counter.memExternal] = m.external;
+  row[Counter.memArrayBuffers] = m.arrayBuffers;
+}
 
 /** Records one handoff latency (ns) in this thread's row: a handful of adds per connection. */
 export function observeHandoff(row: Float64Array, ns: number): void {

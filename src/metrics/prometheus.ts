@@ -185,6 +185,31 @@ export function createRegistry(src: PrometheusSources): Registry {
     },
   });
 
+  // Memory per thread as each thread last sampled it (about once a second): RSS is the whole
+  // process; this tells which thread's heap or buffers hold it (docs/RELIABILITY.md).
+  const memKinds = [
+    ['heap_used', Counter.memHeapUsed],
+    ['heap_total', Counter.memHeapTotal],
+    ['external', Counter.memExternal],
+    ['array_buffers', Counter.memArrayBuffers],
+  ] as const;
+  new Gauge({
+    name: 'emqx_ts_thread_memory_bytes',
+    help: 'V8 heap used and reserved (heap_total), external and ArrayBuffer bytes of each thread (main, shard N, cluster)',
+    labelNames: ['thread', 'kind'] as const,
+    registers,
+    collect() {
+      this.reset();
+      const threads: [string, number][] = [
+        ['main', 0],
+        ...supervisor.shards.map((s): [string, number] => [`shard${s.id}`, s.id + 1]),
+      ];
+      if (supervisor.cluster) threads.push(['cluster', supervisor.shards.length + 1]);
+      for (const [thread, row] of threads)
+        for (const [kind, cell] of memKinds) this.set({ thread, kind }, counters.get(row, cell));
+    },
+  });
+
   const own: [string, string, number][] = [
     ['emqx_ts_shard_restarts_total', 'Shard worker restarts after a crash', Counter.shardRestarts],
     ['emqx_ts_cross_shard_messages_total', 'Messages routed to another shard', Counter.crossShardMessages],

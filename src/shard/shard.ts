@@ -8,7 +8,7 @@ import { FlowControl } from '../delivery/flow-control.js';
 import { ShardSecurity } from '../hooks/security.js';
 import { shardOf } from '../listener/client-id.js';
 import { createLogger, type Logger } from '../log.js';
-import { Counter, Counters } from '../metrics/counters.js';
+import { Counter, Counters, sampleMemory } from '../metrics/counters.js';
 import type { QoS } from '../protocol/constants.js';
 import { type BatchVisitor, readBatch } from '../routing/batch.js';
 import { Router } from '../routing/route.js';
@@ -168,7 +168,10 @@ export class Shard implements BatchVisitor, ShardState {
         this.threadMessageError(err, 'main', msg);
       }
     });
-    this.sweepTimer = setInterval(() => this.lifecycle.sweep(), 1000);
+    this.sweepTimer = setInterval(() => {
+      this.lifecycle.sweep();
+      sampleMemory(this.counters.row);
+    }, 1000);
     if (this.durable) this.restore();
     this.main.postMessage({ t: 'ready', generation });
   }

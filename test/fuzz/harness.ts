@@ -6,20 +6,14 @@
  * healthy round trip that does not complete), error-level log lines (a handler that threw on
  * input a check missed), and RSS (/proc/<pid>/status) over the run.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, connect as netConnect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { connect as netConnect, type Socket } from 'node:net';
 import mqtt, { type MqttClient } from 'mqtt';
 import { shardOf } from '../../src/listener/client-id.js';
+import { BrokerProcess, HOST, MAIN, rssOf, rssParts, sleep } from './broker-process.js';
 import { type FuzzStream, fuzzStream, Rng } from './packets.js';
+import { parseSample, type StateSample, sampleTable } from './samples.js';
 
-const HOST = '127.0.0.1';
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const MAIN = join(ROOT, 'dist/src/main.js');
+export { BrokerProcess, MAIN, rssOf };
 
 export interface FuzzOptions {
   seed: number;
@@ -86,6 +80,8 @@ export interface FuzzResult {
   rss: { start: number; peak: number; end: number; settled: number };
   /** RSS once a second: [seconds since the start, frames written so far, RSS bytes] */
   rssTimeline: [number, number, number][];
+  /** Broker state and per-thread memory about once a second, and once more after the settle */
+  samples: StateSample[];
   healthy: { roundTrips: number; maxLatencyMs: number; p99LatencyMs: number; failures: string[] };
   retained: number;
   /** Broker state at the end (gauges): what the bounded state grew to */
@@ -99,166 +95,8 @@ export interface FuzzResult {
   };
   /** Seed and mutations of the streams in flight when something failed (for replay) */
   lastStreams: string[];
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, HOST, () => {
-      const a = srv.address();
-      srv.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
-
-const API_SECRET = 'fuzz-secret';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-export function rssOf(pid: number): number {
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
-
-/** The broker as a child process: its exit, its error-level log lines, its metrics. */
-export class BrokerProcess {
-  exit: string | null = null;
-  readonly errorLines = new Map<string, { count: number; example: string }>();
-  readonly tail: string[] = [];
-  private readonly exited: Promise<void>;
-
-  private constructor(
-    readonly proc: ChildProcess,
-    readonly port: number,
-    readonly metricsPort: number,
-    readonly apiPort: number,
-    private readonly dataDir: string,
-  ) {
-    this.exited = new Promise((resolve) =>
-      proc.once('exit', (code, signal) => {
-        this.exit = signal ? `killed by ${signal}` : `exited with code ${code}`;
-        resolve();
-      }),
-    );
-    for (const stream of [proc.stdout, proc.stderr]) {
-      if (stream) createInterface({ input: stream }).on('line', (l) => this.onLine(l));
-    }
-  }
-
-  static async start(o: FuzzOptions): Promise<BrokerProcess> {
-    const [port, metricsPort, apiPort] = [await freePort(), await freePort(), await freePort()];
-    const dataDir = mkdtempSync(join(tmpdir(), 'emqx-ts-fuzz-'));
-    // Error level: per-connection warnings (every refused frame) would be most of the broker's work.
-    const args = [
-      ...o.nodeArgs,
-      MAIN,
-      `--listener.port=${port}`,
-      `--listener.host=${HOST}`,
-      '--log-level=error',
-      `--metrics.host=${HOST}`,
-      `--metrics.port=${metricsPort}`,
-      `--api.host=${HOST}`,
-      `--api.port=${apiPort}`,
-      '--api.key=fuzz',
-      `--api.secret=${API_SECRET}`,
-      `--node.data_dir=${dataDir}`,
-      `--node.shards=${o.shards}`,
-      '--node.shutdown_drain_period=0',
-      ...o.brokerArgs,
-    ];
-    const proc = spawn(process.execPath, args, {
-      cwd: ROOT,
-      env: { PATH: process.env.PATH, ...o.brokerEnv },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const b = new BrokerProcess(proc, port, metricsPort, apiPort, dataDir);
-    const deadline = Date.now() + 30_000;
-    while (b.exit === null && Date.now() < deadline) {
-      try {
-        await b.metrics();
-        return b;
-      } catch {
-        await sleep(50);
-      }
-    }
-    await b.stop();
-    throw new Error(`broker did not start: ${b.exit ?? 'timeout'}\n${b.tail.join('\n')}`);
-  }
-
-  private onLine(line: string): void {
-    this.tail.push(line);
-    if (this.tail.length > 50) this.tail.shift();
-    let rec: { level?: number; msg?: string; err?: { message?: string } };
-    try {
-      rec = JSON.parse(line);
-    } catch {
-      rec = { level: 50, msg: line.slice(0, 200) };
-    }
-    if ((rec.level ?? 0) < 50) return;
-    const key = `${rec.msg}${rec.err?.message ? `: ${rec.err.message}` : ''}`;
-    const e = this.errorLines.get(key);
-    if (e) e.count++;
-    else this.errorLines.set(key, { count: 1, example: line.slice(0, 2000) });
-  }
-
-  get pid(): number {
-    return this.proc.pid ?? -1;
-  }
-
-  /** The metrics endpoint as name → value (labels dropped: values of one name are summed). */
-  async metrics(): Promise<Map<string, number>> {
-    const res = await fetch(`http://${HOST}:${this.metricsPort}/metrics`, {
-      signal: AbortSignal.timeout(5000),
-    });
-    if (!res.ok) throw new Error(`metrics: HTTP ${res.status}`);
-    const out = new Map<string, number>();
-    for (const line of (await res.text()).split('\n')) {
-      if (line.startsWith('#') || line === '') continue;
-      const m = /^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+(\S+)/.exec(line);
-      if (m) out.set(m[1], (out.get(m[1]) ?? 0) + Number(m[2]));
-    }
-    return out;
-  }
-
-  /** Messages queued and inflight over all sessions (REST /api/v5/clients, every page). */
-  async queued(): Promise<{ queued: number; inflight: number }> {
-    const auth = `Basic ${Buffer.from(`fuzz:${API_SECRET}`).toString('base64')}`;
-    let queued = 0;
-    let inflight = 0;
-    for (let page = 1; ; page++) {
-      const res = await fetch(`http://${HOST}:${this.apiPort}/api/v5/clients?limit=10000&page=${page}`, {
-        headers: { authorization: auth },
-        signal: AbortSignal.timeout(10_000),
-      });
-      if (!res.ok) throw new Error(`clients: HTTP ${res.status}`);
-      const body = (await res.json()) as {
-        data: { mqueue_len: number; inflight_cnt: number }[];
-        meta: { hasnext: boolean };
-      };
-      for (const c of body.data) {
-        queued += c.mqueue_len;
-        inflight += c.inflight_cnt;
-      }
-      if (!body.meta.hasnext) return { queued, inflight };
-    }
-  }
-
-  async stop(): Promise<void> {
-    if (this.exit === null) {
-      this.proc.kill('SIGTERM');
-      const r = await Promise.race([this.exited.then(() => 'exit'), sleep(10_000)]);
-      if (r !== 'exit') {
-        this.proc.kill('SIGKILL');
-        await this.exited;
-      }
-    }
-    rmSync(this.dataDir, { recursive: true, force: true });
-  }
+  /** Records per database the broker's durable store held after it stopped, and the file size */
+  storeRecords: Record<string, number>;
 }
 
 /**
@@ -452,10 +290,12 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     crash: null,
     rss: { start: 0, peak: 0, end: 0, settled: 0 },
     rssTimeline: [],
+    samples: [],
     healthy: { roundTrips: 0, maxLatencyMs: 0, p99LatencyMs: 0, failures: [] },
     retained: 0,
     state: { sessions: 0, subscriptions: 0, topics: 0, liveConnections: 0, queued: 0, inflight: 0 },
     lastStreams: [],
+    storeRecords: {},
   };
   let healthy: HealthyPair | null = null;
   try {
@@ -471,6 +311,23 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
       if (r > result.rss.peak) result.rss.peak = r;
       if (++ticks % 4 === 0) result.rssTimeline.push([ticks / 4, result.frames, r]);
     }, 250);
+    // Broker state once a second (one scrape at a time; a slow scrape skips a tick).
+    let scraping = false;
+    const sample = async (): Promise<void> => {
+      const at = (performance.now() - t0) / 1000;
+      const frames = result.frames;
+      const text = await broker.scrape();
+      result.samples.push(parseSample(text, at, frames, rssParts(broker.pid)));
+    };
+    const stateSampler = setInterval(() => {
+      if (scraping || broker.exit !== null) return;
+      scraping = true;
+      sample()
+        .catch(() => {})
+        .finally(() => {
+          scraping = false;
+        });
+    }, 1000);
     let lastProgress = t0;
     // Each stream gets its own seed drawn from the run's PRNG: `--seed S` replays all of them,
     // and a stream seed alone replays one stream.
@@ -510,6 +367,7 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     await workers;
     result.seconds = (performance.now() - t0) / 1000;
     clearInterval(sampler);
+    clearInterval(stateSampler);
     if (failed()) result.lastStreams = [...inFlight.values()];
     // After the storm: the broker must still serve (a last healthy round trip) and settle.
     if (broker.exit === null) {
@@ -524,6 +382,7 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
       if (o.settleSeconds > 0) {
         await sleep(o.settleSeconds * 1000);
         result.rss.settled = rssOf(broker.pid);
+        await sample().catch(() => {});
       }
       if (result.rss.end > result.rss.peak) result.rss.peak = result.rss.end;
       const after = await broker.metrics();
@@ -559,6 +418,7 @@ export async function fuzz(options: Partial<FuzzOptions> = {}): Promise<FuzzResu
     if (result.crash)
       result.errorLines.set(`process ${result.crash}`, { count: 1, example: broker.tail.join('\n') });
     await broker.stop();
+    result.storeRecords = broker.storeRecords;
   }
   return result;
 }
@@ -582,6 +442,12 @@ export function report(r: FuzzResult): string {
     `broker: ${r.brokerPackets} packets dispatched, ${r.malformed} malformed, ${r.protocolErrors} protocol errors; at the end ${r.state.sessions} sessions (${r.state.queued} messages queued, ${r.state.inflight} inflight), ${r.state.subscriptions} subscriptions, ${r.state.topics} filters, ${r.retained} retained, ${r.state.liveConnections} live connections`,
     `crash: ${r.crash ?? 'none'}; shard restarts: ${r.restarts}; thread message errors: ${r.threadMessageErrors}`,
     `RSS start ${mib(r.rss.start)}, peak ${mib(r.rss.peak)}, end ${mib(r.rss.end)} (growth over the first half ${mib(rssHalves(r).first)}, second half ${mib(rssHalves(r).second)})${r.rss.settled ? `, ${mib(r.rss.settled)} after the idle settle` : ''}`,
+    sampleTable(r.samples),
+    `durable store after the stop: ${
+      Object.entries(r.storeRecords)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ') || 'none'
+    }`,
     `healthy client: ${r.healthy.roundTrips} QoS 1 round trips, p99 ${r.healthy.p99LatencyMs.toFixed(1)} ms, max ${r.healthy.maxLatencyMs.toFixed(1)} ms, failures: ${r.healthy.failures.length ? r.healthy.failures.join('; ') : 'none'}`,
   ];
   if (r.errorLines.size > 0) {
