@@ -57,13 +57,16 @@ async function main(): Promise<void> {
       );
     });
   });
-  // SIGUSR2: heap snapshots of every thread in the working directory (diagnosis).
-  process.on('SIGUSR2', () => {
-    const sup = started.supervisor;
-    const workers = sup.shards.map((s) => ({ name: `shard${s.id}`, worker: s.worker }));
-    if (sup.cluster) workers.push({ name: 'cluster', worker: sup.cluster.worker });
-    void writeHeapSnapshots(workers, process.cwd(), started.log);
-  });
+  // SIGUSR2: heap snapshots of every thread in the working directory (diagnosis), only when
+  // asked for with EMQX_TS_HEAP_SNAPSHOTS=1: a snapshot stalls every thread for seconds, and a
+  // stray signal must not do that to a production broker.
+  if (process.env.EMQX_TS_HEAP_SNAPSHOTS === '1')
+    process.on('SIGUSR2', () => {
+      const sup = started.supervisor;
+      const workers = sup.shards.map((s) => ({ name: `shard${s.id}`, worker: s.worker }));
+      if (sup.cluster) workers.push({ name: 'cluster', worker: sup.cluster.worker });
+      void writeHeapSnapshots(workers, process.cwd(), started.log);
+    });
 }
 
 void main();
