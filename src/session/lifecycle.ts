@@ -380,19 +380,6 @@ export class SessionLifecycle {
     // Offline until its CONNECT attaches (or expires like any offline session if that never comes).
     session.expiresAt =
       session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
-    // Durable: written now, as a session that was always here would be (record, inflight, queue,
-    // QoS 2 ids awaiting PUBREL), not when it next changes: the old node has forgotten it, so a
-    // crash of this node before then would lose it (committed with this turn).
-    const durable = this.s.durable;
-    if (durable) {
-      durable.sessionChanged(session);
-      for (const [id, e] of session.inflight) {
-        if (e.released) durable.released(session, e, id);
-        else durable.held(session, e, id);
-      }
-      for (const d of session.queue) durable.held(session, d, 0);
-      for (const [id, at] of session.awaitingRel) durable.awaitingRel(session, id, at);
-    }
   }
 
   /** REST API kick: closes the client's connection (if any) and discards its session. */

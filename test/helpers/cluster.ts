@@ -34,8 +34,6 @@ export interface NodeOptions {
   config?: string;
   /** More environment variables (e.g. KUBECONFIG) */
   env?: Record<string, string>;
-  /** node.data_dir of a node started again after a crash (the caller removes it); else a new one */
-  dataDir?: string;
 }
 
 export interface ClusterNodeInfo {
@@ -45,7 +43,6 @@ export interface ClusterNodeInfo {
 }
 
 export class TestNode {
-  dataDir = '';
   mqttPort = 0;
   clusterPort = 0;
   apiPort = 0;
@@ -119,7 +116,7 @@ export class TestNode {
 /** Starts a node and waits until it serves MQTT and its cluster service listens. */
 export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
   assert.ok(existsSync(MAIN), `${MAIN} is missing: run \`npm run build\` first (npm test does)`);
-  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'emqx-ts-cluster-'));
+  const dataDir = mkdtempSync(join(tmpdir(), 'emqx-ts-cluster-'));
   const seeds = (opts.seeds ?? []).map((p) => `127.0.0.1:${p}`).join(',');
   const args = [
     MAIN,
@@ -146,13 +143,12 @@ export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const node = new TestNode(opts.name, child);
-  node.dataDir = dataDir;
   t.after(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGKILL');
       await node.exited;
     }
-    if (!opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
+    rmSync(dataDir, { recursive: true, force: true });
   });
   const field = async (msg: string): Promise<Record<string, number>> =>
     JSON.parse(await node.out.waitFor((l) => l.includes(`"msg":"${msg}"`), `${opts.name}: ${msg}`, 30_000));
