@@ -14,13 +14,14 @@ export interface AckHolder {
   readonly v5: boolean;
   /** Its session's QoS 2 ids awaiting PUBREL: a failed PUBREC releases the id (MQTT 5 §4.3.3) */
   readonly session: { readonly awaitingRel: Map<number, number> };
-  holdAck(frame: Buffer): Held;
-  releaseAcks(): void;
 }
 
+/** A held ack (shard/held-ack.ts): the peers it was forwarded to are one of its parts. */
 interface Held {
   frame: Buffer;
-  ready: boolean;
+  conn: unknown;
+  parts: number;
+  partDone(): void;
 }
 
 /** What the link needs from its shard (kept small so the shard's layout may change). */
@@ -57,9 +58,9 @@ export class ShardClusterLink {
   /** The message last passed to route() was forwarded at QoS 1/2 (its ack may be held) */
   private forwardedQos = false;
   /** Acks held until the batch they were forwarded in is accepted by every peer, by batch seq */
-  private readonly held = new Map<number, { conn: AckHolder; held: Held }[]>();
+  private readonly held = new Map<number, Held[]>();
   private batchSeq = 0;
-  private heldThisBatch: { conn: AckHolder; held: Held }[] | null = null;
+  private heldThisBatch: Held[] | null = null;
   /** Cluster II's shard side (shard-state.ts): its messages, and a new cluster thread's port */
   onState: ((m: ClusterStateToShard) => void) | null = null;
   onAttach: (() => void) | null = null;
@@ -181,11 +182,12 @@ export class ShardClusterLink {
    * node it went to has accepted it (or is known down). False: not forwarded, send it now.
    * Acks stay in PUBLISH order on the connection (held acks queue behind each other).
    */
-  holdAck(conn: AckHolder, ack: Buffer): boolean {
+  holdAck(held: Held): boolean {
     if (!this.forwardedQos) return false;
     this.forwardedQos = false;
+    held.parts++;
     this.heldThisBatch ??= [];
-    this.heldThisBatch.push({ conn, held: conn.holdAck(ack) });
+    this.heldThisBatch.push(held);
     return true;
   }
 
@@ -203,18 +205,19 @@ export class ShardClusterLink {
    * the QoS 2 flow, so its packet id no longer awaits PUBREL. MQTT 3.1.1 acks have no reason
    * code: they go as they are (the failure is counted and logged by the cluster thread).
    */
-  private release(list: { conn: AckHolder; held: Held }[], code: number): void {
+  private release(list: Held[], code: number): void {
     if (code >= 0x80) this.shard.counters.row[Counter.clusterHeldAcksFailed] += list.length;
-    for (const h of list) {
-      if (code >= 0x80 && h.conn.v5) {
-        const f = h.held.frame;
+    for (let i = 0; i < list.length; i++) {
+      const h = list[i];
+      const conn = h.conn as AckHolder | null;
+      if (code >= 0x80 && conn !== null && conn.v5) {
+        const f = h.frame;
         const type = f[0] >> 4;
         const id = f.readUInt16BE(2);
-        h.held.frame = encodeAckV5(type, id, code);
-        if (type === PacketType.PUBREC) h.conn.session.awaitingRel.delete(id);
+        h.frame = encodeAckV5(type, id, code);
+        if (type === PacketType.PUBREC) conn.session.awaitingRel.delete(id);
       }
-      h.held.ready = true;
-      h.conn.releaseAcks();
+      h.partDone();
     }
   }
 

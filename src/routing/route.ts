@@ -7,6 +7,7 @@ import { encodeAckV5 } from '../protocol/v5-control.js';
 import type { Message } from '../session/message.js';
 import type { Session } from '../session/session.js';
 import type { Connection } from '../shard/connection.js';
+import { acquireHeldAck, releaseHeldAck } from '../shard/held-ack.js';
 import type { RetainedRelay } from '../shard/retained-relay.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
@@ -58,27 +59,34 @@ export class Router {
     // A congested subscriber of this message holds its publisher (delivery/flow-control.ts).
     const flow = this.delivery.flow;
     flow.sourceConn = conn;
-    // sync: what routing writes for a client's QoS 1/2 PUBLISH, its ack waits for (ticket.ts)
-    const durable = conn && ackType && this.s.durable?.sync ? this.s.durable : null;
-    if (durable) durable.openTicket();
+    // A client's QoS 1/2 PUBLISH: its ack, with one count of what it waits for (held-ack.ts).
+    // Part 1 is the routing itself, so that nothing done while routing lets it go early.
+    const held = conn && ackType ? acquireHeldAck(conn, 1) : null;
+    // sync: each record routing writes for it is a part, done once committed (or not needed)
+    const durable = held && this.s.durable?.sync ? this.s.durable : null;
+    if (durable) durable.beginAck(held!);
     const matched = this.route(msg);
-    const ticket = durable ? durable.closeTicket() : null;
+    const durableParts = durable ? durable.endAck() : 0;
     flow.sourceConn = null;
-    let ack: Buffer | null = null;
-    if (conn && ackType) {
-      ack = conn.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
+    if (held === null) {
+      if (msg.retain && !this.cluster?.receiving) this.relay.storeRetained(msg, null);
+      return matched;
     }
-    if (msg.retain && !this.cluster?.receiving) {
-      const held = this.relay.storeRetained(msg, conn, ack);
-      // sync: also once its deliveries and outbox entries are committed (or acknowledged)
-      if (held && conn && ticket) durable!.alsoWaitForTicket(conn, held, ticket);
-    } else if (conn && ack) {
-      // cluster: a QoS 1/2 message forwarded to other nodes is acked once they have accepted it
-      if (this.cluster?.holdAck(conn, ack)) return matched;
-      // sync: acked once its deliveries and outbox entries are committed (or acknowledged)
-      if (ticket) durable!.holdAckFor(conn, ack, ticket);
-      else conn.writeAck(ack);
+    const ack = conn!.v5 && !matched ? encodeAckV5(ackType, packetId, 0x10) : encodeAck(ackType, packetId);
+    // A retained message: also until main has stored it, so that a client that saw the ack and
+    // then subscribes is sure to get it.
+    if (msg.retain && !this.cluster?.receiving) this.relay.storeRetained(msg, held);
+    // cluster: a QoS 1/2 message forwarded to other nodes, until they have accepted it
+    else this.cluster?.holdAck(held);
+    if (held.parts === 1) {
+      // Waits for nothing: written now (behind earlier held acks).
+      releaseHeldAck(held);
+      conn!.writeAck(ack);
+      return matched;
     }
+    held.parts--; // routing done
+    if (durableParts > 0) this.s.counters.row[Counter.storeAcksHeld]++;
+    conn!.queueHeld(held, ack);
     return matched;
   }
 

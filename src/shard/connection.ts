@@ -12,13 +12,9 @@ import type { Message } from '../session/message.js';
 import type { Session } from '../session/session.js';
 import type { ConnectionOrigin } from '../threads/messages.js';
 
-/** An acknowledgement that must wait (a retained PUBLISH's ack waits for the store). */
-export interface HeldAck {
-  frame: Buffer;
-  ready: boolean;
-  /** Durable sync mode: more than one thing to wait for (main's store and the turn's commit) */
-  waits?: number;
-}
+import { acquireHeldAck, type HeldAck, releaseHeldAck } from './held-ack.js';
+
+export type { HeldAck } from './held-ack.js';
 
 /** What a connection asks of its shard (Shard implements it): the handlers' part and its own. */
 export interface ConnectionShard extends HandlerShard {
@@ -411,11 +407,19 @@ export class Connection implements FrameSink {
     else this.write(frame);
   }
 
+  /** Holds an ack until its one part is done (`partDone()`). */
   holdAck(frame: Buffer): HeldAck {
-    const held: HeldAck = { frame, ready: false };
+    const held = acquireHeldAck(this, 1);
+    this.queueHeld(held, frame);
+    return held;
+  }
+
+  /** A held ack of this connection (shard/held-ack.ts) with its frame: queued, in order. */
+  queueHeld(held: HeldAck, frame: Buffer): void {
+    held.frame = frame;
+    held.queued = true;
     if (!this.heldAcks) this.heldAcks = [];
     this.queueAck(held);
-    return held;
   }
 
   private queueAck(a: Buffer | HeldAck): void {
@@ -428,14 +432,20 @@ export class Connection implements FrameSink {
 
   releaseAcks(): void {
     const q = this.heldAcks;
-    if (!q) return;
+    // Closed: nothing is written, and the held acks stay out of the pool (parts may still end).
+    if (!q || this.closed) return;
     let i = 0;
     for (; i < q.length; i++) {
       const a = q[i];
-      const frame = Buffer.isBuffer(a) ? a : a.ready ? a.frame : null;
-      if (frame === null) break;
-      this.heldBytes -= frame.length;
-      this.write(frame);
+      if (Buffer.isBuffer(a)) {
+        this.heldBytes -= a.length;
+        this.write(a);
+        continue;
+      }
+      if (!a.ready) break;
+      this.heldBytes -= a.frame.length;
+      this.write(a.frame);
+      releaseHeldAck(a); // written: no part owner refers to it any more
     }
     q.splice(0, i);
     if (q.length === 0) this.heldAcks = null;

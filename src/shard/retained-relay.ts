@@ -29,7 +29,7 @@ export { asBuffer } from '../delivery/retained-feed.js';
  */
 export class RetainedRelay {
   private reqSeq = 0;
-  private readonly heldAcks = new Map<number, { conn: Connection; held: HeldAck }>();
+  private readonly heldAcks = new Map<number, HeldAck>();
   private readonly retainedRequests = new Map<
     number,
     { conn: Connection; filter: string; batch: RetainedBatch }
@@ -53,10 +53,13 @@ export class RetainedRelay {
    * Posts a retained message to main's store. A client's ack (PUBACK/PUBREC) is held until main
    * has stored it, so that a client that saw the ack and then subscribes is sure to get it.
    */
-  storeRetained(msg: Message, conn: Connection | null, ack: Buffer | null): HeldAck | null {
-    const reqId = conn && ack ? ++this.reqSeq : 0;
-    const held = conn && ack ? conn.holdAck(ack) : null;
-    if (conn && held) this.heldAcks.set(reqId, { conn, held });
+  storeRetained(msg: Message, held: HeldAck | null): void {
+    let reqId = 0;
+    if (held !== null) {
+      reqId = ++this.reqSeq;
+      held.parts++;
+      this.heldAcks.set(reqId, held);
+    }
     const payload = new Uint8Array(msg.payload.length);
     payload.set(msg.payload);
     let props: Uint8Array | null = null;
@@ -69,23 +72,20 @@ export class RetainedRelay {
       reqId,
       record: { topic: msg.topic, payload, qos: msg.qos, props, expiryAt: msg.expiryAt },
     });
-    return held;
   }
 
   /** Main stored the retained message of a held ack: the ack (and those behind it) go out. */
   onRetainAck(reqId: number): void {
-    const pending = this.heldAcks.get(reqId);
-    if (!pending) return;
+    const held = this.heldAcks.get(reqId);
+    if (!held) return;
     this.heldAcks.delete(reqId);
-    // durable sync: the ack also waits for this shard's commit (storage/shard-durability.ts)
-    if (pending.held.waits !== undefined && --pending.held.waits > 0) return;
-    pending.held.ready = true;
-    pending.conn.releaseAcks();
+    // durable sync: it may also wait for this shard's commit (storage/shard-durability.ts)
+    held.partDone();
   }
 
   /** A closed connection's held acks are never sent. */
   forgetConnection(conn: Connection): void {
-    for (const [reqId, p] of this.heldAcks) if (p.conn === conn) this.heldAcks.delete(reqId);
+    for (const [reqId, h] of this.heldAcks) if (h.conn === conn) this.heldAcks.delete(reqId);
     this.feeds.cancel(conn);
   }
 
@@ -152,8 +152,7 @@ export class RetainedRelay {
   private subscribeStepDone(batch: RetainedBatch): void {
     if (--batch.left > 0) return;
     const conn = batch.conn;
-    batch.held.ready = true;
-    conn.releaseAcks();
+    batch.held.partDone();
     // Delivered paced by the subscriber (delivery/retained-feed.ts); a closed one cancels.
     if (batch.answers.some((a) => a.records.length > 0 || a.more)) this.feeds.start(conn, batch.answers);
   }

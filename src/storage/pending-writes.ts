@@ -1,8 +1,9 @@
 import type { InflightEntry, QueuedDelivery, Session } from '../session/session.js';
-import type { Ticket } from './ticket.js';
+import type { HeldAck } from '../shard/held-ack.js';
 import type { DurableStore, StoredDelivery, StoredSession, StoredSubscription } from './types.js';
 
 const EMPTY = new Uint8Array(0);
+const NO_ENTRY = { seq: 0 } as QueuedDelivery;
 
 /** A delivery's latest state, written at the next flush (null: remove it). */
 interface DeliveryOp {
@@ -12,7 +13,7 @@ interface DeliveryOp {
   /** QoS 2 after PUBREC: only the packet id is kept */
   rel: boolean;
   /** sync: the publisher's ack waiting for this record (until flushed and committed, or done) */
-  t: Ticket | null;
+  t: HeldAck | null;
 }
 
 /** One client id's deliveries: what the store holds and what changes at the next flush. */
@@ -37,14 +38,16 @@ class ClientDeliveries {
 export class PendingWrites {
   private readonly clients = new Map<string, ClientDeliveries>();
   private readonly touched = new Set<ClientDeliveries>();
+  /** Delivery ops written or dropped, for reuse */
+  private readonly freeOps: DeliveryOp[] = [];
   /** Sessions whose record (subscriptions, expiry, wills) is written at the next flush */
   private readonly dirty = new Set<Session>();
   /** Client ids whose records go, before anything else of the flush */
   private gone: string[] = [];
   /** Inbound QoS 2 ids in order: at < 0 removes */
-  private rel: { c: string; id: number; at: number; t: Ticket | null }[] = [];
+  private rel: { c: string; id: number; at: number; t: HeldAck | null }[] = [];
   /** outbox seq → entry to put (bytes) or remove (null), and the acks waiting for the put */
-  private readonly outbox = new Map<number, { to: number; bytes: Buffer | null; ts: Ticket[] | null }>();
+  private readonly outbox = new Map<number, { to: number; bytes: Buffer | null; ts: HeldAck[] | null }>();
   /** sender shard → last batch seq committed here */
   private readonly marks = new Map<number, number>();
   /** Writes saved: a put and its remove that were never made */
@@ -88,14 +91,18 @@ export class PendingWrites {
     const r = this.clients.get(c);
     if (r !== undefined) {
       // Nothing is stored for a discarded session: acks waiting for its deliveries are free.
-      for (const op of r.pending.values()) op?.t?.settle();
+      for (const op of r.pending.values())
+        if (op !== null) {
+          op.t?.partDone();
+          this.freeOp(op);
+        }
       this.touched.delete(r);
       this.clients.delete(c);
     }
     if (this.rel.length > 0)
       this.rel = this.rel.filter((o) => {
         if (o.c !== c) return true;
-        o.t?.settle();
+        o.t?.partDone();
         return false;
       });
     this.gone.push(c);
@@ -106,30 +113,59 @@ export class PendingWrites {
     e: QueuedDelivery | InflightEntry,
     i: number,
     rel: boolean,
-    t: Ticket | null,
+    t: HeldAck | null,
   ): void {
     const r = this.client(clientId);
-    // A later state of an unflushed delivery: the ack waiting for it waits for this one.
-    const prev = r.pending.get(e.seq)?.t ?? null;
-    if (prev !== null && t !== null && prev !== t) prev.settle();
-    r.pending.set(e.seq, { e, i, rel, t: t ?? prev });
+    const op = r.pending.get(e.seq);
+    if (op == null) r.pending.set(e.seq, this.op(e, i, rel, t));
+    else {
+      // A later state of an unflushed delivery: the ack waiting for it waits for this one.
+      if (t !== null) {
+        if (op.t !== null && op.t !== t) op.t.partDone();
+        op.t = t;
+      }
+      op.e = e;
+      op.i = i;
+      op.rel = rel;
+    }
     this.touched.add(r);
+  }
+
+  /** A delivery op from the free list (no allocation per delivery once warm). */
+  private op(e: QueuedDelivery | InflightEntry, i: number, rel: boolean, t: HeldAck | null): DeliveryOp {
+    const op = this.freeOps.pop();
+    if (op === undefined) return { e, i, rel, t };
+    op.e = e;
+    op.i = i;
+    op.rel = rel;
+    op.t = t;
+    return op;
+  }
+
+  private freeOp(op: DeliveryOp): void {
+    op.t = null;
+    op.e = NO_ENTRY;
+    if (this.freeOps.length < 1024) this.freeOps.push(op);
   }
 
   removeDelivery(clientId: string, seq: number): void {
     const r = this.clients.get(clientId);
     if (r === undefined) return;
     // Done before its record was flushed: nothing to store for it, its publisher's ack is free.
-    r.pending.get(seq)?.t?.settle();
+    const op = r.pending.get(seq);
+    if (op != null) {
+      op.t?.partDone();
+      this.freeOp(op);
+    }
     if (r.stored.has(seq)) {
       r.pending.set(seq, null);
       this.touched.add(r);
     } else if (r.pending.delete(seq)) this.skipped += 2;
   }
 
-  /** Returns the op, so that the PUBLISH's ack can wait for it (its ticket opens after this). */
-  putAwaitingRel(clientId: string, id: number, at: number): { t: Ticket | null } {
-    const op: { c: string; id: number; at: number; t: Ticket | null } = { c: clientId, id, at, t: null };
+  /** Returns the op, so that the PUBLISH's ack (held after this) can wait for it. */
+  putAwaitingRel(clientId: string, id: number, at: number): { t: HeldAck | null } {
+    const op: { c: string; id: number; at: number; t: HeldAck | null } = { c: clientId, id, at, t: null };
     this.rel.push(op);
     return op;
   }
@@ -138,7 +174,7 @@ export class PendingWrites {
     this.rel.push({ c: clientId, id, at: -1, t: null });
   }
 
-  putOutbox(to: number, seq: number, bytes: Buffer, ts: Ticket[] | null): void {
+  putOutbox(to: number, seq: number, bytes: Buffer, ts: HeldAck[] | null): void {
     this.outbox.set(seq, { to, bytes, ts });
   }
 
@@ -149,7 +185,7 @@ export class PendingWrites {
       // Confirmed by the receiver (committed there) before our flush: never written here.
       this.outbox.delete(seq);
       this.skipped += 2;
-      if (o.ts !== null) for (const t of o.ts) t.settle();
+      if (o.ts !== null) for (const t of o.ts) t.partDone();
     }
   }
 
@@ -159,9 +195,10 @@ export class PendingWrites {
 
   /**
    * Hands everything pending to the store (not committed yet); returns the records written.
-   * The tickets of the records written go to `tickets`, settled once the commit is done.
+   * The held acks waiting for the records written go to `parts` (one entry per record), each
+   * entry's part done once the commit is done.
    */
-  flush(store: DurableStore, shard: number, tickets: Ticket[]): number {
+  flush(store: DurableStore, shard: number, parts: HeldAck[]): number {
     let n = 0;
     for (let i = 0; i < this.gone.length; i++) store.deleteSession(this.gone[i]);
     n += this.gone.length;
@@ -177,7 +214,8 @@ export class PendingWrites {
         } else {
           store.putDelivery(r.clientId, seq, storedDelivery(op));
           r.stored.add(seq);
-          if (op.t !== null) tickets.push(op.t);
+          if (op.t !== null) parts.push(op.t);
+          this.freeOp(op);
         }
         n++;
       }
@@ -189,14 +227,14 @@ export class PendingWrites {
       const o = this.rel[i];
       if (o.at < 0) store.deleteAwaitingRel(o.c, o.id);
       else store.putAwaitingRel(o.c, o.id, o.at);
-      if (o.t !== null) tickets.push(o.t);
+      if (o.t !== null) parts.push(o.t);
     }
     n += this.rel.length;
     this.rel = [];
     for (const [seq, o] of this.outbox) {
       if (o.bytes === null) store.deleteOutbox(shard, o.to, seq);
       else store.putOutbox(shard, o.to, seq, o.bytes);
-      if (o.ts !== null) for (const t of o.ts) tickets.push(t);
+      if (o.ts !== null) for (const t of o.ts) parts.push(t);
     }
     n += this.outbox.size;
     this.outbox.clear();

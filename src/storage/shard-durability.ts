@@ -1,10 +1,9 @@
 import { Counter } from '../metrics/counters.js';
 import type { InflightEntry, QueuedDelivery, Session } from '../session/session.js';
-import type { HeldAck } from '../shard/connection.js';
+import type { HeldAck } from '../shard/held-ack.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
 import { PendingWrites } from './pending-writes.js';
-import { type AckConnection, Ticket } from './ticket.js';
 import type { DurableStore } from './types.js';
 
 /**
@@ -27,7 +26,9 @@ import type { DurableStore } from './types.js';
  * `sync`: a client's QoS 1/2 ack is held until each of the message's records (deliveries to
  * this shard's persistent sessions, the outbox entries of the batches carrying it to other
  * shards, its QoS 2 id) is committed, or no longer needed: a delivery the subscriber has
- * acknowledged before its record was flushed needs nothing stored (ticket.ts). A flush waits
+ * acknowledged before its record was flushed needs nothing stored. Each record is one part
+ * of the PUBLISH's HeldAck (shard/held-ack.ts), the same count main's retained store and the
+ * cluster peers decrement: nothing is allocated per PUBLISH. A flush waits
  * `durability.sync_delay` (2 ms; 0: one event-loop turn) for the acks of what was just sent: an
  * online subscriber's PUBACK that comes within it means neither the put nor the remove is made,
  * and the publisher's ack goes out without waiting for any commit.
@@ -43,15 +44,18 @@ export class ShardDurability {
   private timer: NodeJS.Timeout | null = null;
   /** sync: a flush is scheduled for the next turn */
   private flushSoon = false;
-  /** sync: the ticket of the client PUBLISH being routed (openTicket … closeTicket) */
-  private ticket: Ticket | null = null;
+  /** sync: the ack of the client PUBLISH being routed (beginAck … endAck) */
+  private ack: HeldAck | null = null;
+  /** Parts its records added so far */
+  private ackParts = 0;
   /** Its QoS 2 awaiting-PUBREL record, written just before it is routed */
-  private relOp: { t: Ticket | null } | null = null;
-  /** Tickets of messages added to this turn's batch for each peer shard (its outbox entry) */
-  private readonly batchTickets: Ticket[][];
+  private relOp: { t: HeldAck | null } | null = null;
+  /** Acks of messages added to this turn's batch for each peer shard (its outbox entry) */
+  private readonly batchAcks: HeldAck[][];
   private readonly flushIntervalMs: number;
   private readonly syncDelayMs: number;
-  private acks: { conn: AckConnection; held: HeldAck }[] = [];
+  /** Acks held until this turn is committed (SUBACKs of persistent sessions) */
+  private acks: HeldAck[] = [];
   /** Run once this turn is committed (held SUBACKs of persistent sessions) */
   private after: (() => void)[] = [];
   /** [sender shard, seq] pairs to confirm once this turn is committed */
@@ -71,7 +75,7 @@ export class ShardDurability {
     this.flushIntervalMs = s.config['durability.flush_interval'];
     this.syncDelayMs = s.config['durability.sync_delay'];
     this.unconfirmed = s.peers.map(() => new Map());
-    this.batchTickets = s.peers.map(() => []);
+    this.batchAcks = s.peers.map(() => []);
     for (const o of store.loadOutbox(s.id)) {
       const m = this.unconfirmed[o.to];
       if (m) m.set(o.seq, Buffer.from(o.batch));
@@ -109,8 +113,11 @@ export class ShardDurability {
   /** A QoS 1/2 delivery was queued (packetId 0) or sent into the inflight window. */
   held(session: Session, e: QueuedDelivery | InflightEntry, packetId: number): void {
     if (session.expiryInterval === 0 || e.qos === 0) return;
-    const t = this.ticket;
-    if (t !== null) t.n++;
+    const t = this.ack;
+    if (t !== null) {
+      t.parts++;
+      this.ackParts++;
+    }
     this.w.putDelivery(session.clientId, e, packetId, false, t);
     this.scheduleTurnEnd();
   }
@@ -147,51 +154,37 @@ export class ShardDurability {
   // ------------------------------------------------------------------------------------------
   // Acks (sync mode)
 
-  /** A client's QoS 1/2 PUBLISH is about to be routed: what it writes, its ack waits for. */
-  openTicket(): void {
-    const t = new Ticket();
+  /** A client's QoS 1/2 PUBLISH is about to be routed: each record it writes is a part of its ack. */
+  beginAck(held: HeldAck): void {
+    this.ack = held;
+    this.ackParts = 0;
     const rel = this.relOp;
     if (rel !== null) {
       this.relOp = null;
-      rel.t = t;
-      t.n++;
+      rel.t = held;
+      held.parts++;
+      this.ackParts++;
     }
-    this.ticket = t;
   }
 
   /** The message was added to this turn's batch for shard `to` (with QoS 1/2: the outbox). */
   routedTo(to: number): void {
-    const t = this.ticket;
+    const t = this.ack;
     if (t === null) return;
-    t.n++;
-    this.batchTickets[to].push(t);
+    t.parts++;
+    this.ackParts++;
+    this.batchAcks[to].push(t);
   }
 
-  /** Routing done: the ticket, or null when nothing needs to be waited for (ack at once). */
-  closeTicket(): Ticket | null {
-    const t = this.ticket;
-    this.ticket = null;
-    return t !== null && t.n > 0 ? t : null;
-  }
-
-  /** Holds a PUBLISH's ack until its ticket is settled (releaseAcks keeps PUBLISH order). */
-  holdAckFor(conn: AckConnection & { holdAck(frame: Buffer): HeldAck }, frame: Buffer, t: Ticket): void {
-    t.conn = conn;
-    t.held = conn.holdAck(frame);
-    this.s.counters.row[Counter.storeAcksHeld]++;
-  }
-
-  /** A retained PUBLISH's ack, held for main's store, also waits for the ticket. */
-  alsoWaitForTicket(conn: AckConnection, held: HeldAck, t: Ticket): void {
-    held.waits = (held.waits ?? 1) + 1;
-    t.conn = conn;
-    t.held = held;
-    this.s.counters.row[Counter.storeAcksHeld]++;
+  /** Routing done: how many parts of the ack wait for this shard's commits. */
+  endAck(): number {
+    this.ack = null;
+    return this.ackParts;
   }
 
   /** Holds a client's ack until this turn is committed (releaseAcks keeps PUBLISH order). */
-  holdAck(conn: AckConnection & { holdAck(frame: Buffer): HeldAck }, frame: Buffer): void {
-    this.acks.push({ conn, held: conn.holdAck(frame) });
+  holdAck(conn: { holdAck(frame: Buffer): HeldAck }, frame: Buffer): void {
+    this.acks.push(conn.holdAck(frame));
     this.s.counters.row[Counter.storeAcksHeld]++;
     this.scheduleTurnEnd();
   }
@@ -215,8 +208,8 @@ export class ShardDurability {
     const copy = Buffer.allocUnsafeSlow(len);
     copy.set(new Uint8Array(ab, 0, len));
     this.unconfirmed[to].set(seq, copy);
-    const ts = this.batchTickets[to];
-    if (ts.length > 0) this.batchTickets[to] = [];
+    const ts = this.batchAcks[to];
+    if (ts.length > 0) this.batchAcks[to] = [];
     this.w.putOutbox(to, seq, copy, ts.length > 0 ? ts : null);
     this.scheduleTurnEnd();
     return seq;
@@ -309,10 +302,10 @@ export class ShardDurability {
     this.acks = [];
     this.confirms = [];
     this.after = [];
-    const tickets: Ticket[] = [];
+    const parts: HeldAck[] = [];
     let p: Promise<void> | null = null;
     try {
-      row[Counter.storeWrites] += this.w.flush(this.store, this.s.id, tickets);
+      row[Counter.storeWrites] += this.w.flush(this.store, this.s.id, parts);
       p = this.store.commit();
     } catch (err) {
       this.storeError(err);
@@ -322,27 +315,22 @@ export class ShardDurability {
       this.w.skipped = 0;
     }
     if (p === null) {
-      this.committed(acks, confirms, after, tickets);
+      this.committed(acks, confirms, after, parts);
       return;
     }
     row[Counter.storeCommits]++;
     this.current = p.then(
-      () => this.commitDone(acks, confirms, after, tickets),
+      () => this.commitDone(acks, confirms, after, parts),
       (err: unknown) => {
         this.storeError(err);
-        this.commitDone(acks, confirms, after, tickets);
+        this.commitDone(acks, confirms, after, parts);
       },
     );
   }
 
-  private commitDone(
-    acks: { conn: AckConnection; held: HeldAck }[],
-    confirms: number[],
-    after: (() => void)[],
-    tickets: Ticket[],
-  ): void {
+  private commitDone(acks: HeldAck[], confirms: number[], after: (() => void)[], parts: HeldAck[]): void {
     this.current = null;
-    this.committed(acks, confirms, after, tickets);
+    this.committed(acks, confirms, after, parts);
     // What the turns since this flush wrote, and the acks they hold.
     this.endTurn();
   }
@@ -366,20 +354,10 @@ export class ShardDurability {
     }
   }
 
-  private committed(
-    acks: { conn: AckConnection; held: HeldAck }[],
-    confirms: number[],
-    after: (() => void)[],
-    tickets: Ticket[],
-  ): void {
+  private committed(acks: HeldAck[], confirms: number[], after: (() => void)[], parts: HeldAck[]): void {
     for (let i = 0; i < after.length; i++) after[i]();
-    for (let i = 0; i < tickets.length; i++) tickets[i].settle();
-    for (let i = 0; i < acks.length; i++) {
-      const { conn, held } = acks[i];
-      if (held.waits !== undefined && --held.waits > 0) continue;
-      held.ready = true;
-      if (!conn.closed) conn.releaseAcks();
-    }
+    for (let i = 0; i < parts.length; i++) parts[i].partDone();
+    for (let i = 0; i < acks.length; i++) acks[i].partDone();
     for (let i = 0; i < confirms.length; i += 2) {
       this.s.peers[confirms[i]]?.postMessage({
         t: 'batchCommitted',
