@@ -16,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { shardOf } from '../src/listener/client-id.js';
 import { BROKERS, type Broker, type BrokerName, BrokerUnavailable, HOST, startBroker } from './brokers.js';
 import { rssBytes } from './procstat.js';
 import * as proto from './proto.js';
@@ -28,6 +29,9 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '2' },
     'read-mbps': { type: 'string', default: '2' },
     base: { type: 'string' },
+    // emqx-ts shards of the bystander publisher and subscriber (the flood publisher is on 0,
+    // the flood's subscribers on 1): 0,1 crosses shards behind the flood.
+    bystander: { type: 'string', default: '0,1' },
   },
 });
 
@@ -38,6 +42,7 @@ class Client {
   readonly sock: net.Socket;
   received = 0;
   maxLatencyMs = 0;
+  readonly latencies: number[] = [];
   lastDataAt = Date.now();
   private readonly split = new proto.FrameSplitter();
   private suback: (() => void) | null = null;
@@ -59,6 +64,7 @@ class Client {
             if (timed) {
               const lat = performance.now() - buf.readDoubleLE(end - 8);
               if (lat > this.maxLatencyMs) this.maxLatencyMs = lat;
+              this.latencies.push(lat);
             }
           } else if (type === proto.SUBACK) this.suback?.();
         },
@@ -80,6 +86,22 @@ class Client {
   close(): void {
     this.sock.destroy();
   }
+
+  get p99LatencyMs(): number {
+    if (this.latencies.length === 0) return 0;
+    const s = [...this.latencies].sort((a, b) => a - b);
+    return s[Math.min(s.length - 1, Math.floor(s.length * 0.99))];
+  }
+}
+
+/**
+ * A client id `prefix-n` that emqx-ts (2 shards, the bench default on this machine) places on
+ * `shard`: the flood publisher and the bystander publisher share shard 0, the subscribers are on
+ * shard 1; the bystander's by `--bystander` (default 0,1: its messages cross shards behind the flood).
+ * Other brokers ignore it.
+ */
+function onShard(prefix: string, shard: number): string {
+  for (let n = 0; ; n++) if (shardOf(`${prefix}-${n}`, 2) === shard) return `${prefix}-${n}`;
 }
 
 /** Writes QoS 0 PUBLISHes to `topic` as fast as the socket takes them until `end`. */
@@ -127,14 +149,15 @@ const pct = (a: number, b: number) => `${((100 * a) / Math.max(1, b)).toFixed(1)
 async function runCase(b: Broker, label: string, kind: 'slow' | 'stopped', round: number): Promise<string> {
   const tag = `${kind}${round}${Math.random().toString(36).slice(2, 6)}`;
   const topic = `fair/${tag}`;
-  const sub = new Client(b.port, `sub-${tag}`);
+  const sub = new Client(b.port, onShard(`sub-${tag}`, 1));
   await sub.subscribe(topic);
-  const other = kind === 'stopped' ? new Client(b.port, `reader-${tag}`) : null;
+  const other = kind === 'stopped' ? new Client(b.port, onShard(`reader-${tag}`, 1)) : null;
   await other?.subscribe(topic);
-  const bySub = new Client(b.port, `bysub-${tag}`, true);
+  const [byPubShard, bySubShard] = args.bystander!.split(',').map(Number);
+  const bySub = new Client(b.port, onShard(`bysub-${tag}`, bySubShard), true);
   await bySub.subscribe(`by/${tag}`);
-  const pub = new Client(b.port, `pub-${tag}`);
-  const byPub = new Client(b.port, `bypub-${tag}`);
+  const pub = new Client(b.port, onShard(`pub-${tag}`, 0));
+  const byPub = new Client(b.port, onShard(`bypub-${tag}`, byPubShard));
   sub.rate = kind === 'slow' ? (Number(args['read-mbps']) * 1e6) / 1000 : -1;
   await sleep(200);
   const rss0 = rssBytes(b.pid);
@@ -147,7 +170,7 @@ async function runCase(b: Broker, label: string, kind: 'slow' | 'stopped', round
     (kind === 'slow'
       ? `  slow reader got ${pct(sub.received, sent).padStart(7)}`
       : `  reader got ${pct(other!.received, sent).padStart(7)}, stopped one ${pct(sub.received, sent).padStart(7)}`) +
-    `  bystander ${pct(bySub.received, bySent)} (max ${bySub.maxLatencyMs.toFixed(0)} ms)` +
+    `  bystander ${pct(bySub.received, bySent)} (max ${bySub.maxLatencyMs.toFixed(0)} ms, p99 ${bySub.p99LatencyMs.toFixed(0)} ms)` +
     `  RSS +${((rssPeak - rss0) / 2 ** 20).toFixed(1)} MiB`;
   for (const c of [sub, other, bySub, pub, byPub]) c?.close();
   return line;

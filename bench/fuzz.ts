@@ -24,6 +24,7 @@ const { values } = parseArgs({
     'broker-arg': { type: 'string', multiple: true, default: [] },
     'settle-seconds': { type: 'string', default: '10' },
     'broker-env': { type: 'string', multiple: true, default: [] },
+    'node-arg': { type: 'string', multiple: true, default: [] },
   },
 });
 
@@ -47,6 +48,7 @@ const r = await fuzz({
   brokerEnv: Object.fromEntries(
     values['broker-env'].map((kv) => [kv.split('=')[0], kv.slice(kv.indexOf('=') + 1)]),
   ),
+  nodeArgs: values['node-arg'],
   settleSeconds: Number(values['settle-seconds']),
   progress: (line) => console.log(line),
 });

@@ -280,3 +280,23 @@ test('connections handed to an owner shard that dies are closed or served by its
   }
   await assertBrokerServes(t, broker);
 });
+
+test('a malformed inter-thread message is logged, counted and dropped: neither a shard nor main dies (issue #9 item 2)', {
+  timeout: T,
+}, async (t) => {
+  const broker = await startBroker(t, { 'node.shards': 2 });
+  const errors = (): number => broker.counters.snapshot().threadMessageErrors;
+  const before = errors();
+  // To each shard from main: fields of the wrong type (as a bug, or input a check missed, would send).
+  for (let s = 0; s < 2; s++) {
+    broker.supervisor.post(s, { t: 'publish', messages: null } as never);
+    broker.supervisor.post(s, { t: 'publish', messages: [{ topic: null, payload: 7 }] } as never);
+  }
+  // To main from a shard: a retain without its record, a query result that is not one.
+  broker.supervisor.emit('message', 0, { t: 'retain', record: null } as never);
+  broker.supervisor.emit('message', 1, { t: 'retain', record: { topic: 5 } } as never);
+  await waitFor(() => errors() >= before + 6, 'the six malformed messages counted');
+  assert.equal(restarts(broker), 0, 'no shard restarted');
+  assert.ok(broker.supervisor.shards.every((s) => s.ready));
+  await assertBrokerServes(t, broker);
+});

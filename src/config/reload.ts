@@ -20,6 +20,7 @@ export const RESTART_ONLY: ReadonlySet<OptionKey> = new Set<OptionKey>([
   'listeners.wss.default.bind',
   'node.shards',
   'node.shard_young_generation_mb',
+  'node.heap_growing_percent',
   'node.name',
   'node.data_dir',
   'metrics.host',

@@ -88,6 +88,14 @@ export const SCHEMA = {
     max: 1024,
     doc: "Cap on each shard thread's V8 young generation, MiB (0 = V8's default, up to 48). A few MiB save about 1.5 KiB per idle connection and cost 10-40 % more CPU per QoS 1 message under load (docs/PERFORMANCE.md)",
   },
+  'node.heap_growing_percent': {
+    type: 'number',
+    integer: true,
+    default: 30,
+    min: 0,
+    max: 300,
+    doc: "How far V8 lets a thread's heap grow past its live size before the next full GC, percent (process-wide; 0 = V8's own factor, up to 300 % on a large machine). V8's own factor let each shard reserve 2-3x its live heap after a connection storm, and never give it back (docs/RELIABILITY.md)",
+  },
   'mqtt.max_packet_size': {
     type: 'number',
     integer: true,

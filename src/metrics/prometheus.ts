@@ -143,28 +143,27 @@ export function createRegistry(src: PrometheusSources): Registry {
       for (const s of supervisor.shards) this.set({ shard: String(s.id) }, s.ready && s.worker ? 1 : 0);
     },
   });
-  new Gauge({
-    name: 'emqx_ts_shard_connections',
-    help: 'Connected clients per shard',
-    labelNames,
+  // Cells of the shared counter rows, one series per thread (row 0 = main, shard N = row N + 1).
+  const shardRows = (): [string, number][] =>
+    supervisor.shards.map((s): [string, number] => [String(s.id), s.id + 1]);
+  counterCellGauge(
+    counters,
     registers,
-    collect() {
-      this.reset();
-      for (const s of supervisor.shards)
-        this.set({ shard: String(s.id) }, counters.get(s.id + 1, Counter.connections));
-    },
-  });
-  new Gauge({
-    name: 'emqx_ts_shard_sessions',
-    help: 'Sessions (connected or not) per shard',
-    labelNames,
+    'emqx_ts_shard_connections',
+    'Connected clients per shard',
+    'shard',
+    shardRows,
+    [['', Counter.connections]],
+  );
+  counterCellGauge(
+    counters,
     registers,
-    collect() {
-      this.reset();
-      for (const s of supervisor.shards)
-        this.set({ shard: String(s.id) }, counters.get(s.id + 1, Counter.sessions));
-    },
-  });
+    'emqx_ts_shard_sessions',
+    'Sessions (connected or not) per shard',
+    'shard',
+    shardRows,
+    [['', Counter.sessions]],
+  );
   const lastElu = new WeakMap<Worker, EventLoopUtilization>();
   new Gauge({
     name: 'emqx_ts_shard_event_loop_utilization',
@@ -187,28 +186,27 @@ export function createRegistry(src: PrometheusSources): Registry {
 
   // Memory per thread as each thread last sampled it (about once a second): RSS is the whole
   // process; this tells which thread's heap or buffers hold it (docs/RELIABILITY.md).
-  const memKinds = [
-    ['heap_used', Counter.memHeapUsed],
-    ['heap_total', Counter.memHeapTotal],
-    ['external', Counter.memExternal],
-    ['array_buffers', Counter.memArrayBuffers],
-  ] as const;
-  new Gauge({
-    name: 'emqx_ts_thread_memory_bytes',
-    help: 'V8 heap used and reserved (heap_total), external and ArrayBuffer bytes of each thread (main, shard N, cluster)',
-    labelNames: ['thread', 'kind'] as const,
+  counterCellGauge(
+    counters,
     registers,
-    collect() {
-      this.reset();
+    'emqx_ts_thread_memory_bytes',
+    'V8 heap used and reserved (heap_total), external and ArrayBuffer bytes of each thread (main, shard N, cluster)',
+    'thread',
+    () => {
       const threads: [string, number][] = [
         ['main', 0],
         ...supervisor.shards.map((s): [string, number] => [`shard${s.id}`, s.id + 1]),
       ];
       if (supervisor.cluster) threads.push(['cluster', supervisor.shards.length + 1]);
-      for (const [thread, row] of threads)
-        for (const [kind, cell] of memKinds) this.set({ thread, kind }, counters.get(row, cell));
+      return threads;
     },
-  });
+    [
+      ['heap_used', Counter.memHeapUsed],
+      ['heap_total', Counter.memHeapTotal],
+      ['external', Counter.memExternal],
+      ['array_buffers', Counter.memArrayBuffers],
+    ],
+  );
 
   const own: [string, string, number][] = [
     ['emqx_ts_shard_restarts_total', 'Shard worker restarts after a crash', Counter.shardRestarts],
@@ -436,6 +434,35 @@ export function createRegistry(src: PrometheusSources): Registry {
   // Process metrics of the main thread (CPU, memory, event-loop lag, GC).
   collectDefaultMetrics({ register: registry });
   return registry;
+}
+
+/**
+ * A gauge over cells of the shared counter rows: one series per (row, cell), the row named by
+ * `label` (a shard, a thread) and, when there is more than one cell, the cell by `kind`. `rows`
+ * is read at each scrape (shards restart, the cluster thread may be absent).
+ */
+function counterCellGauge(
+  counters: Counters,
+  registers: Registry[],
+  name: string,
+  help: string,
+  label: 'shard' | 'thread',
+  rows: () => [string, number][],
+  cells: readonly (readonly [string, number])[],
+): void {
+  const byKind = cells.length > 1;
+  new Gauge({
+    name,
+    help,
+    labelNames: byKind ? [label, 'kind'] : [label],
+    registers,
+    collect() {
+      this.reset();
+      for (const [value, row] of rows())
+        for (const [kind, cell] of cells)
+          this.set(byKind ? { [label]: value, kind } : { [label]: value }, counters.get(row, cell));
+    },
+  });
 }
 
 /**

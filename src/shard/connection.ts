@@ -21,7 +21,18 @@ export interface ConnectionShard extends HandlerShard {
   readonly log: Logger;
   onConnectionClosed(conn: Connection, reason: string): void;
   scheduleUncork(conn: Connection): void;
+  /** The connection read READ_BUDGET bytes: paused, read again at the end of this turn */
+  yieldRead(conn: Connection): void;
 }
+
+/**
+ * Bytes a connection is read before it yields to the others (paused, read again at the end of
+ * the event-loop turn). libuv reads a socket up to 32 times per poll while it fills its 64 KiB
+ * buffer, so without this one flooding publisher could be read 2 MiB — some 28k QoS 0 PUBLISHes,
+ * tens of ms of routing — before anyone else in the same turn, and all of it went into that
+ * turn's cross-shard batches ahead of everyone else's messages.
+ */
+export const READ_BUDGET = 64 * 1024;
 
 /**
  * One client's network connection, owned by its shard. It splits frames, checks the fixed
@@ -80,6 +91,10 @@ export class Connection implements FrameSink {
   private readPaused = false;
   /** Subscribers whose congestion holds this publisher: not read while > 0 (delivery/flow-control.ts) */
   private readHolds = 0;
+  /** Bytes read since this connection last yielded (READ_BUDGET) */
+  private budgetRead = 0;
+  /** Paused by the read budget until the end of the turn */
+  private yielded = false;
   readonly keepaliveMs: number;
   readonly protocolVersion: number;
   readonly clientId: string;
@@ -180,7 +195,7 @@ export class Connection implements FrameSink {
     if (leftover.length > 0) this.onData(Buffer.from(leftover.buffer, leftover.byteOffset, leftover.length));
     // A socket accepted by this shard was paused after its CONNECT; reading resumes after the
     // leftover bytes above (resume() takes effect on a later tick).
-    if (!this.readPaused && this.readHolds === 0) this.socket.resume();
+    if (!this.readPaused && this.readHolds === 0 && !this.yielded) this.socket.resume();
   }
 
   /** A congested subscriber holds this publisher: not read until every holder lets go. */
@@ -190,14 +205,14 @@ export class Connection implements FrameSink {
 
   releaseRead(): void {
     if (this.readHolds === 0 || --this.readHolds > 0) return;
-    if (!this.readPaused && !this.closed) this.socket.resume();
+    if (!this.readPaused && !this.closed && !this.yielded) this.socket.resume();
   }
 
   /** The socket wrote out everything it had buffered. */
   onDrain(): void {
     if (this.readPaused) {
       this.readPaused = false;
-      if (!this.closed && this.readHolds === 0) this.socket.resume();
+      if (!this.closed && this.readHolds === 0 && !this.yielded) this.socket.resume();
     }
     this.shard.drainSession(this.session);
   }
@@ -244,6 +259,18 @@ export class Connection implements FrameSink {
     } catch (err) {
       this.onBadInput(err);
     }
+    if ((this.budgetRead += chunk.length) >= READ_BUDGET && !this.closed && !this.yielded) {
+      this.yielded = true;
+      this.socket.pause();
+      this.shard.yieldRead(this);
+    }
+  }
+
+  /** The end of the turn in which it used up its read budget: read again unless held or paused. */
+  resumeAfterYield(): void {
+    this.yielded = false;
+    this.budgetRead = 0;
+    if (!this.closed && !this.readPaused && this.readHolds === 0) this.socket.resume();
   }
 
   /**

@@ -372,6 +372,14 @@ export class Shard implements BatchVisitor, ShardState {
     this.scheduleTurnEnd();
   }
 
+  /** Connections that used up their read budget this turn (Connection.onData): read again at its end */
+  private readonly yielded: Connection[] = [];
+
+  yieldRead(conn: Connection): void {
+    this.yielded.push(conn);
+    this.scheduleTurnEnd();
+  }
+
   /**
    * End of an event-loop turn's work: handoffs and cross-shard batches are posted, then every
    * connection written to is uncorked. One setImmediate for all (each costs a wake-up of the
@@ -389,6 +397,11 @@ export class Shard implements BatchVisitor, ShardState {
     if (this.router.batchesPending) this.router.flushBatches();
     if (this.delivery.corked.length > 0) this.delivery.uncorkAll();
     if (this.durable) this.durable.endTurn();
+    const y = this.yielded;
+    if (y.length > 0) {
+      for (let i = 0; i < y.length; i++) y[i].resumeAfterYield();
+      y.length = 0;
+    }
   };
 
   /**
