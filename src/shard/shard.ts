@@ -157,7 +157,6 @@ export class Shard implements BatchVisitor, ShardState {
       scheduleTurnEnd: this.scheduleTurnEnd,
       threadMessageError: (err, from, msg) => this.threadMessageError(err, from, msg),
     });
-    for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
   }
 
   start(generation: number): void {
@@ -173,6 +172,9 @@ export class Shard implements BatchVisitor, ShardState {
       sampleMemory(this.counters.row);
     }, 1000);
     if (this.durable) this.restore();
+    // Peers' batches only now: those that came while the worker was loading (outbox replays
+    // after a restart among them) wait in the ports until the restored sessions can take them.
+    for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
     this.main.postMessage({ t: 'ready', generation });
   }
 
@@ -401,6 +403,9 @@ export class Shard implements BatchVisitor, ShardState {
       subscribe: (session, filter, o) => this.subscriptions.subscribe(session, filter, o),
     });
     durable.restored();
+    // After a crash main left our bits in the index (supervisor.ts): keep only those of nodes
+    // that restored sessions subscribe to.
+    this.index.clearShardUnless(this.id, (ref) => this.subscribers.get(ref) !== undefined);
     for (const w of wills) this.lifecycle.publishWill(w.clientId, w.will);
     durable.replayAll();
     if (this.sessions.size > 0)
