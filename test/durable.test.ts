@@ -305,6 +305,15 @@ test('kill -9: online persistent subscribers get the acked messages they had not
     await pc.subscribe('online/#', 2);
     clients.set(id, pc);
   }
+  // A persistent session per shard that stays offline: a QoS 1 message to it, published on
+  // its shard, is acked after a commit of that shard, which writes all the shard had pending.
+  const barrierPubs: MqttClient[] = [];
+  for (const shard of [0, 1]) {
+    const { c } = await connect(t, first.port, { clientId: onShard(shard, 'on-barrier-sub'), clean: false });
+    await subscribe(c, `barrier/${shard}`, 1);
+    await end(c);
+    barrierPubs.push((await connect(t, first.port, { clientId: onShard(shard, 'on-barrier-pub') })).c);
+  }
   const { c: pub } = await connect(t, first.port, { clientId: onShard(0, 'on-pub') });
   const qos1: string[] = [];
   const qos2: string[] = [];
@@ -345,6 +354,10 @@ test('kill -9: online persistent subscribers get the acked messages they had not
     }
     sentIds.set(id, ids);
   }
+  // A delivery queued first (the subscriber's socket was congested) and sent later was acked to
+  // the publisher once its queued record was committed; that it was sent, with which packet id,
+  // is written by a later flush. Wait for it: each shard commits once more after the sends.
+  await Promise.all(barrierPubs.map((c, shard) => publish(c, `barrier/${shard}`, 'barrier', { qos: 1 })));
   first.p.child.kill('SIGKILL');
   assert.equal((await within(first.p.done, 'broker killed')).signal, 'SIGKILL');
   await ackLoop;
