@@ -108,7 +108,9 @@ export class Shard implements BatchVisitor, ShardState {
     this.flow = new FlowControl(this);
     this.delivery = new Delivery(this.config, this.counters, this.flow, this.security, this.durable);
     this.relay = new RetainedRelay(main, this.delivery, this.counters, this.durable);
-    this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
+    this.shared = new SharedGroupRouting(this, this.delivery, (s, viaOwner) =>
+      this.router.batchFor(s, viaOwner),
+    );
     // Received forwards are published here for local subscribers only (never forwarded again).
     this.cluster = ShardClusterLink.create(init, {
       counters: this.counters,
