@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { idOnShard, publish, startBroker, subscribe, waitFor } from './helpers/broker.js';
+import { Inbox, idOnShard, publish, startBroker, subscribe, waitFor } from './helpers/broker.js';
 import { client } from './helpers/mqttjs.js';
 import { PacketClient } from './helpers/raw.js';
 
@@ -39,4 +39,35 @@ test('sync: deliveries acknowledged before the flush are neither put nor removed
   assert.equal(String(p.payload), 'kept');
   assert.ok(broker.counters.snapshot().storeCommits > commits, 'the PUBACK came after a commit');
   await waitFor(() => broker.counters.snapshot().storeWrites > after.storeWrites, 'the delivery written');
+});
+
+test('sync: QoS 1 batches to a shard with no persistent session go without an outbox record; once it has one, they are stored before the PUBACK', async (t) => {
+  const broker = await startBroker(t, { 'durability.mode': 'sync' });
+  const snap = () => broker.counters.snapshot();
+  // A clean subscriber on shard 1, the publisher on shard 0: every message crosses shards.
+  const sub = await client(t, broker, { clientId: idOnShard(broker, 1, 'obs-clean') });
+  const inbox = new Inbox(sub);
+  await subscribe(sub, 'obs/x', 1);
+  const pub = await client(t, broker, { clientId: idOnShard(broker, 0, 'obs-pub') });
+  const before = snap();
+  await Promise.all(Array.from({ length: 20 }, (_, i) => publish(pub, 'obs/x', `m${i}`, { qos: 1 })));
+  await inbox.wait(20);
+  const mid = snap();
+  assert.ok(mid.outboxSkipped > before.outboxSkipped, 'batches sent without an outbox record');
+  assert.equal(mid.storeWrites, before.storeWrites, 'nothing written: no outbox put or remove, no mark');
+
+  // A persistent session on shard 1, subscribed to another topic: batches to shard 1 are stored
+  // from now on (its subscriptions may match later), and the PUBACK waits for that commit.
+  const { pc } = await PacketClient.connect(t, broker, idOnShard(broker, 1, 'obs-persistent'), {
+    clean: false,
+  });
+  await pc.subscribe('obs/other', 1);
+  await waitFor(() => snap().storeWrites > mid.storeWrites, 'its session record written');
+  const w = snap();
+  await publish(pub, 'obs/x', 'stored', { qos: 1 });
+  await inbox.wait(21);
+  assert.equal(snap().outboxSkipped, w.outboxSkipped, 'this batch went to the outbox');
+  // The outbox put (committed before the PUBACK) and the receiver's mark, at least.
+  await waitFor(() => snap().storeWrites >= w.storeWrites + 2, 'the outbox entry and the mark written');
+  assert.ok(snap().storeCommits > w.storeCommits);
 });

@@ -146,6 +146,8 @@ export const Counter = {
   outboxDuplicates: 208, // replayed batches a shard had committed already (skipped)
   storeAcksHeld: 209, // QoS 1/2 acks held until their turn's commit (sync mode)
   storeWritesSkipped: 210, // delivery/outbox puts and removes never made: done before their flush
+  outboxSkipped: 211, // QoS 1/2 batches to a shard with no persistent session: sent without an outbox record
+  persistentSessions: 212, // gauge: this shard's persistent sessions (read by the other shards; 1 until restored)
   // Transports (issue #13): 180..199, src/listener/.
   tlsHandshakeErrors: 180, // TLS handshakes that failed (not TLS, bad or missing client certificate, timeout)
   tlsPeerCertRefused: 181, // handshakes done but the client certificate refused (verify_peer)
@@ -253,6 +255,11 @@ export class Counters {
   static create(rows: number): Counters {
     const sab = new SharedArrayBuffer(rows * COUNTER_SLOTS * 8);
     return new Counters({ sab, rows, atomics: new SharedArrayBuffer(8 * 4) }, 0);
+  }
+
+  /** A cell of another thread's row (a plain read: its single writer may change it any time). */
+  peek(rowIndex: number, slot: number): number {
+    return this.all[rowIndex * COUNTER_SLOTS + slot];
   }
 
   static attach(shared: CountersShared, rowIndex: number): Counters {

@@ -91,11 +91,12 @@ export class Router {
   }
 
   /** The batch to a peer shard (flushed at the end of this turn). */
-  batchFor(shard: number): BatchWriter | null {
+  batchFor(shard: number, viaOwner = false): BatchWriter | null {
     this.batchesPending = true;
     this.scheduleTurnEnd();
     // sync: the PUBLISH being routed (if any) is acked once this batch's outbox entry is committed
-    this.s.durable?.routedTo(shard);
+    // (a shared-group owner passes it on to members on any shard: stored whatever `shard` holds)
+    this.s.durable?.routedTo(shard, viaOwner);
     return this.batches[shard];
   }
 
@@ -128,7 +129,7 @@ export class Router {
           if (!(mask & (1 << s))) continue;
           if (s === id) this.shared.onSharedMessage(msg, sm.nodeIds, k);
           else {
-            this.batchFor(s)!.add(msg, sm.nodeIds, k, 1);
+            this.batchFor(s, true)!.add(msg, sm.nodeIds, k, 1);
             this.windows.note(s, this.delivery.flow.sourceConn);
           }
         }

@@ -43,7 +43,7 @@ export class SharedGroupRouting {
     private readonly s: ShardState,
     private readonly delivery: Delivery,
     /** The batch to a peer shard, flushed at the end of the turn (routing/route.ts) */
-    private readonly batchFor: (shard: number) => BatchWriter | null,
+    private readonly batchFor: (shard: number, viaOwner?: boolean) => BatchWriter | null,
   ) {}
 
   /**
@@ -217,7 +217,7 @@ export class SharedGroupRouting {
     const [group, filter] = groupKey.split('\u0000');
     const owner = ownerShard(group, filter, this.s.shardCount);
     if (owner === this.s.id) this.onRedispatch(msg, groupKey, exclude);
-    else this.batchFor(owner)?.addRedispatch(msg, groupKey, exclude);
+    else this.batchFor(owner, true)?.addRedispatch(msg, groupKey, exclude);
   }
 
   /** Members here join the groups a restarted shard owns again. */

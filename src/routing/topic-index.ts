@@ -114,6 +114,8 @@ import {
 } from './index-util.js';
 import { IndexWriter } from './index-writer.js';
 
+const keepNone = (): boolean => false;
+
 export { fnv1a32, MatchResult };
 
 /** Plain data (SharedArrayBuffers only), postMessage-able; capacities are read from `control`. */
@@ -336,8 +338,12 @@ export class TopicIndex {
     }
   }
 
-  /** After a shard crashed: clear its bit on every node, then remove the nodes left empty. */
-  clearShardEverywhere(shard: number): void {
+  /**
+   * A restarted shard (durable mode) after restoring its persistent sessions: its bit is cleared
+   * on every node that `keep` (a node reference) does not claim — what its dead predecessor's
+   * clean sessions had subscribed — and nodes left empty are removed.
+   */
+  clearShardUnless(shard: number, keep: (ref: number) => boolean): void {
     const bit = this.shardBit(shard);
     const nodes = this.nodes;
     this.w.lock();
@@ -345,7 +351,7 @@ export class TopicIndex {
       const count = Atomics.load(this.control, C_NODE_COUNT);
       for (let id = 1; id < count; id++) {
         const at = id * NODE_STRIDE + F_MASK;
-        if ((Atomics.load(nodes, at) & bit) === 0) continue; // skip the RMW on the common case
+        if ((Atomics.load(nodes, at) & bit) === 0 || keep(this.refOf(id))) continue;
         if (Atomics.and(nodes, at, ~bit) === bit) {
           Atomics.sub(this.control, C_ACTIVE, 1);
           this.w.pruneLocked(id);
@@ -355,6 +361,11 @@ export class TopicIndex {
     } finally {
       this.w.unlock();
     }
+  }
+
+  /** After a shard crashed: clear its bit on every node, then remove the nodes left empty. */
+  clearShardEverywhere(shard: number): void {
+    this.clearShardUnless(shard, keepNone);
   }
 
   /**

@@ -315,7 +315,7 @@ export class SessionLifecycle {
         }
         continue;
       }
-      if (session.pendingWill && now >= session.willAt) {
+      if (session.pendingWill && now >= session.willAt && this.s.peersRestored) {
         const w = session.pendingWill;
         session.pendingWill = null;
         this.publishWill(session.clientId, w);

@@ -9,6 +9,7 @@ import { ShardSecurity } from '../hooks/security.js';
 import { shardOf } from '../listener/client-id.js';
 import { createLogger, type Logger } from '../log.js';
 import { Counter, Counters, sampleMemory } from '../metrics/counters.js';
+import type { WillMessage } from '../protocol/codec.js';
 import type { QoS } from '../protocol/constants.js';
 import { type BatchVisitor, readBatch } from '../routing/batch.js';
 import { Router } from '../routing/route.js';
@@ -59,6 +60,9 @@ export class Shard implements BatchVisitor, ShardState {
   readonly sharedGroups = new SharedGroups();
   readonly peers: (MessagePort | null)[];
   stopping = false;
+  peersRestored = true;
+  /** Wills of sessions that expired while the broker was down, until peersRestored */
+  private restoredWills: { clientId: string; will: WillMessage }[] = [];
   /** Hooks, authentication, authorization, banned (src/hooks/security.ts): installed before start */
   readonly security: ShardSecurity;
   /** The durable store's shard side; null with durability.mode none */
@@ -104,7 +108,9 @@ export class Shard implements BatchVisitor, ShardState {
     this.flow = new FlowControl(this);
     this.delivery = new Delivery(this.config, this.counters, this.flow, this.security, this.durable);
     this.relay = new RetainedRelay(main, this.delivery, this.counters, this.durable);
-    this.shared = new SharedGroupRouting(this, this.delivery, (s) => this.router.batchFor(s));
+    this.shared = new SharedGroupRouting(this, this.delivery, (s, viaOwner) =>
+      this.router.batchFor(s, viaOwner),
+    );
     // Received forwards are published here for local subscribers only (never forwarded again).
     this.cluster = ShardClusterLink.create(init, {
       counters: this.counters,
@@ -157,7 +163,6 @@ export class Shard implements BatchVisitor, ShardState {
       scheduleTurnEnd: this.scheduleTurnEnd,
       threadMessageError: (err, from, msg) => this.threadMessageError(err, from, msg),
     });
-    for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
   }
 
   start(generation: number): void {
@@ -172,7 +177,15 @@ export class Shard implements BatchVisitor, ShardState {
       this.lifecycle.sweep();
       sampleMemory(this.counters.row);
     }, 1000);
-    if (this.durable) this.restore();
+    // A durable first start: the other shards may not have restored their sessions yet (main
+    // says `listen` once all are ready). A restarted shard's peers are up.
+    if (this.durable) {
+      this.peersRestored = generation > 1;
+      this.restore();
+    }
+    // Peers' batches only now: those that came while the worker was loading (outbox replays
+    // after a restart among them) wait in the ports until the restored sessions can take them.
+    for (let i = 0; i < this.peers.length; i++) this.listenPeer(i);
     this.main.postMessage({ t: 'ready', generation });
   }
 
@@ -228,6 +241,11 @@ export class Shard implements BatchVisitor, ShardState {
   private onMainMessage(msg: MainToShard): void {
     switch (msg.t) {
       case 'listen':
+        if (!this.peersRestored) {
+          this.peersRestored = true;
+          for (const w of this.restoredWills) this.lifecycle.publishWill(w.clientId, w.will);
+          this.restoredWills = [];
+        }
         this.accept.listen(msg.listeners);
         break;
       case 'peer':
@@ -414,7 +432,11 @@ export class Shard implements BatchVisitor, ShardState {
       subscribe: (session, filter, o) => this.subscriptions.subscribe(session, filter, o),
     });
     durable.restored();
-    for (const w of wills) this.lifecycle.publishWill(w.clientId, w.will);
+    // After a crash main left our bits in the index (supervisor.ts): keep only those of nodes
+    // that restored sessions subscribe to.
+    this.index.clearShardUnless(this.id, (ref) => this.subscribers.get(ref) !== undefined);
+    if (this.peersRestored) for (const w of wills) this.lifecycle.publishWill(w.clientId, w.will);
+    else this.restoredWills = wills;
     durable.replayAll();
     if (this.sessions.size > 0)
       this.log.info({ sessions: this.sessions.size }, 'persistent sessions restored');

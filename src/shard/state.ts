@@ -37,6 +37,11 @@ export interface ShardState {
   readonly peers: (MessagePort | null)[];
   /** Draining or shut down: no new connections, no wills */
   stopping: boolean;
+  /**
+   * Every shard has restored its persistent sessions (durable start: main's first `listen`).
+   * Until then no will is published: the sessions it is owed to may not be back in the index.
+   */
+  peersRestored: boolean;
   /** Hooks, authorizer, banned list (src/hooks/security.ts) */
   readonly security: ShardSecurity;
   /** The durable store's shard side (storage/shard-durability.ts); null with durability.mode none */

@@ -45,4 +45,9 @@ export const DURABLE_COUNTERS: [string, string, number][] = [
     'Delivery and outbox puts and removes never made: the record was done before its flush',
     Counter.storeWritesSkipped,
   ],
+  [
+    'emqx_ts_outbox_skipped_total',
+    'QoS 1/2 cross-shard batches sent without an outbox record: the receiving shard had no persistent session',
+    Counter.outboxSkipped,
+  ],
 ];

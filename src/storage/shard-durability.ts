@@ -52,6 +52,10 @@ export class ShardDurability {
   private relOp: { t: HeldAck | null } | null = null;
   /** Acks of messages added to this turn's batch for each peer shard (its outbox entry) */
   private readonly batchAcks: HeldAck[][];
+  /** This turn's batch for each peer shard goes to the outbox (the peer had a persistent session) */
+  private readonly batchDurable: boolean[];
+  /** This shard's persistent sessions (client ids): while none, peers send it no outbox records */
+  private readonly persistent = new Set<string>();
   private readonly flushIntervalMs: number;
   private readonly syncDelayMs: number;
   /** Acks held until this turn is committed (SUBACKs of persistent sessions) */
@@ -76,6 +80,9 @@ export class ShardDurability {
     this.syncDelayMs = s.config['durability.sync_delay'];
     this.unconfirmed = s.peers.map(() => new Map());
     this.batchAcks = s.peers.map(() => []);
+    this.batchDurable = s.peers.map(() => false);
+    // Not known before the restore: peers keep storing what they send us until then.
+    s.counters.row[Counter.persistentSessions] = 1;
     for (const o of store.loadOutbox(s.id)) {
       const m = this.unconfirmed[o.to];
       if (m) m.set(o.seq, Buffer.from(o.batch));
@@ -94,18 +101,28 @@ export class ShardDurability {
       for (const d of session.queue) seqs.push(d.seq);
       if (session.inflightCount > 0) for (const e of session.inflight.values()) seqs.push(e.seq);
       if (seqs.length > 0) this.w.loaded(session.clientId, seqs);
+      if (session.expiryInterval > 0) this.persistent.add(session.clientId);
     }
+    this.s.counters.row[Counter.persistentSessions] = this.persistent.size;
   }
 
   /** The session's record (subscriptions, expiry, wills) is written at the next flush. */
   sessionChanged(session: Session): void {
     if (session.expiryInterval === 0) return;
+    if (!this.persistent.has(session.clientId)) {
+      // Before its first subscription reaches the index: a peer that routes to it from then on
+      // stores what it sends us.
+      this.persistent.add(session.clientId);
+      this.s.counters.row[Counter.persistentSessions] = this.persistent.size;
+    }
     this.w.sessionChanged(session);
     this.scheduleTurnEnd();
   }
 
   /** The session ended (discarded, expired, or no longer persistent): all its records go. */
   sessionGone(session: Session): void {
+    if (this.persistent.delete(session.clientId))
+      this.s.counters.row[Counter.persistentSessions] = this.persistent.size;
     this.w.sessionGone(session);
     this.scheduleTurnEnd();
   }
@@ -167,8 +184,15 @@ export class ShardDurability {
     }
   }
 
-  /** The message was added to this turn's batch for shard `to` (with QoS 1/2: the outbox). */
-  routedTo(to: number): void {
+  /**
+   * The message was added to this turn's batch for shard `to`. With QoS 1/2 the batch goes to
+   * the outbox, and the ack waits for it — unless `to` has no persistent session: its
+   * subscribers are all clean sessions, which a restart of either shard ends anyway, so there is
+   * nothing to store or re-send (fan-out and pairs to clean subscribers write nothing).
+   */
+  routedTo(to: number, always = false): void {
+    if (!always && this.s.counters.peek(to + 1, Counter.persistentSessions) === 0) return;
+    this.batchDurable[to] = true;
     const t = this.ack;
     if (t === null) return;
     t.parts++;
@@ -200,9 +224,15 @@ export class ShardDurability {
 
   /**
    * A batch with QoS 1/2 messages for shard `to`: kept (store and memory) until `to` confirms.
-   * Returns its sequence number, increasing across restarts (it starts from the clock, µs).
+   * Returns its sequence number, increasing across restarts (it starts from the clock, µs);
+   * 0 when it is not kept (`to` had no persistent session when its messages were routed).
    */
   outboxAdd(to: number, ab: ArrayBuffer, len: number): number {
+    if (!this.batchDurable[to]) {
+      this.s.counters.row[Counter.outboxSkipped]++;
+      return 0;
+    }
+    this.batchDurable[to] = false;
     const seq = Math.max(Date.now() * 1000, this.outSeq + 1);
     this.outSeq = seq;
     const copy = Buffer.allocUnsafeSlow(len);
