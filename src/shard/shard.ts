@@ -31,14 +31,6 @@ import { answerQuery } from './queries.js';
 import { asBuffer, RetainedRelay } from './retained-relay.js';
 import type { MainLink, ShardState } from './state.js';
 
-/**
- * Bytes of other shards' batches a shard delivers per event-loop turn before it lets the loop
- * poll again (and uncork what it wrote): at least one batch per turn.
- */
-export const PEER_TURN_BUDGET = 64 * 1024;
-/** Placeholder for a delivered queue slot (drops the reference to the batch buffer). */
-const WAITED = { t: 'release', clientId: '' } as ShardToShard;
-
 export type { SubscribeOptions } from '../routing/subscriptions.js';
 export type { MainLink } from './state.js';
 
@@ -82,11 +74,6 @@ export class Shard implements BatchVisitor, ShardState {
   private readonly accept: ConnectionAccept;
   /** Batches to flush and/or connections to uncork at the end of this turn: one setImmediate */
   private turnEndScheduled = false;
-  /** Bytes of peers' batches delivered this turn (PEER_TURN_BUDGET) */
-  private peerTurnBytes = 0;
-  /** Drains of the peer ports whose messages wait for a later turn */
-  private readonly peerDrains: (() => boolean)[] = [];
-  private peerDrainScheduled = false;
   private sweepTimer: NodeJS.Timeout | null = null;
   /** Publishes to and from other nodes (src/cluster/shard-link.ts); null on a single node */
   private readonly cluster: ShardClusterLink | null;
@@ -189,85 +176,42 @@ export class Shard implements BatchVisitor, ShardState {
     this.main.postMessage({ t: 'ready', generation });
   }
 
-  /**
-   * Messages from peer shard `i`. Batches are delivered up to PEER_TURN_BUDGET bytes per turn;
-   * past it, what the port hands over (a port delivers everything queued in one callback) waits
-   * here, in order, for the next turns. Without this a shard worked through the whole peer window
-   * of a flood in one turn, and a message of another client that crossed shards behind it was
-   * written only at that turn's end.
-   */
   private listenPeer(i: number): void {
     const port = this.peers[i];
     if (!port) return;
-    const queue: ShardToShard[] = [];
-    let head = 0;
-    // Delivers what waits while the budget lasts; true once the queue is empty.
-    const drain = (): boolean => {
-      while (head < queue.length) {
-        const m = queue[head];
-        if (m.t === 'batch' && this.peerTurnBytes >= PEER_TURN_BUDGET) return false;
-        queue[head++] = WAITED;
-        this.onPeerMessage(i, port, m);
-      }
-      queue.length = 0;
-      head = 0;
-      return true;
-    };
     port.on('message', (m: ShardToShard) => {
-      if (queue.length > 0 || (m.t === 'batch' && this.peerTurnBytes >= PEER_TURN_BUDGET)) {
-        if (queue.length === 0) this.peerDrains.push(drain);
-        queue.push(m);
-        this.scheduleTurnEnd();
-        return;
+      try {
+        if (m.t === 'batch') {
+          // The publishers in it were read by shard i: a congested subscriber holds them there.
+          this.flow.sourceShard = i;
+          try {
+            // Durable: a batch committed here already (re-sent after a restart) is not delivered again.
+            if (m.seq === undefined || !this.durable || this.durable.acceptBatch(i, m.seq))
+              readBatch(m.buf, m.len, m.replay ? this.replay : this);
+          } finally {
+            this.flow.sourceShard = -1;
+          }
+          port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
+        } else if (m.t === 'drained') this.clusterState?.onDrained(m.reqId);
+        else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
+        else if (m.t === 'batchAck') {
+          this.router.windows.acked(i, m.bytes);
+        } else if (m.t === 'hold' || m.t === 'release') this.flow.onPeerHold(i, m.clientId, m.t === 'hold');
+        else if (m.t === 'adopt') {
+          // First: from here on the fds are ours (the sender stops tracking them).
+          port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
+          this.accept.adoptAll(m.conns);
+        } else if (m.t === 'adopted') this.accept.onAdopted(i, m.seq);
+        else if (m.t === 'tunnel') this.accept.onTunnel(i, m);
+        else if (m.t === 'sharedJoin')
+          this.shared.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
+        else if (m.t === 'sharedJoined') this.relay.onSharedJoined(m.reqId, m.ok !== false);
+        else this.shared.sharedLeave(m.group, m.filter, m.clientId);
+      } catch (err) {
+        this.threadMessageError(err, `shard ${i}`, m);
       }
-      this.onPeerMessage(i, port, m);
     });
   }
-
-  private onPeerMessage(i: number, port: MessagePort, m: ShardToShard): void {
-    try {
-      if (m.t === 'batch') {
-        // The publishers in it were read by shard i: a congested subscriber holds them there.
-        this.flow.sourceShard = i;
-        try {
-          // Durable: a batch committed here already (re-sent after a restart) is not delivered again.
-          if (m.seq === undefined || !this.durable || this.durable.acceptBatch(i, m.seq))
-            readBatch(m.buf, m.len, m.replay ? this.replay : this);
-          this.peerTurnBytes += m.len;
-          this.scheduleTurnEnd();
-        } finally {
-          this.flow.sourceShard = -1;
-        }
-        port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
-      } else if (m.t === 'drained') this.clusterState?.onDrained(m.reqId);
-      else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
-      else if (m.t === 'batchAck') {
-        this.router.windows.acked(i, m.bytes);
-      } else if (m.t === 'hold' || m.t === 'release') this.flow.onPeerHold(i, m.clientId, m.t === 'hold');
-      else if (m.t === 'adopt') {
-        // First: from here on the fds are ours (the sender stops tracking them).
-        port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
-        this.accept.adoptAll(m.conns);
-      } else if (m.t === 'adopted') this.accept.onAdopted(i, m.seq);
-      else if (m.t === 'tunnel') this.accept.onTunnel(i, m);
-      else if (m.t === 'sharedJoin')
-        this.shared.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
-      else if (m.t === 'sharedJoined') this.relay.onSharedJoined(m.reqId, m.ok !== false);
-      else this.shared.sharedLeave(m.group, m.filter, m.clientId);
-    } catch (err) {
-      this.threadMessageError(err, `shard ${i}`, m);
-    }
-  }
-
-  /** Peers' messages held back by the batch budget: delivered in the turn after this one. */
-  private readonly drainPeers = (): void => {
-    this.peerDrainScheduled = false;
-    const d = this.peerDrains;
-    let keep = 0;
-    for (let k = 0; k < d.length; k++) if (!d[k]()) d[keep++] = d[k];
-    d.length = keep;
-    this.scheduleTurnEnd();
-  };
 
   /**
    * A handler threw on a message from another thread (a bug, or input a check missed): logged,
@@ -457,12 +401,6 @@ export class Shard implements BatchVisitor, ShardState {
     if (y.length > 0) {
       for (let i = 0; i < y.length; i++) y[i].resumeAfterYield();
       y.length = 0;
-    }
-    this.peerTurnBytes = 0;
-    // Scheduled from the check phase: runs in the next loop iteration, after its poll.
-    if (this.peerDrains.length > 0 && !this.peerDrainScheduled) {
-      this.peerDrainScheduled = true;
-      setImmediate(this.drainPeers);
     }
   };
 
