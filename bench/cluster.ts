@@ -53,6 +53,15 @@ async function metric(n: Node, name: string): Promise<number> {
   return line ? Number(line.slice(name.length + 1)) : Number.NaN;
 }
 
+/** CPU seconds of each thread of a node (builds that export emqx_ts_thread_cpu_seconds), by name. */
+async function threadCpu(n: Node): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text();
+  const out = new Map<string, number>();
+  for (const m of text.matchAll(/^emqx_ts_thread_cpu_seconds\{thread="([^"]+)"\} (\S+)$/gm))
+    out.set(m[1], Number(m[2]));
+  return out;
+}
+
 const nodeArgs = (process.env.BENCH_EMQX_TS_NODE_ARGS ?? process.env.BENCH_NODE_ARGS ?? '')
   .split(' ')
   .filter(Boolean);
@@ -184,6 +193,8 @@ interface Result {
   net: number;
   /** Publishes per gRPC batch on the link (cross-node, builds that count them) */
   perBatch: number;
+  /** µs of CPU per delivered message by thread, "n1.shard0" etc. (empty: build without it) */
+  threads: Map<string, number>;
   line: string;
 }
 
@@ -209,6 +220,7 @@ async function run(
   const base = sub.received;
   const dropped0 = await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total');
   const batches0 = await metric(nodes[0], 'emqx_ts_cluster_wire_batches_sent_total');
+  const th0 = await Promise.all(nodes.map(threadCpu));
   const cpu0 = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0);
   const t0 = process.hrtime.bigint();
   const sent = await blast(pub, sub, qos, payload, s * 1000, Number(args.window));
@@ -236,7 +248,12 @@ async function run(
   }
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0) - cpu0;
+  const th1 = await Promise.all(nodes.map(threadCpu));
   const got = sub.received - base;
+  const threads = new Map<string, number>();
+  th1.forEach((m, i) => {
+    for (const [t, v] of m) threads.set(`n${i + 1}.${t}`, ((v - (th0[i].get(t) ?? v)) * 1e6) / got);
+  });
   const dropped = (await metric(nodes[0], 'emqx_ts_cluster_forward_dropped_total')) - dropped0;
   const batches = (await metric(nodes[0], 'emqx_ts_cluster_wire_batches_sent_total')) - batches0;
   pub.sock.destroy();
@@ -248,16 +265,29 @@ async function run(
     `${cross ? 'cross-node' : 'same-node '}  QoS ${qos}  ${payload} B  ${Math.round(rate)} msg/s  ` +
     `${(cpu / got).toFixed(2)} µs CPU/msg (both nodes; ${net.toFixed(2)} net of idle)  sent ${sent} delivered ${got} forward-dropped ${dropped}` +
     (Number.isNaN(perBatch) ? '' : `  ${Math.round(perBatch)} msg/batch`) +
-    `  load ${os.loadavg()[0].toFixed(1)}`;
-  return { rate, cpu: cpu / got, net, perBatch, line };
+    `  load ${os.loadavg()[0].toFixed(1)}` +
+    (threads.size > 0
+      ? `\n    µs/msg by thread: ${[...threads].map(([t, v]) => `${t} ${v.toFixed(2)}`).join('  ')}`
+      : '');
+  return { rate, cpu: cpu / got, net, perBatch, threads, line };
 }
 
 /** CPU the idle pair burns (timers, heartbeats, route scans), µs per second. */
 async function idleCpu(nodes: Node[], ms = 2000): Promise<number> {
+  const th0 = await Promise.all(nodes.map(threadCpu));
   const c0 = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0);
   const t0 = Date.now();
   await sleep(ms);
-  return (nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0) - c0) / ((Date.now() - t0) / 1000);
+  const c1 = nodes.reduce((a, n) => a + cpuMicros(n.child.pid!), 0);
+  const secs = (Date.now() - t0) / 1000;
+  const th1 = await Promise.all(nodes.map(threadCpu));
+  const parts: string[] = [];
+  th1.forEach((m, i) => {
+    for (const [t, v] of m)
+      parts.push(`n${i + 1}.${t} ${Math.round(((v - (th0[i].get(t) ?? v)) * 1e6) / secs)}`);
+  });
+  if (parts.length > 0) console.log(`  idle µs/s by thread: ${parts.join('  ')}`);
+  return (c1 - c0) / secs;
 }
 
 const median = (xs: number[]) => {
@@ -295,7 +325,7 @@ try {
       .join(' ')}`,
   );
   for (const p of pairs) {
-    p.idle = await idleCpu(p.nodes, 3000);
+    p.idle = await idleCpu(p.nodes, Number(process.env.BENCH_IDLE_MS ?? 3000));
     console.log(`${p.name} (${p.root}): idle CPU of the 2 nodes ${Math.round(p.idle)} µs/s`);
   }
   for (let r = 0; r < Number(args.rounds); r++) {
@@ -337,6 +367,13 @@ try {
             2,
           )} µs CPU/msg` + (pb.length > 0 ? `  ${Math.round(median(pb))} msg/batch` : ''),
         );
+        const names = [...new Set(rs.flatMap((x) => [...x.threads.keys()]))].sort();
+        if (names.length > 0)
+          console.log(
+            `      by thread (µs/msg, median): ${names
+              .map((t) => `${t} ${median(rs.map((x) => x.threads.get(t) ?? Number.NaN)).toFixed(2)}`)
+              .join('  ')}`,
+          );
       }
       if (same.length > 0 && same.length === cross.length) {
         // Per-round ratio: each round's cross-node run against the same-node run next to it.

@@ -60,7 +60,7 @@ export class ClusterNode {
 
   constructor(
     private readonly config: Config,
-    localIndex: TopicIndex,
+    private readonly localIndex: TopicIndex,
     remoteIndex: TopicIndex,
     private readonly counters: Counters,
     private readonly shards: (MessagePort | null)[],
@@ -431,8 +431,15 @@ export class ClusterNode {
   private scheduleScan(ms: number): void {
     const t = setTimeout(() => {
       const start = performance.now();
+      const seen = this.localIndex.changes();
       this.scanRoutes();
-      if (!this.stopping) this.scheduleScan(Math.max(ROUTE_SCAN_MS, 10 * (performance.now() - start)));
+      if (this.stopping) return;
+      const gap = Math.max(ROUTE_SCAN_MS, 10 * (performance.now() - start));
+      // No polling while nobody subscribes or unsubscribes: the next scan waits for a write to
+      // the index (any shard's), then for the gap, so that a burst of changes is one scan.
+      this.localIndex.whenChanged(seen, () => {
+        if (!this.stopping) this.scheduleScan(gap);
+      });
     }, ms);
     this.scanTimer = t;
   }

@@ -1,3 +1,5 @@
+import { readlinkSync } from 'node:fs';
+
 /**
  * Hot-path counters in shared memory. Every thread owns one row of a Float64Array over a
  * SharedArrayBuffer and increments its own cells with a plain `+=` (single writer, no Atomics,
@@ -102,7 +104,9 @@ export const Counter = {
   clusterWireBytesOut: 85,
   clusterWireBatchesIn: 86,
   clusterWireBytesIn: 87,
-  // 71..79 hardening, 88, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  /** Gauge: the OS thread id (Linux tid) of the thread that owns the row, for per-thread CPU */
+  threadId: 88,
+  // 71..79 hardening, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // Hardening (issue #9, items 9 and 10)
   /** Retained deliveries on subscribe that waited for the subscriber's drain or acks */
   retainedPaced: 71,
@@ -112,7 +116,7 @@ export const Counter = {
   slowConsumers: 73,
   /** Publishers held because a peer shard had a window of their batches unprocessed */
   peerWindowHolds: 74,
-  // 75..79 hardening, 88, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // 75..79 hardening, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // 160..179 auth, 180..199 transports, 200..219 durable storage, 230..245 free, 246..255 hardening.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,
@@ -205,11 +209,23 @@ export const HANDOFF_BUCKETS_S = [
  * bytes of this isolate) into its own row: a few µs, called from a once-a-second timer.
  */
 export function sampleMemory(row: Float64Array): void {
+  if (row[Counter.threadId] === 0) row[Counter.threadId] = ownThreadId();
   const m = process.memoryUsage();
   row[Counter.memHeapUsed] = m.heapUsed;
   row[Counter.memHeapTotal] = m.heapTotal;
   row[Counter.memExternal] = m.external;
   row[Counter.memArrayBuffers] = m.arrayBuffers;
+}
+
+/** This thread's OS thread id (Linux: /proc/thread-self), -1 where there is none. */
+export function ownThreadId(): number {
+  try {
+    const link = readlinkSync('/proc/thread-self'); // "<pid>/task/<tid>"
+    const tid = Number(link.slice(link.lastIndexOf('/') + 1));
+    return Number.isInteger(tid) && tid > 0 ? tid : -1;
+  } catch {
+    return -1;
+  }
 }
 
 /** Records one handoff latency (ns) in this thread's row: a handful of adds per connection. */

@@ -27,6 +27,7 @@ export const C_EPOCH = 15; // never 0 (0 marks an idle reader)
 export const C_SHIFT_SEQ = 16; // odd while a slot-table deletion moves entries
 export const C_FREE_COUNT = 17;
 export const C_READERS_WAITING = 18; // readers whose probes keep being disturbed by deletions
+export const C_CHANGES = 19; // bumped (and notified) by every writer unlock: a watcher's wake-up
 export const C_ARENA = 20; // ARENA_CONTROL_INTS of allocator state
 export const C_READERS = C_ARENA + ARENA_CONTROL_INTS; // READER_SLOTS × [owner tag, epoch]
 export const READER_SLOTS = 128;

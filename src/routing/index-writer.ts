@@ -7,6 +7,7 @@ import { threadId } from 'node:worker_threads';
 import { type BuddyArena, orderFor } from './arena.js';
 import {
   C_ACTIVE,
+  C_CHANGES,
   C_EPOCH,
   C_FREE_COUNT,
   C_FREE_HEAD,
@@ -315,6 +316,9 @@ export class IndexWriter {
   unlock(): void {
     Atomics.store(this.control, C_LOCK, 0);
     if (Atomics.load(this.control, C_LOCK_WAITERS) > 0) Atomics.notify(this.control, C_LOCK, 1);
+    // Whoever watches the index for changes (the cluster thread's route scan) wakes up.
+    Atomics.add(this.control, C_CHANGES, 1);
+    Atomics.notify(this.control, C_CHANGES);
   }
 
   private growScratch(): void {

@@ -63,6 +63,7 @@ import {
   C_ACTIVE,
   C_ARENA,
   C_ARENA_BYTES,
+  C_CHANGES,
   C_EPOCH,
   C_FREE_HEAD,
   C_ID_BITS,
@@ -115,6 +116,13 @@ import {
 import { IndexWriter } from './index-writer.js';
 
 const keepNone = (): boolean => false;
+
+/** Atomics.waitAsync (Node ≥ 16; in TypeScript's lib only from es2024 on) */
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(a: Int32Array, i: number, v: number): { async: boolean; value: Promise<string> | string };
+  }
+).waitAsync;
 
 export { fnv1a32, MatchResult };
 
@@ -428,6 +436,21 @@ export class TopicIndex {
   /** Filters with at least one shard bit set; cheap enough for the publish path. */
   activeFilters(): number {
     return Atomics.load(this.control, C_ACTIVE);
+  }
+
+  /** Count of writes so far (any thread's): what `whenChanged` compares against. */
+  changes(): number {
+    return Atomics.load(this.control, C_CHANGES);
+  }
+
+  /**
+   * Calls `fn` once, as soon as some thread has written to the index since `changes()` returned
+   * `seen` (at once if it already has). No timer: an idle index costs its watcher nothing.
+   */
+  whenChanged(seen: number, fn: () => void): void {
+    const r = waitAsync(this.control, C_CHANGES, seen);
+    if (r.async) void (r.value as Promise<string>).then(fn);
+    else setImmediate(fn);
   }
 
   stats(): TopicIndexStats {
