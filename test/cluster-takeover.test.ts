@@ -5,6 +5,7 @@
  * DUP; racing connects end with one owner. Real nodes as processes, real clients.
  */
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { test } from 'node:test';
 import mqtt, { type IDisconnectPacket, type MqttClient } from 'mqtt';
 import type { Broker } from '../src/broker/broker.js';
@@ -13,15 +14,41 @@ import { startNode, type TestNode } from './helpers/cluster.js';
 import { connectTo, Inbox, pollUntil } from './helpers/cluster-clients.js';
 import { PacketClient } from './helpers/raw.js';
 
-async function pair(t: Parameters<typeof startNode>[0], prefix: string): Promise<[TestNode, TestNode]> {
-  const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1`, shards: 2 });
-  const n2 = await startNode(t, { name: `${prefix}2@127.0.0.1`, seeds: [n1.clusterPort], shards: 2 });
+async function pair(
+  t: Parameters<typeof startNode>[0],
+  prefix: string,
+  args: string[] = [],
+): Promise<[TestNode, TestNode]> {
+  const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1`, shards: 2, args });
+  const n2 = await startNode(t, { name: `${prefix}2@127.0.0.1`, seeds: [n1.clusterPort], shards: 2, args });
   await Promise.all([n1.waitPeer(n2.name, 'running'), n2.waitPeer(n1.name, 'running')]);
   return [n1, n2];
 }
 
 const clientOn = async (n: TestNode, id: string) =>
   (await n.get(`/clients/${encodeURIComponent(id)}`)).status;
+
+/** `prefix`0…`prefix`n-1 in order; the first `inflight` resent with DUP, the rest sent for the first time. */
+function inOrderDupFirst(
+  got: { payload: string; dup: boolean }[],
+  prefix: string,
+  n: number,
+  inflight: number,
+) {
+  assert.deepEqual(
+    got.map((g) => g.payload),
+    [...Array(n).keys()].map((i) => `${prefix}${i}`),
+    'all of them, in order',
+  );
+  assert.ok(
+    got.slice(0, inflight).every((g) => g.dup),
+    `the ${inflight} inflight ones resent with DUP [MQTT-4.4.0-1]`,
+  );
+  assert.ok(
+    got.slice(inflight).every((g) => !g.dup),
+    'the queued ones sent for the first time',
+  );
+}
 
 /** A persistent MQTT 5 subscriber (clean start 0) connecting to `n`: its inbox and CONNACK. */
 async function resume(t: Parameters<typeof startNode>[0], n: TestNode, clientId: string, what: string) {
@@ -81,20 +108,7 @@ test('takeover across nodes: inflight and queued QoS 1 messages all delivered in
   }
   assert.equal(disconnect?.reasonCode, 0x8e);
 
-  const got = await inbox.wait(N, 'every message on the new node');
-  assert.deepEqual(
-    got.map((g) => g.payload),
-    [...Array(N).keys()].map((i) => `m${i}`),
-    'in order',
-  );
-  assert.ok(
-    got.slice(0, 10).every((g) => g.dup),
-    'the 10 inflight ones resent with DUP [MQTT-4.4.0-1]',
-  );
-  assert.ok(
-    got.slice(10).every((g) => !g.dup),
-    'the queued ones sent for the first time',
-  );
+  inOrderDupFirst(await inbox.wait(N, 'every message on the new node'), 'm', N, 10);
 
   // The session (and its route) lives on n2 now.
   assert.equal(await clientOn(n1, 'tk-sub'), 404, 'no session left on n1');
@@ -173,4 +187,57 @@ test('racing connects of one client id to two nodes end with exactly one owner',
     assert.equal((owner.body as { connected: boolean }).connected, true);
     assert.equal(await clientOn(nodes[loser], id), 404, `round ${round}: no session on the loser's node`);
   }
+});
+
+test('a session shipped by a takeover is in the new node’s durable store at once: kill -9 of that node, restart, reconnect → session present, the shipped inflight and queued QoS 1 messages there', {
+  timeout: 120_000,
+}, async (t) => {
+  // Durable nodes (cluster tests run memory-only otherwise).
+  const durable = ['--durability.mode=sync'];
+  const [n1, n2] = await pair(t, 'dt', durable);
+  const id = 'dt-sub';
+  const c1 = await connectTo(t, n1, id, {
+    protocolVersion: 5,
+    clean: false,
+    properties: { sessionExpiryInterval: 300 },
+  });
+  await c1.subscribeAsync('dt/q', { qos: 1 });
+  await new Promise<void>((r) => c1.end(false, {}, () => r()));
+  await n2.waitPeer(n1.name, 'running', (r) => r === 1);
+  // Queued in the offline session on n1.
+  const N = 6;
+  const pub = await connectTo(t, n2, 'dt-pub');
+  for (let i = 0; i < N; i++) await pub.publishAsync('dt/q', `d${i}`, { qos: 1 });
+  await pub.endAsync();
+
+  // Taken over to n2 by a client that takes 2 messages (receive maximum) and acks none: 2
+  // inflight, 4 queued. Nothing in the session changes after the import.
+  const { pc, connack } = await PacketClient.connect(t, { port: n2.mqttPort } as unknown as Broker, id, {
+    protocolVersion: 5,
+    clean: false,
+    properties: { sessionExpiryInterval: 300, receiveMaximum: 2 },
+  });
+  assert.equal(connack.sessionPresent, true, 'taken over from n1 [MQTT-3.2.2-2]');
+  await pollUntil(
+    async () => pc.publishes,
+    (n) => n === 2,
+    'the 2 inflight ones on n2',
+  );
+  assert.equal(await clientOn(n1, id), 404, 'gone from n1');
+
+  // n2 crashes and comes back on its data dir: the session is restored from its store.
+  const dataDir = n2.dataDir;
+  await n2.kill9();
+  const n2b = await startNode(t, {
+    name: n2.name,
+    seeds: [n1.clusterPort],
+    shards: 2,
+    dataDir,
+    args: durable,
+  });
+  t.after(() => rmSync(dataDir, { recursive: true, force: true }));
+  await n2b.waitPeer(n1.name, 'running');
+  const { inbox, connack: ack } = await resume(t, n2b, id, 'the client to reconnect to the restarted n2');
+  assert.equal(ack.sessionPresent, true, 'the imported session survived the crash');
+  inOrderDupFirst(await inbox.wait(N, 'the shipped messages after the restart'), 'd', N, 2);
 });

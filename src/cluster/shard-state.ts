@@ -24,16 +24,24 @@ export interface ShardStateDeps {
   readonly sharedGroups: SharedGroups;
   /** Session lifecycle (session/lifecycle.ts): takeover to and from other nodes */
   exportSession<T>(clientId: string, clean: boolean, encode: (s: Session) => T): T | null;
-  adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][]): void;
+  /** `socket` (the claiming connection's) is held corked until the import is stored */
+  adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][], socket: ClaimSocket): void;
   /** Posts this turn's cross-shard batches, then `drained` to shard `to` behind them */
   drainTo(to: number, reqId: number): void;
   readonly claimTimeoutMs: number;
   readonly log: { warn(o: object, msg: string): void };
 }
 
+/** The claiming connection's socket */
+export interface ClaimSocket {
+  readonly destroyed: boolean;
+  cork(): void;
+  uncork(): void;
+}
+
 interface PendingClaim {
   clientId: string;
-  socket: { destroyed: boolean };
+  socket: ClaimSocket;
   attach: () => void;
   timer: NodeJS.Timeout;
   /** Takeovers by other nodes that arrived while this claim was in flight: run after it */
@@ -227,7 +235,7 @@ export class ShardClusterState {
    * node ships is adopted, then the connection attaches as usual and resumes it. Bytes the
    * client sends meanwhile wait in the socket (nothing reads it before attach).
    */
-  claimThenAttach(socket: { destroyed: boolean }, h: ConnectionOrigin, attach: () => void): void {
+  claimThenAttach(socket: ClaimSocket, h: ConnectionOrigin, attach: () => void): void {
     const clientId = h.connect.clientId;
     const reqId = ++this.claimSeq;
     if (!this.link.postState({ t: 'claim', reqId, clientId, clean: h.connect.clean })) {
@@ -252,7 +260,7 @@ export class ShardClusterState {
         const snap = decodeSession(blob);
         const session = new Session(c.clientId, false);
         restoreSession(session, snap);
-        this.deps.adoptSession(session, snap.subs);
+        this.deps.adoptSession(session, snap.subs, c.socket);
         this.deps.counters.row[Counter.sessionsImported]++;
       } catch (err) {
         this.deps.counters.row[Counter.clusterErrors]++;

@@ -370,7 +370,11 @@ export class SessionLifecycle {
    * subscriptions go into the routing tables (routes follow the session). The CONNECT that
    * claimed it then resumes it (session present 1, inflight resent with DUP).
    */
-  adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][]): void {
+  adoptSession(
+    session: Session,
+    subs: [string, Omit<Subscription, 'nodeId'>][],
+    socket: { cork(): void; uncork(): void },
+  ): void {
     const old = this.s.sessions.get(session.clientId);
     if (old && !old.conn) this.discardSession(old);
     else if (old) return; // connected here meanwhile: that one is newer
@@ -380,6 +384,26 @@ export class SessionLifecycle {
     // Offline until its CONNECT attaches (or expires like any offline session if that never comes).
     session.expiresAt =
       session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
+    const durable = this.s.durable;
+    if (!durable) return;
+    // Durable: written now, as a session that was always here would be (record, inflight, queue,
+    // QoS 2 ids awaiting PUBREL), not when it next changes: the old node has forgotten it.
+    durable.sessionChanged(session);
+    for (const [id, e] of session.inflight) {
+      if (e.released) durable.released(session, e, id);
+      else durable.held(session, e, id);
+    }
+    for (const d of session.queue) durable.held(session, d, 0);
+    for (const [id, at] of session.awaitingRel) durable.awaitingRel(session, id, at);
+    // sync: what the client gets next (CONNACK with session present 1, the inflight resent with
+    // DUP, in this turn) waits in the corked socket until this turn is committed — the import
+    // and the packet ids of what the resume sends — so a client that saw the takeover done finds
+    // all of it here after a kill -9 of this node. Without it, the flush (durability.sync_delay
+    // + one commit) came after the client had it. batched: no wait, as for acks.
+    if (durable.sync) {
+      socket.cork();
+      durable.afterCommit(() => socket.uncork());
+    }
   }
 
   /** REST API kick: closes the client's connection (if any) and discards its session. */

@@ -135,7 +135,7 @@ export class Shard implements BatchVisitor, ShardState {
           shared: this.shared,
           sharedGroups: this.sharedGroups,
           exportSession: (id, clean, encode) => this.lifecycle.exportSession(id, clean, encode),
-          adoptSession: (session, subs) => this.lifecycle.adoptSession(session, subs),
+          adoptSession: (session, subs, socket) => this.lifecycle.adoptSession(session, subs, socket),
           drainTo: (to, reqId) => {
             if (this.router.batchesPending) this.router.flushBatches();
             this.peers[to]?.postMessage({ t: 'drained', reqId } satisfies ShardToShard);

@@ -34,6 +34,8 @@ export interface NodeOptions {
   config?: string;
   /** More environment variables (e.g. KUBECONFIG) */
   env?: Record<string, string>;
+  /** node.data_dir of a node started again after a crash (the caller removes it); else a new one */
+  dataDir?: string;
 }
 
 export interface ClusterNodeInfo {
@@ -43,6 +45,7 @@ export interface ClusterNodeInfo {
 }
 
 export class TestNode {
+  dataDir = '';
   mqttPort = 0;
   clusterPort = 0;
   apiPort = 0;
@@ -116,7 +119,7 @@ export class TestNode {
 /** Starts a node and waits until it serves MQTT and its cluster service listens. */
 export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
   assert.ok(existsSync(MAIN), `${MAIN} is missing: run \`npm run build\` first (npm test does)`);
-  const dataDir = mkdtempSync(join(tmpdir(), 'emqx-ts-cluster-'));
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'emqx-ts-cluster-'));
   const seeds = (opts.seeds ?? []).map((p) => `127.0.0.1:${p}`).join(',');
   const args = [
     MAIN,
@@ -143,12 +146,13 @@ export async function startNode(t: Ctx, opts: NodeOptions): Promise<TestNode> {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const node = new TestNode(opts.name, child);
+  node.dataDir = dataDir;
   t.after(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGKILL');
       await node.exited;
     }
-    rmSync(dataDir, { recursive: true, force: true });
+    if (!opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
   const field = async (msg: string): Promise<Record<string, number>> =>
     JSON.parse(await node.out.waitFor((l) => l.includes(`"msg":"${msg}"`), `${opts.name}: ${msg}`, 30_000));
