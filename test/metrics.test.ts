@@ -494,3 +494,24 @@ test('exposition: types, per-shard series, both paths, auth on the API port', as
   assert.equal((await httpGet(locked.metricsPort, '/metrics')).status, 200, 'the metrics port stays open');
   assert.equal((await httpGet(locked.metricsPort, '/nope')).status, 404);
 });
+
+test('CPU per thread: main and every shard, within what the process used', async (t) => {
+  const broker = await startBroker(t);
+  // Each thread records its OS thread id with its first memory sample (about a second in).
+  const threads = ['main', 'shard0', 'shard1'];
+  let m = await scrape(broker);
+  for (const deadline = Date.now() + 10_000; ; ) {
+    if (threads.every((th) => m.values.has(`emqx_ts_thread_cpu_seconds{thread="${th}"}`))) break;
+    if (Date.now() > deadline)
+      assert.fail(
+        `no per-thread CPU series: ${[...m.values.keys()].filter((k) => k.includes('thread_cpu'))}`,
+      );
+    await new Promise((r) => setTimeout(r, 50)); // poll the scrape until the series appear
+    m = await scrape(broker);
+  }
+  for (const th of threads) {
+    const s = m.get(`emqx_ts_thread_cpu_seconds{thread="${th}"}`);
+    // One thread's CPU time, not the process's: never more than the time it has existed.
+    assert.ok(s > 0 && s <= process.uptime() + 0.05, `${th} ${s} s (process up ${process.uptime()} s)`);
+  }
+});
