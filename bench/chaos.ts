@@ -154,7 +154,14 @@ async function main(): Promise<void> {
   const sent: Sent[] = [];
   let published = 0;
   const pubs = nodes.map((node, i) => {
-    const c = mqtt.connect({ host: HOST, port: node.mqtt, clientId: `chaos-pub-${i}`, reconnectPeriod: 200 });
+    // MQTT 5: a failed forward comes back as PUBACK 0x80 (an error here: not counted as acked).
+    const c = mqtt.connect({
+      host: HOST,
+      port: node.mqtt,
+      clientId: `chaos-pub-${i}`,
+      protocolVersion: 5,
+      reconnectPeriod: 200,
+    });
     c.on('error', () => {});
     return { node, c };
   });

@@ -7,7 +7,7 @@ import type { ClusterToShard, ShardForward } from '../threads/messages.js';
 import { entryEnd } from './codec.js';
 import { ACCEPTED, type BatchDone, ForwardStream, LOST, QUEUE_FULL } from './forward.js';
 import type { ForwardBatch } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
-import type { Peer, PeerTable } from './peers.js';
+import { type Peer, type PeerTable, touch } from './peers.js';
 import { EnvelopeReader, forwardAck, readForwardBatch } from './wire.js';
 
 /**
@@ -83,6 +83,7 @@ export class DataPlane {
    */
   openStream(p: Peer, delayMs = 0): void {
     if (p.stream || !p.client || !p.clientAddress) return;
+    const to = p.incarnation; // its acks prove this incarnation alive, not a later one
     const s = new ForwardStream(
       p.clientAddress,
       this.name,
@@ -101,9 +102,7 @@ export class DataPlane {
         // Still synced: a new one (order restarts with it).
         if (p.synced && !this.stopping) this.openStream(p, 100);
       },
-      () => {
-        if (p.status === 'running') p.lastSeen = Date.now();
-      },
+      () => touch(p, to),
     );
     p.stream = s;
     s.start(delayMs);
@@ -131,11 +130,8 @@ export class DataPlane {
       if (b.from) from = this.peers.byName.get(b.from);
       this.counters.row[Counter.clusterWireBatchesIn]++;
       this.counters.row[Counter.clusterWireBytesIn] += b.entriesLen;
-      const live = from !== undefined && from.status === 'running' && from.incarnation === b.incarnation;
-      // Any traffic from a peer proves it alive, not only its heartbeats (see receive()).
-      if (live) from!.lastSeen = Date.now();
-      if (live && b.count > 0) {
-        this.deliver(from!, m, b.entriesAt, b.entriesLen, b.count, true);
+      if (touch(from, b.incarnation) && b.count > 0) {
+        this.deliver(from, m, b.entriesAt, b.entriesLen, b.count, true);
       } else if (b.count > 0) {
         this.counters.row[Counter.forwardDropped] += b.count;
       }
@@ -163,12 +159,7 @@ export class DataPlane {
     let from: Peer | undefined;
     for await (const b of reqs) {
       if (b.from) from = this.peers.byName.get(b.from);
-      if (from && from.status === 'running' && from.incarnation === b.incarnation) {
-        // Any traffic from a peer proves it alive, not only its heartbeats: under load a
-        // heartbeat may wait behind batches past down_after while the stream keeps moving.
-        from.lastSeen = Date.now();
-      }
-      if (from && from.status === 'running' && from.incarnation === b.incarnation && b.count > 0) {
+      if (touch(from, b.incarnation) && b.count > 0) {
         const e = b.entries;
         this.deliver(from, Buffer.from(e.buffer, e.byteOffset, e.length), 0, e.length, b.count, false);
       } else if (b.count > 0) {

@@ -14,12 +14,12 @@ import type { ClusterMember, ShardToCluster } from '../threads/messages.js';
 import { VERSION } from '../version.js';
 import { DataPlane } from './data-plane.js';
 import { advertiseHost, createDiscovery, type Discovery, hostPort } from './discovery.js';
-import { ACCEPTED, H2_FRAME, H2_WINDOW } from './forward.js';
+import { ACCEPTED, H2_FRAME, H2_WINDOW, LOST } from './forward.js';
 import type { NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
 import { LocalRoutes } from './local-routes.js';
-import { clientTo, type Peer, PeerTable } from './peers.js';
+import { clientTo, type Peer, PeerTable, touch } from './peers.js';
 import { ClusterState } from './state.js';
 import type { ClusterStateToMain } from './state-messages.js';
 import { FORWARD_PATH, isGrpc } from './wire.js';
@@ -254,12 +254,9 @@ export class ClusterNode {
       },
       heartbeat: (req) => {
         const p = this.peers.byName.get(req.name);
+        // Alive even when its view of our slice is stale (`known` false: it joins again).
         const known =
-          p !== undefined &&
-          p.status === 'running' &&
-          p.incarnation === req.incarnation &&
-          (req.routeVersion === 0n || req.routeVersion === p.routeVersion);
-        if (known) p.lastSeen = Date.now();
+          touch(p, req.incarnation) && (req.routeVersion === 0n || req.routeVersion === p.routeVersion);
         return { node: this.info(), known, members: this.membersInfo() };
       },
       leave: (req) => {
@@ -269,12 +266,7 @@ export class ClusterNode {
       },
       pushRoutes: (req) => {
         const p = this.peers.byName.get(req.name);
-        if (
-          p?.status !== 'running' ||
-          p.incarnation !== req.incarnation ||
-          p.routeVersion !== req.fromVersion
-        )
-          return { applied: false };
+        if (!touch(p, req.incarnation) || p.routeVersion !== req.fromVersion) return { applied: false };
         for (const f of [...req.add, ...req.delete]) {
           if (topicFilterError(f) !== null) {
             this.counters.row[Counter.clusterErrors]++;
@@ -284,7 +276,6 @@ export class ClusterNode {
         for (const f of req.add) this.peers.addRoute(p, f);
         for (const f of req.delete) this.peers.deleteRoute(p, f);
         p.routeVersion = req.version;
-        p.lastSeen = Date.now();
         return { applied: true };
       },
       forward: (reqs) => this.data.receive(reqs),
@@ -401,7 +392,7 @@ export class ClusterNode {
             this.reportMembers(false);
             return;
           }
-          if (p.status === 'running') p.lastSeen = Date.now();
+          touch(p, res.node.incarnation);
           if (!res.known) this.unsync(p); // it lost our slice: the next join round sends it again
           this.learn(res.members);
         })
@@ -416,7 +407,11 @@ export class ClusterNode {
     p.status = 'stopped';
     this.state.gone(p, reason === 'left' ? 'left' : 'down');
     this.peers.dropRoutes(p);
-    this.unsync(p, ACCEPTED); // known down: held acks go as if it had no subscribers
+    // `Leave` is known down: held acks go as if it had no subscribers. Missed heartbeats are only
+    // a suspicion: a starved but live peer may hold online subscribers that never got what its
+    // stream held (chaos with down_after 2 s). Those acks fail (0x80 to MQTT 5 publishers, who
+    // may publish again: a duplicate, not a loss); a dead peer's subscribers lose nothing more.
+    this.unsync(p, reason === 'left' ? ACCEPTED : LOST);
     this.log.warn({ peer: p.name, reason }, 'cluster peer down');
     this.reportMembers(false);
   }

@@ -7,6 +7,20 @@ import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 /** Most peers a node routes to: one bit of the remote-route index per peer. */
 export const MAX_PEERS = 32;
 
+/**
+ * Traffic from `p` that says it comes from (or, for an ack of our stream, goes to) `incarnation`:
+ * proof of life when that is the running incarnation we know — the one place `lastSeen` moves
+ * after the join. Any traffic counts (forward batches on either receive path, acks of our
+ * stream, heartbeats both ways, route pushes), not only heartbeats: under load a heartbeat may
+ * wait behind batches past down_after while the stream keeps moving. Returns whether it is that
+ * running peer (its traffic is to be taken).
+ */
+export function touch(p: Peer | undefined, incarnation: bigint): p is Peer {
+  if (p === undefined || p.status !== 'running' || p.incarnation !== incarnation) return false;
+  p.lastSeen = Date.now();
+  return true;
+}
+
 /** Another node, as this node sees it. */
 export class Peer {
   address = '';
