@@ -106,7 +106,7 @@ export const Counter = {
   clusterWireBytesIn: 87,
   /** Gauge: the OS thread id (Linux tid) of the thread that owns the row, for per-thread CPU */
   threadId: 88,
-  // 71..79 hardening, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  // 76..79 hardening, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // Hardening (issue #9, items 9 and 10)
   /** Retained deliveries on subscribe that waited for the subscriber's drain or acks */
   retainedPaced: 71,
@@ -116,7 +116,9 @@ export const Counter = {
   slowConsumers: 73,
   /** Publishers held because a peer shard had a window of their batches unprocessed */
   peerWindowHolds: 74,
-  // 75..79 hardening, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
+  /** Times a connection used up its read budget (64 KiB) in a turn and was paused until its end */
+  readBudgetYields: 75,
+  // 76..79 hardening, 89 cluster, 92, 93 free; 96..159 unnamed ranges (below);
   // 160..179 auth, 180..199 transports, 200..219 durable storage, 230..245 free, 246..255 hardening.
   /** Subscriptions refused because the topic index (or shared-subscription index) is full */
   subscriptionsIndexFull: 90,

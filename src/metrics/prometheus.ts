@@ -442,6 +442,11 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Times a publisher was not read because another shard had 1 MiB of its batches unprocessed',
       Counter.peerWindowHolds,
     ],
+    [
+      'emqx_ts_read_budget_yields_total',
+      'Times a connection read 64 KiB in one event-loop turn and was not read again until the turn ended (fairness)',
+      Counter.readBudgetYields,
+    ],
   ];
   for (const [name, help, idx] of [...own, ...TRANSPORT_COUNTERS]) {
     new PromCounter({

@@ -261,6 +261,7 @@ export class Connection implements FrameSink {
     }
     if ((this.budgetRead += chunk.length) >= READ_BUDGET && !this.closed && !this.yielded) {
       this.yielded = true;
+      this.shard.counters.row[Counter.readBudgetYields]++;
       this.socket.pause();
       this.shard.yieldRead(this);
     }

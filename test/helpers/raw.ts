@@ -50,11 +50,20 @@ export class RawClient {
       if (this.closed) throw new Error(`connection closed after ${this.buf.length}/${n} bytes`);
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`timed out waiting for ${n} bytes (have ${this.buf.length})`);
-      await Promise.race([
-        once(this.socket, 'raw-data'),
-        this.closedPromise,
-        new Promise((r) => setTimeout(r, left)),
-      ]);
+      // The timer is cleared once data came: a pending 20 s timer per read kept the test
+      // process alive long after its tests had ended.
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await Promise.race([
+          once(this.socket, 'raw-data'),
+          this.closedPromise,
+          new Promise((r) => {
+            timer = setTimeout(r, left);
+          }),
+        ]);
+      } finally {
+        clearTimeout(timer);
+      }
     }
     const out = this.buf.subarray(0, n);
     this.buf = this.buf.subarray(n);
