@@ -38,6 +38,18 @@ function putVarint(b: Buffer, p: number, v: number): number {
   return p;
 }
 
+/** Bytes of a varint field (tag + value); 0 at its proto3 default, which is left out. */
+function fieldSize(v: number): number {
+  return v > 0 ? 1 + varintSize(v) : 0;
+}
+
+/** Writes a varint field unless it is 0 (left out, as protobuf-es does); returns the new position. */
+function putField(b: Buffer, p: number, tag: number, v: number): number {
+  if (v === 0) return p;
+  b[p++] = tag;
+  return putVarint(b, p, v);
+}
+
 /**
  * Encodes the gRPC envelope prefix and the ForwardBatch fields that precede `entries` (field 5):
  * sending this then the entries bytes is one ForwardBatch message. `fromBytes` is sent on the
@@ -54,9 +66,9 @@ export function forwardHeader(
   const inc = Number(incarnation);
   if (!Number.isSafeInteger(inc) || inc < 0 || !Number.isSafeInteger(seq))
     throw new RangeError('forward header out of range');
-  let body = 0;
+  // Once per batch: no array of fields (the four are written in turn).
+  let body = fieldSize(inc) + fieldSize(seq) + fieldSize(count) + fieldSize(entriesLen);
   if (fromBytes.length > 0) body += 1 + varintSize(fromBytes.length) + fromBytes.length;
-  for (const v of [inc, seq, count, entriesLen]) if (v > 0) body += 1 + varintSize(v);
   const h = Buffer.allocUnsafe(5 + body);
   h[0] = 0; // not compressed
   h.writeUInt32BE(body + entriesLen, 1);
@@ -66,31 +78,21 @@ export function forwardHeader(
     p = putVarint(h, p, fromBytes.length);
     p += fromBytes.copy(h, p);
   }
-  // Tags of fields 2, 3, 4 (varints) and 5 (bytes: its length, the entries follow)
-  const fields: [number, number][] = [
-    [0x10, inc],
-    [0x18, seq],
-    [0x20, count],
-    [0x2a, entriesLen],
-  ];
-  for (const [tag, v] of fields) {
-    if (v === 0) continue;
-    h[p++] = tag;
-    p = putVarint(h, p, v);
-  }
+  // Fields 2, 3, 4 (varints) and 5 (bytes: its length here, the entries follow)
+  p = putField(h, p, 0x10, inc);
+  p = putField(h, p, 0x18, seq);
+  p = putField(h, p, 0x20, count);
+  putField(h, p, 0x2a, entriesLen);
   return h;
 }
 
 /** One ForwardAck as a complete gRPC message (envelope included). */
 export function forwardAck(seq: number): Buffer {
-  const body = seq > 0 ? 1 + varintSize(seq) : 0;
+  const body = fieldSize(seq);
   const b = Buffer.allocUnsafe(5 + body);
   b[0] = 0;
   b.writeUInt32BE(body, 1);
-  if (seq > 0) {
-    b[5] = 0x08;
-    putVarint(b, 6, seq);
-  }
+  putField(b, 5, 0x08, seq);
   return b;
 }
 
