@@ -50,20 +50,19 @@ export class RawClient {
       if (this.closed) throw new Error(`connection closed after ${this.buf.length}/${n} bytes`);
       const left = deadline - Date.now();
       if (left <= 0) throw new Error(`timed out waiting for ${n} bytes (have ${this.buf.length})`);
-      // The timer is cleared once data came: a pending 20 s timer per read kept the test
-      // process alive long after its tests had ended.
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        await Promise.race([
-          once(this.socket, 'raw-data'),
-          this.closedPromise,
-          new Promise((r) => {
-            timer = setTimeout(r, left);
-          }),
-        ]);
-      } finally {
-        clearTimeout(timer);
-      }
+      // One wait, undone whichever ends it: a 20 s timer left pending per read kept the test
+      // process alive long after its tests had ended, and listeners piled up on the socket.
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.socket.off('raw-data', done);
+          this.socket.off('close', done);
+          resolve();
+        };
+        const timer = setTimeout(done, left);
+        this.socket.once('raw-data', done);
+        this.socket.once('close', done);
+      });
     }
     const out = this.buf.subarray(0, n);
     this.buf = this.buf.subarray(n);
