@@ -19,6 +19,11 @@ export class DataPlane {
   private readonly touched: Peer[] = [];
   private stallTimer: NodeJS.Timeout | null = null;
   stopping = false;
+  /**
+   * Gate of incoming batches (tombstones.ts): calls `run` (hand to the shard, ack) now or later,
+   * in arrival order
+   */
+  admit: (buf: Buffer, off: number, len: number, run: () => void) => void = (_b, _o, _l, run) => run();
 
   constructor(
     private config: Config,
@@ -130,12 +135,21 @@ export class DataPlane {
       if (b.from) from = this.peers.byName.get(b.from);
       this.counters.row[Counter.clusterWireBatchesIn]++;
       this.counters.row[Counter.clusterWireBytesIn] += b.entriesLen;
+      const ack = () => {
+        if (!res.stream.destroyed) res.write(forwardAck(Number(b.seq)));
+      };
       if (touch(from, b.incarnation) && b.count > 0) {
-        this.deliver(from, m, b.entriesAt, b.entriesLen, b.count, true);
-      } else if (b.count > 0) {
-        this.counters.row[Counter.forwardDropped] += b.count;
+        const peer = from;
+        if (!this.check(peer, m, b.entriesAt, b.entriesLen, b.count)) return this.admit(m, 0, 0, ack);
+        // Acked once handed over, after any batch held before it (acks stay in order).
+        this.admit(m, b.entriesAt, b.entriesLen, () => {
+          this.deliver(peer, m, b.entriesAt, b.entriesLen, b.count, true);
+          ack();
+        });
+        return;
       }
-      if (!res.stream.destroyed) res.write(forwardAck(Number(b.seq)));
+      if (b.count > 0) this.counters.row[Counter.forwardDropped] += b.count;
+      this.admit(m, 0, 0, ack);
     });
     req.on('data', (chunk: Buffer) => {
       if (failed) return;
@@ -161,7 +175,12 @@ export class DataPlane {
       if (b.from) from = this.peers.byName.get(b.from);
       if (touch(from, b.incarnation) && b.count > 0) {
         const e = b.entries;
-        this.deliver(from, Buffer.from(e.buffer, e.byteOffset, e.length), 0, e.length, b.count, false);
+        const buf = Buffer.from(e.buffer, e.byteOffset, e.length);
+        // Not held (the ack is this generator's yield): tombstones see it, exports may race it.
+        if (this.check(from, buf, 0, e.length, b.count)) {
+          this.onReceived(buf, 0, e.length);
+          this.deliver(from, buf, 0, e.length, b.count, false);
+        }
       } else if (b.count > 0) {
         this.counters.row[Counter.forwardDropped] += b.count;
       }
@@ -169,11 +188,11 @@ export class DataPlane {
     }
   }
 
-  /**
-   * Checks a batch's entries and posts them to the peer's shard. `own`: `buf`'s ArrayBuffer
-   * holds only this message (wire.ts) and is transferred as it is; otherwise it is copied.
-   */
-  private deliver(from: Peer, buf: Buffer, off: number, len: number, count: number, own: boolean): void {
+  /** Sees a batch that is not gated (connect-node path): tombstones.ts scans it. */
+  onReceived: (buf: Buffer, off: number, len: number) => void = () => {};
+
+  /** Checks a batch's entries (bounds and count); a malformed one is dropped and counted. */
+  private check(from: Peer, buf: Buffer, off: number, len: number, count: number): boolean {
     try {
       const end = off + len;
       let p = off;
@@ -186,8 +205,16 @@ export class DataPlane {
     } catch (err) {
       this.counters.row[Counter.clusterErrors]++;
       this.log.warn({ peer: from.name, err: (err as Error).message }, 'malformed forward batch dropped');
-      return;
+      return false;
     }
+    return true;
+  }
+
+  /**
+   * Posts a checked batch to the peer's shard. `own`: `buf`'s ArrayBuffer holds only this
+   * message (wire.ts) and is transferred as it is; otherwise it is copied.
+   */
+  private deliver(from: Peer, buf: Buffer, off: number, len: number, count: number, own: boolean): void {
     const shard = this.shards[from.slot % this.shards.length];
     if (!shard) {
       this.counters.row[Counter.forwardDropped] += count;

@@ -12,7 +12,19 @@ export class LocalRoutes {
   /** Per node slot: the reference (slot + generation) that had subscribers at the last scan, or 0 */
   private activeRef = new Float64Array(1024);
   private readonly filterById = new Map<number, string>();
+  /** The slice: filters with a local subscriber, and pinned ones */
   readonly filters = new Set<string>();
+  /** Filters with a local subscriber at the last scan */
+  private readonly fromIndex = new Set<string>();
+  /**
+   * Filters kept in the slice without a local subscriber (refcount): a session that moved to
+   * another node keeps its routes here until the new node's are known (tombstones.ts)
+   */
+  private readonly pins = new Map<string, number>();
+  /** Pin changes since the last scan (filter → now present) */
+  private pinChanges: Map<string, boolean> | null = null;
+  /** Called when pins changed the slice (the owner scans and pushes) */
+  onPinned: () => void = () => {};
   /** Bumped by every scan that changed something; peers hold a version of this slice */
   version = 0;
 
@@ -53,17 +65,57 @@ export class LocalRoutes {
         (added ??= []).push(filter);
       }
     }
-    if (!removed && !added) return null;
-    const changes = new Map<string, boolean>();
+    const pinned = this.pinChanges;
+    this.pinChanges = null;
+    if (!removed && !added && !pinned) return null;
+    const changes = pinned ?? new Map<string, boolean>();
     for (const f of removed ?? []) {
+      this.fromIndex.delete(f);
+      if (this.pins.has(f)) continue;
       this.filters.delete(f);
       changes.set(f, false);
     }
     for (const f of added ?? []) {
+      this.fromIndex.add(f);
       this.filters.add(f);
       changes.set(f, true);
     }
+    if (changes.size === 0) return null;
     this.version++;
     return changes;
+  }
+
+  /** Keeps `filters` in the slice (even with no local subscriber) until unpinned. */
+  pin(filters: readonly string[]): void {
+    let changed = false;
+    for (const f of filters) {
+      const n = this.pins.get(f) ?? 0;
+      this.pins.set(f, n + 1);
+      if (n === 0 && !this.filters.has(f)) {
+        this.filters.add(f);
+        (this.pinChanges ??= new Map()).set(f, true);
+        changed = true;
+      }
+    }
+    if (changed) this.onPinned();
+  }
+
+  unpin(filters: readonly string[]): void {
+    let changed = false;
+    for (const f of filters) {
+      const n = this.pins.get(f);
+      if (n === undefined) continue;
+      if (n > 1) {
+        this.pins.set(f, n - 1);
+        continue;
+      }
+      this.pins.delete(f);
+      if (!this.fromIndex.has(f)) {
+        this.filters.delete(f);
+        (this.pinChanges ??= new Map()).set(f, false);
+        changed = true;
+      }
+    }
+    if (changed) this.onPinned();
   }
 }

@@ -83,7 +83,12 @@ export class ClusterNode {
       peers: this.peers,
       shards,
       postMain: (m) => onMain(m),
+      pinRoutes: (f) => this.local.pin(f),
+      unpinRoutes: (f) => this.local.unpin(f),
     });
+    this.local.onPinned = () => this.scanRoutes();
+    this.data.admit = (buf, off, len, run) => this.state.tombstones.admit(buf, off, len, run);
+    this.data.onReceived = (buf, off, len) => this.state.tombstones.scan(buf, off, len);
   }
 
   /** Listens; resolves with the bound port. */

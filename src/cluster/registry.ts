@@ -2,8 +2,10 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { shardOf } from '../listener/client-id.js';
 import { Counter } from '../metrics/counters.js';
 import type { ClaimRequest, TakeoverRequest } from './gen/emqx_ts/cluster/v1/state_pb.js';
+import { decodeSession } from './session-codec.js';
 import { callTimeout, fnv, postShard, runningPeers, type StateHost, stateClient } from './state-host.js';
 import type { SessionBlob } from './state-messages.js';
+import type { Tombstones } from './tombstones.js';
 import type { WillSync } from './will-sync.js';
 
 type Found = { found: boolean; session: Uint8Array };
@@ -35,6 +37,7 @@ export class Registry {
   constructor(
     private readonly host: StateHost,
     private readonly wills: WillSync,
+    private readonly tombstones: Tombstones,
   ) {}
 
   /** The lock node of a client id among `names` (this node's view of the running members). */
@@ -120,7 +123,7 @@ export class Registry {
     else targets = [...names].filter((n) => n !== node); // not known here: ask everyone
     const results = await Promise.all(
       targets.map((n) => {
-        if (n === this.host.name) return this.takeoverHere(clientId, clean, revokes);
+        if (n === this.host.name) return this.takeoverHere(clientId, node, clean, revokes);
         const p = running.find((q) => q.name === n)!;
         return stateClient(p.address)
           .takeover({ clientId, to: node, clean, revokes }, { timeoutMs: 3 * callTimeout(this.host.config) })
@@ -147,25 +150,33 @@ export class Registry {
   /** Server side of Takeover: close and ship (or discard) the client's session here. */
   takeover(req: TakeoverRequest): Promise<Found> {
     if (!req.clientId) throw new ConnectError('client id required', Code.InvalidArgument);
-    return this.takeoverHere(req.clientId, req.clean, req.revokes);
+    return this.takeoverHere(req.clientId, req.to, req.clean, req.revokes);
   }
 
   /**
    * Closes and exports the session here. When it revokes a claim of ours whose answer is still
    * on its way, the shard runs it after that claim's connection has attached (the later one wins).
    */
-  private takeoverHere(clientId: string, clean: boolean, revokes: string): Promise<Found> {
+  private takeoverHere(clientId: string, to: string, clean: boolean, revokes: string): Promise<Found> {
     this.wills.cancel(clientId);
     const afterClaim = this.outstanding.get(revokes) ?? 0;
     const reqId = ++this.reqSeq;
+    // Forward batches that arrive meanwhile wait; after the export, a tombstone forwards those
+    // for the session to its new node (tombstones.ts).
+    this.tombstones.begin();
     return new Promise<Found>((resolve) => {
       // Bounded: a claim we wait for is itself bounded by its call timeout. Timeouts nest
       // (export here < takeover call < claim call < the shard's wait), so that a session
       // shipped late is not dropped by a claimer that gave up first.
       const timer = setTimeout(() => finish(null), 2.5 * callTimeout(this.host.config));
+      let ended = false;
       const finish = (blob: SessionBlob | null) => {
         clearTimeout(timer);
         this.exports.delete(reqId);
+        if (!ended) {
+          ended = true;
+          this.tombstones.end(clientId, to, blob && to !== this.host.name ? routedFilters(blob) : null);
+        }
         resolve(blob ? { found: true, session: blob } : NONE);
       };
       this.exports.set(reqId, finish);
@@ -185,5 +196,16 @@ export class Registry {
   onExported(reqId: number, session: SessionBlob | null): void {
     if (session) this.host.counters.row[Counter.sessionsShipped]++;
     this.exports.get(reqId)?.(session);
+  }
+}
+
+/** The filters of a shipped session that routes carry (shared subscriptions go by their group). */
+function routedFilters(blob: SessionBlob): string[] | null {
+  try {
+    return decodeSession(blob)
+      .subs.filter(([, s]) => !s.shared)
+      .map(([f]) => f);
+  } catch {
+    return null;
   }
 }

@@ -1,5 +1,8 @@
+import type { Delivery } from '../delivery/deliver.js';
 import { Counter, type Counters } from '../metrics/counters.js';
 import type { WillMessage } from '../protocol/codec.js';
+import type { QoS } from '../protocol/constants.js';
+import { topicMatches } from '../protocol/topic.js';
 import type { SharedGroups } from '../routing/shared.js';
 import type { SharedGroupRouting } from '../routing/shared-groups.js';
 import { Message } from '../session/message.js';
@@ -13,6 +16,10 @@ import type { ClusterStateToShard, ClusterWill, SharedOut } from './state-messag
 
 /** Most shared deliveries a shard keeps for members on other nodes until they acknowledge */
 const MAX_UNACKED = 10_000;
+/** An imported session's deliveries wait at most this long for its old node's `done` */
+const MERGE_MAX_MS = 5000;
+/** Late messages held per client id for a claim whose session has not arrived yet */
+const MAX_EARLY = 10_000;
 
 /** What the shard side of Cluster II needs of its shard. */
 export interface ShardStateDeps {
@@ -28,6 +35,10 @@ export interface ShardStateDeps {
   adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][], socket: ClaimSocket): void;
   /** Posts this turn's cross-shard batches, then `drained` to shard `to` behind them */
   drainTo(to: number, reqId: number): void;
+  /** A session of this shard */
+  sessionOf(clientId: string): Session | undefined;
+  /** Sends, queues, or holds while the session merges */
+  deliver: Delivery['deliver'];
   readonly claimTimeoutMs: number;
   readonly log: { warn(o: object, msg: string): void };
 }
@@ -46,6 +57,8 @@ interface PendingClaim {
   timer: NodeJS.Timeout;
   /** Takeovers by other nodes that arrived while this claim was in flight: run after it */
   deferred: (() => void)[];
+  /** The old node's late messages for this client that came before its session did */
+  early: { buf: ArrayBuffer; done: boolean }[];
 }
 
 /**
@@ -228,6 +241,69 @@ export class ShardClusterState {
     else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim, m.drains);
     // No port to it (restarting): nothing of ours reaches it anyway; it waits for its timer.
     else if (m.t === 'takeoverDrain') this.deps.drainTo(m.to, m.reqId);
+    else if (m.t === 'sessionIn') this.sessionIn(m.clientId, m.buf, m.done);
+  }
+
+  private readonly mergeTimers = new Map<Session, NodeJS.Timeout>();
+
+  private startMerge(session: Session): void {
+    session.merging = [];
+    this.mergeTimers.set(
+      session,
+      setTimeout(() => {
+        this.deps.counters.row[Counter.sessionMergeTimeouts]++;
+        this.endMerge(session);
+      }, MERGE_MAX_MS),
+    );
+  }
+
+  /** The old node forwards no more: the deliveries held meanwhile go, in their order. */
+  private endMerge(session: Session): void {
+    const t = this.mergeTimers.get(session);
+    if (t) clearTimeout(t);
+    this.mergeTimers.delete(session);
+    const held = session.merging;
+    session.merging = null;
+    if (this.deps.sessionOf(session.clientId) !== session) return; // discarded meanwhile
+    if (held) for (const d of held) this.deps.deliver(session, d.msg, d.qos, d.retainFlag, d.subIds, d.group);
+  }
+
+  /**
+   * Messages that reached the client's old node after it shipped the session (forwarded for
+   * this session only): delivered as its subscriptions would have there — once, at the highest
+   * granted QoS of the matching ones [MQTT-3.3.5-1], with their identifiers, No Local kept.
+   */
+  private sessionIn(clientId: string, buf: ArrayBuffer, done: boolean): void {
+    const session = this.deps.sessionOf(clientId);
+    if (!session) {
+      // Before its claim's answer (they travel on different connections): after the adoption.
+      for (const c of this.claims.values())
+        if (c.clientId === clientId && c.early.length < MAX_EARLY) {
+          c.early.push({ buf, done });
+          return;
+        }
+      if (buf.byteLength > 0) this.deps.counters.row[Counter.messagesDropped]++;
+      return;
+    }
+    const held = session.merging;
+    session.merging = null; // these go first
+    const b = Buffer.from(buf);
+    readEntries(b, b.length, Date.now(), (msg) => {
+      let qos = -1;
+      let rap = false;
+      let subIds: number[] | null = null;
+      for (const [filter, sub] of session.subscriptions) {
+        if (sub.shared || !topicMatches(filter, msg.topic)) continue;
+        if (sub.noLocal && msg.from === clientId) continue;
+        if (sub.qos > qos) qos = sub.qos;
+        if (sub.retainAsPublished && msg.retain) rap = true;
+        if (sub.subId) (subIds ??= []).push(sub.subId);
+      }
+      if (qos < 0) return; // unsubscribed meanwhile
+      this.deps.deliver(session, msg, Math.min(msg.qos, qos) as QoS, rap, subIds, null);
+    });
+    session.merging = held;
+    if (done && held !== null) this.endMerge(session);
   }
 
   /**
@@ -247,7 +323,7 @@ export class ShardClusterState {
       this.deps.log.warn({ clientId }, 'session claim not answered in time: session starts here');
       this.claimed(reqId, null);
     }, this.deps.claimTimeoutMs);
-    this.claims.set(reqId, { clientId, socket, attach, timer, deferred: [] });
+    this.claims.set(reqId, { clientId, socket, attach, timer, deferred: [], early: [] });
   }
 
   private claimed(reqId: number, blob: Uint8Array | null): void {
@@ -262,6 +338,11 @@ export class ShardClusterState {
         restoreSession(session, snap);
         this.deps.adoptSession(session, snap.subs, c.socket);
         this.deps.counters.row[Counter.sessionsImported]++;
+        // Its old node forwards what reached it late, then says done (tombstones.ts): until
+        // then the session's other deliveries wait behind those, in order.
+        if (snap.subs.some(([, sub]) => !sub.shared) && this.deps.sessionOf(c.clientId) === session)
+          this.startMerge(session);
+        for (const e of c.early) this.sessionIn(c.clientId, e.buf, e.done);
       } catch (err) {
         this.deps.counters.row[Counter.clusterErrors]++;
         this.deps.log.warn({ clientId: c.clientId, err: String(err) }, 'shipped session unreadable: dropped');
@@ -286,6 +367,9 @@ export class ShardClusterState {
     drains: number,
   ): void {
     const run = () => {
+      // Still merging its previous move: what it held goes into the session first.
+      const here = this.deps.sessionOf(clientId);
+      if (here?.merging) this.endMerge(here);
       const session = this.deps.exportSession(clientId, clean, encodeSession);
       this.link.postState({ t: 'exported', reqId, session });
     };

@@ -2,6 +2,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { type Client, createClient } from '@connectrpc/connect';
 import { createGrpcTransport } from '@connectrpc/connect-node';
 import type { Config } from '../config/schema.js';
+import { shardOf } from '../listener/client-id.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
 import type { ClusterToShard } from '../threads/messages.js';
@@ -21,6 +22,9 @@ export interface StateHost {
   readonly peers: PeerTable;
   readonly shards: (MessagePort | null)[];
   postMain(m: ClusterStateToMain): void;
+  /** Keeps filters in this node's route slice without a local subscriber (local-routes.ts) */
+  pinRoutes(filters: string[]): void;
+  unpinRoutes(filters: string[]): void;
 }
 
 const clients = new Map<string, StateClient>();
@@ -51,6 +55,11 @@ export function callTimeout(config: Config): number {
 export function caller(peers: PeerTable, from: string, incarnation: bigint): Peer | null {
   const p = peers.byName.get(from);
   return p && p.status === 'running' && p.incarnation === incarnation ? p : null;
+}
+
+/** The port of the shard that owns `clientId` (null while it restarts). */
+export function shardPort(host: StateHost, clientId: string): MessagePort | null {
+  return host.shards[shardOf(clientId, host.shards.length)] ?? null;
 }
 
 export function postShard(host: StateHost, shard: number, m: ClusterToShard): boolean {

@@ -78,4 +78,9 @@ export type ClusterStateToShard =
    * Before a takeover of a client of shard `to`: route what this shard was handed until now
    * (forwarded batches), post its batches, then `drained` to `to` behind them (same port, in order)
    */
-  | { t: 'takeoverDrain'; reqId: number; to: number };
+  | { t: 'takeoverDrain'; reqId: number; to: number }
+  /**
+   * Messages that reached the session's old node after it shipped the session (codec entries),
+   * for this client's session only; `done`: the old node forwards no more
+   */
+  | { t: 'sessionIn'; clientId: string; buf: ArrayBuffer; count: number; done: boolean };

@@ -7,6 +7,7 @@ import { RetainedSync } from './retained-sync.js';
 import { SharedRemote } from './shared-remote.js';
 import type { StateHost } from './state-host.js';
 import type { MainToClusterState, ShardToClusterState } from './state-messages.js';
+import { Tombstones } from './tombstones.js';
 import { WillSync } from './will-sync.js';
 
 /** Why a peer's state on this node ends. */
@@ -23,12 +24,18 @@ export class ClusterState {
   readonly wills: WillSync;
   readonly shared: SharedRemote;
   readonly registry: Registry;
+  readonly tombstones: Tombstones;
 
   constructor(readonly host: StateHost) {
     this.retained = new RetainedSync(host);
     this.wills = new WillSync(host);
     this.shared = new SharedRemote(host);
-    this.registry = new Registry(host, this.wills);
+    this.tombstones = new Tombstones(
+      host,
+      (f) => host.pinRoutes(f),
+      (f) => host.unpinRoutes(f),
+    );
+    this.registry = new Registry(host, this.wills, this.tombstones);
   }
 
   service(): ServiceImpl<typeof ClusterStateService> {
@@ -39,6 +46,7 @@ export class ClusterState {
       deliverShared: (req) => this.shared.onDeliveries(req),
       claim: (req) => this.registry.claim(req),
       takeover: (req) => this.registry.takeover(req),
+      deliverToSession: (req) => this.tombstones.onDeliveries(req),
     };
   }
 

@@ -40,6 +40,13 @@ export class Delivery {
     group: string | null,
   ): void {
     const row = this.counters.row;
+    const merging = session.merging;
+    if (merging !== null) {
+      // Its old node's late messages come first (shard-state.ts ends this).
+      msg.own();
+      merging.push({ msg, qos, retainFlag, subIds, group });
+      return;
+    }
     if (msg.expiryAt > 0 && Date.now() > msg.expiryAt) {
       // Expired messages are not delivered [MQTT-3.3.2-5]: once the interval has *passed* (as EMQX
       // does), so an interval of 0 still reaches subscribers that are online at once.

@@ -180,6 +180,13 @@ export const Counter = {
   sharedRemoteGroups: 228, // gauge: (peer, shared group) pairs this node knows have members (cluster thread)
   claimFailures: 226, // cross-node claims that failed (lock node or owner unreachable): session started here
   takeoverDrainTimeouts: 229, // takeovers exported before every other shard had drained (a shard died)
+  // Takeover gap (issue #11): 234..239
+  tombstones: 234, // sessions shipped to another node whose late messages this node forwarded after (cluster thread)
+  tombstoneForwarded: 235, // messages that reached this node for a session that had moved, forwarded to its new node
+  tombstonesDropped: 236, // tombstones ended early (cap, new node down) or forwards that failed
+  takeoverBatchesHeld: 237, // incoming forward batches held while a session was exported
+  takeoverHoldTimeouts: 238, // holds ended by their bound (1 s) rather than by the export
+  sessionMergeTimeouts: 239, // imported sessions whose old node's `done` never came (merge ended by timer)
   // Memory of the thread that owns the row (gauges, bytes; issue #9 item 11): 246..249, written
   // by that thread about once a second (`sampleMemory`). 250..255 free for hardening.
   memHeapUsed: 246,

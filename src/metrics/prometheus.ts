@@ -333,6 +333,36 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Cross-node takeovers exported before every other shard had routed what it held (a shard died)',
       Counter.takeoverDrainTimeouts,
     ],
+    [
+      'emqx_ts_cluster_tombstones_total',
+      'Sessions shipped to another node that this node then forwarded late messages for',
+      Counter.tombstones,
+    ],
+    [
+      'emqx_ts_cluster_tombstone_forwarded_total',
+      'Messages that reached this node for a session that had moved, forwarded to its new node',
+      Counter.tombstoneForwarded,
+    ],
+    [
+      'emqx_ts_cluster_tombstones_dropped_total',
+      'Tombstones ended early (cap reached, new node down) or forwards to a moved session that failed',
+      Counter.tombstonesDropped,
+    ],
+    [
+      'emqx_ts_cluster_takeover_batches_held_total',
+      'Incoming forward batches held while a session was being exported',
+      Counter.takeoverBatchesHeld,
+    ],
+    [
+      'emqx_ts_cluster_takeover_hold_timeouts_total',
+      'Holds of incoming forward batches ended by their 1 s bound instead of the export',
+      Counter.takeoverHoldTimeouts,
+    ],
+    [
+      'emqx_ts_cluster_session_merge_timeouts_total',
+      'Imported sessions whose old node never said it forwarded everything (merge ended by its timer)',
+      Counter.sessionMergeTimeouts,
+    ],
     ['emqx_ts_handoffs_total', 'Accepted connections adopted by their owning shard', Counter.handoffs],
     [
       'emqx_ts_handoffs_cross_shard_total',

@@ -53,6 +53,15 @@ export interface Subscription {
   shared: SharedFilter | null;
 }
 
+/** A delivery held while an imported session merges its old node's late messages. */
+export interface MergingDelivery {
+  msg: Message;
+  qos: QoS;
+  retainFlag: boolean;
+  subIds: number[] | null;
+  group: string | null;
+}
+
 /** What a delivery carries besides the message: how it is encoded for this subscriber. */
 export interface DeliveryOptions {
   qos: QoS;
@@ -115,6 +124,11 @@ export class Session {
 
   /** Transient, not session state: the connection using the session, if any */
   conn: SessionConnection | null = null;
+  /**
+   * Transient: imported from another node that still forwards what reached it late
+   * (cluster/tombstones.ts); deliveries wait here until it is done, then follow its messages
+   */
+  merging: MergingDelivery[] | null = null;
 
   // Scratch for de-duplicating overlapping subscriptions during one delivery (no allocation
   // unless subscription identifiers are in use).

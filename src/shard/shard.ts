@@ -136,6 +136,9 @@ export class Shard implements BatchVisitor, ShardState {
           sharedGroups: this.sharedGroups,
           exportSession: (id, clean, encode) => this.lifecycle.exportSession(id, clean, encode),
           adoptSession: (session, subs, socket) => this.lifecycle.adoptSession(session, subs, socket),
+          sessionOf: (id) => this.sessions.get(id),
+          deliver: (session, msg, qos, retainFlag, subIds, group) =>
+            this.delivery.deliver(session, msg, qos, retainFlag, subIds, group),
           drainTo: (to, reqId) => {
             if (this.router.batchesPending) this.router.flushBatches();
             this.peers[to]?.postMessage({ t: 'drained', reqId } satisfies ShardToShard);

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file emqx_ts/cluster/v1/state.proto.
  */
 export const file_emqx_ts_cluster_v1_state: GenFile = /*@__PURE__*/
-  fileDesc("Ch5lbXF4X3RzL2NsdXN0ZXIvdjEvc3RhdGUucHJvdG8SEmVtcXhfdHMuY2x1c3Rlci52MSJ6Cg1SZXRhaW5lZEVudHJ5Eg0KBXRvcGljGAEgASgJEg8KB3BheWxvYWQYAiABKAwSCwoDcW9zGAMgASgNEg0KBXByb3BzGAQgASgMEhEKCWV4cGlyeV9hdBgFIAEoAxIKCgJ0cxgGIAEoAxIOCgZvcmlnaW4YByABKAkiZgoNUmV0YWluZWRCYXRjaBIMCgRmcm9tGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEEjIKB2VudHJpZXMYAyADKAsyIS5lbXF4X3RzLmNsdXN0ZXIudjEuUmV0YWluZWRFbnRyeSIoChVSZXRhaW5lZEJhdGNoUmVzcG9uc2USDwoHYXBwbGllZBgBIAEoCCKJAQoJV2lsbEVudHJ5EhEKCWNsaWVudF9pZBgBIAEoCRINCgV0b3BpYxgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEgsKA3FvcxgEIAEoDRIOCgZyZXRhaW4YBSABKAgSDQoFcHJvcHMYBiABKAwSDgoGZXhwaXJ5GAcgASgDEg0KBWRlbGF5GAggASgNIncKCVdpbGxEZWx0YRIMCgRmcm9tGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEEgwKBGZ1bGwYAyABKAgSKgoDc2V0GAQgAygLMh0uZW1xeF90cy5jbHVzdGVyLnYxLldpbGxFbnRyeRINCgVjbGVhchgFIAMoCSIkChFXaWxsRGVsdGFSZXNwb25zZRIPCgdhcHBsaWVkGAEgASgIIi8KDlNoYXJlZEdyb3VwUmVmEg0KBWdyb3VwGAEgASgJEg4KBmZpbHRlchgCIAEoCSKjAQoLU2hhcmVkRGVsdGESDAoEZnJvbRgBIAEoCRITCgtpbmNhcm5hdGlvbhgCIAEoBBIMCgRmdWxsGAMgASgIEi8KA2FkZBgEIAMoCzIiLmVtcXhfdHMuY2x1c3Rlci52MS5TaGFyZWRHcm91cFJlZhIyCgZkZWxldGUYBSADKAsyIi5lbXF4X3RzLmNsdXN0ZXIudjEuU2hhcmVkR3JvdXBSZWYiJgoTU2hhcmVkRGVsdGFSZXNwb25zZRIPCgdhcHBsaWVkGAEgASgIIkoKDlNoYXJlZERlbGl2ZXJ5Eg0KBWdyb3VwGAEgASgJEg4KBmZpbHRlchgCIAEoCRINCgVlbnRyeRgDIAEoDBIKCgJpZBgEIAEoBCJ7ChBTaGFyZWREZWxpdmVyaWVzEgwKBGZyb20YASABKAkSEwoLaW5jYXJuYXRpb24YAiABKAQSNgoKZGVsaXZlcmllcxgDIAMoCzIiLmVtcXhfdHMuY2x1c3Rlci52MS5TaGFyZWREZWxpdmVyeRIMCgRkb25lGAQgAygEIisKGFNoYXJlZERlbGl2ZXJpZXNSZXNwb25zZRIPCgdhcHBsaWVkGAEgASgIIlAKDENsYWltUmVxdWVzdBIRCgljbGllbnRfaWQYASABKAkSDAoEbm9kZRgCIAEoCRINCgVjbGVhbhgDIAEoCBIQCghjbGFpbV9pZBgEIAEoCSIvCg1DbGFpbVJlc3BvbnNlEg8KB3Nlc3Npb24YASABKAwSDQoFZm91bmQYAiABKAgiUAoPVGFrZW92ZXJSZXF1ZXN0EhEKCWNsaWVudF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRINCgVjbGVhbhgDIAEoCBIPCgdyZXZva2VzGAQgASgJIjIKEFRha2VvdmVyUmVzcG9uc2USDwoHc2Vzc2lvbhgBIAEoDBINCgVmb3VuZBgCIAEoCDKtBAoTQ2x1c3RlclN0YXRlU2VydmljZRJhChFSZXBsaWNhdGVSZXRhaW5lZBIhLmVtcXhfdHMuY2x1c3Rlci52MS5SZXRhaW5lZEJhdGNoGikuZW1xeF90cy5jbHVzdGVyLnYxLlJldGFpbmVkQmF0Y2hSZXNwb25zZRJRCglQdXNoV2lsbHMSHS5lbXF4X3RzLmNsdXN0ZXIudjEuV2lsbERlbHRhGiUuZW1xeF90cy5jbHVzdGVyLnYxLldpbGxEZWx0YVJlc3BvbnNlElYKClB1c2hTaGFyZWQSHy5lbXF4X3RzLmNsdXN0ZXIudjEuU2hhcmVkRGVsdGEaJy5lbXF4X3RzLmNsdXN0ZXIudjEuU2hhcmVkRGVsdGFSZXNwb25zZRJjCg1EZWxpdmVyU2hhcmVkEiQuZW1xeF90cy5jbHVzdGVyLnYxLlNoYXJlZERlbGl2ZXJpZXMaLC5lbXF4X3RzLmNsdXN0ZXIudjEuU2hhcmVkRGVsaXZlcmllc1Jlc3BvbnNlEkwKBUNsYWltEiAuZW1xeF90cy5jbHVzdGVyLnYxLkNsYWltUmVxdWVzdBohLmVtcXhfdHMuY2x1c3Rlci52MS5DbGFpbVJlc3BvbnNlElUKCFRha2VvdmVyEiMuZW1xeF90cy5jbHVzdGVyLnYxLlRha2VvdmVyUmVxdWVzdBokLmVtcXhfdHMuY2x1c3Rlci52MS5UYWtlb3ZlclJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("Ch5lbXF4X3RzL2NsdXN0ZXIvdjEvc3RhdGUucHJvdG8SEmVtcXhfdHMuY2x1c3Rlci52MSJ6Cg1SZXRhaW5lZEVudHJ5Eg0KBXRvcGljGAEgASgJEg8KB3BheWxvYWQYAiABKAwSCwoDcW9zGAMgASgNEg0KBXByb3BzGAQgASgMEhEKCWV4cGlyeV9hdBgFIAEoAxIKCgJ0cxgGIAEoAxIOCgZvcmlnaW4YByABKAkiZgoNUmV0YWluZWRCYXRjaBIMCgRmcm9tGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEEjIKB2VudHJpZXMYAyADKAsyIS5lbXF4X3RzLmNsdXN0ZXIudjEuUmV0YWluZWRFbnRyeSIoChVSZXRhaW5lZEJhdGNoUmVzcG9uc2USDwoHYXBwbGllZBgBIAEoCCKJAQoJV2lsbEVudHJ5EhEKCWNsaWVudF9pZBgBIAEoCRINCgV0b3BpYxgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEgsKA3FvcxgEIAEoDRIOCgZyZXRhaW4YBSABKAgSDQoFcHJvcHMYBiABKAwSDgoGZXhwaXJ5GAcgASgDEg0KBWRlbGF5GAggASgNIncKCVdpbGxEZWx0YRIMCgRmcm9tGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEEgwKBGZ1bGwYAyABKAgSKgoDc2V0GAQgAygLMh0uZW1xeF90cy5jbHVzdGVyLnYxLldpbGxFbnRyeRINCgVjbGVhchgFIAMoCSIkChFXaWxsRGVsdGFSZXNwb25zZRIPCgdhcHBsaWVkGAEgASgIIi8KDlNoYXJlZEdyb3VwUmVmEg0KBWdyb3VwGAEgASgJEg4KBmZpbHRlchgCIAEoCSKjAQoLU2hhcmVkRGVsdGESDAoEZnJvbRgBIAEoCRITCgtpbmNhcm5hdGlvbhgCIAEoBBIMCgRmdWxsGAMgASgIEi8KA2FkZBgEIAMoCzIiLmVtcXhfdHMuY2x1c3Rlci52MS5TaGFyZWRHcm91cFJlZhIyCgZkZWxldGUYBSADKAsyIi5lbXF4X3RzLmNsdXN0ZXIudjEuU2hhcmVkR3JvdXBSZWYiJgoTU2hhcmVkRGVsdGFSZXNwb25zZRIPCgdhcHBsaWVkGAEgASgIIkoKDlNoYXJlZERlbGl2ZXJ5Eg0KBWdyb3VwGAEgASgJEg4KBmZpbHRlchgCIAEoCRINCgVlbnRyeRgDIAEoDBIKCgJpZBgEIAEoBCJ7ChBTaGFyZWREZWxpdmVyaWVzEgwKBGZyb20YASABKAkSEwoLaW5jYXJuYXRpb24YAiABKAQSNgoKZGVsaXZlcmllcxgDIAMoCzIiLmVtcXhfdHMuY2x1c3Rlci52MS5TaGFyZWREZWxpdmVyeRIMCgRkb25lGAQgAygEIisKGFNoYXJlZERlbGl2ZXJpZXNSZXNwb25zZRIPCgdhcHBsaWVkGAEgASgIIlAKDENsYWltUmVxdWVzdBIRCgljbGllbnRfaWQYASABKAkSDAoEbm9kZRgCIAEoCRINCgVjbGVhbhgDIAEoCBIQCghjbGFpbV9pZBgEIAEoCSIvCg1DbGFpbVJlc3BvbnNlEg8KB3Nlc3Npb24YASABKAwSDQoFZm91bmQYAiABKAgiUAoPVGFrZW92ZXJSZXF1ZXN0EhEKCWNsaWVudF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRINCgVjbGVhbhgDIAEoCBIPCgdyZXZva2VzGAQgASgJIjIKEFRha2VvdmVyUmVzcG9uc2USDwoHc2Vzc2lvbhgBIAEoDBINCgVmb3VuZBgCIAEoCCJSCg9TZXNzaW9uRGVsaXZlcnkSEQoJY2xpZW50X2lkGAEgASgJEg8KB2VudHJpZXMYAiABKAwSDQoFY291bnQYAyABKA0SDAoEZG9uZRgEIAEoCCJqChFTZXNzaW9uRGVsaXZlcmllcxIMCgRmcm9tGAEgASgJEhMKC2luY2FybmF0aW9uGAIgASgEEjIKBWl0ZW1zGAMgAygLMiMuZW1xeF90cy5jbHVzdGVyLnYxLlNlc3Npb25EZWxpdmVyeSIsChlTZXNzaW9uRGVsaXZlcmllc1Jlc3BvbnNlEg8KB2FwcGxpZWQYASABKAgylwUKE0NsdXN0ZXJTdGF0ZVNlcnZpY2USYQoRUmVwbGljYXRlUmV0YWluZWQSIS5lbXF4X3RzLmNsdXN0ZXIudjEuUmV0YWluZWRCYXRjaBopLmVtcXhfdHMuY2x1c3Rlci52MS5SZXRhaW5lZEJhdGNoUmVzcG9uc2USUQoJUHVzaFdpbGxzEh0uZW1xeF90cy5jbHVzdGVyLnYxLldpbGxEZWx0YRolLmVtcXhfdHMuY2x1c3Rlci52MS5XaWxsRGVsdGFSZXNwb25zZRJWCgpQdXNoU2hhcmVkEh8uZW1xeF90cy5jbHVzdGVyLnYxLlNoYXJlZERlbHRhGicuZW1xeF90cy5jbHVzdGVyLnYxLlNoYXJlZERlbHRhUmVzcG9uc2USYwoNRGVsaXZlclNoYXJlZBIkLmVtcXhfdHMuY2x1c3Rlci52MS5TaGFyZWREZWxpdmVyaWVzGiwuZW1xeF90cy5jbHVzdGVyLnYxLlNoYXJlZERlbGl2ZXJpZXNSZXNwb25zZRJMCgVDbGFpbRIgLmVtcXhfdHMuY2x1c3Rlci52MS5DbGFpbVJlcXVlc3QaIS5lbXF4X3RzLmNsdXN0ZXIudjEuQ2xhaW1SZXNwb25zZRJVCghUYWtlb3ZlchIjLmVtcXhfdHMuY2x1c3Rlci52MS5UYWtlb3ZlclJlcXVlc3QaJC5lbXF4X3RzLmNsdXN0ZXIudjEuVGFrZW92ZXJSZXNwb25zZRJoChBEZWxpdmVyVG9TZXNzaW9uEiUuZW1xeF90cy5jbHVzdGVyLnYxLlNlc3Npb25EZWxpdmVyaWVzGi0uZW1xeF90cy5jbHVzdGVyLnYxLlNlc3Npb25EZWxpdmVyaWVzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * A retained message, or its deletion (empty payload), stamped by the node where it was
@@ -528,6 +528,89 @@ export const TakeoverResponseSchema: GenMessage<TakeoverResponse> = /*@__PURE__*
   messageDesc(file_emqx_ts_cluster_v1_state, 15);
 
 /**
+ * Messages that reached the old node of a session after it shipped it (a publisher's node still
+ * routed them there): the old node forwards them to the new one, for that session only
+ * (src/cluster/tombstones.ts). Entries as in ForwardBatch (src/cluster/codec.ts).
+ *
+ * @generated from message emqx_ts.cluster.v1.SessionDelivery
+ */
+export type SessionDelivery = Message<"emqx_ts.cluster.v1.SessionDelivery"> & {
+  /**
+   * @generated from field: string client_id = 1;
+   */
+  clientId: string;
+
+  /**
+   * @generated from field: bytes entries = 2;
+   */
+  entries: Uint8Array;
+
+  /**
+   * @generated from field: uint32 count = 3;
+   */
+  count: number;
+
+  /**
+   * The last call for this session: the old node forwards no more (the new one may deliver the
+   * session's other messages, which it held meanwhile)
+   *
+   * @generated from field: bool done = 4;
+   */
+  done: boolean;
+};
+
+/**
+ * Describes the message emqx_ts.cluster.v1.SessionDelivery.
+ * Use `create(SessionDeliverySchema)` to create a new message.
+ */
+export const SessionDeliverySchema: GenMessage<SessionDelivery> = /*@__PURE__*/
+  messageDesc(file_emqx_ts_cluster_v1_state, 16);
+
+/**
+ * @generated from message emqx_ts.cluster.v1.SessionDeliveries
+ */
+export type SessionDeliveries = Message<"emqx_ts.cluster.v1.SessionDeliveries"> & {
+  /**
+   * @generated from field: string from = 1;
+   */
+  from: string;
+
+  /**
+   * @generated from field: uint64 incarnation = 2;
+   */
+  incarnation: bigint;
+
+  /**
+   * @generated from field: repeated emqx_ts.cluster.v1.SessionDelivery items = 3;
+   */
+  items: SessionDelivery[];
+};
+
+/**
+ * Describes the message emqx_ts.cluster.v1.SessionDeliveries.
+ * Use `create(SessionDeliveriesSchema)` to create a new message.
+ */
+export const SessionDeliveriesSchema: GenMessage<SessionDeliveries> = /*@__PURE__*/
+  messageDesc(file_emqx_ts_cluster_v1_state, 17);
+
+/**
+ * @generated from message emqx_ts.cluster.v1.SessionDeliveriesResponse
+ */
+export type SessionDeliveriesResponse = Message<"emqx_ts.cluster.v1.SessionDeliveriesResponse"> & {
+  /**
+   * @generated from field: bool applied = 1;
+   */
+  applied: boolean;
+};
+
+/**
+ * Describes the message emqx_ts.cluster.v1.SessionDeliveriesResponse.
+ * Use `create(SessionDeliveriesResponseSchema)` to create a new message.
+ */
+export const SessionDeliveriesResponseSchema: GenMessage<SessionDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_emqx_ts_cluster_v1_state, 18);
+
+/**
  * @generated from service emqx_ts.cluster.v1.ClusterStateService
  */
 export const ClusterStateService: GenService<{
@@ -578,6 +661,14 @@ export const ClusterStateService: GenService<{
     methodKind: "unary";
     input: typeof TakeoverRequestSchema;
     output: typeof TakeoverResponseSchema;
+  },
+  /**
+   * @generated from rpc emqx_ts.cluster.v1.ClusterStateService.DeliverToSession
+   */
+  deliverToSession: {
+    methodKind: "unary";
+    input: typeof SessionDeliveriesSchema;
+    output: typeof SessionDeliveriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_emqx_ts_cluster_v1_state, 0);

@@ -1,0 +1,261 @@
+import { Counter } from '../metrics/counters.js';
+import { topicMatches } from '../protocol/topic.js';
+import type { ClusterToShard } from '../threads/messages.js';
+import { entryEnd } from './codec.js';
+import type { SessionDeliveries } from './gen/emqx_ts/cluster/v1/state_pb.js';
+import { caller, callTimeout, type StateHost, shardPort, stateClient } from './state-host.js';
+
+/** Most sessions a node forwards for at once (the oldest stops first) */
+const MAX_TOMBSTONES = 10_000;
+/** Longest a node holds incoming forward batches while it exports a session */
+const MAX_HOLD_MS = 1000;
+/** After the new node's routes are seen here: how long ours stay too (a publisher's node may
+ *  get our removal before the new node's addition; both routes meanwhile make duplicates, not loss) */
+const GRACE_MS = 100;
+/** After our routes went: how long batches a peer sent before it heard are still forwarded */
+const DRAIN_MS = 300;
+const TICK_MS = 50;
+
+interface Tombstone {
+  clientId: string;
+  /** The node the session moved to */
+  to: string;
+  filters: string[];
+  installedAt: number;
+  /** When the new node's routes for every filter were first seen here (0: not yet) */
+  routedAt: number;
+  pinned: boolean;
+  /** Ours withdrawn at: forwarding ends DRAIN_MS later */
+  unpinnedAt: number;
+}
+
+/**
+ * The old node's side of a session that moved to another node (issue #11, the takeover gap).
+ * Publishers' nodes keep sending to the old node until their route view moves to the new one,
+ * and batches can already be in flight on the link; those messages were acked to their senders
+ * and would be lost once the session is gone here. So, for a bounded time per moved session:
+ * - **hold**: while an export is running here, incoming forward batches wait (≤ MAX_HOLD_MS),
+ *   so each one is either routed into the session before it is shipped or seen by the tombstone
+ *   after — none is both or neither;
+ * - **routes stay**: the session's filters are pinned in our route slice until the new node's
+ *   routes for them are known here (+ GRACE_MS), so no publisher's node sees neither route;
+ * - **forward**: entries of incoming batches that match the session's subscriptions are sent to
+ *   the new node for that session only (DeliverToSession; it queues them into the imported
+ *   session), until DRAIN_MS after the routes went; then a last call with `done` tells the new
+ *   node it has everything (it holds the session's other deliveries until then, so the merged
+ *   stream keeps each publisher's order: session/merge in shard-state.ts).
+ * Bounded by MAX_TOMBSTONES and by the lifetime (the new node down: dropped at once).
+ */
+export class Tombstones {
+  private readonly byClient = new Map<string, Tombstone>();
+  private exporting = 0;
+  private held: (() => void)[] = [];
+  private holdTimer: NodeJS.Timeout | null = null;
+  private tick: NodeJS.Timeout | null = null;
+  /** Per destination node: entries per client id to send, and whether its done goes with them */
+  private readonly out = new Map<string, Map<string, { parts: Buffer[]; count: number; done: boolean }>>();
+  private flushScheduled = false;
+  /** One call at a time per node: the done of a client id never overtakes its entries */
+  private readonly chains = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly host: StateHost,
+    private readonly pin: (filters: string[]) => void,
+    private readonly unpin: (filters: string[]) => void,
+  ) {}
+
+  get size(): number {
+    return this.byClient.size;
+  }
+
+  /** An export starts here: incoming batches wait until it ends (bounded). */
+  begin(): void {
+    this.exporting++;
+    if (this.holdTimer === null)
+      this.holdTimer = setTimeout(() => {
+        this.holdTimer = null;
+        this.host.counters.row[Counter.takeoverHoldTimeouts]++;
+        this.release();
+      }, MAX_HOLD_MS);
+  }
+
+  /** The export ended: with the session's subscriptions, a tombstone forwards for it to `to`. */
+  end(clientId: string, to: string, filters: string[] | null): void {
+    if (filters !== null && filters.length > 0) this.install(clientId, to, filters);
+    if (this.exporting > 0) this.exporting--;
+    if (this.exporting === 0) this.release();
+  }
+
+  private release(): void {
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+    this.holdTimer = null;
+    this.exporting = 0;
+    const held = this.held;
+    this.held = [];
+    for (const run of held) run();
+  }
+
+  /**
+   * An incoming forward batch (its entries in `buf`): `run` hands it to the shard and acks it. Held while an
+   * export runs; entries matching a tombstone are copied for the session's new node first.
+   */
+  admit(buf: Buffer, off: number, len: number, run: () => void): void {
+    if (this.exporting > 0) {
+      this.host.counters.row[Counter.takeoverBatchesHeld]++;
+      this.held.push(() => {
+        this.scan(buf, off, len);
+        run();
+      });
+      return;
+    }
+    if (this.byClient.size > 0) this.scan(buf, off, len);
+    run();
+  }
+
+  /** Entries of a batch (already checked by the data plane) that a moved session subscribed to. */
+  scan(buf: Buffer, off: number, len: number): void {
+    if (this.byClient.size === 0) return;
+    const end = off + len;
+    let p = off;
+    while (p < end) {
+      const next = entryEnd(buf, p, end);
+      const topicLen = buf.readUInt32LE(p + 1);
+      const topic = buf.toString('utf8', p + 5, p + 5 + topicLen);
+      for (const t of this.byClient.values()) {
+        if (!t.filters.some((f) => topicMatches(f, topic))) continue;
+        this.queue(t.to, t.clientId, Buffer.from(buf.subarray(p, next)), false);
+        this.host.counters.row[Counter.tombstoneForwarded]++;
+      }
+      p = next;
+    }
+  }
+
+  private install(clientId: string, to: string, filters: string[]): void {
+    const old = this.byClient.get(clientId);
+    if (old) this.finish(old, false);
+    if (this.byClient.size >= MAX_TOMBSTONES) {
+      const oldest = this.byClient.values().next().value as Tombstone;
+      this.host.counters.row[Counter.tombstonesDropped]++;
+      this.finish(oldest, true);
+    }
+    const t: Tombstone = {
+      clientId,
+      to,
+      filters,
+      installedAt: Date.now(),
+      routedAt: 0,
+      pinned: true,
+      unpinnedAt: 0,
+    };
+    this.byClient.set(clientId, t);
+    this.host.counters.row[Counter.tombstones]++;
+    this.pin(filters);
+    if (this.tick === null) this.tick = setInterval(() => this.onTick(Date.now()), TICK_MS);
+  }
+
+  /** Forwarding for `t` ends; `done` tells the new node (its held deliveries go then). */
+  private finish(t: Tombstone, done: boolean): void {
+    if (this.byClient.get(t.clientId) === t) this.byClient.delete(t.clientId);
+    if (t.pinned) this.unpin(t.filters);
+    t.pinned = false;
+    if (done) this.queue(t.to, t.clientId, null, true);
+    if (this.byClient.size === 0 && this.tick !== null) {
+      clearInterval(this.tick);
+      this.tick = null;
+    }
+  }
+
+  private onTick(now: number): void {
+    // A lifetime bound whatever happens: long enough for a route push and its retries.
+    const maxAge = 4 * callTimeout(this.host.config);
+    for (const t of [...this.byClient.values()]) {
+      const peer = this.host.peers.byName.get(t.to);
+      if (peer?.status !== 'running') {
+        this.host.counters.row[Counter.tombstonesDropped]++;
+        this.finish(t, false); // the session died with it
+        continue;
+      }
+      if (t.pinned) {
+        if (t.routedAt === 0 && t.filters.every((f) => peer.routes.has(f))) t.routedAt = now;
+        if ((t.routedAt > 0 && now - t.routedAt >= GRACE_MS) || now - t.installedAt >= maxAge) {
+          t.pinned = false;
+          t.unpinnedAt = now;
+          this.unpin(t.filters);
+        }
+      } else if (now - t.unpinnedAt >= DRAIN_MS) this.finish(t, true);
+    }
+  }
+
+  private queue(to: string, clientId: string, entry: Buffer | null, done: boolean): void {
+    let m = this.out.get(to);
+    if (!m) this.out.set(to, (m = new Map()));
+    let e = m.get(clientId);
+    if (!e) m.set(clientId, (e = { parts: [], count: 0, done: false }));
+    if (entry) {
+      e.parts.push(entry);
+      e.count++;
+    }
+    if (done) e.done = true;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flush);
+    }
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    for (const [to, m] of this.out) {
+      const items = [...m].map(([clientId, e]) => ({
+        clientId,
+        entries: Buffer.concat(e.parts),
+        count: e.count,
+        done: e.done,
+      }));
+      const peer = this.host.peers.byName.get(to);
+      if (peer?.status !== 'running' || !peer.address) continue;
+      const address = peer.address;
+      const prev = this.chains.get(to) ?? Promise.resolve();
+      const next = prev.then(() =>
+        stateClient(address)
+          .deliverToSession(
+            { from: this.host.name, incarnation: this.host.incarnation, items },
+            { timeoutMs: callTimeout(this.host.config) },
+          )
+          .then(
+            () => {},
+            (err) => {
+              this.host.counters.row[Counter.tombstonesDropped]++;
+              this.host.log.warn({ peer: to, err: String(err) }, 'forwarding to a moved session failed');
+            },
+          ),
+      );
+      this.chains.set(to, next);
+      void next.finally(() => {
+        if (this.chains.get(to) === next) this.chains.delete(to);
+      });
+    }
+    this.out.clear();
+  };
+
+  /** Server side: the old node of sessions that moved here forwards what reached it late. */
+  onDeliveries(req: SessionDeliveries): { applied: boolean } {
+    if (!caller(this.host.peers, req.from, req.incarnation)) return { applied: false };
+    for (const it of req.items) {
+      const port = shardPort(this.host, it.clientId);
+      if (!port) continue;
+      const ab = new ArrayBuffer(it.entries.length);
+      new Uint8Array(ab).set(it.entries);
+      port.postMessage(
+        {
+          t: 'sessionIn',
+          clientId: it.clientId,
+          buf: ab,
+          count: it.count,
+          done: it.done,
+        } satisfies ClusterToShard,
+        [ab],
+      );
+    }
+    return { applied: true };
+  }
+}
