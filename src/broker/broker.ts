@@ -142,7 +142,7 @@ export class Broker implements BrokerView {
         cfg['node.name'],
         (rec) => this.storeRetained(rec),
         (m) => cluster.postState(m),
-        (shard, reqId) => this.supervisor.post(shard, { t: 'retainAck', reqId }),
+        (shard, reqId, code) => this.supervisor.post(shard, { t: 'retainAck', reqId, code }),
         this.counters.row,
       );
       this.retainedReplica = replica;

@@ -252,6 +252,7 @@ export class ClusterNode {
         p.lastSeen = Date.now();
         if (p.status !== 'running') this.log.info({ peer: p.name, address: p.address }, 'cluster peer up');
         p.status = 'running';
+        p.left = false;
         this.contacts.add(p.address);
         if (!p.synced) void this.join(p.address); // it knows us: make sure it has our slice too
         this.reportMembers(false);
@@ -410,6 +411,7 @@ export class ClusterNode {
   private down(p: Peer, reason: string): void {
     if (p.status !== 'running') return;
     p.status = 'stopped';
+    p.left = reason === 'left';
     this.state.gone(p, reason === 'left' ? 'left' : 'down');
     this.peers.dropRoutes(p);
     // `Leave` is known down: held acks go as if it had no subscribers. Missed heartbeats are only

@@ -27,6 +27,8 @@ export class Peer {
   incarnation = 0n;
   version = '';
   status: 'running' | 'stopped' = 'stopped';
+  /** Stopped by its Leave (known down), until it runs again */
+  left = false;
   /** Last traffic seen from it: heartbeat (either direction), join, route push, forward batch or ack */
   lastSeen = 0;
   /** Its route slice as it last sent it, and that slice's version */

@@ -14,8 +14,9 @@ const MAX_TOMBSTONES = 100_000;
  * it is published with a hybrid timestamp (ms × 1000 + counter) and the node name; every node
  * keeps the greater (ts, origin), deletions included (tombstones, kept an hour), so the replicas
  * converge whatever the order of live updates and full syncs. The publisher's PUBACK waits until
- * every running peer has applied the update (or failed to), as it already waits for main: a
- * client that has seen the ack and subscribes on any node gets the message.
+ * every running peer has the update in its store (its main merged it), as it already waits for
+ * main here: a client that has seen the ack and subscribes on any node gets the message. A peer
+ * that did not confirm (call failed or refused) while not known down makes it 0x80 for MQTT 5.
  */
 export class RetainedReplica {
   private clock = 0;
@@ -30,7 +31,7 @@ export class RetainedReplica {
     /** Stores a record with the retainer limits applied (false: refused) */
     private readonly set: (rec: RetainedRecord) => boolean,
     private readonly toCluster: (m: MainToClusterState) => boolean,
-    private readonly ackShard: (shard: number, reqId: number) => void,
+    private readonly ackShard: (shard: number, reqId: number, code: number) => void,
     /** main's counter row */
     private readonly row: Float64Array,
   ) {}
@@ -57,9 +58,11 @@ export class RetainedReplica {
 
   onCluster(m: ClusterStateToMain): void {
     if (m.t === 'retainedReplicated') {
-      for (const id of m.ids) this.release(id);
+      for (const id of m.ids) this.release(id, m.code);
     } else if (m.t === 'retainedIn') {
       for (const rec of m.entries) this.merge(rec);
+      // In the store now: the peer's call is answered (its publisher's ack waits for it).
+      if (m.id > 0) this.toCluster({ t: 'retainedMerged', id: m.id });
     } else if (m.t === 'retainedSnapshotReq') {
       this.toCluster({ t: 'retainedSnapshot', peer: m.peer, entries: this.snapshot() });
     }
@@ -67,14 +70,14 @@ export class RetainedReplica {
 
   /** The cluster thread died: nothing it held will be answered, the acks go now. */
   onClusterExit(): void {
-    for (const id of [...this.pending.keys()]) this.release(id);
+    for (const id of [...this.pending.keys()]) this.release(id, 0);
   }
 
-  private release(id: number): void {
+  private release(id: number, code: number): void {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
-    this.ackShard(p.shard, p.reqId);
+    this.ackShard(p.shard, p.reqId, code);
   }
 
   /** A peer's record: kept if it is newer than ours (or our deletion). */

@@ -44,20 +44,38 @@ export class RetainedSync {
     this.out = [];
     this.outIds = [];
     const calls = runningPeers(this.host.peers).map((p) => this.send(p, entries));
-    void Promise.all(calls).then(() => this.host.postMain({ t: 'retainedReplicated', ids }));
+    void Promise.all(calls).then((codes) =>
+      this.host.postMain({ t: 'retainedReplicated', ids, code: Math.max(0, ...codes) }),
+    );
   };
 
-  /** Resolves when the peer answered or failed (a failure is its down detection's business). */
-  private send(p: Peer, entries: RetainedEntry[]): Promise<void> {
+  /**
+   * Resolves when the peer has the entries in its store (0), or with 0x80 when it did not
+   * confirm while it is not known down — as a forward to it would end (data-plane.ts): a peer
+   * that left or restarted meanwhile is known down (what it held is gone anyway, and a rejoin
+   * sends it our whole store); one that timed out, broke the call or refused it is not.
+   */
+  private send(p: Peer, entries: RetainedEntry[]): Promise<number> {
+    const incarnation = p.incarnation;
+    const failed = (err: unknown) => {
+      this.host.log.debug({ peer: p.name, err: String(err) }, 'retained replication failed');
+      return p.left || p.incarnation !== incarnation ? 0 : 0x80;
+    };
     return stateClient(p.address)
       .replicateRetained(
         { from: this.host.name, incarnation: this.host.incarnation, entries },
         { timeoutMs: callTimeout(this.host.config) },
       )
-      .then(
-        () => {},
-        (err) => this.host.log.debug({ peer: p.name, err: String(err) }, 'retained replication failed'),
-      );
+      .then((r) => (r.applied ? 0 : failed('not applied: the peer does not know us as running')), failed);
+  }
+
+  private inSeq = 0;
+  /** Peers' batches waiting for main to have merged them */
+  private readonly merging = new Map<number, () => void>();
+
+  /** main: the `retainedIn` `id` is in the store. */
+  onMerged(id: number): void {
+    this.merging.get(id)?.();
   }
 
   /** We joined `p`: it gets the whole store, once main has sent it (onSnapshot). */
@@ -72,14 +90,14 @@ export class RetainedSync {
     void (async () => {
       for (let i = 0; i < entries.length; i += CHUNK) {
         if (!p.synced) return;
-        await this.send(p, entries.slice(i, i + CHUNK));
+        await this.send(p, entries.slice(i, i + CHUNK)); // a failed chunk: the next join resends
       }
       this.host.log.debug({ peer, records: entries.length }, 'retained store sent to peer');
     })();
   }
 
-  /** Server side: a peer's updates, checked, for main to merge. */
-  onBatch(req: RetainedBatch): { applied: boolean } {
+  /** Server side: a peer's updates, checked, for main to merge; answered once they are in the store. */
+  async onBatch(req: RetainedBatch): Promise<{ applied: boolean }> {
     if (!caller(this.host.peers, req.from, req.incarnation)) return { applied: false };
     const records: RetainedRecord[] = [];
     for (const e of req.entries) {
@@ -89,8 +107,19 @@ export class RetainedSync {
       }
       records.push(fromEntry(e));
     }
-    if (records.length > 0) this.host.postMain({ t: 'retainedIn', entries: records });
-    return { applied: true };
+    if (records.length === 0) return { applied: true };
+    const id = ++this.inSeq;
+    const stored = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => done(false), callTimeout(this.host.config));
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.merging.delete(id);
+        resolve(ok);
+      };
+      this.merging.set(id, () => done(true));
+      this.host.postMain({ t: 'retainedIn', entries: records, id });
+    });
+    return { applied: stored };
   }
 }
 

@@ -24,6 +24,22 @@ interface Held {
   partDone(): void;
 }
 
+/**
+ * A held PUBACK/PUBREC whose message may not have reached every node: an MQTT 5 publisher gets
+ * `code` (≥ 0x80) as its reason code and may publish again (MQTT 5 §3.4.2.1, §3.5.2.1); a
+ * failed PUBREC ends the QoS 2 flow, so its packet id no longer awaits PUBREL. MQTT 3.1.1 acks
+ * have no reason code and stay as they are.
+ */
+export function failHeldAck(h: { frame: Buffer; conn: unknown }, code: number): void {
+  const conn = h.conn as AckHolder | null;
+  if (conn === null || !conn.v5) return;
+  const f = h.frame;
+  const type = f[0] >> 4;
+  const id = f.readUInt16BE(2);
+  h.frame = encodeAckV5(type, id, code);
+  if (type === PacketType.PUBREC) conn.session.awaitingRel.delete(id);
+}
+
 /** What the link needs from its shard (kept small so the shard's layout may change). */
 export interface ShardSide {
   readonly counters: Counters;
@@ -209,14 +225,7 @@ export class ShardClusterLink {
     if (code >= 0x80) this.shard.counters.row[Counter.clusterHeldAcksFailed] += list.length;
     for (let i = 0; i < list.length; i++) {
       const h = list[i];
-      const conn = h.conn as AckHolder | null;
-      if (code >= 0x80 && conn !== null && conn.v5) {
-        const f = h.frame;
-        const type = f[0] >> 4;
-        const id = f.readUInt16BE(2);
-        h.frame = encodeAckV5(type, id, code);
-        if (type === PacketType.PUBREC) conn.session.awaitingRel.delete(id);
-      }
+      if (code >= 0x80) failHeldAck(h, code);
       h.partDone();
     }
   }

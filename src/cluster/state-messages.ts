@@ -12,13 +12,18 @@ export type MainToClusterState =
   /** Stored locally: replicate to every running peer; answered with `retainedReplicated` */
   | { t: 'retainedOut'; id: number; entries: RetainedRecord[] }
   /** The whole store (and its tombstones), for a peer we just joined */
-  | { t: 'retainedSnapshot'; peer: string; entries: RetainedRecord[] };
+  | { t: 'retainedSnapshot'; peer: string; entries: RetainedRecord[] }
+  /** The `retainedIn` with this id is in the store */
+  | { t: 'retainedMerged'; id: number };
 
 export type ClusterStateToMain =
-  /** Every running peer has applied (or failed to take) these `retainedOut`s */
-  | { t: 'retainedReplicated'; ids: number[] }
-  /** From a peer: merge into the store (last writer wins), do not replicate again */
-  | { t: 'retainedIn'; entries: RetainedRecord[] }
+  /**
+   * Every running peer has stored (or failed to take) these `retainedOut`s; `code` ≥ 0x80: one
+   * that is not known down did not confirm
+   */
+  | { t: 'retainedReplicated'; ids: number[]; code: number }
+  /** From a peer: merge into the store (last writer wins), do not replicate again; id > 0: answer `retainedMerged` */
+  | { t: 'retainedIn'; entries: RetainedRecord[]; id: number }
   | { t: 'retainedSnapshotReq'; peer: string };
 
 // --- shard ↔ cluster thread -------------------------------------------------------------------

@@ -64,6 +64,7 @@ export class ClusterState {
   onMain(m: MainToClusterState): void {
     if (m.t === 'retainedOut') this.retained.onOut(m.id, m.entries);
     else if (m.t === 'retainedSnapshot') this.retained.onSnapshot(m.peer, m.entries);
+    else if (m.t === 'retainedMerged') this.retained.onMerged(m.id);
   }
 
   onShard(m: ShardToClusterState, shard: number, _port: MessagePort): void {

@@ -1,7 +1,8 @@
+import { failHeldAck } from '../cluster/shard-link.js';
 import type { Delivery } from '../delivery/deliver.js';
 import { type RetainedAnswer, RetainedFeeds } from '../delivery/retained-feed.js';
 import { refuseSharedJoin } from '../handlers/subscribe.js';
-import type { Counters } from '../metrics/counters.js';
+import { Counter, type Counters } from '../metrics/counters.js';
 import type { PendingJoin } from '../routing/subscriptions.js';
 import type { Message } from '../session/message.js';
 import type { ShardDurability } from '../storage/shard-durability.js';
@@ -42,7 +43,7 @@ export class RetainedRelay {
   constructor(
     private readonly main: MainLink,
     delivery: Delivery,
-    counters: Counters,
+    private readonly counters: Counters,
     /** durable sync: a persistent session's SUBACK waits for its subscriptions' commit too */
     private readonly durable: ShardDurability | null = null,
   ) {
@@ -74,11 +75,19 @@ export class RetainedRelay {
     });
   }
 
-  /** Main stored the retained message of a held ack: the ack (and those behind it) go out. */
-  onRetainAck(reqId: number): void {
+  /**
+   * Main stored the retained message of a held ack: the ack (and those behind it) go out. A
+   * `code` ≥ 0x80: a peer node that is not known down did not confirm it stored it (MQTT 5
+   * publishers get the code, as for a failed forward: cluster/shard-link.ts).
+   */
+  onRetainAck(reqId: number, code = 0): void {
     const held = this.heldAcks.get(reqId);
     if (!held) return;
     this.heldAcks.delete(reqId);
+    if (code >= 0x80) {
+      this.counters.row[Counter.clusterHeldAcksFailed]++;
+      failHeldAck(held, code);
+    }
     // durable sync: it may also wait for this shard's commit (storage/shard-durability.ts)
     held.partDone();
   }

@@ -276,7 +276,7 @@ export class Shard implements BatchVisitor, ShardState {
         this.relay.releaseJoinsTo(msg.shard);
         break;
       case 'retainAck':
-        this.relay.onRetainAck(msg.reqId);
+        this.relay.onRetainAck(msg.reqId, msg.code);
         break;
       case 'retained':
         this.relay.onRetained(msg.reqId, msg.records, msg.more);

@@ -174,7 +174,8 @@ export type MainToShard =
   | { t: 'peer'; shard: number; port: MessagePort }
   /** The (re)started cluster thread's port */
   | { t: 'cluster'; port: MessagePort }
-  | { t: 'retainAck'; reqId: number }
+  /** `code` ≥ 0x80: stored here, but a peer node did not confirm it (MQTT 5 reason code) */
+  | { t: 'retainAck'; reqId: number; code?: number }
   /** One chunk of a lookup's matches; `more`: the shard asks for the next with retainedNext */
   | { t: 'retained'; reqId: number; records: RetainedRecord[]; more: boolean }
   /** Close the clients and end; with drainMs, the closes are spread over that many ms first. */
