@@ -24,6 +24,11 @@ import { ClusterState } from './state.js';
 import type { ClusterStateToMain } from './state-messages.js';
 import { FORWARD_PATH, isGrpc } from './wire.js';
 
+/**
+ * Tests only (test/cluster-liveness.test.ts): this node sends no heartbeats and refuses those
+ * it gets, so its peers see it alive through its other traffic alone.
+ */
+const MUTE_HEARTBEATS = process.env.EMQX_TS_TEST_MUTE_HEARTBEATS === '1';
 /** A NodeInfo as we send it */
 type NodeInit = { name: string; address: string; incarnation: bigint; version?: string };
 
@@ -263,6 +268,7 @@ export class ClusterNode {
         // Alive even when its view of our slice is stale (`known` false: it joins again).
         const known =
           touch(p, req.incarnation) && (req.routeVersion === 0n || req.routeVersion === p.routeVersion);
+        if (MUTE_HEARTBEATS) throw new ConnectError('heartbeats muted (test)', Code.Unavailable);
         return { node: this.info(), known, members: this.membersInfo() };
       },
       leave: (req) => {
@@ -383,7 +389,7 @@ export class ClusterNode {
         this.down(p, 'no heartbeat');
     }
     for (const p of this.peers.byName.values()) {
-      if (!p.synced || !p.client) continue;
+      if (!p.synced || !p.client || MUTE_HEARTBEATS) continue;
       const routeVersion = p.pushing || p.pending.size > 0 ? 0n : BigInt(p.ackedVersion);
       p.client
         .heartbeat(

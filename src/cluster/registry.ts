@@ -2,6 +2,7 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { shardOf } from '../listener/client-id.js';
 import { Counter } from '../metrics/counters.js';
 import type { ClaimRequest, TakeoverRequest } from './gen/emqx_ts/cluster/v1/state_pb.js';
+import { touch } from './peers.js';
 import { decodeSession } from './session-codec.js';
 import { callTimeout, fnv, postShard, runningPeers, type StateHost, stateClient } from './state-host.js';
 import type { SessionBlob } from './state-messages.js';
@@ -85,7 +86,7 @@ export class Registry {
     const p = peers.find((q) => q.name === lock)!;
     stateClient(p.address)
       .claim(
-        { clientId, node: this.host.name, clean, claimId },
+        { clientId, node: this.host.name, clean, claimId, incarnation: this.host.incarnation },
         { timeoutMs: 4 * callTimeout(this.host.config) },
       )
       .then(done, failed);
@@ -126,7 +127,10 @@ export class Registry {
         if (n === this.host.name) return this.takeoverHere(clientId, node, clean, revokes);
         const p = running.find((q) => q.name === n)!;
         return stateClient(p.address)
-          .takeover({ clientId, to: node, clean, revokes }, { timeoutMs: 3 * callTimeout(this.host.config) })
+          .takeover(
+            { clientId, to: node, clean, revokes, from: this.host.name, incarnation: this.host.incarnation },
+            { timeoutMs: 3 * callTimeout(this.host.config) },
+          )
           .then(
             (r) => (r.found ? r : NONE),
             (err) => {
@@ -142,6 +146,7 @@ export class Registry {
   /** Server side of Claim: the caller asks this node, its lock node, to make it the owner. */
   claim(req: ClaimRequest): Promise<Found> {
     const p = this.host.peers.byName.get(req.node);
+    touch(p, req.incarnation); // proof of life (a caller without one is still served while running)
     if (p?.status !== 'running' || !req.clientId)
       throw new ConnectError('claim from an unknown node', Code.FailedPrecondition);
     return this.claimAt(req.clientId, req.node, req.claimId, req.clean);
@@ -150,6 +155,7 @@ export class Registry {
   /** Server side of Takeover: close and ship (or discard) the client's session here. */
   takeover(req: TakeoverRequest): Promise<Found> {
     if (!req.clientId) throw new ConnectError('client id required', Code.InvalidArgument);
+    touch(this.host.peers.byName.get(req.from), req.incarnation);
     return this.takeoverHere(req.clientId, req.to, req.clean, req.revokes);
   }
 

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
 import type { ClusterToShard } from '../threads/messages.js';
 import { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
-import type { Peer, PeerTable } from './peers.js';
+import { type Peer, type PeerTable, touch } from './peers.js';
 import type { ClusterStateToMain } from './state-messages.js';
 
 export type StateClient = Client<typeof ClusterStateService>;
@@ -51,10 +51,14 @@ export function callTimeout(config: Config): number {
   return Math.min(5000, Math.max(500, config['cluster.down_after'] * 1000));
 }
 
-/** The caller of a state RPC, if it is a running peer of this incarnation. */
+/**
+ * The caller of a state RPC, if it is a running peer of this incarnation: its call proves it
+ * alive (`touch`), as a heartbeat or a forward batch does — under load a heartbeat can wait
+ * behind other traffic past down_after while claims, wills and retained updates keep flowing.
+ */
 export function caller(peers: PeerTable, from: string, incarnation: bigint): Peer | null {
   const p = peers.byName.get(from);
-  return p && p.status === 'running' && p.incarnation === incarnation ? p : null;
+  return touch(p, incarnation) ? p : null;
 }
 
 /** The port of the shard that owns `clientId` (null while it restarts). */
