@@ -9,8 +9,10 @@ import type { SessionBlob } from './state-messages.js';
 import type { Tombstones } from './tombstones.js';
 import type { WillSync } from './will-sync.js';
 
-type Found = { found: boolean; session: Uint8Array };
-const NONE: Found = { found: false, session: new Uint8Array(0) };
+type Found = { found: boolean; session: Uint8Array; from: string };
+const NONE: Found = { found: false, session: new Uint8Array(0), from: '' };
+/** Imported sessions whose store commit we have not confirmed to their old node yet */
+const MAX_IMPORTING = 10_000;
 /** Owners a lock node remembers (oldest forgotten first: a forgotten one costs a broadcast) */
 const MAX_OWNERS = 1_000_000;
 
@@ -34,6 +36,8 @@ export class Registry {
   private readonly chains = new Map<string, Promise<unknown>>();
   private reqSeq = 0;
   private readonly exports = new Map<number, (blob: SessionBlob | null) => void>();
+  /** Client id → the node that shipped its session to us, until the shard has stored it */
+  private readonly importing = new Map<string, string>();
 
   constructor(
     private readonly host: StateHost,
@@ -69,6 +73,12 @@ export class Registry {
     const claimId = `${this.host.incarnation}:${++this.claimSeq}`;
     const done = (r: Found) => {
       this.outstanding.delete(claimId);
+      if (r.found && r.from && r.from !== this.host.name) {
+        this.importing.delete(clientId);
+        this.importing.set(clientId, r.from);
+        if (this.importing.size > MAX_IMPORTING)
+          this.importing.delete(this.importing.keys().next().value as string);
+      }
       answer(r.found ? r.session : null);
     };
     const failed = (err: unknown) => {
@@ -132,7 +142,7 @@ export class Registry {
             { timeoutMs: 3 * callTimeout(this.host.config) },
           )
           .then(
-            (r) => (r.found ? r : NONE),
+            (r): Found => (r.found ? { found: true, session: r.session, from: n } : NONE),
             (err) => {
               this.host.log.warn({ clientId, peer: n, err: String(err) }, 'takeover call failed');
               return NONE;
@@ -181,9 +191,10 @@ export class Registry {
         this.exports.delete(reqId);
         if (!ended) {
           ended = true;
-          this.tombstones.end(clientId, to, blob && to !== this.host.name ? routedFilters(blob) : null);
+          const moved = blob !== null && to !== this.host.name;
+          this.tombstones.end(clientId, to, moved ? routedFilters(blob) : null, moved ? blob : null);
         }
-        resolve(blob ? { found: true, session: blob } : NONE);
+        resolve(blob ? { found: true, session: blob, from: this.host.name } : NONE);
       };
       this.exports.set(reqId, finish);
       const shard = shardOf(clientId, this.host.shards.length);
@@ -197,6 +208,22 @@ export class Registry {
       if (!postShard(this.host, shard, { t: 'takeover', reqId, clientId, clean, afterClaim, drains }))
         finish(null);
     });
+  }
+
+  /** The shard stored the session it imported: its old node may forget the copy it kept. */
+  onImported(clientId: string): void {
+    const from = this.importing.get(clientId);
+    if (from === undefined) return;
+    this.importing.delete(clientId);
+    this.tombstones.confirm(from, clientId);
+  }
+
+  /**
+   * A node is down or restarted: the owners it held are forgotten, so that the next claim of
+   * those clients asks every node (one may have restored a session it had shipped to it).
+   */
+  gone(name: string): void {
+    for (const [clientId, o] of this.owners) if (o.node === name) this.owners.delete(clientId);
   }
 
   onExported(reqId: number, session: SessionBlob | null): void {

@@ -20,6 +20,10 @@ const MAX_UNACKED = 10_000;
 const MERGE_MAX_MS = 5000;
 /** Late messages held per client id for a claim whose session has not arrived yet */
 const MAX_EARLY = 10_000;
+/** Tests only (test/cluster-handover.test.ts): the node dies as it receives a shipped session */
+const DIE_ON_IMPORT = process.env.EMQX_TS_TEST_DIE_ON_IMPORT === '1';
+/** A restored session has no claiming connection */
+const NO_SOCKET: ClaimSocket = { destroyed: true, cork() {}, uncork() {} };
 
 /** What the shard side of Cluster II needs of its shard. */
 export interface ShardStateDeps {
@@ -31,8 +35,16 @@ export interface ShardStateDeps {
   readonly sharedGroups: SharedGroups;
   /** Session lifecycle (session/lifecycle.ts): takeover to and from other nodes */
   exportSession<T>(clientId: string, clean: boolean, encode: (s: Session) => T): T | null;
-  /** `socket` (the claiming connection's) is held corked until the import is stored */
-  adoptSession(session: Session, subs: [string, Omit<Subscription, 'nodeId'>][], socket: ClaimSocket): void;
+  /**
+   * `socket` (the claiming connection's) is held corked until the import is stored, then
+   * `onStored` runs; false: not adopted (the client connected here meanwhile)
+   */
+  adoptSession(
+    session: Session,
+    subs: [string, Omit<Subscription, 'nodeId'>][],
+    socket: ClaimSocket,
+    onStored?: () => void,
+  ): boolean;
   /** Posts this turn's cross-shard batches, then `drained` to shard `to` behind them */
   drainTo(to: number, reqId: number): void;
   /** A session of this shard */
@@ -242,6 +254,29 @@ export class ShardClusterState {
     // No port to it (restarting): nothing of ours reaches it anyway; it waits for its timer.
     else if (m.t === 'takeoverDrain') this.deps.drainTo(m.to, m.reqId);
     else if (m.t === 'sessionIn') this.sessionIn(m.clientId, m.buf, m.done);
+    else if (m.t === 'restore') this.restore(m.clientId, m.session);
+    else if (m.t === 'dropRestored') {
+      const s = this.deps.sessionOf(m.clientId);
+      if (s && !s.conn && this.restored.has(s)) this.deps.exportSession(m.clientId, true, () => null);
+    }
+  }
+
+  /** Sessions restored by `restore` (until a client resumes them, their new node may claim them back) */
+  private readonly restored = new WeakSet<Session>();
+
+  /** A session shipped from here whose new node died before storing it: back, offline. */
+  private restore(clientId: string, blob: Uint8Array): void {
+    if (this.deps.sessionOf(clientId)) return; // the client is here again: that one is newer
+    for (const c of this.claims.values()) if (c.clientId === clientId) return; // its claim decides
+    try {
+      const snap = decodeSession(blob);
+      const session = new Session(clientId, false);
+      restoreSession(session, snap);
+      if (this.deps.adoptSession(session, snap.subs, NO_SOCKET)) this.restored.add(session);
+    } catch (err) {
+      this.deps.counters.row[Counter.clusterErrors]++;
+      this.deps.log.warn({ clientId, err: String(err) }, 'shipped session unreadable: not restored');
+    }
   }
 
   private readonly mergeTimers = new Map<Session, NodeJS.Timeout>();
@@ -336,7 +371,12 @@ export class ShardClusterState {
         const snap = decodeSession(blob);
         const session = new Session(c.clientId, false);
         restoreSession(session, snap);
-        this.deps.adoptSession(session, snap.subs, c.socket);
+        if (DIE_ON_IMPORT) process.kill(process.pid, 'SIGKILL'); // tests: a crash with the session in transit
+        const clientId = c.clientId;
+        // Stored here: the old node forgets the copy it kept (two-phase hand-over, tombstones.ts).
+        this.deps.adoptSession(session, snap.subs, c.socket, () =>
+          this.link.postState({ t: 'imported', clientId }),
+        );
         this.deps.counters.row[Counter.sessionsImported]++;
         // Its old node forwards what reached it late, then says done (tombstones.ts): until
         // then the session's other deliveries wait behind those, in order.

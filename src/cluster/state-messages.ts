@@ -49,7 +49,9 @@ export type ShardToClusterState =
   /** A CONNECT: become the client's owner cluster-wide (answered with `claimed`) */
   | { t: 'claim'; reqId: number; clientId: string; clean: boolean }
   /** Answer to `takeover` */
-  | { t: 'exported'; reqId: number; session: SessionBlob | null };
+  | { t: 'exported'; reqId: number; session: SessionBlob | null }
+  /** A session shipped from another node is in this node's store (its old node may forget it) */
+  | { t: 'imported'; clientId: string };
 
 export interface SharedOut {
   /** Peer slot the owner picked */
@@ -88,4 +90,11 @@ export type ClusterStateToShard =
    * Messages that reached the session's old node after it shipped the session (codec entries),
    * for this client's session only; `done`: the old node forwards no more
    */
-  | { t: 'sessionIn'; clientId: string; buf: ArrayBuffer; count: number; done: boolean };
+  | { t: 'sessionIn'; clientId: string; buf: ArrayBuffer; count: number; done: boolean }
+  /**
+   * A session this node shipped to a node that died before storing it: back here, offline
+   * (unless the client has a session or a claim here meanwhile)
+   */
+  | { t: 'restore'; clientId: string; session: SessionBlob }
+  /** Its new node stored it after all: the restored copy goes, if it is still offline */
+  | { t: 'dropRestored'; clientId: string };

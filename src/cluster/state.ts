@@ -59,6 +59,8 @@ export class ClusterState {
   gone(p: Peer, why: PeerGone): void {
     this.wills.gone(p, why);
     this.shared.gone(p, why);
+    this.registry.gone(p.name);
+    if (why === 'down') this.tombstones.gone(p.name);
   }
 
   onMain(m: MainToClusterState): void {
@@ -74,5 +76,6 @@ export class ClusterState {
     else if (m.t === 'sharedDone') this.shared.onDone(m.items);
     else if (m.t === 'claim') this.registry.onClaim(shard, m.reqId, m.clientId, m.clean);
     else if (m.t === 'exported') this.registry.onExported(m.reqId, m.session);
+    else if (m.t === 'imported') this.registry.onImported(m.clientId);
   }
 }

@@ -15,6 +15,10 @@ const GRACE_MS = 100;
 /** After our routes went: how long batches a peer sent before it heard are still forwarded */
 const DRAIN_MS = 300;
 const TICK_MS = 50;
+/** Shipped sessions kept until the new node confirms it stored them (oldest forgotten first) */
+const MAX_SHIPPED = 10_000;
+/** A new node that neither confirms nor dies within this long: the copy is forgotten */
+const SHIPPED_MS = 60_000;
 
 interface Tombstone {
   clientId: string;
@@ -53,7 +57,17 @@ export class Tombstones {
   private holdTimer: NodeJS.Timeout | null = null;
   private tick: NodeJS.Timeout | null = null;
   /** Per destination node: entries per client id to send, and whether its done goes with them */
-  private readonly out = new Map<string, Map<string, { parts: Buffer[]; count: number; done: boolean }>>();
+  private readonly out = new Map<
+    string,
+    Map<string, { parts: Buffer[]; count: number; done: boolean; committed: boolean }>
+  >();
+  /**
+   * Two-phase hand-over: sessions shipped from here, kept until their new node says they are in
+   * its store; restored here if it dies first (docs/DURABILITY.md)
+   */
+  private readonly shipped = new Map<string, { to: string; blob: Uint8Array; at: number }>();
+  /** Sessions restored here, in case their new node was only frozen and confirms after all */
+  private readonly restored = new Map<string, { to: string; at: number }>();
   private flushScheduled = false;
   /** One call at a time per node: the done of a client id never overtakes its entries */
   private readonly chains = new Map<string, Promise<void>>();
@@ -79,8 +93,17 @@ export class Tombstones {
       }, MAX_HOLD_MS);
   }
 
-  /** The export ended: with the session's subscriptions, a tombstone forwards for it to `to`. */
-  end(clientId: string, to: string, filters: string[] | null): void {
+  /**
+   * The export ended: with the session's subscriptions, a tombstone forwards for it to `to`;
+   * the shipped session (`blob`) is kept until `to` has stored it.
+   */
+  end(clientId: string, to: string, filters: string[] | null, blob: Uint8Array | null): void {
+    if (blob !== null) {
+      this.shipped.delete(clientId);
+      this.shipped.set(clientId, { to, blob, at: Date.now() });
+      if (this.shipped.size > MAX_SHIPPED) this.shipped.delete(this.shipped.keys().next().value as string);
+      this.startTick();
+    }
     if (filters !== null && filters.length > 0) this.install(clientId, to, filters);
     if (this.exporting > 0) this.exporting--;
     if (this.exporting === 0) this.release();
@@ -123,7 +146,7 @@ export class Tombstones {
       const topic = buf.toString('utf8', p + 5, p + 5 + topicLen);
       for (const t of this.byClient.values()) {
         if (!t.filters.some((f) => topicMatches(f, topic))) continue;
-        this.queue(t.to, t.clientId, Buffer.from(buf.subarray(p, next)), false);
+        this.queue(t.to, t.clientId, Buffer.from(buf.subarray(p, next)), false, false);
         this.host.counters.row[Counter.tombstoneForwarded]++;
       }
       p = next;
@@ -150,7 +173,41 @@ export class Tombstones {
     this.byClient.set(clientId, t);
     this.host.counters.row[Counter.tombstones]++;
     this.pin(filters);
+    this.startTick();
+  }
+
+  private startTick(): void {
     if (this.tick === null) this.tick = setInterval(() => this.onTick(Date.now()), TICK_MS);
+  }
+
+  /** We stored a session `from` shipped to us: it may forget its copy. */
+  confirm(from: string, clientId: string): void {
+    this.queue(from, clientId, null, false, true);
+  }
+
+  /**
+   * A node was declared down (missed heartbeats): sessions shipped to it that it had not
+   * confirmed stored come back here, offline; the client's next claim finds them (registry.ts
+   * forgets the dead node's owners, so that claim asks every node). Not on a restart (a new
+   * incarnation): that node may have stored it just before it died and restored it from its
+   * store, and a stale copy here would then compete with it.
+   */
+  gone(name: string): void {
+    for (const [clientId, s] of [...this.shipped]) {
+      if (s.to !== name) continue;
+      this.shipped.delete(clientId);
+      const port = shardPort(this.host, clientId);
+      if (!port) continue;
+      this.restored.delete(clientId);
+      this.restored.set(clientId, { to: name, at: Date.now() });
+      if (this.restored.size > MAX_SHIPPED) this.restored.delete(this.restored.keys().next().value as string);
+      this.host.counters.row[Counter.shippedRestored]++;
+      this.host.log.warn(
+        { clientId, to: name },
+        'session shipped to a node that died before storing it: restored here',
+      );
+      port.postMessage({ t: 'restore', clientId, session: s.blob } satisfies ClusterToShard);
+    }
   }
 
   /** Forwarding for `t` ends; `done` tells the new node (its held deliveries go then). */
@@ -158,14 +215,31 @@ export class Tombstones {
     if (this.byClient.get(t.clientId) === t) this.byClient.delete(t.clientId);
     if (t.pinned) this.unpin(t.filters);
     t.pinned = false;
-    if (done) this.queue(t.to, t.clientId, null, true);
-    if (this.byClient.size === 0 && this.tick !== null) {
+    if (done) this.queue(t.to, t.clientId, null, true, false);
+    if (this.byClient.size === 0 && this.shipped.size === 0 && this.tick !== null) {
       clearInterval(this.tick);
       this.tick = null;
     }
   }
 
   private onTick(now: number): void {
+    for (const [clientId, s] of this.shipped) {
+      if (now - s.at < SHIPPED_MS) break;
+      this.shipped.delete(clientId);
+    }
+    for (const [clientId, s] of this.restored) {
+      if (now - s.at < SHIPPED_MS) break;
+      this.restored.delete(clientId);
+    }
+    if (
+      this.byClient.size === 0 &&
+      this.shipped.size === 0 &&
+      this.restored.size === 0 &&
+      this.tick !== null
+    ) {
+      clearInterval(this.tick);
+      this.tick = null;
+    }
     // A lifetime bound whatever happens: long enough for a route push and its retries.
     const maxAge = 4 * callTimeout(this.host.config);
     for (const t of [...this.byClient.values()]) {
@@ -186,16 +260,17 @@ export class Tombstones {
     }
   }
 
-  private queue(to: string, clientId: string, entry: Buffer | null, done: boolean): void {
+  private queue(to: string, clientId: string, entry: Buffer | null, done: boolean, committed: boolean): void {
     let m = this.out.get(to);
     if (!m) this.out.set(to, (m = new Map()));
     let e = m.get(clientId);
-    if (!e) m.set(clientId, (e = { parts: [], count: 0, done: false }));
+    if (!e) m.set(clientId, (e = { parts: [], count: 0, done: false, committed: false }));
     if (entry) {
       e.parts.push(entry);
       e.count++;
     }
     if (done) e.done = true;
+    if (committed) e.committed = true;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flush);
@@ -210,6 +285,7 @@ export class Tombstones {
         entries: Buffer.concat(e.parts),
         count: e.count,
         done: e.done,
+        committed: e.committed,
       }));
       const peer = this.host.peers.byName.get(to);
       if (peer?.status !== 'running' || !peer.address) continue;
@@ -237,10 +313,25 @@ export class Tombstones {
     this.out.clear();
   };
 
+  /**
+   * The new node stored a session we shipped: our copy goes. If we had restored it (the node was
+   * declared down, but was only frozen and went on), the restored copy goes too while it is
+   * offline: the new node's copy got every message it did, and is the one the client uses.
+   */
+  private committed(clientId: string, from: string): void {
+    if (this.shipped.get(clientId)?.to === from) this.shipped.delete(clientId);
+    else if (this.restored.get(clientId)?.to === from) {
+      this.restored.delete(clientId);
+      shardPort(this.host, clientId)?.postMessage({ t: 'dropRestored', clientId } satisfies ClusterToShard);
+    }
+  }
+
   /** Server side: the old node of sessions that moved here forwards what reached it late. */
   onDeliveries(req: SessionDeliveries): { applied: boolean } {
     if (!caller(this.host.peers, req.from, req.incarnation)) return { applied: false };
     for (const it of req.items) {
+      if (it.committed) this.committed(it.clientId, req.from);
+      if (it.count === 0 && !it.done) continue;
       const port = shardPort(this.host, it.clientId);
       if (!port) continue;
       const ab = new ArrayBuffer(it.entries.length);

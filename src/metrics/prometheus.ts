@@ -363,6 +363,11 @@ export function createRegistry(src: PrometheusSources): Registry {
       'Imported sessions whose old node never said it forwarded everything (merge ended by its timer)',
       Counter.sessionMergeTimeouts,
     ],
+    [
+      'emqx_ts_cluster_sessions_restored_total',
+      'Sessions shipped to a node that died before storing them, restored on this node',
+      Counter.shippedRestored,
+    ],
     ['emqx_ts_handoffs_total', 'Accepted connections adopted by their owning shard', Counter.handoffs],
     [
       'emqx_ts_handoffs_cross_shard_total',

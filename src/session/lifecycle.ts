@@ -374,10 +374,12 @@ export class SessionLifecycle {
     session: Session,
     subs: [string, Omit<Subscription, 'nodeId'>][],
     socket: { cork(): void; uncork(): void },
-  ): void {
+    /** The import is stored (sync: committed; otherwise at once): its old node may forget it */
+    onStored: () => void = () => {},
+  ): boolean {
     const old = this.s.sessions.get(session.clientId);
     if (old && !old.conn) this.discardSession(old);
-    else if (old) return; // connected here meanwhile: that one is newer
+    else if (old) return false; // connected here meanwhile: that one is newer
     this.s.sessions.set(session.clientId, session);
     this.s.counters.row[Counter.sessions]++;
     for (const [filter, sub] of subs) this.d.subscriptions.subscribe(session, filter, sub, sub.shared);
@@ -385,7 +387,10 @@ export class SessionLifecycle {
     session.expiresAt =
       session.expiryInterval === NEVER_EXPIRES ? 0 : Date.now() + session.expiryInterval * 1000;
     const durable = this.s.durable;
-    if (!durable) return;
+    if (!durable) {
+      onStored();
+      return true;
+    }
     // Durable: written now, as a session that was always here would be (record, inflight, queue,
     // QoS 2 ids awaiting PUBREL), not when it next changes: the old node has forgotten it.
     durable.sessionChanged(session);
@@ -402,8 +407,12 @@ export class SessionLifecycle {
     // + one commit) came after the client had it. batched: no wait, as for acks.
     if (durable.sync) {
       socket.cork();
-      durable.afterCommit(() => socket.uncork());
-    }
+      durable.afterCommit(() => {
+        socket.uncork();
+        onStored();
+      });
+    } else onStored();
+    return true;
   }
 
   /** REST API kick: closes the client's connection (if any) and discards its session. */

@@ -135,7 +135,8 @@ export class Shard implements BatchVisitor, ShardState {
           shared: this.shared,
           sharedGroups: this.sharedGroups,
           exportSession: (id, clean, encode) => this.lifecycle.exportSession(id, clean, encode),
-          adoptSession: (session, subs, socket) => this.lifecycle.adoptSession(session, subs, socket),
+          adoptSession: (session, subs, socket, onStored) =>
+            this.lifecycle.adoptSession(session, subs, socket, onStored),
           sessionOf: (id) => this.sessions.get(id),
           deliver: (session, msg, qos, retainFlag, subIds, group) =>
             this.delivery.deliver(session, msg, qos, retainFlag, subIds, group),
