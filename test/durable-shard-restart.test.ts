@@ -11,7 +11,19 @@ import { test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import type { Broker } from '../src/broker/broker.js';
 import { ownerShard } from '../src/routing/shared.js';
-import { client, Inbox, idOnShard, publish, startBroker, subscribe, waitFor } from './helpers/broker.js';
+import { hookFixture } from './helpers/auth.js';
+import {
+  type Ctx,
+  client,
+  clientWithInbox,
+  endClient,
+  Inbox,
+  idOnShard,
+  publish,
+  startBroker,
+  subscribe,
+  waitFor,
+} from './helpers/broker.js';
 
 const T = 90_000;
 
@@ -104,3 +116,94 @@ for (const form of ['$share/{g}/', '$queue/'] as const) {
     assert.equal(got.length, all.length, 'each once (the restarted owner took each outbox batch once)');
   });
 }
+
+/**
+ * The test's side of test/fixtures/hooks/start-gate.mjs: every shard's start-up goes at once,
+ * except a restart of the shard `hold(k)` names, which waits for `release()`.
+ */
+class StartGate {
+  private readonly channel = new BroadcastChannel('emqx-ts-test-start-gate');
+  private held = -1;
+  private waiting = false;
+  private onLoading: (() => void) | null = null;
+
+  constructor(t: Ctx) {
+    this.channel.onmessage = (e: MessageEvent) => {
+      const k = (e.data as { loading?: number }).loading;
+      if (k === undefined) return;
+      if (k !== this.held) this.channel.postMessage({ go: k });
+      else {
+        this.waiting = true;
+        this.onLoading?.();
+      }
+    };
+    t.after(() => {
+      this.release();
+      this.channel.close();
+    });
+  }
+
+  /** The next start-up of shard `k` waits in its hook loading until release(). */
+  hold(k: number): void {
+    this.held = k;
+  }
+
+  /** Resolves once the held shard's new thread is waiting (constructed, not started). */
+  loading(): Promise<void> {
+    if (this.waiting) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.onLoading = resolve;
+    });
+  }
+
+  release(): void {
+    if (this.held < 0) return;
+    const k = this.held;
+    this.held = -1;
+    if (this.waiting) this.channel.postMessage({ go: k });
+    this.waiting = false;
+  }
+}
+
+test("a restarted shard reads its peers' batches only after restoring its sessions: what they sent it while it was down and while it was starting reaches its persistent session", {
+  timeout: T,
+}, async (t) => {
+  const gate = new StartGate(t);
+  const broker = await startBroker(t, {
+    'durability.mode': 'sync',
+    'hooks.modules': hookFixture('start-gate.mjs'),
+  });
+  const K = 1;
+  const subId = idOnShard(broker, K, 'rr-sub');
+  {
+    const c = await client(t, broker, { clientId: subId, clean: false });
+    assert.deepEqual(await subscribe(c, 'rr/#', 1), [1]);
+    await endClient(c);
+  }
+  const pub = await client(t, broker, { clientId: idOnShard(broker, 0, 'rr-pub') });
+  gate.hold(K);
+  await crash(broker, K);
+  // Down: shard 0 keeps them in its outbox (its port to K is gone) and re-sends them to the restart.
+  const sent: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    await publish(pub, 'rr/a', `down${i}`, { qos: 1 });
+    sent.push(`down${i}`);
+  }
+  // The new thread is constructed and still loading: main has given shard 0 its new port, so
+  // these and the outbox replay wait in that port, ahead of the restore.
+  await gate.loading();
+  for (let i = 0; i < 10; i++) {
+    await publish(pub, 'rr/a', `starting${i}`, { qos: 1 });
+    sent.push(`starting${i}`);
+  }
+  const s = broker.supervisor.shards[K];
+  assert.equal(s.ready, false, 'published while the restarted shard was still starting');
+  gate.release();
+  await waitFor(() => s.ready, `shard ${K} ready`);
+  const { c, inbox, sessionPresent } = await clientWithInbox(t, broker, { clientId: subId, clean: false });
+  assert.equal(sessionPresent, true, 'its session restored [MQTT-3.2.2-2]');
+  const missing = () => sent.filter((p) => !inbox.messages.some((m) => m.payload === p));
+  await waitFor(() => missing().length === 0, 'every acked message delivered').catch(() => {});
+  assert.deepEqual(missing(), [], 'every message acked to the publisher reaches the restored session');
+  await endClient(c);
+});
