@@ -219,13 +219,17 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
       this.log.warn({ shard: shard.id }, 'released shared-index lock held by dead shard');
     }
     // Its subscriptions went with it: stop routing to it, and to its shared-group members.
-    // Durable: not its topic-index bits. Its persistent sessions come back with its restart, and
-    // a QoS 1/2 message published meanwhile must reach them: peers keep routing to it, into
-    // their outbox (its port is gone), and re-send that to the restarted shard, which clears
-    // the bits its restored sessions do not need (Shard.restore). Cleared here, such a message
-    // matched no subscriber and was acked, then lost for them.
-    if (this.config['durability.mode'] === 'none') this.index.clearShardEverywhere(shard.id);
-    this.sharedIndex.clearShardEverywhere(shard.id);
+    // Durable: not its bits. Its persistent sessions come back with its restart, and a QoS 1/2
+    // message published meanwhile must reach them: peers keep routing to it, into their outbox
+    // (its port is gone), and re-send that to the restarted shard, which clears the bits its
+    // restored sessions do not need (Shard.restore). Cleared here, such a message matched no
+    // subscriber and was acked, then lost for them. The same for the shared groups it owns:
+    // their members on other shards rejoin the restarted owner, which then gets what was
+    // published to them meanwhile, and clears the bits no group needs once they have rejoined.
+    if (this.config['durability.mode'] === 'none') {
+      this.index.clearShardEverywhere(shard.id);
+      this.sharedIndex.clearShardEverywhere(shard.id);
+    }
     for (const other of this.shards)
       if (other !== shard && other.worker) this.post(other, { t: 'shardDown', shard: shard.id });
     this.counters.resetRow(shard.id + 1, true);

@@ -220,7 +220,10 @@ export class SharedGroupRouting {
     else this.batchFor(owner, true)?.addRedispatch(msg, groupKey, exclude);
   }
 
-  /** Members here join the groups a restarted shard owns again. */
+  /**
+   * Members here join the groups a restarted shard owns again; then `sharedRejoined` says that
+   * every join (and the outbox replay posted before it) is ahead in the port.
+   */
   rejoinSharedGroupsOwnedBy(shard: number): void {
     for (const session of this.s.sessions.values()) {
       if (!session.conn || session.subscriptionCount === 0) continue;
@@ -230,6 +233,38 @@ export class SharedGroupRouting {
         }
       }
     }
+  }
+
+  /** Peers whose `sharedRejoined` a restarted owner (durable modes) still waits for */
+  private awaitingRejoins: Set<number> | null = null;
+  private rejoinsDone: (() => void) | null = null;
+
+  /**
+   * A restarted owner, durable modes: main left its predecessor's bits in the shared index
+   * (supervisor.ts), so that peers go on routing the groups' messages to it — into their outbox
+   * while it was down, re-sent to it now. Once every live peer's members have rejoined
+   * (`sharedRejoined`, or the peer died) the bits no group needs are cleared — cleared earlier,
+   * a message published in between would match no group while its members are back in it —
+   * and `done` runs (the shard reads the batches it held meanwhile).
+   */
+  awaitRejoins(peers: number[], done: () => void): void {
+    this.awaitingRejoins = new Set(peers);
+    this.rejoinsDone = done;
+    this.onRejoined(-1);
+  }
+
+  /** Peer `shard` has posted its rejoins (or died: it has none). */
+  onRejoined(shard: number): void {
+    const waiting = this.awaitingRejoins;
+    if (waiting === null) return;
+    waiting.delete(shard);
+    if (waiting.size > 0) return;
+    this.awaitingRejoins = null;
+    const groups = this.s.sharedGroups;
+    this.s.sharedIndex.clearShardUnless(this.s.id, (ref) => groups.groupsAt(ref) !== undefined);
+    const done = this.rejoinsDone;
+    this.rejoinsDone = null;
+    done?.();
   }
 
   /** Owner side: one member of each matching group gets the message. */

@@ -25,7 +25,13 @@ import { ReplayVisitor } from '../storage/replay.js';
 import { restoreSessions } from '../storage/restore.js';
 import { ShardDurability } from '../storage/shard-durability.js';
 import type { DurableStore } from '../storage/types.js';
-import type { ConnectionOrigin, MainToShard, ShardInit, ShardToShard } from '../threads/messages.js';
+import type {
+  ConnectionOrigin,
+  MainToShard,
+  PeerBatch,
+  ShardInit,
+  ShardToShard,
+} from '../threads/messages.js';
 import { ConnectionAccept } from './accept.js';
 import { Connection } from './connection.js';
 import { answerQuery } from './queries.js';
@@ -185,7 +191,7 @@ export class Shard implements BatchVisitor, ShardState {
     // says `listen` once all are ready). A restarted shard's peers are up.
     if (this.durable) {
       this.peersRestored = generation > 1;
-      this.restore();
+      this.restore(generation);
     }
     // Peers' batches only now: those that came while the worker was loading (outbox replays
     // after a restart among them) wait in the ports until the restored sessions can take them.
@@ -199,16 +205,8 @@ export class Shard implements BatchVisitor, ShardState {
     port.on('message', (m: ShardToShard) => {
       try {
         if (m.t === 'batch') {
-          // The publishers in it were read by shard i: a congested subscriber holds them there.
-          this.flow.sourceShard = i;
-          try {
-            // Durable: a batch committed here already (re-sent after a restart) is not delivered again.
-            if (m.seq === undefined || !this.durable || this.durable.acceptBatch(i, m.seq))
-              readBatch(m.buf, m.len, m.replay ? this.replay : this);
-          } finally {
-            this.flow.sourceShard = -1;
-          }
-          port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
+          if (this.deferredBatches !== null) this.deferredBatches.push({ from: i, port, m });
+          else this.onPeerBatch(i, port, m);
         } else if (m.t === 'drained') this.clusterState?.onDrained(m.reqId);
         else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
         else if (m.t === 'batchAck') {
@@ -223,12 +221,48 @@ export class Shard implements BatchVisitor, ShardState {
         else if (m.t === 'sharedJoin')
           this.shared.sharedJoin(m.group, m.filter, m.clientId, m.shard, m.qos, m.subId, m.reqId ?? 0);
         else if (m.t === 'sharedJoined') this.relay.onSharedJoined(m.reqId, m.ok !== false);
+        else if (m.t === 'sharedRejoined') this.shared.onRejoined(i);
         else this.shared.sharedLeave(m.group, m.filter, m.clientId);
       } catch (err) {
         this.threadMessageError(err, `shard ${i}`, m);
       }
     });
   }
+
+  /**
+   * A restarted owner of shared groups (durable modes) holds the batches its peers send until
+   * every live peer's members have rejoined its groups (SharedGroupRouting.awaitRejoins): a
+   * group's message read before its members' joins (they come on other ports) found no member
+   * and was dropped, though acked to its publisher. Null when not waiting.
+   */
+  private deferredBatches: { from: number; port: MessagePort; m: PeerBatch }[] | null = null;
+
+  private onPeerBatch(i: number, port: MessagePort, m: PeerBatch): void {
+    // The publishers in it were read by shard i: a congested subscriber holds them there.
+    this.flow.sourceShard = i;
+    try {
+      // Durable: a batch committed here already (re-sent after a restart) is not delivered again.
+      if (m.seq === undefined || !this.durable || this.durable.acceptBatch(i, m.seq))
+        readBatch(m.buf, m.len, m.replay ? this.replay : this);
+    } finally {
+      this.flow.sourceShard = -1;
+    }
+    port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
+  }
+
+  /** Every live peer has rejoined the groups owned here: the batches held meanwhile, in order. */
+  private readonly onRejoinsDone = (): void => {
+    const held = this.deferredBatches;
+    this.deferredBatches = null;
+    if (held === null) return;
+    for (const b of held) {
+      try {
+        this.onPeerBatch(b.from, b.port, b.m);
+      } catch (err) {
+        this.threadMessageError(err, `shard ${b.from}`, b.m);
+      }
+    }
+  };
 
   /**
    * A handler threw on a message from another thread (a bug, or input a check missed): logged,
@@ -264,6 +298,7 @@ export class Shard implements BatchVisitor, ShardState {
         this.relay.releaseJoinsTo(msg.shard);
         // What it had not committed when it went down.
         this.durable?.replayTo(msg.shard);
+        msg.port.postMessage({ t: 'sharedRejoined' } satisfies ShardToShard);
         break;
       case 'shardDown':
         // Nothing posted to a dead shard's port arrives; its restart brings a new one ('peer').
@@ -275,6 +310,7 @@ export class Shard implements BatchVisitor, ShardState {
         this.router.windows.reset(msg.shard);
         // A dead owner answers no join: those SUBACKs go now (its restart rejoins them).
         this.relay.releaseJoinsTo(msg.shard);
+        this.shared.onRejoined(msg.shard);
         break;
       case 'retainAck':
         this.relay.onRetainAck(msg.reqId, msg.code);
@@ -430,15 +466,22 @@ export class Shard implements BatchVisitor, ShardState {
    * Durable: this shard's persistent sessions back from the store (offline, subscribed), the
    * wills of those that expired meanwhile, and the batches peers had not committed re-sent.
    */
-  private restore(): void {
+  private restore(generation: number): void {
     const durable = this.durable!;
     const wills = restoreSessions(this, durable.store, (id) => shardOf(id, this.shardCount) === this.id, {
       subscribe: (session, filter, o) => this.subscriptions.subscribe(session, filter, o),
     });
     durable.restored();
     // After a crash main left our bits in the index (supervisor.ts): keep only those of nodes
-    // that restored sessions subscribe to.
+    // that restored sessions subscribe to. In the shared index, those of the groups we own once
+    // their members have rejoined (SharedGroupRouting.awaitRejoins).
     this.index.clearShardUnless(this.id, (ref) => this.subscribers.get(ref) !== undefined);
+    if (generation > 1) {
+      const live: number[] = [];
+      for (let i = 0; i < this.peers.length; i++) if (this.peers[i]) live.push(i);
+      this.deferredBatches = [];
+      this.shared.awaitRejoins(live, this.onRejoinsDone);
+    }
     if (this.peersRestored) for (const w of wills) this.lifecycle.publishWill(w.clientId, w.will);
     else this.restoredWills = wills;
     durable.replayAll();

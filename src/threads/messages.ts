@@ -255,6 +255,16 @@ export interface SharedJoined {
   ok?: boolean;
 }
 
+/**
+ * The sender, told of the receiver's (re)start (`peer`), has posted its members' joins of the
+ * groups the receiver owns and its outbox replay: everything it rejoins is in the port ahead of
+ * this. A restarted owner (durable modes) clears the shared-index bits its predecessor left
+ * once every live peer has said so (SharedGroupRouting.onRejoined).
+ */
+export interface SharedRejoined {
+  t: 'sharedRejoined';
+}
+
 /** Connections accepted by the sending shard whose client ids belong to the receiver. */
 export interface PeerAdopt {
   t: 'adopt';
@@ -309,6 +319,7 @@ export type ShardToShard =
   | PeerBatchCommitted
   | SharedMembership
   | SharedJoined
+  | SharedRejoined
   | PeerAdopt
   | PeerAdopted
   | TunnelBatch
