@@ -179,7 +179,7 @@ export class Registry {
     const reqId = ++this.reqSeq;
     // Forward batches that arrive meanwhile wait; after the export, a tombstone forwards those
     // for the session to its new node (tombstones.ts).
-    this.tombstones.begin();
+    const token = this.tombstones.begin();
     return new Promise<Found>((resolve) => {
       // Bounded: a claim we wait for is itself bounded by its call timeout. Timeouts nest
       // (export here < takeover call < claim call < the shard's wait), so that a session
@@ -192,7 +192,7 @@ export class Registry {
         if (!ended) {
           ended = true;
           const moved = blob !== null && to !== this.host.name;
-          this.tombstones.end(clientId, to, moved ? routedFilters(blob) : null, moved ? blob : null);
+          this.tombstones.end(clientId, to, moved ? routedFilters(blob) : null, moved ? blob : null, token);
         }
         resolve(blob ? { found: true, session: blob, from: this.host.name } : NONE);
       };

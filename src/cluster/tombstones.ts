@@ -7,8 +7,13 @@ import { caller, callTimeout, type StateHost, shardPort, stateClient } from './s
 
 /** Most sessions a node forwards for at once (the oldest stops first) */
 const MAX_TOMBSTONES = 10_000;
-/** Longest a node holds incoming forward batches while it exports a session */
-const MAX_HOLD_MS = 1000;
+/** Longest a node holds incoming forward batches while it exports a session (test switch: 0 ends it at once) */
+const MAX_HOLD_MS = process.env.EMQX_TS_TEST_HOLD_MS ? Number(process.env.EMQX_TS_TEST_HOLD_MS) : 1000;
+/**
+ * An export that outlives its hold (a loaded machine): the batches handed to the shards after
+ * the hold are copied, at most this many bytes, and scanned for the session once it is shipped
+ */
+const MAX_LATE_BYTES = 64 << 20;
 /** After the new node's routes are seen here: how long ours stay too (a publisher's node may
  *  get our removal before the new node's addition; both routes meanwhile make duplicates, not loss) */
 const GRACE_MS = 100;
@@ -40,7 +45,9 @@ interface Tombstone {
  * and would be lost once the session is gone here. So, for a bounded time per moved session:
  * - **hold**: while an export is running here, incoming forward batches wait (≤ MAX_HOLD_MS),
  *   so each one is either routed into the session before it is shipped or seen by the tombstone
- *   after — none is both or neither;
+ *   after — none is both or neither. An export that outlives the hold (a loaded machine): the
+ *   batches flow again and are copied (≤ MAX_LATE_BYTES) until it ends, then scanned for the
+ *   session — some are both (duplicates), none is neither;
  * - **routes stay**: the session's filters are pinned in our route slice until the new node's
  *   routes for them are known here (+ GRACE_MS), so no publisher's node sees neither route;
  * - **forward**: entries of incoming batches that match the session's subscriptions are sent to
@@ -53,8 +60,15 @@ interface Tombstone {
 export class Tombstones {
   private readonly byClient = new Map<string, Tombstone>();
   private exporting = 0;
-  private held: (() => void)[] = [];
+  private held: { buf: Buffer; off: number; len: number; run: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | null = null;
+  /** The hold ended by its bound while exports still run: batches are copied into `late` */
+  private holdExpired = false;
+  /** Copies of the entries of batches admitted since the hold expired, oldest first */
+  private late: Buffer[] = [];
+  private lateBytes = 0;
+  /** Copies ever made: `late[i]` is copy number `lateSeq - late.length + i` */
+  private lateSeq = 0;
   private tick: NodeJS.Timeout | null = null;
   /** Per destination node: entries per client id to send, and whether its done goes with them */
   private readonly out = new Map<
@@ -82,40 +96,74 @@ export class Tombstones {
     return this.byClient.size;
   }
 
-  /** An export starts here: incoming batches wait until it ends (bounded). */
-  begin(): void {
+  /**
+   * An export starts here: incoming batches wait until it ends (bounded); the token goes to
+   * its `end`.
+   */
+  begin(): number {
     this.exporting++;
-    if (this.holdTimer === null)
+    if (this.holdTimer === null && !this.holdExpired)
       this.holdTimer = setTimeout(() => {
         this.holdTimer = null;
         this.host.counters.row[Counter.takeoverHoldTimeouts]++;
-        this.release();
+        this.host.log.warn(
+          { exports: this.exporting },
+          'session export outlived its hold: forward batches are copied until it ends',
+        );
+        // Batches flow again, but a batch handed to the shard after the session was taken out
+        // would be lost to it: copies are scanned for each session when its export ends.
+        this.holdExpired = true;
+        this.runHeld();
       }, MAX_HOLD_MS);
+    return this.lateSeq;
   }
 
   /**
    * The export ended: with the session's subscriptions, a tombstone forwards for it to `to`;
    * the shipped session (`blob`) is kept until `to` has stored it.
    */
-  end(clientId: string, to: string, filters: string[] | null, blob: Uint8Array | null): void {
+  end(clientId: string, to: string, filters: string[] | null, blob: Uint8Array | null, token: number): void {
     if (blob !== null) {
       this.shipped.delete(clientId);
       this.shipped.set(clientId, { to, blob, at: Date.now() });
       if (this.shipped.size > MAX_SHIPPED) this.shipped.delete(this.shipped.keys().next().value as string);
       this.startTick();
     }
-    if (filters !== null && filters.length > 0) this.install(clientId, to, filters);
+    if (filters !== null && filters.length > 0) {
+      const t = this.install(clientId, to, filters);
+      // Copies of batches since this export began that the shard may have seen too late.
+      const first = this.lateSeq - this.late.length;
+      for (let i = Math.max(0, token - first); i < this.late.length; i++)
+        this.scan(this.late[i], 0, this.late[i].length, t);
+    }
     if (this.exporting > 0) this.exporting--;
-    if (this.exporting === 0) this.release();
+    if (this.exporting === 0) {
+      if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+      this.holdTimer = null;
+      this.holdExpired = false;
+      this.late = [];
+      this.lateBytes = 0;
+      this.runHeld();
+    }
   }
 
-  private release(): void {
-    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
-    this.holdTimer = null;
-    this.exporting = 0;
+  private runHeld(): void {
     const held = this.held;
     this.held = [];
-    for (const run of held) run();
+    for (const h of held) this.pass(h.buf, h.off, h.len, h.run);
+  }
+
+  /** A batch goes to the shard: scanned by the tombstones first, copied while an export outlives its hold. */
+  private pass(buf: Buffer, off: number, len: number, run: () => void): void {
+    if (this.holdExpired && this.exporting > 0 && len > 0) {
+      if (this.lateBytes + len <= MAX_LATE_BYTES) {
+        this.late.push(Buffer.from(buf.subarray(off, off + len)));
+        this.lateBytes += len;
+        this.lateSeq++;
+      } else this.host.counters.row[Counter.takeoverLateUncopied]++;
+    }
+    if (this.byClient.size > 0) this.scan(buf, off, len);
+    run();
   }
 
   /**
@@ -123,20 +171,19 @@ export class Tombstones {
    * export runs; entries matching a tombstone are copied for the session's new node first.
    */
   admit(buf: Buffer, off: number, len: number, run: () => void): void {
-    if (this.exporting > 0) {
+    if (this.exporting > 0 && !this.holdExpired) {
       this.host.counters.row[Counter.takeoverBatchesHeld]++;
-      this.held.push(() => {
-        this.scan(buf, off, len);
-        run();
-      });
+      this.held.push({ buf, off, len, run });
       return;
     }
-    if (this.byClient.size > 0) this.scan(buf, off, len);
-    run();
+    this.pass(buf, off, len, run);
   }
 
-  /** Entries of a batch (already checked by the data plane) that a moved session subscribed to. */
-  scan(buf: Buffer, off: number, len: number): void {
+  /**
+   * Entries of a batch (already checked by the data plane) that a moved session subscribed to
+   * (every tombstone's, or only `only`'s).
+   */
+  scan(buf: Buffer, off: number, len: number, only?: Tombstone): void {
     if (this.byClient.size === 0) return;
     const end = off + len;
     let p = off;
@@ -144,7 +191,7 @@ export class Tombstones {
       const next = entryEnd(buf, p, end);
       const topicLen = buf.readUInt32LE(p + 1);
       const topic = buf.toString('utf8', p + 5, p + 5 + topicLen);
-      for (const t of this.byClient.values()) {
+      for (const t of only ? [only] : this.byClient.values()) {
         if (!t.filters.some((f) => topicMatches(f, topic))) continue;
         this.queue(t.to, t.clientId, Buffer.from(buf.subarray(p, next)), false, false);
         this.host.counters.row[Counter.tombstoneForwarded]++;
@@ -153,7 +200,7 @@ export class Tombstones {
     }
   }
 
-  private install(clientId: string, to: string, filters: string[]): void {
+  private install(clientId: string, to: string, filters: string[]): Tombstone {
     const old = this.byClient.get(clientId);
     if (old) this.finish(old, false);
     if (this.byClient.size >= MAX_TOMBSTONES) {
@@ -174,6 +221,7 @@ export class Tombstones {
     this.host.counters.row[Counter.tombstones]++;
     this.pin(filters);
     this.startTick();
+    return t;
   }
 
   private startTick(): void {

@@ -359,6 +359,11 @@ export function createRegistry(src: PrometheusSources): Registry {
       Counter.takeoverHoldTimeouts,
     ],
     [
+      'emqx_ts_cluster_takeover_late_uncopied_total',
+      'Forward batches not copied for the late scan of an export that outlived its hold (64 MiB bound): their messages for the moving session may be lost',
+      Counter.takeoverLateUncopied,
+    ],
+    [
       'emqx_ts_cluster_session_merge_timeouts_total',
       'Imported sessions whose old node never said it forwarded everything (merge ended by its timer)',
       Counter.sessionMergeTimeouts,

@@ -99,12 +99,21 @@ export async function retainedCount(node: TestNode): Promise<number> {
   return s[0]['retained.count'];
 }
 
-/** Three nodes: n1 is the seed, n2 and n3 join it; resolves once they form a full mesh. */
-export async function threeNodes(t: Ctx, prefix: string, shards = [1, 2, 1]): Promise<TestNode[]> {
-  const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1`, shards: shards[0] });
+/**
+ * Three nodes: n1 is the seed, n2 and n3 join it; resolves once they form a full mesh.
+ * `env1`: more environment variables for n1 (test switches); `args`: more options for all three.
+ */
+export async function threeNodes(
+  t: Ctx,
+  prefix: string,
+  shards = [1, 2, 1],
+  more: { env1?: Record<string, string>; args?: string[] } = {},
+): Promise<TestNode[]> {
+  const { env1, args } = more;
+  const n1 = await startNode(t, { name: `${prefix}1@127.0.0.1`, shards: shards[0], env: env1, args });
   const [n2, n3] = await Promise.all([
-    startNode(t, { name: `${prefix}2@127.0.0.1`, seeds: [n1.clusterPort], shards: shards[1] }),
-    startNode(t, { name: `${prefix}3@127.0.0.1`, seeds: [n1.clusterPort], shards: shards[2] }),
+    startNode(t, { name: `${prefix}2@127.0.0.1`, seeds: [n1.clusterPort], shards: shards[1], args }),
+    startNode(t, { name: `${prefix}3@127.0.0.1`, seeds: [n1.clusterPort], shards: shards[2], args }),
   ]);
   // n3 learns n2 through n1 (members in join/heartbeat answers): a full mesh.
   await Promise.all([
