@@ -112,8 +112,12 @@ for (const form of ['$share/{g}/', '$queue/'] as const) {
     const missing = () => all.filter((p) => !received().includes(p));
     await waitFor(() => missing().length === 0, 'every acked message delivered').catch(() => {});
     assert.deepEqual(missing(), [], 'every acked message delivered to the group');
-    const got = received().filter((p) => all.includes(p));
-    assert.equal(got.length, all.length, 'each once (the restarted owner took each outbox batch once)');
+    // 'before' may come twice: the owner can die after routing it but before its confirmation
+    // reached the publisher's shard, whose outbox then replays it (at least once, [MQTT-4.3.2-1]).
+    // What was published while it was down must come exactly once.
+    const got = received().filter((p) => all.includes(p) && p !== 'before');
+    const twice = got.filter((p, i) => got.indexOf(p) !== i);
+    assert.deepEqual(twice, [], 'each once (the restarted owner took each outbox batch once)');
   });
 }
 
