@@ -121,6 +121,17 @@ test('k8s/: probes on /healthz and /readyz of the metrics port, a preStop pause 
   assert.ok(container.resources?.requests?.cpu && container.resources.requests.memory, 'requests');
 });
 
+test('k8s/: node.data_dir is on a PersistentVolumeClaim of the StatefulSet (issue #14), not an emptyDir', () => {
+  const mount = (container.volumeMounts as Doc[]).find((m) => m.mountPath === config['node.data_dir']);
+  assert.ok(mount, `a volume mounted at node.data_dir (${config['node.data_dir']})`);
+  const claim = ((sts.spec.volumeClaimTemplates ?? []) as Doc[]).find((c) => c.metadata.name === mount.name);
+  assert.ok(claim, 'the volume is a claim template of the StatefulSet: one PersistentVolumeClaim per pod');
+  assert.ok(claim.spec.accessModes.includes('ReadWriteOnce'));
+  assert.ok(claim.spec.resources.requests.storage, 'a size is requested');
+  const podVolumes = (pod.spec.volumes ?? []) as Doc[];
+  assert.ok(!podVolumes.some((v) => v.name === mount.name), 'no pod volume of that name shadows the claim');
+});
+
 test('k8s/: a PodDisruptionBudget and an MQTT Service select the pods', () => {
   const pdb = one('PodDisruptionBudget');
   assert.ok(matches(pdb.spec.selector.matchLabels, podLabels), 'the budget selects the pods');
