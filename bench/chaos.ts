@@ -203,6 +203,10 @@ async function main(): Promise<void> {
   let lost = 0;
   const lostBy = new Map<string, { n: number; first: number; last: number }>();
   let missedUnprotected = 0;
+  // Wider: the publisher's node may die right after the ack (the ack says every remote node it
+  // was routed to had accepted it), as the issue words it: to subscribers on surviving nodes.
+  let afterAckExpected = 0;
+  let afterAckLost = 0;
   let delivered = 0;
   let dup = 0;
   for (const s of subs) {
@@ -218,6 +222,14 @@ async function main(): Promise<void> {
         upDuring(s.node, m.at, m.ackedAt + 1000) &&
         subDuring(s, m.at, m.ackedAt + 1000);
       const got = s.got.has(m.key);
+      if (
+        upDuring(m.node, m.at, m.ackedAt) &&
+        upDuring(s.node, m.at, m.ackedAt + 1000) &&
+        subDuring(s, m.at, m.ackedAt + 1000)
+      ) {
+        afterAckExpected++;
+        if (!got) afterAckLost++;
+      }
       if (must) {
         expected++;
         if (!got) {
@@ -242,6 +254,8 @@ async function main(): Promise<void> {
   row('must-arrive (acked, both nodes up and settled)', expected);
   row('lost among must-arrive', lost);
   row('missed, not protected (around a kill)', missedUnprotected);
+  row("must-arrive if the publisher's node may die after the ack", afterAckExpected);
+  row('lost among those', afterAckLost);
   for (const [k, e] of lostBy)
     row(
       `  lost ${k}`,
@@ -257,9 +271,10 @@ async function main(): Promise<void> {
   for (const p of pubs) p.c.end(true);
   for (const s of subs) s.client?.end(true);
   for (const n of nodes) if (n.child) kill(n);
-  if (lost === 0) rmSync(dir, { recursive: true, force: true });
+  const ok = lost === 0 && afterAckLost === 0;
+  if (ok) rmSync(dir, { recursive: true, force: true });
   else console.log(`node logs kept in ${dir}`);
-  process.exit(lost === 0 ? 0 : 1);
+  process.exit(ok ? 0 : 1);
 }
 
 main().catch((err) => {
