@@ -121,3 +121,55 @@ test('a shared member’s node killed with -9: its unacknowledged messages go to
   for (let i = 0; i < N; i++) assert.ok(payloads.has(`j${i}`), `job ${i} reached the live member`);
   assert.ok((await metric(n1, 'emqx_ts_cluster_shared_redispatched_total')) >= held.length);
 });
+
+test('a $share group across 3 nodes with hash_topic: each topic always reaches the same member, each message once', {
+  timeout: 120_000,
+}, async (t) => {
+  const [n1, n2, n3] = await threeNodes(t, 'sht', [1, 1, 1], {
+    args: ['--mqtt.shared_subscription_strategy=hash_topic'],
+  });
+  const members = await Promise.all(
+    [n1, n2, n3].map(async (n, i) => new Inbox(await connectTo(t, n, `sht-m-${i}`, { protocolVersion: 5 }))),
+  );
+  for (const m of members) await subscribeTo(m.c, '$share/h/ht/+', 1);
+  await pollUntil(
+    () => metric(n1, 'emqx_ts_cluster_shared_remote_groups'),
+    (v) => v === 2,
+    'n1 to know the members on n2 and n3',
+  );
+  // 25 topics (not a multiple of the 3 candidates, so round robin would move a topic between
+  // members), each published 3 times (rounds), from one publisher on n1.
+  const TOPICS = 25;
+  const pub = await connectTo(t, n1, 'sht-pub');
+  for (let round = 0; round < 3; round++)
+    for (let i = 0; i < TOPICS; i++) await pub.publishAsync(`ht/${i}`, `${i}.${round}`, { qos: 1 });
+  const all = () => members.flatMap((m) => m.got.map((g) => g.payload));
+  await pollUntil(
+    async () => all().length,
+    (n) => n >= 3 * TOPICS,
+    'every message at one member',
+  );
+  // A marker through a plain subscription on each node arrives after any duplicate would.
+  const marks = await Promise.all(
+    [n1, n2, n3].map(async (n, i) => new Inbox(await connectTo(t, n, `sht-k-${i}`))),
+  );
+  for (const m of marks) await subscribeTo(m.c, 'ht-marker', 1);
+  await Promise.all([
+    n1.waitPeer(n2.name, 'running', (r) => r >= 1),
+    n1.waitPeer(n3.name, 'running', (r) => r >= 1),
+  ]);
+  await pub.publishAsync('ht-marker', 'x', { qos: 1 });
+  await Promise.all(marks.map((m) => m.wait(1, 'marker')));
+
+  const expected = [...Array(TOPICS).keys()].flatMap((i) => [0, 1, 2].map((r) => `${i}.${r}`)).sort();
+  assert.deepEqual(all().sort(), expected, 'each message once across the 3 nodes');
+  for (let i = 0; i < TOPICS; i++) {
+    const at = members.map((m) => m.got.filter((g) => g.topic === `ht/${i}`).length);
+    assert.ok(
+      at.filter((n) => n > 0).length === 1,
+      `ht/${i}: all 3 of its messages at one member (hash_topic), got ${JSON.stringify(at)}`,
+    );
+  }
+  const used = members.filter((m) => m.got.length > 0).length;
+  assert.ok(used >= 2, `the topics spread over the members (${used} of 3 got some)`);
+});
