@@ -63,6 +63,11 @@ export interface ShardSide {
 export class ShardClusterLink {
   private readonly remote: TopicIndex;
   private readonly match = new MatchResult(8);
+  /** The last topic routed and its peer mask, valid while the remote index's change count is */
+  private readonly lastTopic = Buffer.allocUnsafeSlow(128);
+  private lastTopicLen = -1;
+  private lastChanges = -1;
+  private lastMask = 0;
   /** Entries for each peer slot collected this turn (a message for k peers is written k times) */
   private readonly outs: (EntryWriter | undefined)[] = [];
   private readonly touched: number[] = [];
@@ -136,8 +141,26 @@ export class ShardClusterLink {
     const remote = this.remote;
     if (remote.activeFilters() === 0) return false;
     const topic = msg.topicBytes;
-    const m = this.match;
-    if (remote.match(topic, 0, topic.length, m) === 0 || m.mask === 0) return false;
+    const tl = topic.length;
+    // A publisher mostly repeats a topic: the last topic's peer mask is reused until the remote
+    // index changes. The change count is read before matching, and every writer bumps it after
+    // its write, so a mask cached under a count still current is the mask a match would give.
+    const changes = remote.changes();
+    let mask: number;
+    const last = this.lastTopic;
+    if (changes === this.lastChanges && tl === this.lastTopicLen && sameTopic(topic, last, tl)) {
+      mask = this.lastMask;
+    } else {
+      const m = this.match;
+      mask = remote.match(topic, 0, tl, m) === 0 ? 0 : m.mask;
+      if (tl <= last.length) {
+        for (let i = 0; i < tl; i++) last[i] = topic[i];
+        this.lastTopicLen = tl;
+        this.lastChanges = changes;
+        this.lastMask = mask;
+      } else this.lastTopicLen = -1;
+    }
+    if (mask === 0) return false;
     let remaining = 0;
     if (msg.expiryAt > 0) {
       remaining = msg.expiryAt - Date.now();
@@ -146,7 +169,6 @@ export class ShardClusterLink {
     }
     this.forwardedQos = msg.qos > 0;
     const row = this.shard.counters.row;
-    let mask = m.mask;
     while (mask !== 0) {
       const slot = 31 - Math.clz32(mask & -mask);
       mask &= mask - 1;
@@ -242,4 +264,10 @@ export class ShardClusterLink {
       this.receiving = false;
     }
   }
+}
+
+/** a[0, n) equals b[0, n) (topics are short: a loop beats a native compare). */
+function sameTopic(a: Uint8Array, b: Uint8Array, n: number): boolean {
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

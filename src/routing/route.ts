@@ -104,7 +104,9 @@ export class Router {
     const m = this.match;
     const topic = msg.topicBytes;
     const id = this.s.id;
-    const n = this.s.index.match(topic, 0, topic.length, m);
+    // No local filter at all (a node whose subscribers are all elsewhere): no walk.
+    const index = this.s.index;
+    const n = index.activeFilters() === 0 ? 0 : index.match(topic, 0, topic.length, m);
     let matched = n > 0;
     if (n > 0) {
       const mask = m.mask;
