@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Worker } from 'node:worker_threads';
+import { LastTopic } from '../src/routing/last-topic.js';
 import { fnv1a32, MatchResult, TopicIndex, type TopicIndexShared } from '../src/routing/topic-index.js';
 
 const WORKER = new URL('./fixtures/topic-index-worker.mjs', import.meta.url);
@@ -450,6 +451,23 @@ describe('TopicIndex bookkeeping', () => {
     moved('acquire');
     index.clearShardEverywhere(5);
     moved('clearShardEverywhere');
+  });
+
+  it('LastTopic reuses a match only for the same bytes under the same change count', () => {
+    const index = TopicIndex.create({ maxNodes: 64, arenaBytes: 256 });
+    const ref = subscribe(index, 'a/+', 1);
+    const last = new LastTopic();
+    const t = Buffer.from('a/b');
+    assert.equal(last.hit(t, index.changes()), false, 'nothing stored yet');
+    last.store(t, index.changes());
+    assert.equal(last.hit(Buffer.from('a/b'), index.changes()), true);
+    assert.equal(last.hit(Buffer.from('a/c'), index.changes()), false, 'other bytes');
+    assert.equal(last.hit(Buffer.from('a/bc'), index.changes()), false, 'other length');
+    index.setShard(ref, 2);
+    assert.equal(last.hit(t, index.changes()), false, 'a write to the index invalidates it');
+    const long = Buffer.alloc(300, 0x61);
+    last.store(long, index.changes());
+    assert.equal(last.hit(long, index.changes()), false, 'a long topic is not cached');
   });
 });
 

@@ -2,6 +2,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { PacketType } from '../protocol/constants.js';
 import { encodeAckV5 } from '../protocol/v5-control.js';
+import { LastTopic } from '../routing/last-topic.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import type { Message } from '../session/message.js';
 import type { ClusterToShard, ForwardPart, ShardInit, ShardToCluster } from '../threads/messages.js';
@@ -63,10 +64,8 @@ export interface ShardSide {
 export class ShardClusterLink {
   private readonly remote: TopicIndex;
   private readonly match = new MatchResult(8);
-  /** The last topic routed and its peer mask, valid while the remote index's change count is */
-  private readonly lastTopic = Buffer.allocUnsafeSlow(128);
-  private lastTopicLen = -1;
-  private lastChanges = -1;
+  /** The last topic routed and its peer mask */
+  private readonly last = new LastTopic();
   private lastMask = 0;
   /** Entries for each peer slot collected this turn (a message for k peers is written k times) */
   private readonly outs: (EntryWriter | undefined)[] = [];
@@ -141,24 +140,16 @@ export class ShardClusterLink {
     const remote = this.remote;
     if (remote.activeFilters() === 0) return false;
     const topic = msg.topicBytes;
-    const tl = topic.length;
     // A publisher mostly repeats a topic: the last topic's peer mask is reused until the remote
-    // index changes. The change count is read before matching, and every writer bumps it after
-    // its write, so a mask cached under a count still current is the mask a match would give.
+    // index changes (last-topic.ts).
     const changes = remote.changes();
     let mask: number;
-    const last = this.lastTopic;
-    if (changes === this.lastChanges && tl === this.lastTopicLen && sameTopic(topic, last, tl)) {
-      mask = this.lastMask;
-    } else {
+    if (this.last.hit(topic, changes)) mask = this.lastMask;
+    else {
       const m = this.match;
-      mask = remote.match(topic, 0, tl, m) === 0 ? 0 : m.mask;
-      if (tl <= last.length) {
-        for (let i = 0; i < tl; i++) last[i] = topic[i];
-        this.lastTopicLen = tl;
-        this.lastChanges = changes;
-        this.lastMask = mask;
-      } else this.lastTopicLen = -1;
+      mask = remote.match(topic, 0, topic.length, m) === 0 ? 0 : m.mask;
+      this.last.store(topic, changes);
+      this.lastMask = mask;
     }
     if (mask === 0) return false;
     let remaining = 0;
@@ -264,10 +255,4 @@ export class ShardClusterLink {
       this.receiving = false;
     }
   }
-}
-
-/** a[0, n) equals b[0, n) (topics are short: a loop beats a native compare). */
-function sameTopic(a: Uint8Array, b: Uint8Array, n: number): boolean {
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
