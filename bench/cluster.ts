@@ -6,9 +6,10 @@
 //   npm run build && node --import tsx bench/cluster.ts [--qos 0,1] [--duration 5] [--rounds 2] [--payload 64] [--window 2000]
 // A/B: BENCH_EMQX_TS_ROOT=/other/built/checkout runs a second pair of nodes from that build,
 // measured in the same rounds (the two builds alternate, first one first, then the other).
-// BENCH_EMQX_TS_NODE_ARGS (or BENCH_NODE_ARGS): extra node flags, e.g. --cpu-prof.
+// BENCH_EMQX_TS_NODE_ARGS (or BENCH_NODE_ARGS): extra node flags, e.g. --cpu-prof; with
+// BENCH_NODE_STDOUT=PREFIX each node's stdout goes to PREFIX.<node name> (e.g. --trace-gc).
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -92,7 +93,12 @@ async function startNode(name: string, seeds: number[], dir: string, build: stri
       `--cluster.listen_host=${HOST}`,
       `--cluster.static.seeds=${seeds.map((p) => `${HOST}:${p}`).join(',')}`,
     ],
-    { stdio: 'ignore' },
+    // BENCH_NODE_STDOUT=PREFIX: each node's stdout to PREFIX.<name> (e.g. for --trace-gc)
+    {
+      stdio: process.env.BENCH_NODE_STDOUT
+        ? ['ignore', openSync(`${process.env.BENCH_NODE_STDOUT}.${name}`, 'w'), 'ignore']
+        : 'ignore',
+    },
   );
   const node = { child, mqtt, cluster, metrics };
   for (let i = 0; i < 200; i++) {

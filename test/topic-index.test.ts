@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Worker } from 'node:worker_threads';
+import { LastTopic } from '../src/routing/last-topic.js';
 import { fnv1a32, MatchResult, TopicIndex, type TopicIndexShared } from '../src/routing/topic-index.js';
 
 const WORKER = new URL('./fixtures/topic-index-worker.mjs', import.meta.url);
@@ -412,6 +413,61 @@ describe('TopicIndex bookkeeping', () => {
     assert.equal(index.maskOf(id), 1 << 4);
     assert.deepEqual(index.stats(), view.stats());
     assert.throws(() => TopicIndex.attach({ ...index.shared, control: new SharedArrayBuffer(64) }));
+  });
+
+  it('every write that changes a mask moves the change count (match caches key on it)', () => {
+    // The shard's cluster link caches the last topic's peer mask while changes() stays put
+    // (src/cluster/shard-link.ts): a mask change that did not move the count would leave a
+    // stale route in use (a message forwarded to a peer that no longer subscribes, or not to
+    // one that does).
+    const index = TopicIndex.create({ maxNodes: 64, arenaBytes: 256 });
+    const view = TopicIndex.attach(index.shared);
+    const out = new MatchResult();
+    const ref = subscribe(index, 'a/+', 1);
+    let seen = view.changes();
+    const moved = (what: string) => {
+      const now = view.changes();
+      assert.notEqual(now, seen, `${what} must move the change count`);
+      seen = now;
+    };
+    index.setShard(ref, 2);
+    moved('setShard');
+    view.matchString('a/b', out);
+    assert.equal(out.mask, 0b110);
+    // Clearing one of two bits removes no node: the mask changes all the same.
+    index.clearShard(ref, 1);
+    moved('clearShard of a bit another shard still holds');
+    view.matchString('a/b', out);
+    assert.equal(out.mask, 0b100);
+    index.clearShard(ref, 2);
+    moved('clearShard of the last bit');
+    assert.equal(view.matchString('a/b', out), 0);
+    // Clearing a bit nobody holds changes nothing (and need not move the count).
+    const other = subscribe(index, 'c', 3);
+    seen = view.changes();
+    index.clearShard(other, 4);
+    assert.equal(index.maskOf(other), 1 << 3);
+    index.acquire('d/#', 5);
+    moved('acquire');
+    index.clearShardEverywhere(5);
+    moved('clearShardEverywhere');
+  });
+
+  it('LastTopic reuses a match only for the same bytes under the same change count', () => {
+    const index = TopicIndex.create({ maxNodes: 64, arenaBytes: 256 });
+    const ref = subscribe(index, 'a/+', 1);
+    const last = new LastTopic();
+    const t = Buffer.from('a/b');
+    assert.equal(last.hit(t, index.changes()), false, 'nothing stored yet');
+    last.store(t, index.changes());
+    assert.equal(last.hit(Buffer.from('a/b'), index.changes()), true);
+    assert.equal(last.hit(Buffer.from('a/c'), index.changes()), false, 'other bytes');
+    assert.equal(last.hit(Buffer.from('a/bc'), index.changes()), false, 'other length');
+    index.setShard(ref, 2);
+    assert.equal(last.hit(t, index.changes()), false, 'a write to the index invalidates it');
+    const long = Buffer.alloc(300, 0x61);
+    last.store(long, index.changes());
+    assert.equal(last.hit(long, index.changes()), false, 'a long topic is not cached');
   });
 });
 

@@ -47,35 +47,56 @@ export class EntryWriter {
     return this.fromEnc.length;
   }
 
-  /** Appends one message. */
+  /** Appends one message. Lengths are written inline (no helper call per field). */
   add(msg: Message, remainingMs: number): void {
     const topic = msg.topicBytes;
     const payload = msg.payload;
     const props = msg.props;
     const fromLen = this.fromBytes(msg.from);
-    this.ensure(ENTRY_FIXED + topic.length + payload.length + fromLen + (props ? props.length : 0));
+    const tl = topic.length;
+    const pl = payload.length;
+    const rl = props ? props.length : 0;
+    this.ensure(ENTRY_FIXED + tl + pl + fromLen + rl);
     const b = this.buf;
     let p = this.pos;
-    b[p++] = msg.qos | (msg.retain ? 4 : 0);
-    b.writeUInt32LE(topic.length, p);
-    p += 4;
-    b.set(topic, p);
-    p += topic.length;
-    b.writeUInt32LE(payload.length, p);
+    b[p] = msg.qos | (msg.retain ? 4 : 0);
+    b[p + 1] = tl;
+    b[p + 2] = tl >>> 8;
+    b[p + 3] = tl >>> 16;
+    b[p + 4] = tl >>> 24;
+    p += 5;
+    // Topics are short: a loop beats a native call for them.
+    if (tl <= 32) for (let i = 0; i < tl; i++) b[p + i] = topic[i];
+    else b.set(topic, p);
+    p += tl;
+    b[p] = pl;
+    b[p + 1] = pl >>> 8;
+    b[p + 2] = pl >>> 16;
+    b[p + 3] = pl >>> 24;
     p += 4;
     b.set(payload, p);
-    p += payload.length;
-    b.writeUInt32LE(fromLen, p);
+    p += pl;
+    b[p] = fromLen;
+    b[p + 1] = fromLen >>> 8;
+    b[p + 2] = fromLen >>> 16;
+    b[p + 3] = fromLen >>> 24;
     p += 4;
-    b.set(this.fromEnc, p);
+    const fe = this.fromEnc;
+    if (fromLen <= 32) for (let i = 0; i < fromLen; i++) b[p + i] = fe[i];
+    else b.set(fe, p);
     p += fromLen;
-    b.writeUInt32LE(remainingMs, p);
-    p += 4;
-    b.writeUInt32LE(props ? props.length : 0, p);
-    p += 4;
+    b[p] = remainingMs;
+    b[p + 1] = remainingMs >>> 8;
+    b[p + 2] = remainingMs >>> 16;
+    b[p + 3] = remainingMs >>> 24;
+    b[p + 4] = rl;
+    b[p + 5] = rl >>> 8;
+    b[p + 6] = rl >>> 16;
+    b[p + 7] = rl >>> 24;
+    p += 8;
     if (props) {
       b.set(props, p);
-      p += props.length;
+      p += rl;
     }
     this.pos = p;
     this.count++;
@@ -92,67 +113,81 @@ export class EntryWriter {
   }
 }
 
+/** Little-endian u32 at `p`, inline-able (no bounds check: callers check against their end). */
+function u32(b: Buffer, p: number): number {
+  return (b[p] | (b[p + 1] << 8) | (b[p + 2] << 16)) + b[p + 3] * 0x1000000;
+}
+
+const truncated = (): RangeError => new RangeError('truncated forward entry');
+
 /** End offset of the entry starting at `p`; throws on a truncated entry. */
 export function entryEnd(b: Buffer, p: number, len: number): number {
+  // Each length is read only once the 4 bytes holding it are known to be inside `len`.
   let q = p + 1;
-  q += 4 + b.readUInt32LE(q); // topic
-  q += 4 + b.readUInt32LE(q); // payload
-  q += 4 + b.readUInt32LE(q); // from
-  q += 4; // expiry
-  q += 4 + b.readUInt32LE(q); // props
-  if (q > len) throw new RangeError('truncated forward entry');
+  if (q + 4 > len) throw truncated();
+  q += 4 + u32(b, q); // topic
+  if (q + 4 > len) throw truncated();
+  q += 4 + u32(b, q); // payload
+  if (q + 4 > len) throw truncated();
+  q += 4 + u32(b, q); // from
+  if (q + 8 > len) throw truncated();
+  q += 8 + u32(b, q + 4); // expiry, props
+  if (q > len) throw truncated();
   return q;
 }
 
-/** Reads length-prefixed fields of one batch; one per batch, so no allocation per entry. */
-class Cursor {
-  p = 0;
-  constructor(private readonly b: Buffer) {}
-  u32(): number {
-    const v = this.b.readUInt32LE(this.p);
-    this.p += 4;
-    return v;
-  }
-  /** A u32-length-prefixed field, as a view into the batch */
-  view(): Buffer {
-    const n = this.u32();
-    const v = this.b.subarray(this.p, this.p + n);
-    this.p += n;
-    return v;
-  }
-}
-
 /**
- * Decodes entries into Messages whose topic, payload and props are views into
- * `b`; `now` turns remaining expiry back into a deadline.
+ * Decodes entries into Messages whose topic, payload and props are views into `b`; `now` turns
+ * remaining expiry back into a deadline. One pass: each length is read once, bounds checked as
+ * it goes (a truncated entry throws before any of its fields is used).
  */
 export function readEntries(b: Buffer, len: number, now: number, visit: (msg: Message) => void): void {
-  const c = new Cursor(b);
   // A batch is mostly a few publishers' runs: the previous entry's publisher id is reused when
   // its bytes are the same (no string decoded per message).
   let from = '';
   let fromAt = -1;
   let fromLen = -1;
-  while (c.p < len) {
-    const end = entryEnd(b, c.p, len);
-    const flags = b[c.p++];
+  let p = 0;
+  while (p < len) {
+    if (p + 5 > len) throw truncated();
+    const flags = b[p];
     const qos = flags & 3;
     if (qos === 3) throw new RangeError('forward entry with QoS 3');
-    const topic = c.view();
-    const payload = c.view();
-    const n = c.u32();
-    if (n !== fromLen || b.compare(b, fromAt, fromAt + n, c.p, c.p + n) !== 0) {
-      from = b.toString('utf8', c.p, c.p + n);
-      fromAt = c.p;
+    const topicAt = p + 5;
+    let q = topicAt + u32(b, p + 1);
+    if (q + 4 > len) throw truncated();
+    const payloadAt = q + 4;
+    q = payloadAt + u32(b, q);
+    if (q + 4 > len) throw truncated();
+    const fromBytesAt = q + 4;
+    const n = u32(b, q);
+    q = fromBytesAt + n;
+    if (q + 8 > len) throw truncated();
+    const remaining = u32(b, q);
+    const propsAt = q + 8;
+    const end = propsAt + u32(b, q + 4);
+    if (end > len) throw truncated();
+    if (n !== fromLen || !sameBytes(b, fromAt, fromBytesAt, n)) {
+      from = b.toString('utf8', fromBytesAt, fromBytesAt + n);
+      fromAt = fromBytesAt;
       fromLen = n;
     }
-    c.p += n;
-    const remaining = c.u32();
-    const propsLen = c.u32();
-    const msg = new Message(topic, payload, qos as QoS, (flags & 4) !== 0, from);
-    if (propsLen > 0) msg.props = b.subarray(c.p, c.p + propsLen);
+    const msg = new Message(
+      b.subarray(topicAt, payloadAt - 4),
+      b.subarray(payloadAt, fromBytesAt - 4),
+      qos as QoS,
+      (flags & 4) !== 0,
+      from,
+    );
+    if (end > propsAt) msg.props = b.subarray(propsAt, end);
     if (remaining > 0) msg.expiryAt = now + remaining;
-    c.p = end;
+    p = end;
     visit(msg);
   }
+}
+
+/** b[a, a + n) equals b[c, c + n) (publisher ids: short, so a loop beats a native compare). */
+function sameBytes(b: Buffer, a: number, c: number, n: number): boolean {
+  for (let i = 0; i < n; i++) if (b[a + i] !== b[c + i]) return false;
+  return true;
 }

@@ -18,7 +18,8 @@ export type BatchDone = (code: number) => void;
 
 interface Pending {
   seq: number;
-  /** The batch's entries, in pieces (one per shard batch): sent back to back as one message */
+  /** The batch's entries, in pieces (one per shard batch): sent back to back as one message;
+   *  dropped once written (inflight batches keep only their size and count) */
   chunks: Buffer[];
   bytes: number;
   count: number;
@@ -187,6 +188,9 @@ export class ForwardStream {
       req.write(forwardHeader(from, this.incarnation, b.seq, b.count, b.bytes));
       for (const c of b.chunks) this.writable = req.write(c);
       req.uncork();
+      // Not kept until the ack: the HTTP/2 stream holds what it has not written yet, and
+      // nothing is resent, so an inflight batch needs only its size and count.
+      b.chunks = NO_CHUNKS;
       row[Counter.clusterWireBatchesOut]++;
       row[Counter.clusterWireBytesOut] += b.bytes;
     }
@@ -230,3 +234,4 @@ export class ForwardStream {
 }
 
 const EMPTY = Buffer.alloc(0);
+const NO_CHUNKS: Buffer[] = [];

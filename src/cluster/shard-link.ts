@@ -2,6 +2,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { Counter, type Counters } from '../metrics/counters.js';
 import { PacketType } from '../protocol/constants.js';
 import { encodeAckV5 } from '../protocol/v5-control.js';
+import { LastTopic } from '../routing/last-topic.js';
 import { MatchResult, TopicIndex } from '../routing/topic-index.js';
 import type { Message } from '../session/message.js';
 import type { ClusterToShard, ForwardPart, ShardInit, ShardToCluster } from '../threads/messages.js';
@@ -63,6 +64,9 @@ export interface ShardSide {
 export class ShardClusterLink {
   private readonly remote: TopicIndex;
   private readonly match = new MatchResult(8);
+  /** The last topic routed and its peer mask */
+  private readonly last = new LastTopic();
+  private lastMask = 0;
   /** Entries for each peer slot collected this turn (a message for k peers is written k times) */
   private readonly outs: (EntryWriter | undefined)[] = [];
   private readonly touched: number[] = [];
@@ -136,8 +140,18 @@ export class ShardClusterLink {
     const remote = this.remote;
     if (remote.activeFilters() === 0) return false;
     const topic = msg.topicBytes;
-    const m = this.match;
-    if (remote.match(topic, 0, topic.length, m) === 0 || m.mask === 0) return false;
+    // A publisher mostly repeats a topic: the last topic's peer mask is reused until the remote
+    // index changes (last-topic.ts).
+    const changes = remote.changes();
+    let mask: number;
+    if (this.last.hit(topic, changes)) mask = this.lastMask;
+    else {
+      const m = this.match;
+      mask = remote.match(topic, 0, topic.length, m) === 0 ? 0 : m.mask;
+      this.last.store(topic, changes);
+      this.lastMask = mask;
+    }
+    if (mask === 0) return false;
     let remaining = 0;
     if (msg.expiryAt > 0) {
       remaining = msg.expiryAt - Date.now();
@@ -146,7 +160,6 @@ export class ShardClusterLink {
     }
     this.forwardedQos = msg.qos > 0;
     const row = this.shard.counters.row;
-    let mask = m.mask;
     while (mask !== 0) {
       const slot = 31 - Math.clz32(mask & -mask);
       mask &= mask - 1;

@@ -316,7 +316,11 @@ export class IndexWriter {
   unlock(): void {
     Atomics.store(this.control, C_LOCK, 0);
     if (Atomics.load(this.control, C_LOCK_WAITERS) > 0) Atomics.notify(this.control, C_LOCK, 1);
-    // Whoever watches the index for changes (the cluster thread's route scan) wakes up.
+    this.changed();
+  }
+
+  /** Bumps the change count: whoever watches the index (the cluster thread's route scan) wakes up. */
+  changed(): void {
     Atomics.add(this.control, C_CHANGES, 1);
     Atomics.notify(this.control, C_CHANGES);
   }

@@ -12,6 +12,7 @@ import type { RetainedRelay } from '../shard/retained-relay.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
 import { BatchWriter } from './batch.js';
+import { LastTopic } from './last-topic.js';
 import { PeerWindows } from './peer-window.js';
 import { MatchResult } from './topic-index.js';
 
@@ -30,6 +31,9 @@ export class Router {
   /** Some batch has messages: flush at the end of the turn */
   batchesPending = false;
   private readonly match = new MatchResult();
+  /** The topic whose local match `match` holds (matchLocal), and its count of matched nodes */
+  private readonly last = new LastTopic();
+  private lastCount = 0;
   private readonly sharedMatch = new MatchResult(8);
   private readonly targets: Session[] = [];
   private deliverySeq = 0;
@@ -104,7 +108,7 @@ export class Router {
     const m = this.match;
     const topic = msg.topicBytes;
     const id = this.s.id;
-    const n = this.s.index.match(topic, 0, topic.length, m);
+    const n = this.matchLocal(topic, m);
     let matched = n > 0;
     if (n > 0) {
       const mask = m.mask;
@@ -143,6 +147,24 @@ export class Router {
       if (hooks.dropped.length > 0) hooks.messageDropped(msg.from, msg.topic, 'no_subscribers');
     }
     return matched;
+  }
+
+  /**
+   * Matches the topic against the local index into `m` (its node ids and mask). No local filter
+   * at all (a node whose subscribers are all elsewhere): no walk. A publisher, or a batch
+   * forwarded from another node, mostly repeats a topic: `m` still holds the last topic's
+   * result, reused while the index has not changed (last-topic.ts). Subscriber lists are read
+   * afresh by node id (deliverLocal), so only index writes can make it stale.
+   */
+  private matchLocal(topic: Buffer, m: MatchResult): number {
+    const index = this.s.index;
+    if (index.activeFilters() === 0) return 0;
+    const changes = index.changes();
+    if (this.last.hit(topic, changes)) return this.lastCount;
+    const n = index.match(topic, 0, topic.length, m);
+    this.last.store(topic, changes);
+    this.lastCount = n;
+    return n;
   }
 
   /** Posts this turn's batches, one message per peer shard. */

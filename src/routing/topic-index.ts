@@ -335,7 +335,12 @@ export class TopicIndex {
     // Our bit set means the node cannot be removed under us, so this check stays true.
     if (!this.isCurrent(id, ref)) return;
     const old = Atomics.and(this.nodes, id * NODE_STRIDE + F_MASK, ~bit);
-    if (old !== bit) return; // not ours, or other shards still subscribe here
+    if (old !== bit) {
+      // Other shards still subscribe here: no node goes, but the mask changed, so whoever
+      // caches a match (shard-link.ts: the last topic's peer mask) must see a new change count.
+      if ((old & bit) !== 0) this.w.changed();
+      return;
+    }
     Atomics.sub(this.control, C_ACTIVE, 1);
     this.w.lock();
     try {
@@ -438,7 +443,10 @@ export class TopicIndex {
     return Atomics.load(this.control, C_ACTIVE);
   }
 
-  /** Count of writes so far (any thread's): what `whenChanged` compares against. */
+  /**
+   * Count of writes so far (any thread's): what `whenChanged` compares against. Every write
+   * bumps it after it is done, so a match made after reading a count is valid while the count is.
+   */
   changes(): number {
     return Atomics.load(this.control, C_CHANGES);
   }
