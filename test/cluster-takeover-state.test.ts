@@ -8,9 +8,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import mqtt, { type IClientOptions } from 'mqtt';
 import type { Broker } from '../src/broker/broker.js';
+import { Registry } from '../src/cluster/registry.js';
 import { within } from './helpers/broker.js';
 import { startNode, type TestNode } from './helpers/cluster.js';
-import { connectTo, Inbox, subscribeTo } from './helpers/cluster-clients.js';
+import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
 import { PacketClient } from './helpers/raw.js';
 
 type Ctx = Parameters<typeof startNode>[0];
@@ -168,4 +169,56 @@ test('takeover across nodes and the will of the connection it closes: published 
     const wills = w.got.filter((x) => x.topic !== 'tw/marker').map((x) => x.topic);
     assert.deepEqual(wills, ['tw/now'], `${name}'s watcher: the undelayed will once, the delayed one never`);
   }
+});
+
+test('clean start discards the session everywhere, also when its lock node restarted and no longer knows the owner (every node is asked) [MQTT-3.1.2-4]', {
+  timeout: 120_000,
+}, async (t) => {
+  const [n1, n2, n3] = await threeNodes(t, 'tc', [1, 1, 1]);
+  // A client id whose lock node is n3 in the full view.
+  const names = [n1.name, n2.name, n3.name];
+  let id = 'tc-c0';
+  for (let i = 1; Registry.lockNode(id, names) !== n3.name; i++) id = `tc-c${i}`;
+  // Its persistent session on n1, left offline with a subscription.
+  const first = await connectTo(t, n1, id, persistent);
+  await subscribeTo(first, 'tc/x', 1);
+  await new Promise<void>((r) => first.end(false, {}, () => r()));
+  assert.equal((await n1.get(`/clients/${encodeURIComponent(id)}`)).status, 200, 'offline session on n1');
+
+  // n3 restarts (kill -9, same name and port): it no longer knows who owns the id.
+  await n3.kill9();
+  await Promise.all([n1.waitPeer(n3.name, 'stopped'), n2.waitPeer(n3.name, 'stopped')]);
+  const n3b = await startNode(t, { name: n3.name, seeds: [n1.clusterPort], clusterPort: n3.clusterPort });
+  await Promise.all([
+    n1.waitPeer(n3b.name, 'running'),
+    n2.waitPeer(n3b.name, 'running'),
+    n3b.waitPeer(n1.name, 'running'),
+    n3b.waitPeer(n2.name, 'running'),
+  ]);
+
+  // Clean start on n2: the lock node asks every node, n1 discards its copy.
+  const fresh = await connectTo(t, n2, id, { protocolVersion: 5, clean: true });
+  await new Promise<void>((r) => fresh.end(false, {}, () => r()));
+  await pollUntil(
+    async () => (await n1.get(`/clients/${encodeURIComponent(id)}`)).status,
+    (s) => s === 404,
+    'n1 to discard the session',
+  );
+  // A later clean start 0 anywhere finds no session [MQTT-3.2.2-3] (session present 0).
+  const again = mqtt.connect({
+    host: '127.0.0.1',
+    port: n1.mqttPort,
+    clientId: id,
+    reconnectPeriod: 0,
+    ...persistent,
+  });
+  t.after(() => new Promise<void>((r) => again.end(true, {}, () => r())));
+  const connack = await within(
+    new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
+      again.once('connect', resolve);
+      again.once('error', reject);
+    }),
+    'to connect to n1 again',
+  );
+  assert.equal(connack.sessionPresent, false, 'the discarded session is not resumed');
 });
