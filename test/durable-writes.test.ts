@@ -42,7 +42,9 @@ test('sync: deliveries acknowledged before the flush are neither put nor removed
 });
 
 test('sync: QoS 1 batches to a shard with no persistent session go without an outbox record; once it has one, they are stored before the PUBACK', async (t) => {
-  const broker = await startBroker(t, { 'durability.mode': 'sync' });
+  // Outbox entries written at the next flush (not held for the receiver's confirmation, as by
+  // default: the next test).
+  const broker = await startBroker(t, { 'durability.mode': 'sync', 'durability.online_ack_wait': 0 });
   const snap = () => broker.counters.snapshot();
   // A clean subscriber on shard 1, the publisher on shard 0: every message crosses shards.
   const sub = await client(t, broker, { clientId: idOnShard(broker, 1, 'obs-clean') });
@@ -70,4 +72,30 @@ test('sync: QoS 1 batches to a shard with no persistent session go without an ou
   // The outbox put (committed before the PUBACK) and the receiver's mark, at least.
   await waitFor(() => snap().storeWrites >= w.storeWrites + 2, 'the outbox entry and the mark written');
   assert.ok(snap().storeCommits > w.storeCommits);
+});
+
+test('sync, online_ack_wait (default): an outbox entry the receiving shard confirms within the wait is never written; the PUBACK follows the receiver’s commit', async (t) => {
+  const broker = await startBroker(t, { 'durability.mode': 'sync' });
+  const snap = () => broker.counters.snapshot();
+  // A persistent session on shard 1 subscribed to another topic, a clean subscriber there, the
+  // publisher on shard 0: batches to shard 1 go to the outbox, held for the confirmation.
+  const { pc } = await PacketClient.connect(t, broker, idOnShard(broker, 1, 'obh-persistent'), {
+    clean: false,
+  });
+  await pc.subscribe('obh/other', 1);
+  const sub = await client(t, broker, { clientId: idOnShard(broker, 1, 'obh-clean') });
+  const inbox = new Inbox(sub);
+  await subscribe(sub, 'obh/x', 1);
+  const pub = await client(t, broker, { clientId: idOnShard(broker, 0, 'obh-pub') });
+  await waitFor(() => snap().storeWrites > 0, 'the session record written');
+  const w = snap();
+  await publish(pub, 'obh/x', 'held', { qos: 1 });
+  await inbox.wait(1);
+  assert.equal(snap().outboxSkipped, w.outboxSkipped, 'this batch went to the outbox');
+  // The receiver committed its mark before the PUBACK went out.
+  assert.ok(snap().storeCommits > w.storeCommits, 'a commit before the PUBACK');
+  await waitFor(() => snap().outboxHeldConfirmed > w.outboxHeldConfirmed, 'the held entry confirmed');
+  // Only the receiver's mark: the outbox entry was neither put nor removed.
+  assert.equal(snap().storeWrites, w.storeWrites + 1, 'one record written (the mark)');
+  assert.equal(snap().storeWritesSkipped, w.storeWritesSkipped + 2);
 });
