@@ -122,6 +122,7 @@ export class PendingWrites {
     const q = this.heldQ;
     while (this.heldHead < q.length && q[this.heldHead].dead) this.popHeld();
     let due = this.heldHead < q.length ? q[this.heldHead].due : 0;
+    this.compactHeld();
     if (this.outboxHeld.size > 0) {
       const o = this.outboxHeld.values().next().value as OutboxOp;
       if (due === 0 || o.due < due) due = o.due;
@@ -291,10 +292,16 @@ export class PendingWrites {
     const h = q[this.heldHead];
     q[this.heldHead++] = NO_OP;
     this.freeOp(h);
+    // Emptied in place; compacted only by release() and nextDue(), after their loops over it.
     if (this.heldHead === q.length) {
       q.length = 0;
       this.heldHead = 0;
-    } else if (this.heldHead >= 1024 && this.heldHead * 2 >= q.length) {
+    }
+  }
+
+  private compactHeld(): void {
+    const q = this.heldQ;
+    if (this.heldHead >= 1024 && this.heldHead * 2 >= q.length) {
       this.heldQ = q.slice(this.heldHead);
       this.heldHead = 0;
     }
@@ -330,10 +337,7 @@ export class PendingWrites {
       }
       this.popHeld();
     }
-    if (this.heldHead >= 1024 && this.heldHead * 2 >= q.length) {
-      this.heldQ = q.slice(this.heldHead);
-      this.heldHead = 0;
-    }
+    this.compactHeld();
     if (this.outboxHeld.size > 0)
       for (const [seq, o] of this.outboxHeld) {
         if (!all && o.due > now) break;
