@@ -65,4 +65,9 @@ export const DURABLE_COUNTERS: [string, string, number][] = [
     'Outbox entries held for durability.online_ack_wait that the receiving shard confirmed first (never written)',
     Counter.outboxHeldConfirmed,
   ],
+  [
+    'emqx_ts_batches_confirmed_unwritten_total',
+    'Cross-shard batches confirmed to their sender without a commit: every persistent delivery of them was acknowledged, nothing stored',
+    Counter.outboxConfirmedUnwritten,
+  ],
 ];

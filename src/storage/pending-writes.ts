@@ -19,6 +19,12 @@ export interface BatchWaiter {
   open: boolean;
   /** A replay this shard had delivered already: confirmed, no mark */
   readonly dup: boolean;
+  /**
+   * It wrote a record (a delivery not held, or written after the wait; an outbox entry passing
+   * it on): confirmed after the commit, with its mark. Otherwise nothing of it is stored — its
+   * persistent subscribers acknowledged every delivery — and it is confirmed at once.
+   */
+  written: boolean;
 }
 
 /** A delivery's latest state, written at the next flush (null: remove it). */
@@ -215,6 +221,7 @@ export class PendingWrites {
         if (hold) return;
         // No longer to be held (QoS 2 released, …): written at the next flush.
         r.held.delete(e.seq);
+        if (h.b !== null) h.b.written = true;
         const op = this.op(h.e, h.i, h.rel, h.t);
         h.t = null;
         this.dropHeld(h);
@@ -319,6 +326,7 @@ export class PendingWrites {
         if (!all && h.due > now) break;
         const r = h.r!;
         r.held.delete(h.e.seq);
+        if (h.b !== null) h.b.written = true;
         this.releaseBatch(h);
         this.heldLive--;
         this.heldWritten++;

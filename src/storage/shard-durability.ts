@@ -69,8 +69,16 @@ export class ShardDurability {
   private readonly inBatches: BatchWaiter[][];
   /** Per sender shard: the last mark written */
   private readonly storedMarks: number[];
+  /** Per sender shard: its confirmations waiting for a commit (a later one must not overtake them) */
+  private readonly confirmsHeld: number[];
   /** sync: QoS 1 writes to connected sessions wait this long for their PUBACK (ms); 0 = not held */
   private readonly holdMs: number;
+  /**
+   * Set while messages whose stored record is being removed move elsewhere (a shared group's
+   * member left: its deliveries go to another member): their new records are not held, so the
+   * flush that removes the old record writes the new one.
+   */
+  holdOff = false;
   /** The timer that flushes held writes when their wait is over */
   private holdTimer: NodeJS.Timeout | null = null;
   /** This shard's persistent sessions (client ids): while none, peers send it no outbox records */
@@ -113,6 +121,7 @@ export class ShardDurability {
     }
     this.marks = store.loadMarks(s.id);
     this.storedMarks = s.peers.map((_, i) => this.marks.get(i) ?? 0);
+    this.confirmsHeld = s.peers.map(() => 0);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -161,8 +170,10 @@ export class ShardDurability {
     }
     // A QoS 1 delivery to a connected subscriber: its write waits for the PUBACK a while.
     const c = session.conn;
-    const hold = this.holdMs > 0 && e.qos === 1 && c !== null && !c.closed;
-    this.w.putDelivery(session.clientId, e, packetId, false, t, hold, this.batchW);
+    const hold = this.holdMs > 0 && e.qos === 1 && c !== null && !c.closed && !this.holdOff;
+    const b = this.batchW;
+    if (b !== null && !hold) b.written = true;
+    this.w.putDelivery(session.clientId, e, packetId, false, t, hold, b);
     this.scheduleTurnEnd();
   }
 
@@ -178,6 +189,8 @@ export class ShardDurability {
     if (session.expiryInterval === 0 || e.qos === 0) return;
     this.w.removeDelivery(session.clientId, e.seq);
     this.countHeld();
+    // Its batch's last held delivery: confirmed now when nothing of it was stored.
+    if (this.w.batchesReady) this.settleBatches();
     this.scheduleTurnEnd();
   }
 
@@ -223,7 +236,10 @@ export class ShardDurability {
     this.batchDurable[to] = true;
     // Passed on from a peer batch (a shared group's owner): written at the next flush, so the
     // peer batch's confirmation (after that flush's commit) implies it is stored.
-    if (this.batchW !== null) this.batchRelayed[to] = true;
+    if (this.batchW !== null) {
+      this.batchRelayed[to] = true;
+      this.batchW.written = true;
+    } else if (this.holdOff) this.batchRelayed[to] = true;
     const t = this.ack;
     if (t === null) return;
     t.parts++;
@@ -305,7 +321,7 @@ export class ShardDurability {
    */
   acceptBatch(from: number, seq: number): boolean {
     const dup = seq <= (this.marks.get(from) ?? 0);
-    const b: BatchWaiter = { from, seq, deferred: 0, open: true, dup };
+    const b: BatchWaiter = { from, seq, deferred: 0, open: true, dup, written: false };
     this.inBatches[from]?.push(b);
     this.scheduleTurnEnd();
     if (dup) {
@@ -325,7 +341,7 @@ export class ShardDurability {
     if (b === null) return;
     this.batchW = null;
     b.open = false;
-    if (b.deferred === 0) this.w.batchesReady = true;
+    if (b.deferred === 0) this.settleBatches();
     this.scheduleTurnEnd();
   }
 
@@ -341,10 +357,23 @@ export class ShardDurability {
       if (q.length === 0) continue;
       let n = 0;
       let mark = 0;
+      let now = 0;
       while (n < q.length && !q[n].open && q[n].deferred === 0) {
         const b = q[n++];
+        if (!b.written && this.holdMs > 0 && this.confirmsHeld[from] === 0) {
+          // Nothing of it stored (each persistent subscriber acknowledged its delivery) and no
+          // earlier confirmation waits for a commit: confirmed now, without a mark. A replay
+          // after a crash can only deliver those QoS 1 messages again (at least once).
+          now = b.seq;
+          continue;
+        }
         this.confirms.push(from, b.seq);
+        this.confirmsHeld[from]++;
         if (!b.dup && b.seq > mark) mark = b.seq;
+      }
+      if (now > 0) {
+        this.s.counters.row[Counter.outboxConfirmedUnwritten]++;
+        this.s.peers[from]?.postMessage({ t: 'batchCommitted', seq: now } satisfies ShardToShard);
       }
       if (n === 0) continue;
       if (n === q.length) q.length = 0;
@@ -514,6 +543,7 @@ export class ShardDurability {
     for (let i = 0; i < parts.length; i++) parts[i].partDone();
     for (let i = 0; i < acks.length; i++) acks[i].partDone();
     for (let i = 0; i < confirms.length; i += 2) {
+      this.confirmsHeld[confirms[i]]--;
       this.s.peers[confirms[i]]?.postMessage({
         t: 'batchCommitted',
         seq: confirms[i + 1],
