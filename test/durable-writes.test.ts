@@ -42,7 +42,9 @@ test('sync: deliveries acknowledged before the flush are neither put nor removed
 });
 
 test('sync: QoS 1 batches to a shard with no persistent session go without an outbox record; once it has one, they are stored before the PUBACK', async (t) => {
-  const broker = await startBroker(t, { 'durability.mode': 'sync' });
+  // Outbox entries written at the next flush (not held for the receiver's confirmation, as by
+  // default: the next test).
+  const broker = await startBroker(t, { 'durability.mode': 'sync', 'durability.online_ack_wait': 0 });
   const snap = () => broker.counters.snapshot();
   // A clean subscriber on shard 1, the publisher on shard 0: every message crosses shards.
   const sub = await client(t, broker, { clientId: idOnShard(broker, 1, 'obs-clean') });
@@ -70,4 +72,41 @@ test('sync: QoS 1 batches to a shard with no persistent session go without an ou
   // The outbox put (committed before the PUBACK) and the receiver's mark, at least.
   await waitFor(() => snap().storeWrites >= w.storeWrites + 2, 'the outbox entry and the mark written');
   assert.ok(snap().storeCommits > w.storeCommits);
+});
+
+test('sync, online_ack_wait (default): a batch the receiving shard stores nothing for is confirmed at once; the outbox entry held for that confirmation is never written', async (t) => {
+  const broker = await startBroker(t, { 'durability.mode': 'sync' });
+  const snap = () => broker.counters.snapshot();
+  // A persistent session on shard 1 subscribed to another topic, a clean subscriber there, the
+  // publisher on shard 0: batches to shard 1 go to the outbox, held for the confirmation; shard
+  // 1 stores nothing for them (the clean session's delivery needs no record), so it confirms
+  // without a commit, and the PUBACK waits for neither shard's commit.
+  const { pc } = await PacketClient.connect(t, broker, idOnShard(broker, 1, 'obh-persistent'), {
+    clean: false,
+  });
+  await pc.subscribe('obh/other', 1);
+  const sub = await client(t, broker, { clientId: idOnShard(broker, 1, 'obh-clean') });
+  const inbox = new Inbox(sub);
+  await subscribe(sub, 'obh/x', 1);
+  const pub = await client(t, broker, { clientId: idOnShard(broker, 0, 'obh-pub') });
+  await waitFor(() => snap().storeWrites > 0, 'the session record written');
+  const w = snap();
+  await publish(pub, 'obh/x', 'held', { qos: 1 });
+  await inbox.wait(1);
+  const s = snap();
+  assert.equal(s.outboxSkipped, w.outboxSkipped, 'this batch went to the outbox');
+  assert.equal(s.outboxConfirmedUnwritten, w.outboxConfirmedUnwritten + 1, 'confirmed without a commit');
+  assert.equal(s.outboxHeldConfirmed, w.outboxHeldConfirmed + 1, 'the held entry confirmed first');
+  assert.equal(s.storeWrites, w.storeWrites, 'nothing written: no outbox put or remove, no mark');
+  assert.equal(s.storeCommits, w.storeCommits, 'no commit before the PUBACK');
+  assert.equal(s.storeWritesSkipped, w.storeWritesSkipped + 2);
+
+  // The persistent session subscribes to it too and stays connected without acknowledging:
+  // its delivery is held, then written; the batch is confirmed after that commit (with its mark).
+  await pc.subscribe('obh/x', 1);
+  const w2 = snap();
+  await publish(pub, 'obh/x', 'kept', { qos: 1 });
+  assert.equal(String((await pc.expect('publish')).payload), 'kept');
+  assert.ok(snap().storeCommits > w2.storeCommits, 'a commit before the PUBACK');
+  assert.ok(snap().storeWrites >= w2.storeWrites + 1, 'the held delivery (or the outbox entry) written');
 });

@@ -261,6 +261,13 @@ export const SCHEMA = {
     max: 1000,
     doc: 'sync mode: ms a shard waits before writing deliveries it just sent, so that online subscribers can acknowledge them first (then nothing is written); 0 = the next event-loop turn',
   },
+  'durability.online_ack_wait': {
+    type: 'number',
+    default: 20,
+    min: 0,
+    max: 10000,
+    doc: 'sync mode: ms a QoS 1 delivery to a connected persistent session (and an outbox entry) waits for its acknowledgement before it is written; acknowledged within it, it is never written. The publisher ack still waits for the record or that acknowledgement (docs/DURABILITY.md); 0 = written at the next flush',
+  },
   'durability.flush_interval': {
     type: 'number',
     default: 10,

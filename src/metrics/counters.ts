@@ -154,6 +154,10 @@ export const Counter = {
   storeWritesSkipped: 210, // delivery/outbox puts and removes never made: done before their flush
   outboxSkipped: 211, // QoS 1/2 batches to a shard with no persistent session: sent without an outbox record
   persistentSessions: 212, // gauge: this shard's persistent sessions (read by the other shards; 1 until restored)
+  storeHeldAcked: 213, // QoS 1 deliveries to connected sessions acknowledged within durability.online_ack_wait: never written
+  storeHeldWritten: 214, // QoS 1 deliveries held for durability.online_ack_wait and written when it was over
+  outboxHeldConfirmed: 215, // outbox entries held for durability.online_ack_wait that the receiver confirmed first: never written
+  outboxConfirmedUnwritten: 216, // peer batches confirmed without a commit: every persistent delivery of them acknowledged, nothing stored
   // Transports (issue #13): 180..199, src/listener/.
   tlsHandshakeErrors: 180, // TLS handshakes that failed (not TLS, bad or missing client certificate, timeout)
   tlsPeerCertRefused: 181, // handshakes done but the client certificate refused (verify_peer)

@@ -192,6 +192,17 @@ export class SharedGroupRouting {
       this.sendMembership('sharedLeave', session, sub);
     }
     if (!any || !redispatch) return;
+    // Their records here are removed in the same flush as their new ones are written (not held).
+    const durable = this.s.durable;
+    if (durable) durable.holdOff = true;
+    try {
+      this.redispatchAll(session);
+    } finally {
+      if (durable) durable.holdOff = false;
+    }
+  }
+
+  private redispatchAll(session: Session): void {
     for (const [id, e] of session.inflight) {
       // QoS 2 stays with this member: its delivery completes if it resumes the session
       // [MQTT-4.8.2-4], and must not go to another member if the session ends [MQTT-4.8.2-5].

@@ -246,6 +246,7 @@ export class Shard implements BatchVisitor, ShardState {
         readBatch(m.buf, m.len, m.replay ? this.replay : this);
     } finally {
       this.flow.sourceShard = -1;
+      if (m.seq !== undefined) this.durable?.endBatch();
     }
     port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
   }

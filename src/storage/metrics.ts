@@ -50,4 +50,24 @@ export const DURABLE_COUNTERS: [string, string, number][] = [
     'QoS 1/2 cross-shard batches sent without an outbox record: the receiving shard had no persistent session',
     Counter.outboxSkipped,
   ],
+  [
+    'emqx_ts_store_held_acked_total',
+    'QoS 1 deliveries to connected persistent sessions acknowledged within durability.online_ack_wait (never written)',
+    Counter.storeHeldAcked,
+  ],
+  [
+    'emqx_ts_store_held_written_total',
+    'QoS 1 deliveries held for durability.online_ack_wait and written once it was over',
+    Counter.storeHeldWritten,
+  ],
+  [
+    'emqx_ts_outbox_held_confirmed_total',
+    'Outbox entries held for durability.online_ack_wait that the receiving shard confirmed first (never written)',
+    Counter.outboxHeldConfirmed,
+  ],
+  [
+    'emqx_ts_batches_confirmed_unwritten_total',
+    'Cross-shard batches confirmed to their sender without a commit: every persistent delivery of them was acknowledged, nothing stored',
+    Counter.outboxConfirmedUnwritten,
+  ],
 ];

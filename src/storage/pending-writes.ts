@@ -5,6 +5,28 @@ import type { DurableStore, StoredDelivery, StoredSession, StoredSubscription } 
 const EMPTY = new Uint8Array(0);
 const NO_ENTRY = { seq: 0 } as QueuedDelivery;
 
+/**
+ * A batch from a peer shard being delivered here (sync mode): it is confirmed to its sender —
+ * and its mark written — only once none of its deliveries is held back any more (each one
+ * acknowledged, or moved into a flush). `deferred` counts those still held.
+ */
+export interface BatchWaiter {
+  readonly from: number;
+  readonly seq: number;
+  /** Its deliveries still held for their PUBACK (durability.online_ack_wait) */
+  deferred: number;
+  /** Still being delivered (readBatch): more deliveries may come */
+  open: boolean;
+  /** A replay this shard had delivered already: confirmed, no mark */
+  readonly dup: boolean;
+  /**
+   * It wrote a record (a delivery not held, or written after the wait; an outbox entry passing
+   * it on): confirmed after the commit, with its mark. Otherwise nothing of it is stored — its
+   * persistent subscribers acknowledged every delivery — and it is confirmed at once.
+   */
+  written: boolean;
+}
+
 /** A delivery's latest state, written at the next flush (null: remove it). */
 interface DeliveryOp {
   e: QueuedDelivery | InflightEntry;
@@ -14,15 +36,40 @@ interface DeliveryOp {
   rel: boolean;
   /** sync: the publisher's ack waiting for this record (until flushed and committed, or done) */
   t: HeldAck | null;
+  /** Held for its PUBACK: written at the first flush from this time on (ms); 0 = not held */
+  due: number;
+  /** Held: the peer batch it came in, confirmed once none of its deliveries is held */
+  b: BatchWaiter | null;
+  /** Held: its client (for the move into a flush) */
+  r: ClientDeliveries | null;
+  /** Held and then done (acknowledged, dropped): skipped when it reaches the queue's head */
+  dead: boolean;
 }
 
 /** One client id's deliveries: what the store holds and what changes at the next flush. */
 class ClientDeliveries {
   /** seq → latest state (insertion order = first change since the last flush) */
   readonly pending = new Map<number, DeliveryOp | null>();
+  /**
+   * seq → a first write held for the subscriber's PUBACK (durability.online_ack_wait): moved
+   * into `pending` when the wait is over, dropped (never written) when acknowledged first
+   */
+  readonly held = new Map<number, DeliveryOp>();
   /** seqs written to the store by earlier flushes (or loaded from it) and not removed since */
   readonly stored = new Set<number>();
   constructor(readonly clientId: string) {}
+}
+
+/** A free slot of the held queue */
+const NO_OP: DeliveryOp = { e: NO_ENTRY, i: 0, rel: false, t: null, due: 0, b: null, r: null, dead: true };
+
+/** An outbox entry to put (bytes) or remove (null), with the acks waiting for the put. */
+interface OutboxOp {
+  to: number;
+  bytes: Buffer | null;
+  ts: HeldAck[] | null;
+  /** Held for the receiver's confirmation: written at the first flush from this time on (ms) */
+  due: number;
 }
 
 /**
@@ -47,11 +94,47 @@ export class PendingWrites {
   /** Inbound QoS 2 ids in order: at < 0 removes */
   private rel: { c: string; id: number; at: number; t: HeldAck | null }[] = [];
   /** outbox seq → entry to put (bytes) or remove (null), and the acks waiting for the put */
-  private readonly outbox = new Map<number, { to: number; bytes: Buffer | null; ts: HeldAck[] | null }>();
+  private readonly outbox = new Map<number, OutboxOp>();
+  /** outbox seq → entry held for the receiver's confirmation (insertion = due order) */
+  private readonly outboxHeld = new Map<number, OutboxOp>();
+  /** Held delivery ops in due order (a queue: `heldHead` is its first live index) */
+  private heldQ: DeliveryOp[] = [];
+  private heldHead = 0;
+  /** Held deliveries not yet written nor done */
+  private heldLive = 0;
   /** sender shard → last batch seq committed here */
   private readonly marks = new Map<number, number>();
   /** Writes saved: a put and its remove that were never made */
   skipped = 0;
+  /** Held deliveries acknowledged before their wait ended (never written) */
+  heldAcked = 0;
+  /** Held deliveries written because their wait ended */
+  heldWritten = 0;
+  /** Held outbox entries confirmed before their wait ended (never written) */
+  outboxHeldConfirmed = 0;
+  /** A peer batch may be ready to confirm (its last held delivery is done or written) */
+  batchesReady = false;
+
+  /** @param holdMs durability.online_ack_wait: how long a held write waits (ms) */
+  constructor(private readonly holdMs = 0) {}
+
+  /** Held writes (deliveries, outbox entries) not written yet */
+  get heldCount(): number {
+    return this.heldLive + this.outboxHeld.size;
+  }
+
+  /** When the first held write is due (ms), or 0 when none is held. */
+  nextDue(): number {
+    const q = this.heldQ;
+    while (this.heldHead < q.length && q[this.heldHead].dead) this.popHeld();
+    let due = this.heldHead < q.length ? q[this.heldHead].due : 0;
+    this.compactHeld();
+    if (this.outboxHeld.size > 0) {
+      const o = this.outboxHeld.values().next().value as OutboxOp;
+      if (due === 0 || o.due < due) due = o.due;
+    }
+    return due;
+  }
 
   get empty(): boolean {
     return (
@@ -96,6 +179,8 @@ export class PendingWrites {
           op.t?.partDone();
           this.freeOp(op);
         }
+      for (const op of r.held.values()) this.dropHeld(op);
+      r.held.clear();
       this.touched.delete(r);
       this.clients.delete(c);
     }
@@ -108,15 +193,56 @@ export class PendingWrites {
     this.gone.push(c);
   }
 
+  /**
+   * A delivery's new state. `hold`: a QoS 1 delivery to a connected subscriber — its first
+   * write waits up to the hold time for the PUBACK (then it is never written); `b` is the peer
+   * batch it came in (its confirmation waits while the write is held).
+   */
   putDelivery(
     clientId: string,
     e: QueuedDelivery | InflightEntry,
     i: number,
     rel: boolean,
     t: HeldAck | null,
+    hold = false,
+    b: BatchWaiter | null = null,
   ): void {
     const r = this.client(clientId);
+    if (r.held.size > 0) {
+      const h = r.held.get(e.seq);
+      if (h !== undefined) {
+        if (t !== null) {
+          if (h.t !== null && h.t !== t) h.t.partDone();
+          h.t = t;
+        }
+        h.e = e;
+        h.i = i;
+        h.rel = rel;
+        if (hold) return;
+        // No longer to be held (QoS 2 released, …): written at the next flush.
+        r.held.delete(e.seq);
+        if (h.b !== null) h.b.written = true;
+        const op = this.op(h.e, h.i, h.rel, h.t);
+        h.t = null;
+        this.dropHeld(h);
+        r.pending.set(e.seq, op);
+        this.touched.add(r);
+        return;
+      }
+    }
     const op = r.pending.get(e.seq);
+    if (op === undefined && hold && this.holdMs > 0 && !r.stored.has(e.seq)) {
+      // First write of a delivery to a connected subscriber: held for its PUBACK.
+      const h = this.op(e, i, rel, t);
+      h.due = Date.now() + this.holdMs;
+      h.b = b;
+      h.r = r;
+      if (b !== null) b.deferred++;
+      r.held.set(e.seq, h);
+      this.heldQ.push(h);
+      this.heldLive++;
+      return;
+    }
     if (op == null) r.pending.set(e.seq, this.op(e, i, rel, t));
     else {
       // A later state of an unflushed delivery: the ack waiting for it waits for this one.
@@ -134,7 +260,7 @@ export class PendingWrites {
   /** A delivery op from the free list (no allocation per delivery once warm). */
   private op(e: QueuedDelivery | InflightEntry, i: number, rel: boolean, t: HeldAck | null): DeliveryOp {
     const op = this.freeOps.pop();
-    if (op === undefined) return { e, i, rel, t };
+    if (op === undefined) return { e, i, rel, t, due: 0, b: null, r: null, dead: false };
     op.e = e;
     op.i = i;
     op.rel = rel;
@@ -145,12 +271,104 @@ export class PendingWrites {
   private freeOp(op: DeliveryOp): void {
     op.t = null;
     op.e = NO_ENTRY;
+    op.due = 0;
+    op.b = null;
+    op.r = null;
+    op.dead = false;
     if (this.freeOps.length < 1024) this.freeOps.push(op);
+  }
+
+  /** A held delivery done (acknowledged, dropped, or moved to `pending`): its ack and batch are free of it. */
+  private dropHeld(h: DeliveryOp): void {
+    h.t?.partDone();
+    h.t = null;
+    this.releaseBatch(h);
+    h.dead = true; // freed when it reaches the queue's head
+    this.heldLive--;
+  }
+
+  private releaseBatch(h: DeliveryOp): void {
+    const b = h.b;
+    if (b === null) return;
+    h.b = null;
+    if (--b.deferred === 0 && !b.open) this.batchesReady = true;
+  }
+
+  private popHeld(): void {
+    const q = this.heldQ;
+    const h = q[this.heldHead];
+    q[this.heldHead++] = NO_OP;
+    this.freeOp(h);
+    // Emptied in place; compacted only by release() and nextDue(), after their loops over it.
+    if (this.heldHead === q.length) {
+      q.length = 0;
+      this.heldHead = 0;
+    }
+  }
+
+  private compactHeld(): void {
+    const q = this.heldQ;
+    if (this.heldHead >= 1024 && this.heldHead * 2 >= q.length) {
+      this.heldQ = q.slice(this.heldHead);
+      this.heldHead = 0;
+    }
+  }
+
+  /**
+   * Held writes whose wait is over (all of them with `all`) go into the next flush: delivery
+   * records into their client's pending writes, outbox entries into the outbox writes.
+   */
+  release(now: number, all: boolean): void {
+    const q = this.heldQ;
+    while (this.heldHead < q.length) {
+      const h = q[this.heldHead];
+      if (!h.dead) {
+        if (!all && h.due > now) break;
+        const r = h.r!;
+        r.held.delete(h.e.seq);
+        if (h.b !== null) h.b.written = true;
+        this.releaseBatch(h);
+        this.heldLive--;
+        this.heldWritten++;
+        // Moved, not copied: the queue's slot lets go of it.
+        q[this.heldHead] = NO_OP;
+        h.due = 0;
+        h.r = null;
+        r.pending.set(h.e.seq, h);
+        this.touched.add(r);
+        this.heldHead++;
+        if (this.heldHead === q.length) {
+          q.length = 0;
+          this.heldHead = 0;
+        }
+        continue;
+      }
+      this.popHeld();
+    }
+    this.compactHeld();
+    if (this.outboxHeld.size > 0)
+      for (const [seq, o] of this.outboxHeld) {
+        if (!all && o.due > now) break;
+        this.outboxHeld.delete(seq);
+        this.outbox.set(seq, o);
+      }
   }
 
   removeDelivery(clientId: string, seq: number): void {
     const r = this.clients.get(clientId);
     if (r === undefined) return;
+    if (r.held.size > 0) {
+      const h = r.held.get(seq);
+      if (h !== undefined) {
+        // Acknowledged within the wait: never written (its record was never stored).
+        r.held.delete(seq);
+        this.dropHeld(h);
+        this.skipped += 2;
+        this.heldAcked++;
+        if (r.pending.size === 0 && r.held.size === 0 && r.stored.size === 0) this.clients.delete(clientId);
+        return;
+      }
+    }
     // Done before its record was flushed: nothing to store for it, its publisher's ack is free.
     const op = r.pending.get(seq);
     if (op != null) {
@@ -174,13 +392,25 @@ export class PendingWrites {
     this.rel.push({ c: clientId, id, at: -1, t: null });
   }
 
-  putOutbox(to: number, seq: number, bytes: Buffer, ts: HeldAck[] | null): void {
-    this.outbox.set(seq, { to, bytes, ts });
+  /** `hold`: the put waits up to the hold time for the receiver's confirmation (then it is never written). */
+  putOutbox(to: number, seq: number, bytes: Buffer, ts: HeldAck[] | null, hold = false): void {
+    if (hold && this.holdMs > 0) this.outboxHeld.set(seq, { to, bytes, ts, due: Date.now() + this.holdMs });
+    else this.outbox.set(seq, { to, bytes, ts, due: 0 });
   }
 
   removeOutbox(to: number, seq: number): void {
+    if (this.outboxHeld.size > 0) {
+      const h = this.outboxHeld.get(seq);
+      if (h !== undefined) {
+        this.outboxHeld.delete(seq);
+        this.skipped += 2;
+        this.outboxHeldConfirmed++;
+        if (h.ts !== null) for (const t of h.ts) t.partDone();
+        return;
+      }
+    }
     const o = this.outbox.get(seq);
-    if (o === undefined) this.outbox.set(seq, { to, bytes: null, ts: null });
+    if (o === undefined) this.outbox.set(seq, { to, bytes: null, ts: null, due: 0 });
     else if (o.bytes !== null) {
       // Confirmed by the receiver (committed there) before our flush: never written here.
       this.outbox.delete(seq);
@@ -220,7 +450,7 @@ export class PendingWrites {
         n++;
       }
       r.pending.clear();
-      if (r.stored.size === 0) this.clients.delete(r.clientId);
+      if (r.stored.size === 0 && r.held.size === 0) this.clients.delete(r.clientId);
     }
     this.touched.clear();
     for (let i = 0; i < this.rel.length; i++) {

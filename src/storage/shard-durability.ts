@@ -3,7 +3,7 @@ import type { InflightEntry, QueuedDelivery, Session } from '../session/session.
 import type { HeldAck } from '../shard/held-ack.js';
 import type { ShardState } from '../shard/state.js';
 import type { ShardToShard } from '../threads/messages.js';
-import { PendingWrites } from './pending-writes.js';
+import { type BatchWaiter, PendingWrites } from './pending-writes.js';
 import type { DurableStore } from './types.js';
 
 /**
@@ -32,12 +32,19 @@ import type { DurableStore } from './types.js';
  * `durability.sync_delay` (2 ms; 0: one event-loop turn) for the acks of what was just sent: an
  * online subscriber's PUBACK that comes within it means neither the put nor the remove is made,
  * and the publisher's ack goes out without waiting for any commit.
+ * `durability.online_ack_wait` (sync, default 20 ms): a QoS 1 delivery to a *connected*
+ * persistent session is not written at the next flush but held for up to that long for its
+ * PUBACK; acknowledged within it, it is never written. Its publisher's ack still waits for it
+ * (the subscriber's PUBACK or the commit of the record once written), so the wait only delays
+ * the write, never an acked message's safety. Outbox entries likewise wait for the receiver's
+ * confirmation; a peer batch is confirmed (and its mark written) only once none of its
+ * deliveries is held any more, so a batch whose sender drops it is always stored here.
  * `batched`: acks go at once; a flush at most `durability.flush_interval` after the previous
  * commit.
  */
 export class ShardDurability {
   readonly sync: boolean;
-  private readonly w = new PendingWrites();
+  private readonly w: PendingWrites;
   /** The commit in flight (its acks released when it resolves), or null */
   private current: Promise<void> | null = null;
   /** batched: the flush timer */
@@ -54,6 +61,26 @@ export class ShardDurability {
   private readonly batchAcks: HeldAck[][];
   /** This turn's batch for each peer shard goes to the outbox (the peer had a persistent session) */
   private readonly batchDurable: boolean[];
+  /** This turn's batch for each peer shard carries messages of a peer batch: its put is not held */
+  private readonly batchRelayed: boolean[];
+  /** The peer batch being delivered (acceptBatch … endBatch), or null */
+  private batchW: BatchWaiter | null = null;
+  /** Per sender shard: its batches delivered here and not confirmed yet, in arrival order */
+  private readonly inBatches: BatchWaiter[][];
+  /** Per sender shard: the last mark written */
+  private readonly storedMarks: number[];
+  /** Per sender shard: its confirmations waiting for a commit (a later one must not overtake them) */
+  private readonly confirmsHeld: number[];
+  /** sync: QoS 1 writes to connected sessions wait this long for their PUBACK (ms); 0 = not held */
+  private readonly holdMs: number;
+  /**
+   * Set while messages whose stored record is being removed move elsewhere (a shared group's
+   * member left: its deliveries go to another member): their new records are not held, so the
+   * flush that removes the old record writes the new one.
+   */
+  holdOff = false;
+  /** The timer that flushes held writes when their wait is over */
+  private holdTimer: NodeJS.Timeout | null = null;
   /** This shard's persistent sessions (client ids): while none, peers send it no outbox records */
   private readonly persistent = new Set<string>();
   private readonly flushIntervalMs: number;
@@ -78,9 +105,13 @@ export class ShardDurability {
     this.sync = s.config['durability.mode'] === 'sync';
     this.flushIntervalMs = s.config['durability.flush_interval'];
     this.syncDelayMs = s.config['durability.sync_delay'];
+    this.holdMs = this.sync ? s.config['durability.online_ack_wait'] : 0;
+    this.w = new PendingWrites(this.holdMs);
     this.unconfirmed = s.peers.map(() => new Map());
     this.batchAcks = s.peers.map(() => []);
     this.batchDurable = s.peers.map(() => false);
+    this.batchRelayed = s.peers.map(() => false);
+    this.inBatches = s.peers.map(() => []);
     // Not known before the restore: peers keep storing what they send us until then.
     s.counters.row[Counter.persistentSessions] = 1;
     for (const o of store.loadOutbox(s.id)) {
@@ -89,6 +120,8 @@ export class ShardDurability {
       if (o.seq > this.outSeq) this.outSeq = o.seq;
     }
     this.marks = store.loadMarks(s.id);
+    this.storedMarks = s.peers.map((_, i) => this.marks.get(i) ?? 0);
+    this.confirmsHeld = s.peers.map(() => 0);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -135,7 +168,12 @@ export class ShardDurability {
       t.parts++;
       this.ackParts++;
     }
-    this.w.putDelivery(session.clientId, e, packetId, false, t);
+    // A QoS 1 delivery to a connected subscriber: its write waits for the PUBACK a while.
+    const c = session.conn;
+    const hold = this.holdMs > 0 && e.qos === 1 && c !== null && !c.closed && !this.holdOff;
+    const b = this.batchW;
+    if (b !== null && !hold) b.written = true;
+    this.w.putDelivery(session.clientId, e, packetId, false, t, hold, b);
     this.scheduleTurnEnd();
   }
 
@@ -150,6 +188,9 @@ export class ShardDurability {
   done(session: Session, e: QueuedDelivery | InflightEntry): void {
     if (session.expiryInterval === 0 || e.qos === 0) return;
     this.w.removeDelivery(session.clientId, e.seq);
+    this.countHeld();
+    // Its batch's last held delivery: confirmed now when nothing of it was stored.
+    if (this.w.batchesReady) this.settleBatches();
     this.scheduleTurnEnd();
   }
 
@@ -193,6 +234,12 @@ export class ShardDurability {
   routedTo(to: number, always = false): void {
     if (!always && this.s.counters.peek(to + 1, Counter.persistentSessions) === 0) return;
     this.batchDurable[to] = true;
+    // Passed on from a peer batch (a shared group's owner): written at the next flush, so the
+    // peer batch's confirmation (after that flush's commit) implies it is stored.
+    if (this.batchW !== null) {
+      this.batchRelayed[to] = true;
+      this.batchW.written = true;
+    } else if (this.holdOff) this.batchRelayed[to] = true;
     const t = this.ack;
     if (t === null) return;
     t.parts++;
@@ -240,7 +287,10 @@ export class ShardDurability {
     this.unconfirmed[to].set(seq, copy);
     const ts = this.batchAcks[to];
     if (ts.length > 0) this.batchAcks[to] = [];
-    this.w.putOutbox(to, seq, copy, ts.length > 0 ? ts : null);
+    // Held for the receiver's confirmation (durability.online_ack_wait), unless it relays a peer batch.
+    const hold = !this.batchRelayed[to];
+    this.batchRelayed[to] = false;
+    this.w.putOutbox(to, seq, copy, ts.length > 0 ? ts : null, hold);
     this.scheduleTurnEnd();
     return seq;
   }
@@ -256,24 +306,83 @@ export class ShardDurability {
       this.w.removeOutbox(from, k);
       n++;
     }
-    if (n > 0) this.scheduleTurnEnd();
+    if (n > 0) {
+      this.countHeld();
+      this.scheduleTurnEnd();
+    }
   }
 
   /**
-   * A batch from shard `from` with outbox seq `seq`: false when it was committed here already
-   * (a replay after a restart), so it is not delivered twice. Either way it is confirmed after
-   * this turn's commit.
+   * A batch from shard `from` with outbox seq `seq`: false when it was delivered here already
+   * (a replay after a restart), so it is not delivered twice. Either way it is confirmed — and
+   * its mark written — once none of its deliveries is held for a PUBACK any more, after the
+   * commit of the flush that wrote them (in arrival order: confirmations are cumulative).
+   * `endBatch()` follows once it has been delivered.
    */
   acceptBatch(from: number, seq: number): boolean {
-    this.confirms.push(from, seq);
+    const dup = seq <= (this.marks.get(from) ?? 0);
+    const b: BatchWaiter = { from, seq, deferred: 0, open: true, dup, written: false };
+    this.inBatches[from]?.push(b);
     this.scheduleTurnEnd();
-    if (seq <= (this.marks.get(from) ?? 0)) {
+    if (dup) {
       this.s.counters.row[Counter.outboxDuplicates]++;
+      b.open = false;
+      this.w.batchesReady = true;
       return false;
     }
     this.marks.set(from, seq);
-    this.w.putMark(from, seq);
+    this.batchW = b;
     return true;
+  }
+
+  /** The batch acceptBatch took has been delivered. */
+  endBatch(): void {
+    const b = this.batchW;
+    if (b === null) return;
+    this.batchW = null;
+    b.open = false;
+    if (b.deferred === 0) this.settleBatches();
+    this.scheduleTurnEnd();
+  }
+
+  /**
+   * Peer batches none of whose deliveries is held any more, in arrival order per sender: their
+   * marks go into this flush and their confirmations after its commit. What they wrote is in
+   * this flush or an earlier one (flushes commit in order).
+   */
+  private settleBatches(): void {
+    this.w.batchesReady = false;
+    for (let from = 0; from < this.inBatches.length; from++) {
+      const q = this.inBatches[from];
+      if (q.length === 0) continue;
+      let n = 0;
+      let mark = 0;
+      let now = 0;
+      while (n < q.length && !q[n].open && q[n].deferred === 0) {
+        const b = q[n++];
+        if (!b.written && this.holdMs > 0 && this.confirmsHeld[from] === 0) {
+          // Nothing of it stored (each persistent subscriber acknowledged its delivery) and no
+          // earlier confirmation waits for a commit: confirmed now, without a mark. A replay
+          // after a crash can only deliver those QoS 1 messages again (at least once).
+          now = b.seq;
+          continue;
+        }
+        this.confirms.push(from, b.seq);
+        this.confirmsHeld[from]++;
+        if (!b.dup && b.seq > mark) mark = b.seq;
+      }
+      if (now > 0) {
+        this.s.counters.row[Counter.outboxConfirmedUnwritten]++;
+        this.s.peers[from]?.postMessage({ t: 'batchCommitted', seq: now } satisfies ShardToShard);
+      }
+      if (n === 0) continue;
+      if (n === q.length) q.length = 0;
+      else q.splice(0, n);
+      if (mark > this.storedMarks[from]) {
+        this.storedMarks[from] = mark;
+        this.w.putMark(from, mark);
+      }
+    }
   }
 
   /** Re-sends the unconfirmed batches for `to` (it restarted, or we did), in order. */
@@ -302,8 +411,20 @@ export class ShardDurability {
   /** End of an event-loop turn: flush now if the store is idle (sync), else once it is. */
   endTurn(): void {
     if (this.current !== null) return; // flushed when the commit in flight is done
-    if (this.w.empty && this.acks.length === 0 && this.confirms.length === 0 && this.after.length === 0)
+    if (
+      this.w.empty &&
+      !this.w.batchesReady &&
+      this.acks.length === 0 &&
+      this.confirms.length === 0 &&
+      this.after.length === 0
+    ) {
+      // Only held writes: a flush when the first one's wait is over.
+      if (this.w.heldCount > 0 && this.holdTimer === null && !this.flushSoon) {
+        const due = this.w.nextDue();
+        if (due > 0) this.holdTimer = setTimeout(this.onHoldDue, Math.max(0, due - Date.now()) + 1);
+      }
       return;
+    }
     if (this.sync) {
       if (!this.flushSoon) {
         this.flushSoon = true;
@@ -312,6 +433,11 @@ export class ShardDurability {
       }
     } else if (this.timer === null) this.timer = setTimeout(this.onTimer, this.flushIntervalMs);
   }
+
+  private readonly onHoldDue = (): void => {
+    this.holdTimer = null;
+    if (this.current === null) this.flush();
+  };
 
   private readonly onSoon = (): void => {
     this.flushSoon = false;
@@ -324,8 +450,12 @@ export class ShardDurability {
   };
 
   /** Everything pending goes to the store in one commit; acks waiting for it go after it. */
-  private flush(): void {
+  private flush(all = false): void {
     const row = this.s.counters.row;
+    // Held writes whose wait is over (all of them at shutdown), then the peer batches settled.
+    if (this.w.heldCount > 0) this.w.release(Date.now(), all);
+    if (this.w.batchesReady) this.settleBatches();
+    this.countHeld();
     const acks = this.acks;
     const confirms = this.confirms;
     const after = this.after;
@@ -346,6 +476,8 @@ export class ShardDurability {
     }
     if (p === null) {
       this.committed(acks, confirms, after, parts);
+      // Held writes left: their timer.
+      if (this.w.heldCount > 0) this.endTurn();
       return;
     }
     row[Counter.storeCommits]++;
@@ -365,22 +497,44 @@ export class ShardDurability {
     this.endTurn();
   }
 
+  /** The held-write counters (slots 213-215), as they happen. */
+  private countHeld(): void {
+    const w = this.w;
+    if (w.heldAcked > 0 || w.heldWritten > 0 || w.outboxHeldConfirmed > 0) {
+      const row = this.s.counters.row;
+      row[Counter.storeHeldAcked] += w.heldAcked;
+      row[Counter.storeHeldWritten] += w.heldWritten;
+      row[Counter.outboxHeldConfirmed] += w.outboxHeldConfirmed;
+      w.heldAcked = 0;
+      w.heldWritten = 0;
+      w.outboxHeldConfirmed = 0;
+      row[Counter.storeWritesSkipped] += w.skipped;
+      w.skipped = 0;
+    }
+  }
+
   /** Shutdown: everything pending committed (waits for the commit in flight first). */
   async flushAll(): Promise<void> {
     if (this.timer !== null) {
       clearTimeout(this.timer);
       this.timer = null;
     }
+    if (this.holdTimer !== null) {
+      clearTimeout(this.holdTimer);
+      this.holdTimer = null;
+    }
     for (let i = 0; i < 1000; i++) {
       if (this.current !== null) await this.current;
       else if (
         this.w.empty &&
+        this.w.heldCount === 0 &&
+        !this.w.batchesReady &&
         this.acks.length === 0 &&
         this.confirms.length === 0 &&
         this.after.length === 0
       )
         return;
-      else this.flush();
+      else this.flush(true);
     }
   }
 
@@ -389,6 +543,7 @@ export class ShardDurability {
     for (let i = 0; i < parts.length; i++) parts[i].partDone();
     for (let i = 0; i < acks.length; i++) acks[i].partDone();
     for (let i = 0; i < confirms.length; i += 2) {
+      this.confirmsHeld[confirms[i]]--;
       this.s.peers[confirms[i]]?.postMessage({
         t: 'batchCommitted',
         seq: confirms[i + 1],
