@@ -1,0 +1,171 @@
+/**
+ * Cluster II (issue #11) with durability on (the default; cluster test nodes run memory-only
+ * unless told): the wills of the clients of a node killed with -9 are published by the cluster,
+ * once — the node restarted on its data dir restores those sessions with their wills pending
+ * and must not publish them again. A node whose peers never knew its previous incarnation
+ * still publishes its restored wills itself [MQTT-3.1.2-8]. Real node processes on loopback,
+ * real MQTT clients, real kill -9.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { within } from './helpers/broker.js';
+import { startNode, type TestNode } from './helpers/cluster.js';
+import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
+
+const DURABLE = ['--durability.mode=sync'];
+type Ctx = Parameters<typeof connectTo>[0];
+
+const metric = async (n: TestNode, name: string) => (await n.scrape()).values.get(name) ?? 0;
+const count = (got: { topic: string }[], topic: string) => got.filter((g) => g.topic === topic).length;
+
+/** A client whose Inbox listens before CONNACK (a resumed session's queue may come with it). */
+async function connectWithInbox(t: Ctx, n: TestNode, clientId: string, opts: IClientOptions): Promise<Inbox> {
+  const c = mqtt.connect({ host: '127.0.0.1', port: n.mqttPort, clientId, reconnectPeriod: 0, ...opts });
+  t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
+  const inbox = new Inbox(c);
+  await within(
+    new Promise<void>((resolve, reject) => {
+      c.once('connect', () => resolve());
+      c.once('error', reject);
+    }),
+    `${clientId} to connect to ${n.name}`,
+  );
+  return inbox;
+}
+
+/**
+ * Its session record is committed: in sync mode a QoS 1 PUBLISH to a persistent subscriber is
+ * acked once its turn is committed, and one shard commits in order (the CONNECT's record first).
+ */
+async function committed(c: MqttClient, topic: string): Promise<void> {
+  await subscribeTo(c, topic, 1);
+  await c.publishAsync(topic, 'x', { qos: 1 });
+}
+
+/**
+ * The restarted node's word on its restored wills (logged by every shard holding some), or,
+ * without it (a broker that does not hold them), long enough for its sweeps to have published
+ * them: then a will published by its sweep after that (a client dropped without DISCONNECT,
+ * 1 s Will Delay Interval) — what that sweep or an earlier one published arrives before it.
+ */
+async function afterRestoredWills(t: Ctx, n: TestNode, id: string, sub: Inbox): Promise<void> {
+  await n.out
+    .waitFor((l) => l.includes('"msg":"restored wills:'), `${n.name}: restored wills`, 20_000)
+    .catch(() => {});
+  const x = await connectTo(t, n, id, {
+    protocolVersion: 5,
+    properties: { sessionExpiryInterval: 30 },
+    will: {
+      topic: `will/${id}`,
+      payload: Buffer.from('marker'),
+      qos: 1,
+      retain: false,
+      properties: { willDelayInterval: 1 },
+    },
+  });
+  x.on('error', () => {});
+  x.stream.destroy();
+  await sub.until((g) => g.some((m) => m.topic === `will/${id}`), `${id}'s will (marker)`, 20_000);
+}
+
+test('durable cluster: the wills of a node killed with -9 come once, not again when it restarts on its data dir', {
+  timeout: 180_000,
+}, async (t) => {
+  const [n1, n2, n3] = await threeNodes(t, 'wd', [1, 1, 1], { args: DURABLE });
+  const s1 = new Inbox(await connectTo(t, n1, 'wd-sub1'));
+  await subscribeTo(s1.c, 'will/#', 1);
+  await n3.waitPeer(n1.name, 'running', (r) => r >= 1);
+
+  // Persistent sessions on n3: an MQTT 3.1.1 will, and an MQTT 5 will with a 1 s Will Delay
+  // Interval [MQTT-3.1.3-9].
+  const a = await connectTo(t, n3, 'wd-a', {
+    clean: false,
+    will: { topic: 'will/a', payload: Buffer.from('a gone'), qos: 1, retain: false },
+  });
+  const b = await connectTo(t, n3, 'wd-b', {
+    protocolVersion: 5,
+    properties: { sessionExpiryInterval: 60 },
+    will: {
+      topic: 'will/b',
+      payload: Buffer.from('b gone'),
+      qos: 1,
+      retain: false,
+      properties: { willDelayInterval: 1 },
+    },
+  });
+  for (const c of [a, b]) c.on('error', () => {});
+  await committed(a, 'wd/a');
+  await committed(b, 'wd/b');
+  for (const n of [n1, n2])
+    await pollUntil(
+      () => metric(n, 'emqx_ts_cluster_wills_received_total'),
+      (v) => v >= 2,
+      `${n.name} to hold the wills`,
+    );
+
+  const dataDir = n3.dataDir;
+  await n3.kill9();
+  // The survivors publish them (the connections ended without DISCONNECT [MQTT-3.1.2-8]).
+  await s1.until((g) => count(g, 'will/a') >= 1 && count(g, 'will/b') >= 1, 'wills from the cluster', 30_000);
+  await Promise.all([n1.waitPeer(n3.name, 'stopped'), n2.waitPeer(n3.name, 'stopped')]);
+
+  // n3 again on its data dir: both sessions are back with their wills pending, which it must
+  // not publish a second time.
+  const n3b = await startNode(t, { name: n3.name, seeds: [n1.clusterPort], dataDir, args: DURABLE });
+  await n1.waitPeer(n3b.name, 'running');
+  await afterRestoredWills(t, n3b, 'wd-x', s1);
+  const topics = s1.got.map((g) => g.topic);
+  assert.equal(count(s1.got, 'will/a'), 1, `will/a once: ${JSON.stringify(topics)}`);
+  assert.equal(count(s1.got, 'will/b'), 1, `will/b once: ${JSON.stringify(topics)}`);
+  assert.equal(
+    await metric(n3b, 'emqx_ts_wills_restored_dropped_total'),
+    2,
+    'n3b dropped both restored wills',
+  );
+
+  // The sessions themselves are back on n3b (only their wills were the cluster's).
+  const present = await new Promise<boolean>((resolve, reject) => {
+    const c = mqtt.connect({
+      host: '127.0.0.1',
+      port: n3b.mqttPort,
+      clientId: 'wd-a',
+      clean: false,
+      reconnectPeriod: 0,
+    });
+    t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
+    c.once('connect', (ack) => resolve(ack.sessionPresent));
+    c.once('error', reject);
+  });
+  assert.equal(present, true, 'wd-a resumes its restored session on n3b');
+});
+
+test('durable node with cluster discovery but no peer that knew it: its restored will is published after kill -9 + restart, once', {
+  timeout: 120_000,
+}, async (t) => {
+  const name = 'wa1@127.0.0.1';
+  const n = await startNode(t, { name, args: DURABLE });
+  const sub = await connectWithInbox(t, n, 'wa-sub', { clean: false });
+  await subscribeTo(sub.c, 'will/#', 1);
+  const a = await connectTo(t, n, 'wa-a', {
+    clean: false,
+    will: { topic: 'will/a', payload: Buffer.from('a gone'), qos: 1, retain: false },
+  });
+  a.on('error', () => {});
+  sub.c.on('error', () => {});
+  await committed(a, 'wa/a');
+  await committed(sub.c, 'wa/sub');
+
+  await n.kill9();
+  const nb = await startNode(t, { name, dataDir: n.dataDir, args: DURABLE });
+  // The subscriber's persistent session is back too: the will reaches it, queued or live.
+  const sub2 = await connectWithInbox(t, nb, 'wa-sub', { clean: false });
+  await sub2.until((g) => count(g, 'will/a') >= 1, 'the restored will from the restarted node', 30_000);
+  await afterRestoredWills(t, nb, 'wa-x', sub2);
+  assert.equal(count(sub2.got, 'will/a'), 1, `will/a once: ${JSON.stringify(sub2.got.map((g) => g.topic))}`);
+  assert.equal(
+    await metric(nb, 'emqx_ts_wills_restored_dropped_total'),
+    0,
+    'nothing dropped: no peer published it',
+  );
+});
