@@ -8,31 +8,22 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { within } from './helpers/broker.js';
+import mqtt, { type MqttClient } from 'mqtt';
 import { startNode, type TestNode } from './helpers/cluster.js';
-import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
+import {
+  connectInbox,
+  connectTo,
+  Inbox,
+  pollUntil,
+  subscribeTo,
+  threeNodes,
+} from './helpers/cluster-clients.js';
 
 const DURABLE = ['--durability.mode=sync'];
 type Ctx = Parameters<typeof connectTo>[0];
 
 const metric = async (n: TestNode, name: string) => (await n.scrape()).values.get(name) ?? 0;
 const count = (got: { topic: string }[], topic: string) => got.filter((g) => g.topic === topic).length;
-
-/** A client whose Inbox listens before CONNACK (a resumed session's queue may come with it). */
-async function connectWithInbox(t: Ctx, n: TestNode, clientId: string, opts: IClientOptions): Promise<Inbox> {
-  const c = mqtt.connect({ host: '127.0.0.1', port: n.mqttPort, clientId, reconnectPeriod: 0, ...opts });
-  t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
-  const inbox = new Inbox(c);
-  await within(
-    new Promise<void>((resolve, reject) => {
-      c.once('connect', () => resolve());
-      c.once('error', reject);
-    }),
-    `${clientId} to connect to ${n.name}`,
-  );
-  return inbox;
-}
 
 /**
  * Its session record is committed: in sync mode a QoS 1 PUBLISH to a persistent subscriber is
@@ -145,7 +136,7 @@ test('durable node with cluster discovery but no peer that knew it: its restored
 }, async (t) => {
   const name = 'wa1@127.0.0.1';
   const n = await startNode(t, { name, args: DURABLE });
-  const sub = await connectWithInbox(t, n, 'wa-sub', { clean: false });
+  const sub = await connectInbox(t, n, 'wa-sub', { clean: false });
   await subscribeTo(sub.c, 'will/#', 1);
   const a = await connectTo(t, n, 'wa-a', {
     clean: false,
@@ -159,7 +150,7 @@ test('durable node with cluster discovery but no peer that knew it: its restored
   await n.kill9();
   const nb = await startNode(t, { name, dataDir: n.dataDir, args: DURABLE });
   // The subscriber's persistent session is back too: the will reaches it, queued or live.
-  const sub2 = await connectWithInbox(t, nb, 'wa-sub', { clean: false });
+  const sub2 = await connectInbox(t, nb, 'wa-sub', { clean: false });
   await sub2.until((g) => count(g, 'will/a') >= 1, 'the restored will from the restarted node', 30_000);
   await afterRestoredWills(t, nb, 'wa-x', sub2);
   assert.equal(count(sub2.got, 'will/a'), 1, `will/a once: ${JSON.stringify(sub2.got.map((g) => g.topic))}`);
