@@ -160,3 +160,48 @@ test('durable node with cluster discovery but no peer that knew it: its restored
     'nothing dropped: no peer published it',
   );
 });
+
+test('durable cluster restarted as a whole (both nodes killed with -9): the restarted node publishes its restored will, once; its peer answers that it published none', {
+  timeout: 120_000,
+}, async (t) => {
+  const n1 = await startNode(t, { name: 'wr1@127.0.0.1', args: DURABLE });
+  const n2 = await startNode(t, { name: 'wr2@127.0.0.1', seeds: [n1.clusterPort], args: DURABLE });
+  await n1.waitPeer(n2.name, 'running');
+  const sub = await connectInbox(t, n2, 'wr-sub', { clean: false });
+  sub.c.on('error', () => {});
+  await subscribeTo(sub.c, 'will/#', 1);
+  const a = await connectTo(t, n2, 'wr-a', {
+    clean: false,
+    will: { topic: 'will/a', payload: Buffer.from('a gone'), qos: 1, retain: false },
+  });
+  a.on('error', () => {});
+  await committed(a, 'wr/a');
+  await committed(sub.c, 'wr/sub');
+  await pollUntil(
+    () => metric(n1, 'emqx_ts_cluster_wills_received_total'),
+    (v) => v >= 1,
+    `${n1.name} to hold the will`,
+  );
+
+  // Both at once: n1 dies long before it could see n2 down (down_after 2 s).
+  await Promise.all([n1.kill9(), n2.kill9()]);
+  const n1b = await startNode(t, { name: n1.name, dataDir: n1.dataDir, args: DURABLE });
+  const n2b = await startNode(t, {
+    name: n2.name,
+    seeds: [n1b.clusterPort],
+    dataDir: n2.dataDir,
+    args: DURABLE,
+  });
+  // n1b answered n2b's first join round (it knew no previous incarnation of n2: nothing fired).
+  const round = await n2b.out.waitFor((l) => l.includes('"msg":"first join round over'), 'first join round');
+  const lines = n2b.out.lines;
+  const joined = lines.findIndex((l) => l.includes('"msg":"joined cluster peer"'));
+  assert.ok(joined >= 0 && joined < lines.indexOf(round), 'n2b joined n1b in its first join round');
+  assert.match(round, /"fired":0/);
+  const sub2 = await connectInbox(t, n2b, 'wr-sub', { clean: false });
+  await sub2.until((g) => count(g, 'will/a') >= 1, 'the restored will from the restarted node', 30_000);
+  await afterRestoredWills(t, n2b, 'wr-x', sub2);
+  assert.equal(count(sub2.got, 'will/a'), 1, `will/a once: ${JSON.stringify(sub2.got.map((g) => g.topic))}`);
+  assert.equal(await metric(n2b, 'emqx_ts_wills_restored_dropped_total'), 0, 'nothing dropped');
+  assert.equal(await metric(n1b, 'emqx_ts_cluster_wills_published_total'), 0, 'n1b published none of it');
+});
