@@ -22,6 +22,9 @@ const node = new ClusterNode(
   post,
 );
 for (const p of init.shards) if (p) node.listenShard(p);
+// A durable first start: the shards hold the wills they restored until the first join round
+// has asked the peers which of them the cluster published (a restarted thread's shards do not).
+node.askFiredWills = init.generation === 1 && init.config['durability.mode'] !== 'none';
 port.on('message', (m: MainToCluster) => {
   if (m.t === 'shard') node.addShard(m.shard, m.port);
   else if (m.t === 'shutdown') void node.stop().then(() => post({ t: 'shutdownDone' }));

@@ -144,7 +144,7 @@ export class ClusterNode {
       sampleMemory(this.counters.row);
     });
     this.data.start();
-    void this.joinRound();
+    void this.firstJoinRound();
     this.log.info({ node: this.name, address: this.address }, 'cluster service listening');
     return port;
   }
@@ -261,7 +261,10 @@ export class ClusterNode {
         this.contacts.add(p.address);
         if (!p.synced) void this.join(p.address); // it knows us: make sure it has our slice too
         this.reportMembers(false);
-        return { node: this.info(), members: this.membersInfo() };
+        // A restarted durable node: which of its restored wills the cluster published (after
+        // `restarted` above, which publishes the wills of its previous incarnation if it was running).
+        const firedWills = req.wantFiredWills ? this.state.wills.firedFor(n.name) : [];
+        return { node: this.info(), members: this.membersInfo(), firedWills };
       },
       heartbeat: (req) => {
         const p = this.peers.byName.get(req.name);
@@ -297,33 +300,96 @@ export class ClusterNode {
   // ---------------------------------------------------------------------------------------------
   // Membership, our side
 
-  private async joinRound(): Promise<void> {
-    if (this.stopping) return;
+  /**
+   * Durable start (this process's first cluster thread, durability on): the shards hold the
+   * wills they restored until this round is over. Every join of it asks its peer which of them
+   * the cluster published for our previous incarnation; peers learnt from the answers are
+   * joined too. Bounded: a peer that does not answer within the join timeout is not there (a
+   * node alone, or a whole cluster restarting, publishes its restored wills itself).
+   */
+  private async firstJoinRound(): Promise<void> {
+    if (!this.askFiredWills) return this.joinRound();
+    const fired = new Set<string>();
+    this.fired = fired;
+    const limit = 2 * this.joinTimeout() + 1000;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.joinAll(),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, limit);
+      }),
+    ]);
+    clearTimeout(timer);
+    this.fired = null;
+    if (!this.stopping) this.state.wills.verdict(fired);
+  }
+
+  /** Joins every contact, then those their answers taught us, until no new one comes. */
+  private async joinAll(): Promise<void> {
+    const tried = new Set<string>();
+    for (;;) {
+      await this.discover();
+      const todo = [...this.contacts].filter((a) => !tried.has(a) && !this.selfAddresses.has(a));
+      if (todo.length === 0 || this.stopping) return;
+      for (const a of todo) tried.add(a);
+      await Promise.all(todo.map((a) => this.join(a)));
+    }
+  }
+
+  /** Set on a durable first start (workers/cluster.ts): the first join round asks for fired wills */
+  askFiredWills = false;
+  /** While the first join round runs: the fired wills its answers list */
+  private fired: Set<string> | null = null;
+
+  private joinTimeout(): number {
+    return Math.min(2000, this.downAfterMs);
+  }
+
+  private async discover(): Promise<void> {
     try {
       for (const a of await this.discovery.addresses()) if (!this.selfAddresses.has(a)) this.contacts.add(a);
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'cluster discovery failed');
     }
+  }
+
+  private async joinRound(): Promise<void> {
+    if (this.stopping) return;
+    await this.discover();
     const synced = new Set<string>();
     for (const p of this.peers.byName.values()) if (p.synced || p.joining) synced.add(p.address);
     for (const a of this.contacts) if (!synced.has(a) && !this.selfAddresses.has(a)) void this.join(a);
   }
 
-  private readonly joiningAddresses = new Set<string>();
+  /** Joins in flight, by address (a second join of the same address waits for the first) */
+  private readonly joiningAddresses = new Map<string, Promise<void>>();
   /** Versions of our slice as sent to peers: every join and every delta gets the next one */
   private pushSeq = 0;
 
-  private async join(address: string): Promise<void> {
-    if (this.joiningAddresses.has(address)) return;
-    this.joiningAddresses.add(address);
+  private join(address: string): Promise<void> {
+    let j = this.joiningAddresses.get(address);
+    if (!j) {
+      j = this.joinOnce(address).finally(() => this.joiningAddresses.delete(address));
+      this.joiningAddresses.set(address, j);
+    }
+    return j;
+  }
+
+  private async joinOnce(address: string): Promise<void> {
     const snapshot = [...this.local.filters];
     const version = ++this.pushSeq;
     try {
       const client = clientTo(address);
+      const fired = this.fired;
       const res = await client.join(
-        { node: this.info(), routes: { filters: snapshot, version: BigInt(version) } },
-        { timeoutMs: Math.min(2000, this.downAfterMs) },
+        {
+          node: this.info(),
+          routes: { filters: snapshot, version: BigInt(version) },
+          wantFiredWills: fired !== null,
+        },
+        { timeoutMs: this.joinTimeout() },
       );
+      if (fired) for (const id of res.firedWills) fired.add(id);
       const n = res.node;
       if (!n?.name || n.name === this.name) {
         this.selfAddresses.add(address);
@@ -350,8 +416,6 @@ export class ClusterNode {
       const e = ConnectError.from(err);
       if (e.code === Code.AlreadyExists) this.selfAddresses.add(address);
       else this.log.debug({ address, err: e.message }, 'cluster join failed');
-    } finally {
-      this.joiningAddresses.delete(address);
     }
   }
 

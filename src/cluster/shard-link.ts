@@ -84,6 +84,8 @@ export class ShardClusterLink {
   /** Cluster II's shard side (shard-state.ts): its messages, and a new cluster thread's port */
   onState: ((m: ClusterStateToShard) => void) | null = null;
   onAttach: (() => void) | null = null;
+  /** The cluster's word on this shard's restored wills (durable start; shard.ts) */
+  onFiredWills: ((clientIds: string[]) => void) | null = null;
 
   private constructor(
     private readonly shard: ShardSide,
@@ -123,6 +125,7 @@ export class ShardClusterLink {
       try {
         if (m.t === 'forwarded') this.onForwarded(m);
         else if (m.t === 'forwardAcked') this.onAcked(m.seq, m.code);
+        else if (m.t === 'firedWills') this.onFiredWills?.(m.clientIds);
         else this.onState?.(m);
       } catch (err) {
         this.shard.onLinkError(err, m);

@@ -19,7 +19,16 @@ import type { ClusterWill } from './state-messages.js';
  * again somewhere first. A peer that left (graceful stop) drains its clients without wills,
  * as a single node's shutdown does. A netsplit looks like a death to both sides: wills of
  * clients still connected on the other side fire too (documented in ARCHITECTURE.md).
+ *
+ * Durable nodes restore their sessions, with the wills that were pending, from their data dir:
+ * a restarted node must not publish those the cluster published for its previous incarnation.
+ * Every node that held a dead peer's wills remembers whose they were (`fired`); the restarted
+ * node asks in its first join round (JoinRequest.want_fired_wills) and publishes only the others
+ * (`verdict`, src/shard/shard.ts releaseRestoredWills).
  */
+/** How long a node remembers the wills of a dead peer's incarnation for its restart (7 days) */
+const FIRED_KEEP_MS = 7 * 24 * 3600 * 1000;
+
 export class WillSync {
   private readonly local = new Map<string, WillEntry>();
   private readonly remote = new Map<string, Map<string, WillEntry>>();
@@ -28,6 +37,12 @@ export class WillSync {
   private set: WillEntry[] = [];
   private clear: string[] = [];
   private scheduled = false;
+  /**
+   * By peer name: the client ids of wills we held when an incarnation of that peer died (down
+   * or restarted), and when. Kept until that client has a will there again (a new will is
+   * another matter) or FIRED_KEEP_MS; a restarted peer asks for them in its first join round.
+   */
+  private readonly fired = new Map<string, Map<string, number>>();
 
   constructor(private readonly host: StateHost) {}
 
@@ -78,7 +93,9 @@ export class WillSync {
       table = new Map();
       this.remote.set(p.name, table);
     }
+    const fired = this.fired.get(p.name);
     for (const e of req.set) {
+      fired?.delete(e.clientId); // a new will: the one that fired is history
       if (topicNameError(e.topic) !== null || e.qos > 2) {
         this.host.counters.row[Counter.clusterErrors]++;
         continue;
@@ -102,7 +119,9 @@ export class WillSync {
   gone(p: Peer, why: PeerGone): void {
     const table = this.remote.get(p.name);
     this.remote.delete(p.name);
-    if (!table || table.size === 0 || why === 'left' || !this.publisherFor(p)) return;
+    if (!table || table.size === 0 || why === 'left') return;
+    this.remember(p.name, table.keys());
+    if (!this.publisherFor(p)) return;
     this.host.log.info({ peer: p.name, wills: table.size, why }, 'publishing the wills of a dead node');
     for (const e of table.values()) {
       if (e.delay === 0) this.publish(e);
@@ -116,6 +135,42 @@ export class WillSync {
         this.delayed.set(e.clientId, t);
       }
     }
+  }
+
+  /** The wills of a dead incarnation of `peer` that the cluster publishes (this node, or the publisher). */
+  private remember(peer: string, ids: Iterable<string>): void {
+    const now = Date.now();
+    let m = this.fired.get(peer);
+    if (!m) {
+      m = new Map();
+      this.fired.set(peer, m);
+    }
+    for (const id of ids) m.set(id, now);
+    for (const [name, table] of this.fired) {
+      for (const [id, at] of table) if (now - at > FIRED_KEEP_MS) table.delete(id);
+      if (table.size === 0) this.fired.delete(name);
+    }
+  }
+
+  /** For a restarted `peer`'s join (want_fired_wills): its wills the cluster published or will publish. */
+  firedFor(peer: string): string[] {
+    const m = this.fired.get(peer);
+    return m ? [...m.keys()] : [];
+  }
+
+  /**
+   * Our first join round is over (durable start): to each shard, the ids of its clients whose
+   * restored wills the cluster published for this node's previous incarnation.
+   */
+  verdict(fired: Set<string>): void {
+    const shards = this.host.shards.length;
+    const by: string[][] = Array.from({ length: shards }, () => []);
+    for (const id of fired) by[shardOf(id, shards)].push(id);
+    for (let i = 0; i < shards; i++) postShard(this.host, i, { t: 'firedWills', clientIds: by[i] });
+    this.host.log.info(
+      { fired: fired.size },
+      'first join round over: wills the cluster published for our previous incarnation',
+    );
   }
 
   /** One survivor publishes: the smallest running name other than the dead one, as we see it. */

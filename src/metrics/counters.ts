@@ -193,6 +193,7 @@ export const Counter = {
   sessionMergeTimeouts: 239, // imported sessions whose old node's `done` never came (merge ended by timer)
   shippedRestored: 240, // sessions shipped to a node that died before storing them, restored here (cluster thread)
   takeoverLateUncopied: 241, // batches not copied for a late scan: an export outlived its hold past MAX_LATE_BYTES
+  willsRestoredDropped: 242, // restored wills not published: the cluster published them for this node's previous incarnation
   // Memory of the thread that owns the row (gauges, bytes; issue #9 item 11): 246..249, written
   // by that thread about once a second (`sampleMemory`). 250..255 free for hardening.
   memHeapUsed: 246,

@@ -397,6 +397,11 @@ export function createRegistry(src: PrometheusSources): Registry {
     ],
     ['emqx_ts_keepalive_timeouts_total', 'Connections closed by keep-alive', Counter.keepaliveTimeouts],
     ['emqx_ts_wills_published_total', 'Will messages published', Counter.willsPublished],
+    [
+      'emqx_ts_wills_restored_dropped_total',
+      'Wills restored from the data dir and not published: the cluster published them when this node’s previous incarnation died',
+      Counter.willsRestoredDropped,
+    ],
     ['emqx_ts_sessions_expired_total', 'Persistent sessions expired', Counter.sessionExpired],
     [
       'emqx_ts_thread_message_errors_total',

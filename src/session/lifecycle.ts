@@ -277,8 +277,12 @@ export class SessionLifecycle {
     if (session.subscriptionCount > 0)
       for (const [filter] of session.subscriptions) this.d.subscriptions.unsubscribe(session, filter);
     if (session.pendingWill) {
-      // The session ends before the will delay: the will is published now [MQTT-3.1.3-9].
-      this.publishWill(session.clientId, session.pendingWill);
+      // The session ends before the will delay: the will is published now [MQTT-3.1.3-9] —
+      // unless it is a restored one the cluster may have published already (held until we know).
+      const w = session.pendingWill;
+      if (this.s.heldWills?.get(session.clientId) === w)
+        this.s.restoredWills.push({ clientId: session.clientId, will: w });
+      else this.publishWill(session.clientId, w);
       session.pendingWill = null;
       this.d.cluster?.syncWill(session);
     }
@@ -315,7 +319,12 @@ export class SessionLifecycle {
         }
         continue;
       }
-      if (session.pendingWill && now >= session.willAt && this.s.peersRestored) {
+      if (
+        session.pendingWill &&
+        now >= session.willAt &&
+        this.s.peersRestored &&
+        this.s.heldWills?.get(session.clientId) !== session.pendingWill
+      ) {
         const w = session.pendingWill;
         session.pendingWill = null;
         this.publishWill(session.clientId, w);

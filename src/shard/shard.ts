@@ -38,6 +38,12 @@ import { answerQuery } from './queries.js';
 import { asBuffer, RetainedRelay } from './retained-relay.js';
 import type { MainLink, ShardState } from './state.js';
 
+/**
+ * Longest a durable first start in a cluster holds its restored wills after `listen` when the
+ * cluster thread says nothing (its first join round takes at most 2 join timeouts + 1 s)
+ */
+const RESTORED_WILLS_HOLD_MS = 15_000;
+
 export type { SubscribeOptions } from '../routing/subscriptions.js';
 export type { MainLink } from './state.js';
 
@@ -67,8 +73,12 @@ export class Shard implements BatchVisitor, ShardState {
   readonly peers: (MessagePort | null)[];
   stopping = false;
   peersRestored = true;
-  /** Wills of sessions that expired while the broker was down, until peersRestored */
-  private restoredWills: { clientId: string; will: WillMessage }[] = [];
+  /** Wills of sessions that expired while the broker was down (or ended while held), until released */
+  restoredWills: { clientId: string; will: WillMessage }[] = [];
+  heldWills: Map<string, WillMessage> | null = null;
+  /** The cluster's word on the held wills (firedWills): ids it published; null until it comes */
+  private firedWills: Set<string> | null = null;
+  private heldTimer: NodeJS.Timeout | null = null;
   /** Hooks, authentication, authorization, banned (src/hooks/security.ts): installed before start */
   readonly security: ShardSecurity;
   /** The durable store's shard side; null with durability.mode none */
@@ -123,6 +133,12 @@ export class Shard implements BatchVisitor, ShardState {
       publish: (m) => this.publish(m, null),
       onLinkError: (err, m) => this.threadMessageError(err, 'cluster', m),
     });
+    if (this.cluster)
+      this.cluster.onFiredWills = (ids) => {
+        if (this.heldWills === null || this.firedWills !== null) return;
+        this.firedWills = new Set(ids);
+        this.releaseRestoredWills();
+      };
     this.router = new Router(
       this,
       this.delivery,
@@ -282,8 +298,7 @@ export class Shard implements BatchVisitor, ShardState {
       case 'listen':
         if (!this.peersRestored) {
           this.peersRestored = true;
-          for (const w of this.restoredWills) this.lifecycle.publishWill(w.clientId, w.will);
-          this.restoredWills = [];
+          this.releaseRestoredWills();
         }
         this.accept.listen(msg.listeners);
         break;
@@ -483,11 +498,70 @@ export class Shard implements BatchVisitor, ShardState {
       this.deferredBatches = [];
       this.shared.awaitRejoins(live, this.onRejoinsDone);
     }
-    if (this.peersRestored) for (const w of wills) this.lifecycle.publishWill(w.clientId, w.will);
-    else this.restoredWills = wills;
+    this.restoredWills = wills;
+    // First start of a node in a cluster: its peers may have published these wills when its
+    // previous incarnation died (src/cluster/will-sync.ts). Held until the cluster thread's
+    // first join round says which (firedWills), at most RESTORED_WILLS_HOLD_MS after `listen`.
+    if (generation === 1 && this.cluster) {
+      const held = new Map<string, WillMessage>();
+      for (const w of wills) held.set(w.clientId, w.will);
+      for (const [id, session] of this.sessions) if (session.pendingWill) held.set(id, session.pendingWill);
+      if (held.size > 0) this.heldWills = held;
+    }
+    this.releaseRestoredWills();
     durable.replayAll();
     if (this.sessions.size > 0)
       this.log.info({ sessions: this.sessions.size }, 'persistent sessions restored');
+  }
+
+  /**
+   * Restored wills go once every shard has restored its sessions (`listen`) and, when they are
+   * held (heldWills), the cluster has said which of them it published for this node's previous
+   * incarnation: those are dropped (and the sessions' records no longer hold them); the others
+   * are this node's: the ended sessions' at once, the pending ones when due (sweep), known to
+   * the peers meanwhile as any pending will [MQTT-3.1.2-8], [MQTT-3.1.3-9].
+   */
+  private releaseRestoredWills(): void {
+    if (!this.peersRestored) return;
+    const held = this.heldWills;
+    if (held !== null && this.firedWills === null) {
+      this.heldTimer ??= setTimeout(() => {
+        this.log.warn(
+          { held: held.size, ms: RESTORED_WILLS_HOLD_MS },
+          'no word from the cluster thread on the restored wills: publishing them',
+        );
+        this.firedWills = new Set();
+        this.releaseRestoredWills();
+      }, RESTORED_WILLS_HOLD_MS);
+      return;
+    }
+    const fired = this.firedWills;
+    const row = this.counters.row;
+    let dropped = 0;
+    const ended = this.restoredWills;
+    this.restoredWills = [];
+    for (const w of ended) {
+      if (fired?.has(w.clientId)) dropped++;
+      else this.lifecycle.publishWill(w.clientId, w.will);
+    }
+    if (held === null) return;
+    if (this.heldTimer) clearTimeout(this.heldTimer);
+    this.heldTimer = null;
+    this.heldWills = null;
+    this.firedWills = null;
+    for (const [id, w] of held) {
+      const session = this.sessions.get(id);
+      // Resumed meanwhile (no will due), or ended (its will was in `ended`)
+      if (!session || session.pendingWill !== w) continue;
+      if (fired?.has(id)) {
+        session.pendingWill = null;
+        session.willAt = 0;
+        this.durable?.sessionChanged(session);
+        dropped++;
+      } else this.clusterState?.syncWill(session);
+    }
+    row[Counter.willsRestoredDropped] += dropped;
+    this.log.info({ held: held.size, dropped }, 'restored wills: those the cluster published are dropped');
   }
 
   // ------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import type { Config } from '../config/schema.js';
 import type { ShardSecurity } from '../hooks/security.js';
 import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
+import type { WillMessage } from '../protocol/codec.js';
 import type { SharedGroups } from '../routing/shared.js';
 import type { SubscriberTable } from '../routing/subscribers.js';
 import type { TopicIndex } from '../routing/topic-index.js';
@@ -42,6 +43,16 @@ export interface ShardState {
    * Until then no will is published: the sessions it is owed to may not be back in the index.
    */
   peersRestored: boolean;
+  /**
+   * Durable start in a cluster: the restored sessions' pending wills (client id → will), held
+   * until the cluster thread's first join round says which of them the cluster published for
+   * this node's previous incarnation (Shard.releaseRestoredWills); null when none are held.
+   * A held will is not published by the sweep; a session that ends meanwhile moves it to
+   * `restoredWills`.
+   */
+  heldWills: Map<string, WillMessage> | null;
+  /** Restored wills of sessions that ended (expired while down, or while held), to release */
+  restoredWills: { clientId: string; will: WillMessage }[];
   /** Hooks, authorizer, banned list (src/hooks/security.ts) */
   readonly security: ShardSecurity;
   /** The durable store's shard side (storage/shard-durability.ts); null with durability.mode none */

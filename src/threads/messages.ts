@@ -122,6 +122,13 @@ export type ClusterToShard =
    * PUBACK/PUBRECs go, with that reason code to MQTT 5 publishers.
    */
   | { t: 'forwardAcked'; seq: number; code: number }
+  /**
+   * Durable start: the cluster thread's first join round is over. Of this shard's restored wills
+   * (pending in restored sessions, or of sessions that expired while the node was down), the
+   * cluster published those of `clientIds` for this node's previous incarnation: they are
+   * dropped; the others are this node's to publish (none of its peers held them).
+   */
+  | { t: 'firedWills'; clientIds: string[] }
   | ClusterStateToShard;
 
 /** A retained message as stored by main and returned to shards. */

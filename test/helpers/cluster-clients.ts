@@ -60,8 +60,30 @@ export async function connectTo(
   clientId: string,
   opts: IClientOptions = {},
 ): Promise<MqttClient> {
+  const c = client(t, node, clientId, opts);
+  await connected(c, clientId, node);
+  return c;
+}
+
+/** connectTo with an Inbox that listens before CONNACK (a resumed session's queue may come with it). */
+export async function connectInbox(
+  t: Ctx,
+  node: TestNode,
+  clientId: string,
+  opts: IClientOptions = {},
+): Promise<Inbox> {
+  const inbox = new Inbox(client(t, node, clientId, opts));
+  await connected(inbox.c, clientId, node);
+  return inbox;
+}
+
+function client(t: Ctx, node: TestNode, clientId: string, opts: IClientOptions): MqttClient {
   const c = mqtt.connect({ host: '127.0.0.1', port: node.mqttPort, clientId, reconnectPeriod: 0, ...opts });
   t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
+  return c;
+}
+
+async function connected(c: MqttClient, clientId: string, node: TestNode): Promise<void> {
   await within(
     new Promise<void>((resolve, reject) => {
       c.once('connect', () => resolve());
@@ -69,7 +91,6 @@ export async function connectTo(
     }),
     `${clientId} to connect to ${node.name}`,
   );
-  return c;
 }
 
 export async function subscribeTo(c: MqttClient, filter: string, qos: 0 | 1 | 2): Promise<void> {
