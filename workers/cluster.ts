@@ -21,6 +21,7 @@ const node = new ClusterNode(
   (members) => post({ t: 'members', members }),
   post,
 );
+node.boot = init.boot;
 for (const p of init.shards) if (p) node.listenShard(p);
 // A durable first start: the shards hold the wills they restored until the first join round
 // has asked the peers which of them the cluster published (a restarted thread's shards do not).

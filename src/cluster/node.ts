@@ -30,7 +30,7 @@ import { FORWARD_PATH, isGrpc } from './wire.js';
  */
 const MUTE_HEARTBEATS = process.env.EMQX_TS_TEST_MUTE_HEARTBEATS === '1';
 /** A NodeInfo as we send it */
-type NodeInit = { name: string; address: string; incarnation: bigint; version?: string };
+type NodeInit = { name: string; address: string; incarnation: bigint; version?: string; boot?: bigint };
 
 /** Most route changes per PushRoutes call (EMQX batches at most 1000 route ops). */
 const MAX_DELTA = 1000;
@@ -46,6 +46,8 @@ const JOIN_EVERY_MS = 1000;
 export class ClusterNode {
   readonly name: string;
   readonly incarnation = BigInt(Date.now()) * 1000n + BigInt(randomInt(1000));
+  /** The process's start id (workers/cluster.ts sets it before listening): NodeInfo.boot */
+  boot = 0n;
   address = '';
   private server: Http2Server | null = null;
   private readonly peers: PeerTable;
@@ -207,13 +209,20 @@ export class ClusterNode {
   }
 
   private info(): NodeInit {
-    return { name: this.name, address: this.address, incarnation: this.incarnation, version: VERSION };
+    return {
+      name: this.name,
+      address: this.address,
+      incarnation: this.incarnation,
+      version: VERSION,
+      boot: this.boot,
+    };
   }
 
   private membersInfo(): NodeInit[] {
     const out: NodeInit[] = [this.info()];
     for (const p of this.peers.byName.values()) {
-      if (p.status === 'running') out.push({ name: p.name, address: p.address, incarnation: p.incarnation });
+      if (p.status === 'running')
+        out.push({ name: p.name, address: p.address, incarnation: p.incarnation, boot: p.boot });
     }
     return out;
   }
@@ -248,7 +257,7 @@ export class ClusterNode {
           }
         }
         const p = this.peers.get(n.name);
-        if (p.incarnation !== n.incarnation) this.restarted(p, n.incarnation);
+        if (p.incarnation !== n.incarnation) this.restarted(p, n.incarnation, n.boot);
         p.address = n.address;
         p.version = n.version;
         if (!this.peers.replaceRoutes(p, filters, req.routes?.version ?? 0n)) {
@@ -396,7 +405,7 @@ export class ClusterNode {
         return;
       }
       const p = this.peers.get(n.name);
-      if (p.incarnation !== n.incarnation) this.restarted(p, n.incarnation);
+      if (p.incarnation !== n.incarnation) this.restarted(p, n.incarnation, n.boot);
       if (!p.address) p.address = n.address || address;
       p.client = client;
       p.clientAddress = address;
@@ -420,11 +429,14 @@ export class ClusterNode {
   }
 
   /** A peer we knew came back with a new incarnation: what we held of it is stale. */
-  private restarted(p: Peer, incarnation: bigint): void {
+  private restarted(p: Peer, incarnation: bigint, boot: bigint): void {
     if (p.incarnation !== 0n) {
-      this.log.info({ peer: p.name }, 'cluster peer restarted');
-      if (p.status === 'running') this.state.gone(p, 'restarted');
+      // The same process (boot) with a new cluster thread: its shards and clients lived on.
+      const threadOnly = boot !== 0n && boot === p.boot;
+      this.log.info({ peer: p.name, threadOnly }, 'cluster peer restarted');
+      if (p.status === 'running') this.state.gone(p, threadOnly ? 'threadRestarted' : 'restarted');
     }
+    p.boot = boot;
     this.peers.dropRoutes(p);
     this.unsync(p, ACCEPTED); // its old incarnation is gone: known down
     p.status = 'stopped';
@@ -464,7 +476,7 @@ export class ClusterNode {
           if (!p.synced) return;
           if (res.node?.incarnation !== p.incarnation) {
             // It restarted: drop what we held; its join (and ours) resync both slices.
-            this.restarted(p, res.node?.incarnation ?? 0n);
+            this.restarted(p, res.node?.incarnation ?? 0n, res.node?.boot ?? 0n);
             this.reportMembers(false);
             return;
           }

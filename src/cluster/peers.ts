@@ -25,6 +25,8 @@ export function touch(p: Peer | undefined, incarnation: bigint): p is Peer {
 export class Peer {
   address = '';
   incarnation = 0n;
+  /** Its process's start id (NodeInfo.boot; 0: unknown) */
+  boot = 0n;
   version = '';
   status: 'running' | 'stopped' = 'stopped';
   /** Stopped by its Leave (known down), until it runs again */

@@ -11,7 +11,11 @@ import { Tombstones } from './tombstones.js';
 import { WillSync } from './will-sync.js';
 
 /** Why a peer's state on this node ends. */
-export type PeerGone = 'down' | 'left' | 'restarted';
+/**
+ * Why a running peer's state here ends: missed heartbeats, Leave, a new process, or a new
+ * cluster thread in the same process (its clients are still connected).
+ */
+export type PeerGone = 'down' | 'left' | 'restarted' | 'threadRestarted';
 
 /**
  * Cluster II in the cluster thread: the state that lives on every node or moves between nodes.

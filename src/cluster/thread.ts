@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto';
 import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log.js';
@@ -23,6 +24,8 @@ export interface ClusterHost {
 export class ClusterThread {
   worker: Worker | null = null;
   generation = 0;
+  /** One per process: peers tell a restarted cluster thread from a restarted node by it */
+  private readonly boot = BigInt(Date.now()) * 1000n + BigInt(randomInt(1000));
   ready = false;
   port = 0;
   restarts = 0;
@@ -84,6 +87,7 @@ export class ClusterThread {
     const shards = this.host.shardPorts();
     const init: ClusterInit = {
       generation: this.generation,
+      boot: this.boot,
       // A restart listens on the port the first thread bound (cluster.port 0 = ephemeral), so
       // that peers who know this node's address reach the new thread.
       config: this.port > 0 ? { ...this.config, 'cluster.port': this.port } : this.config,

@@ -119,7 +119,9 @@ export class WillSync {
   gone(p: Peer, why: PeerGone): void {
     const table = this.remote.get(p.name);
     this.remote.delete(p.name);
-    if (!table || table.size === 0 || why === 'left') return;
+    // Left: drained without wills. Only its cluster thread restarted: its clients are still
+    // connected there, and the new thread sends their wills again when it syncs.
+    if (!table || table.size === 0 || why === 'left' || why === 'threadRestarted') return;
     this.remember(p.name, table.keys());
     if (!this.publisherFor(p)) return;
     this.host.log.info({ peer: p.name, wills: table.size, why }, 'publishing the wills of a dead node');

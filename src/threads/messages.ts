@@ -47,6 +47,8 @@ export interface ShardInit {
 /** What the cluster thread is started with. */
 export interface ClusterInit {
   generation: number;
+  /** The process's start id, the same for every cluster thread it runs (NodeInfo.boot) */
+  boot: bigint;
   config: Config;
   /** This node's topic index: the cluster thread reads which filters have local subscribers */
   index: TopicIndexShared;
