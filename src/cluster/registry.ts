@@ -9,7 +9,18 @@ import type { SessionBlob } from './state-messages.js';
 import type { Tombstones } from './tombstones.js';
 import type { WillSync } from './will-sync.js';
 
-type Found = { found: boolean; session: Uint8Array; from: string };
+type Found = {
+  found: boolean;
+  session: Uint8Array;
+  from: string;
+  /** Heal takeover: the receiver claimed the client later and keeps it */
+  newer?: boolean;
+  /** Heal claim: lost to `owner`, which claimed the client later */
+  lost?: boolean;
+  owner?: string;
+};
+/** A client id claimed by a CONNECT on this node: when (wall clock, ms), and whether the claim reached its lock node */
+type Held = { at: number; claimId: string; unsure: boolean };
 const NONE: Found = { found: false, session: new Uint8Array(0), from: '' };
 /** Imported sessions whose store commit we have not confirmed to their old node yet */
 const MAX_IMPORTING = 10_000;
@@ -38,6 +49,12 @@ export class Registry {
   private readonly exports = new Map<number, (blob: SessionBlob | null) => void>();
   /** Client id → the node that shipped its session to us, until the shard has stored it */
   private readonly importing = new Map<string, string>();
+  /**
+   * Client ids claimed here (until another node takes them over): what a heal claims back
+   * (`healed`). An entry may outlive its session (a clean disconnect, an expiry): its heal claim
+   * then closes nothing here and may close the other side's session (see ARCHITECTURE.md).
+   */
+  private readonly held = new Map<string, Held>();
 
   constructor(
     private readonly host: StateHost,
@@ -65,12 +82,16 @@ export class Registry {
       postShard(this.host, shard, { t: 'claimed', reqId, session });
     const peers = runningPeers(this.host.peers);
     this.wills.cancel(clientId);
+    const claimId = `${this.host.incarnation}:${++this.claimSeq}`;
+    const held: Held = { at: Date.now(), claimId, unsure: false };
+    this.held.delete(clientId); // re-inserted: the map stays in age order
+    this.held.set(clientId, held);
+    if (this.held.size > MAX_OWNERS) this.held.delete(this.held.keys().next().value as string);
     if (peers.length === 0) {
       answer(null);
       return;
     }
     const lock = Registry.lockNode(clientId, [this.host.name, ...peers.map((p) => p.name)]);
-    const claimId = `${this.host.incarnation}:${++this.claimSeq}`;
     const done = (r: Found) => {
       this.outstanding.delete(claimId);
       if (r.found && r.from && r.from !== this.host.name) {
@@ -83,6 +104,7 @@ export class Registry {
     };
     const failed = (err: unknown) => {
       this.outstanding.delete(claimId);
+      held.unsure = true; // a heal claims it back
       this.host.counters.row[Counter.claimFailures]++;
       this.host.log.warn({ clientId, lock, err: String(err) }, 'session claim failed: session starts here');
       answer(null);
@@ -103,9 +125,18 @@ export class Registry {
   }
 
   /** Lock node side: claims of one client id run one after another. */
-  private claimAt(clientId: string, node: string, claimId: string, clean: boolean): Promise<Found> {
+  private claimAt(
+    clientId: string,
+    node: string,
+    claimId: string,
+    clean: boolean,
+    healAt = 0,
+  ): Promise<Found> {
     const prev = this.chains.get(clientId) ?? Promise.resolve();
-    const run = () => this.takeFromOwner(clientId, node, claimId, clean);
+    const run = () =>
+      healAt > 0
+        ? this.healAtLock(clientId, node, claimId, healAt)
+        : this.takeFromOwner(clientId, node, claimId, clean);
     const next = prev.then(run, run);
     this.chains.set(clientId, next);
     void next.finally(() => {
@@ -159,14 +190,138 @@ export class Registry {
     touch(p, req.incarnation); // proof of life (a caller without one is still served while running)
     if (p?.status !== 'running' || !req.clientId)
       throw new ConnectError('claim from an unknown node', Code.FailedPrecondition);
-    return this.claimAt(req.clientId, req.node, req.claimId, req.clean);
+    return this.claimAt(req.clientId, req.node, req.claimId, req.clean, Number(req.healAt));
   }
 
   /** Server side of Takeover: close and ship (or discard) the client's session here. */
   takeover(req: TakeoverRequest): Promise<Found> {
     if (!req.clientId) throw new ConnectError('client id required', Code.InvalidArgument);
     touch(this.host.peers.byName.get(req.from), req.incarnation);
+    if (req.healAt > 0n) return this.healHere(req.clientId, req.to, Number(req.healAt));
     return this.takeoverHere(req.clientId, req.to, req.clean, req.revokes);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Netsplit heal
+
+  /**
+   * A peer that this node had declared down (missed heartbeats, not Leave) runs again with the
+   * same incarnation: a netsplit healed (or a stall ended). Either side may have granted a client
+   * id while they did not see each other. Every client id claimed here since `since` (the last
+   * traffic from that peer before it was declared down), or whose claim failed, is claimed back
+   * through its lock node in the healed view (a *heal claim*); the lock node asks every other
+   * running node, and the one whose claim is the later ((time, node name) order) keeps the
+   * session; every other copy is closed (MQTT 5: DISCONNECT 0x8E) and discarded, as a
+   * takeover with clean start would (the winner's connection is live, with its own
+   * subscriptions, inflight and packet ids since the split: two diverged sessions have no
+   * correct merge). Each side applies the order itself (`healHere`), so the result does not
+   * depend on which heal claim arrives first, nor on the lock node's view.
+   * Owner records are forgotten (either side's may be stale): the next claims ask every node.
+   */
+  healed(peer: string, since: number): void {
+    this.owners.clear();
+    let n = 0;
+    for (const [clientId, h] of this.held)
+      if (h.unsure || h.at >= since) {
+        n++;
+        this.healClaim(clientId, h);
+      }
+    this.host.log.info(
+      { peer, since, reclaimed: n },
+      'netsplit healed: client ids claimed meanwhile claimed back',
+    );
+  }
+
+  private healClaim(clientId: string, h: Held): void {
+    const peers = runningPeers(this.host.peers);
+    if (peers.length === 0) return;
+    const lock = Registry.lockNode(clientId, [this.host.name, ...peers.map((p) => p.name)]);
+    const settle = (r: Found) => {
+      if (this.held.get(clientId) !== h) return; // connected again meanwhile: that claim decides
+      if (!r.lost) {
+        h.unsure = false;
+        return;
+      }
+      this.closeForHeal(clientId, r.owner ?? '');
+    };
+    const failed = (err: unknown) =>
+      this.host.log.warn({ clientId, lock, err: String(err) }, 'heal claim failed: the next heal retries');
+    if (lock === this.host.name) {
+      this.claimAt(clientId, this.host.name, h.claimId, true, h.at).then(settle, failed);
+      return;
+    }
+    const p = peers.find((q) => q.name === lock)!;
+    stateClient(p.address)
+      .claim(
+        {
+          clientId,
+          node: this.host.name,
+          clean: true,
+          claimId: h.claimId,
+          incarnation: this.host.incarnation,
+          healAt: BigInt(h.at),
+        },
+        { timeoutMs: 4 * callTimeout(this.host.config) },
+      )
+      .then(settle, failed);
+  }
+
+  /** Lock node side of a heal claim: every other node keeps its copy if it claimed later, else closes it. */
+  private async healAtLock(clientId: string, node: string, claimId: string, healAt: number): Promise<Found> {
+    const running = runningPeers(this.host.peers);
+    const targets = [this.host.name, ...running.map((p) => p.name)].filter((n) => n !== node);
+    const results = await Promise.all(
+      targets.map((n): Promise<string> => {
+        if (n === this.host.name)
+          return this.healHere(clientId, node, healAt).then((r) => (r.newer ? n : ''));
+        const p = running.find((q) => q.name === n)!;
+        return stateClient(p.address)
+          .takeover(
+            {
+              clientId,
+              to: node,
+              clean: true,
+              revokes: '',
+              from: this.host.name,
+              incarnation: this.host.incarnation,
+              healAt: BigInt(healAt),
+            },
+            { timeoutMs: 3 * callTimeout(this.host.config) },
+          )
+          .then(
+            (r) => (r.newer ? n : ''),
+            (err) => {
+              this.host.log.warn({ clientId, peer: n, err: String(err) }, 'heal takeover call failed');
+              return '';
+            },
+          );
+      }),
+    );
+    const newer = results.find((n) => n !== '');
+    this.owners.delete(clientId);
+    this.owners.set(clientId, { node: newer ?? node, claimId: newer ? '' : claimId });
+    return newer ? { ...NONE, lost: true, owner: newer } : NONE;
+  }
+
+  /** A heal takeover here: keep the session if it was claimed here later than `healAt`, else close it. */
+  private healHere(clientId: string, to: string, healAt: number): Promise<Found> {
+    const h = this.held.get(clientId);
+    if (h && (h.at > healAt || (h.at === healAt && this.host.name > to)))
+      return Promise.resolve({ ...NONE, newer: true });
+    // Not claimed here (a session restored here, or its record forgotten): closed all the same.
+    if (!h) return this.takeoverHere(clientId, to, true, '').then(() => NONE);
+    this.closeForHeal(clientId, to);
+    return Promise.resolve(NONE);
+  }
+
+  private closeForHeal(clientId: string, owner: string): void {
+    this.held.delete(clientId);
+    this.host.counters.row[Counter.healClosed]++;
+    this.host.log.warn(
+      { clientId, owner },
+      'netsplit healed: the client id was claimed later on another node; its session here is closed and discarded',
+    );
+    void this.takeoverHere(clientId, owner, true, '');
   }
 
   /**
@@ -175,6 +330,11 @@ export class Registry {
    */
   private takeoverHere(clientId: string, to: string, clean: boolean, revokes: string): Promise<Found> {
     this.wills.cancel(clientId);
+    // Taken over by another node: no longer ours (unless it revokes an older claim and a newer
+    // one of ours is still on its way).
+    const h = this.held.get(clientId);
+    if (h && to !== this.host.name && (h.claimId === revokes || !this.outstanding.has(h.claimId)))
+      this.held.delete(clientId);
     const afterClaim = this.outstanding.get(revokes) ?? 0;
     const reqId = ++this.reqSeq;
     // Forward batches that arrive meanwhile wait; after the export, a tombstone forwards those

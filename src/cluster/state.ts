@@ -56,6 +56,11 @@ export class ClusterState {
     this.shared.synced(p);
   }
 
+  /** A peer declared down (not left) runs again, same incarnation: a netsplit healed (registry.ts). */
+  healed(p: Peer, since: number): void {
+    this.registry.healed(p.name, since);
+  }
+
   gone(p: Peer, why: PeerGone): void {
     this.wills.gone(p, why);
     this.shared.gone(p, why);
