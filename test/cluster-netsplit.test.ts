@@ -15,7 +15,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type { IDisconnectPacket } from 'mqtt';
+import mqtt, { type IDisconnectPacket, type MqttClient } from 'mqtt';
+import { Registry } from '../src/cluster/registry.js';
 import { within } from './helpers/broker.js';
 import { startNode, type TestNode } from './helpers/cluster.js';
 import { connectTo, pollUntil, subscribeTo } from './helpers/cluster-clients.js';
@@ -68,6 +69,13 @@ async function splittable(t: Ctx, prefix: string, args: string[] = []) {
   };
 }
 
+/** What the nodes logged about peers, claims and heals (printed when a wait fails). */
+function diagnose(nodes: TestNode[]): void {
+  for (const n of nodes)
+    for (const l of n.out.lines)
+      if (/netsplit|claim|takeover|peer (up|down)|joined cluster/.test(l)) console.log(`${n.name}: ${l}`);
+}
+
 const listed = async (n: TestNode, id: string) =>
   (await n.get(`/clients/${encodeURIComponent(id)}`)).status === 200;
 
@@ -98,7 +106,11 @@ test('netsplit, claim_quorum none: a client id owned on both sides ends with one
 
   await heal();
   // The later claim (B's) wins: A's connection is taken over [MQTT-3.1.4-2].
-  assert.equal(await within(takenOver, 'A to send DISCONNECT after the heal'), 0x8e, 'Session taken over');
+  const reason = await within(takenOver, 'A to send DISCONNECT after the heal').catch((err) => {
+    diagnose([a, b, c]);
+    throw err;
+  });
+  assert.equal(reason, 0x8e, 'Session taken over');
   await within(closedA, "A's connection to close");
   const where = await pollUntil(
     async () => [await listed(a, id), await listed(b, id), await listed(c, id)],
@@ -114,4 +126,70 @@ test('netsplit, claim_quorum none: a client id owned on both sides ends with one
   assert.equal(await within(got, 'the message to the surviving session'), 'after heal');
   const healed = (await a.scrape()).get('emqx_ts_cluster_heal_closed_total');
   assert.equal(healed, 1, 'A counted the session it closed');
+});
+
+/** The CONNACK error code (mqtt.js: `error` with the reason / return code) or 0 when accepted. */
+function connackOf(
+  n: TestNode,
+  clientId: string,
+  protocolVersion: 4 | 5,
+): Promise<{ code: number; c: MqttClient }> {
+  const c = mqtt.connect({
+    host: '127.0.0.1',
+    port: n.mqttPort,
+    clientId,
+    protocolVersion,
+    reconnectPeriod: 0,
+  });
+  return within(
+    new Promise((resolve) => {
+      c.once('connect', () => resolve({ code: 0, c }));
+      c.once('error', (err) => resolve({ code: (err as { code?: number }).code ?? -1, c }));
+    }),
+    `CONNACK from ${n.name}`,
+  );
+}
+
+test('netsplit, claim_quorum majority: the minority side refuses the CONNECT (0x88 / 3), the majority side accepts it', async (t) => {
+  const { a, b, c, split, heal } = await splittable(t, 'ns2', ['--cluster.claim_quorum=majority']);
+  const names = [a.name, b.name, c.name];
+  // A client id whose lock node (among the known members) is on the majority side.
+  let id = '';
+  for (let i = 0; id === ''; i++) if (Registry.lockNode(`maj-${i}`, names) !== a.name) id = `maj-${i}`;
+  const before = await connackOf(a, id, 5);
+  assert.equal(before.code, 0, 'with every node reachable, A accepts it');
+  before.c.end(true);
+
+  await split();
+  const v5 = await connackOf(a, id, 5);
+  t.after(() => v5.c.end(true));
+  assert.equal(v5.code, 0x88, 'MQTT 5 on the minority side: CONNACK 0x88 Server unavailable');
+  const v3 = await connackOf(a, `${id}-v3`, 4);
+  t.after(() => v3.c.end(true));
+  assert.equal(v3.code, 3, 'MQTT 3.1.1 on the minority side: return code 3 Server unavailable');
+  assert.equal((await a.scrape()).get('emqx_ts_cluster_claims_refused_total'), 2, 'A counted both');
+  assert.equal((await a.get(`/clients/${id}`)).status, 404, 'and made no session');
+
+  const onB = await connackOf(b, id, 5);
+  t.after(() => onB.c.end(true));
+  assert.equal(onB.code, 0, 'the majority side accepts the same client id');
+  const takenOver = new Promise<number | undefined>((resolve) =>
+    onB.c.on('disconnect', (p: IDisconnectPacket) => resolve(p.reasonCode)),
+  );
+
+  // Healed: A accepts again, and takes the client over from B [MQTT-3.1.4-2].
+  await heal();
+  const after = await connackOf(a, id, 5);
+  t.after(() => after.c.end(true));
+  assert.equal(after.code, 0, 'after the heal, A accepts it');
+  assert.equal(await within(takenOver, "B's connection to be taken over"), 0x8e);
+  await pollUntil(
+    async () => [
+      (await a.get(`/clients/${id}`)).status,
+      (await b.get(`/clients/${id}`)).status,
+      (await c.get(`/clients/${id}`)).status,
+    ],
+    (v) => v.join() === '200,404,404',
+    'the client on A only',
+  );
 });

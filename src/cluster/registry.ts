@@ -2,7 +2,7 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { shardOf } from '../listener/client-id.js';
 import { Counter } from '../metrics/counters.js';
 import type { ClaimRequest, TakeoverRequest } from './gen/emqx_ts/cluster/v1/state_pb.js';
-import { touch } from './peers.js';
+import { type Peer, touch } from './peers.js';
 import { decodeSession } from './session-codec.js';
 import { callTimeout, fnv, postShard, runningPeers, type StateHost, stateClient } from './state-host.js';
 import type { SessionBlob } from './state-messages.js';
@@ -55,12 +55,18 @@ export class Registry {
    * then closes nothing here and may close the other side's session (see ARCHITECTURE.md).
    */
   private readonly held = new Map<string, Held>();
+  /** Client ids of `held` whose claim did not reach its lock node (`retryUnsure`) */
+  private readonly unsure = new Set<string>();
+  private readonly retryTimer: NodeJS.Timeout;
 
   constructor(
     private readonly host: StateHost,
     private readonly wills: WillSync,
     private readonly tombstones: Tombstones,
-  ) {}
+  ) {
+    this.retryTimer = setInterval(() => this.retryUnsure(), 5000);
+    this.retryTimer.unref();
+  }
 
   /** The lock node of a client id among `names` (this node's view of the running members). */
   static lockNode(clientId: string, names: string[]): string {
@@ -76,11 +82,46 @@ export class Registry {
     return best;
   }
 
+  /**
+   * cluster.claim_quorum = majority: the lock node among the *known* members (every node seen
+   * since start, minus those that left with Leave: every side of a split computes the same one),
+   * if it and a majority of the known members are reachable from here; '' otherwise (no quorum:
+   * two disjoint majorities cannot exist, so at most one side of any split grants a claim).
+   */
+  private quorumLock(clientId: string, running: Peer[]): string {
+    const known = [this.host.name];
+    for (const p of this.host.peers.byName.values()) if (p.incarnation !== 0n && !p.left) known.push(p.name);
+    const up = new Set([this.host.name, ...running.map((p) => p.name)]);
+    let reachable = 0;
+    for (const n of known) if (up.has(n)) reachable++;
+    const lock = Registry.lockNode(clientId, known);
+    return up.has(lock) && 2 * reachable > known.length ? lock : '';
+  }
+
+  private get majority(): boolean {
+    return this.host.config['cluster.claim_quorum'] === 'majority';
+  }
+
+  /** A claim refused for want of a quorum: counted, logged (once per 1000), CONNACK 0x88 / 3. */
+  private refuse(shard: number, reqId: number, clientId: string, why: string): void {
+    const n = ++this.host.counters.row[Counter.claimsRefused];
+    if (n % 1000 === 1)
+      this.host.log.warn(
+        { clientId, why, refused: n },
+        'CONNECT refused: no claim quorum (cluster.claim_quorum = majority; logged once per 1000)',
+      );
+    postShard(this.host, shard, { t: 'claimed', reqId, session: null, refused: true });
+  }
+
   /** A shard's claim for a CONNECT; answered with `claimed` (the shipped session, if any). */
   onClaim(shard: number, reqId: number, clientId: string, clean: boolean): void {
     const answer = (session: SessionBlob | null) =>
       postShard(this.host, shard, { t: 'claimed', reqId, session });
     const peers = runningPeers(this.host.peers);
+    const majority = this.majority;
+    const qlock = majority ? this.quorumLock(clientId, peers) : '';
+    if (majority && qlock === '')
+      return this.refuse(shard, reqId, clientId, 'no majority or lock node unreachable');
     this.wills.cancel(clientId);
     const claimId = `${this.host.incarnation}:${++this.claimSeq}`;
     const held: Held = { at: Date.now(), claimId, unsure: false };
@@ -88,10 +129,12 @@ export class Registry {
     this.held.set(clientId, held);
     if (this.held.size > MAX_OWNERS) this.held.delete(this.held.keys().next().value as string);
     if (peers.length === 0) {
-      answer(null);
+      answer(null); // alone (majority: a cluster of one)
       return;
     }
-    const lock = Registry.lockNode(clientId, [this.host.name, ...peers.map((p) => p.name)]);
+    const lock = majority
+      ? qlock
+      : Registry.lockNode(clientId, [this.host.name, ...peers.map((p) => p.name)]);
     const done = (r: Found) => {
       this.outstanding.delete(claimId);
       if (r.found && r.from && r.from !== this.host.name) {
@@ -104,7 +147,13 @@ export class Registry {
     };
     const failed = (err: unknown) => {
       this.outstanding.delete(claimId);
-      held.unsure = true; // a heal claims it back
+      if (majority) {
+        if (this.held.get(clientId) === held) this.held.delete(clientId);
+        this.refuse(shard, reqId, clientId, `claim failed: ${String(err)}`);
+        return;
+      }
+      held.unsure = true; // a heal (or the retry) claims it back
+      this.unsure.add(clientId);
       this.host.counters.row[Counter.claimFailures]++;
       this.host.log.warn({ clientId, lock, err: String(err) }, 'session claim failed: session starts here');
       answer(null);
@@ -190,6 +239,13 @@ export class Registry {
     touch(p, req.incarnation); // proof of life (a caller without one is still served while running)
     if (p?.status !== 'running' || !req.clientId)
       throw new ConnectError('claim from an unknown node', Code.FailedPrecondition);
+    // Majority: the lock node grants only while it sees a quorum itself (its view may be older).
+    if (
+      this.majority &&
+      req.healAt === 0n &&
+      this.quorumLock(req.clientId, runningPeers(this.host.peers)) !== this.host.name
+    )
+      throw new ConnectError('no claim quorum here', Code.Unavailable);
     return this.claimAt(req.clientId, req.node, req.claimId, req.clean, Number(req.healAt));
   }
 
@@ -224,7 +280,7 @@ export class Registry {
     for (const [clientId, h] of this.held)
       if (h.unsure || h.at >= since) {
         n++;
-        this.healClaim(clientId, h);
+        this.healClaim(clientId, h, peer);
       }
     this.host.log.info(
       { peer, since, reclaimed: n },
@@ -232,7 +288,12 @@ export class Registry {
     );
   }
 
-  private healClaim(clientId: string, h: Held): void {
+  /**
+   * Claims `clientId` back through its lock node (which records the winner and asks every node
+   * it sees) and, directly, from the healed peer `peer`: the lock node's view may not include
+   * it yet (each pair of nodes heals on its own), and the pair decides between them alone.
+   */
+  private healClaim(clientId: string, h: Held, peer: string): void {
     const peers = runningPeers(this.host.peers);
     if (peers.length === 0) return;
     const lock = Registry.lockNode(clientId, [this.host.name, ...peers.map((p) => p.name)]);
@@ -240,12 +301,22 @@ export class Registry {
       if (this.held.get(clientId) !== h) return; // connected again meanwhile: that claim decides
       if (!r.lost) {
         h.unsure = false;
+        this.unsure.delete(clientId);
         return;
       }
       this.closeForHeal(clientId, r.owner ?? '');
     };
-    const failed = (err: unknown) =>
-      this.host.log.warn({ clientId, lock, err: String(err) }, 'heal claim failed: the next heal retries');
+    const failed = (err: unknown) => {
+      if (this.held.get(clientId) !== h) return;
+      h.unsure = true;
+      this.unsure.add(clientId);
+      this.host.log.warn({ clientId, lock, err: String(err) }, 'heal claim failed: retried');
+    };
+    const direct = peer !== lock ? peers.find((q) => q.name === peer) : undefined;
+    if (direct)
+      void this.healTakeover(direct, clientId, h.at).then((newer) => {
+        if (newer && this.held.get(clientId) === h) this.closeForHeal(clientId, newer);
+      });
     if (lock === this.host.name) {
       this.claimAt(clientId, this.host.name, h.claimId, true, h.at).then(settle, failed);
       return;
@@ -274,33 +345,51 @@ export class Registry {
       targets.map((n): Promise<string> => {
         if (n === this.host.name)
           return this.healHere(clientId, node, healAt).then((r) => (r.newer ? n : ''));
-        const p = running.find((q) => q.name === n)!;
-        return stateClient(p.address)
-          .takeover(
-            {
-              clientId,
-              to: node,
-              clean: true,
-              revokes: '',
-              from: this.host.name,
-              incarnation: this.host.incarnation,
-              healAt: BigInt(healAt),
-            },
-            { timeoutMs: 3 * callTimeout(this.host.config) },
-          )
-          .then(
-            (r) => (r.newer ? n : ''),
-            (err) => {
-              this.host.log.warn({ clientId, peer: n, err: String(err) }, 'heal takeover call failed');
-              return '';
-            },
-          );
+        return this.healTakeover(running.find((q) => q.name === n)!, clientId, healAt, node);
       }),
     );
     const newer = results.find((n) => n !== '');
     this.owners.delete(clientId);
     this.owners.set(clientId, { node: newer ?? node, claimId: newer ? '' : claimId });
     return newer ? { ...NONE, lost: true, owner: newer } : NONE;
+  }
+
+  /** Asks `p` to close its copy of `clientId` unless it claimed it after `healAt`: its name if it keeps it, else ''. */
+  private healTakeover(p: Peer, clientId: string, healAt: number, to = this.host.name): Promise<string> {
+    return stateClient(p.address)
+      .takeover(
+        {
+          clientId,
+          to,
+          clean: true,
+          revokes: '',
+          from: this.host.name,
+          incarnation: this.host.incarnation,
+          healAt: BigInt(healAt),
+        },
+        { timeoutMs: 3 * callTimeout(this.host.config) },
+      )
+      .then(
+        (r) => (r.newer ? p.name : ''),
+        (err) => {
+          this.host.log.warn({ clientId, peer: p.name, err: String(err) }, 'heal takeover call failed');
+          return '';
+        },
+      );
+  }
+
+  /**
+   * Claims whose lock node was unreachable (their CONNECT started the session here) or whose
+   * heal claim failed: claimed back every 5 s while peers run, so that one that never saw a
+   * peer declared down (no heal) is still resolved.
+   */
+  private retryUnsure(): void {
+    if (this.unsure.size === 0 || runningPeers(this.host.peers).length === 0) return;
+    for (const clientId of [...this.unsure]) {
+      this.unsure.delete(clientId);
+      const h = this.held.get(clientId);
+      if (h?.unsure) this.healClaim(clientId, h, '');
+    }
   }
 
   /** A heal takeover here: keep the session if it was claimed here later than `healAt`, else close it. */

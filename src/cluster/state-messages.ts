@@ -74,8 +74,11 @@ export type ClusterStateToShard =
   | { t: 'sharedIn'; from: number; group: string; filter: string; entry: Uint8Array; id: number }
   /** The member on `slot` acknowledged shared deliveries `ids` this shard sent */
   | { t: 'sharedAcked'; slot: number; ids: number[] }
-  /** Answer to `claim`: the session the previous owner shipped, if any */
-  | { t: 'claimed'; reqId: number; session: SessionBlob | null }
+  /**
+   * Answer to `claim`: the session the previous owner shipped, if any; `refused`: no quorum
+   * (cluster.claim_quorum = majority), the CONNECT is refused with Server unavailable
+   */
+  | { t: 'claimed'; reqId: number; session: SessionBlob | null; refused?: boolean }
   /**
    * Another node takes the client over: close it (0x8E), ship (or discard) its session — once
    * `drains` other shards have sent their `drained` (what they were routing reached it first)
