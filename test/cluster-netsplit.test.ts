@@ -128,6 +128,37 @@ test('netsplit, claim_quorum none: a client id owned on both sides ends with one
   assert.equal(healed, 1, 'A counted the session it closed');
 });
 
+test('netsplit heal: a client id whose session ended during the split closes nothing on the other side', async (t) => {
+  const { a, b, split, heal } = await splittable(t, 'ns3');
+  const id = 'split-brain-gone';
+  const onA = await connectTo(t, a, id, {
+    protocolVersion: 5,
+    clean: false,
+    properties: { sessionExpiryInterval: 300 },
+  });
+  let reason: number | undefined;
+  onA.on('disconnect', (p: IDisconnectPacket) => {
+    reason = p.reasonCode;
+  });
+  await split();
+  // On B, the same id connects with a session that ends with its connection (expiry 0).
+  const onB = await connectTo(t, b, id, { protocolVersion: 5, clean: true });
+  await new Promise<void>((resolve) => onB.end(false, {}, () => resolve()));
+  await pollUntil(
+    () => listed(b, id),
+    (v) => !v,
+    'the session on B to end',
+  );
+
+  await heal();
+  // B looked its record up in its shard and claimed nothing back (claiming it would close A's
+  // live client and discard its session for a session that no longer exists).
+  const line = await b.out.waitFor((l) => l.includes('netsplit healed'), `${b.name}: the heal`, 20_000);
+  assert.equal(JSON.parse(line).reclaimed, 0, 'B claimed back nothing');
+  assert.equal(reason, undefined, "A's client got no DISCONNECT");
+  assert.ok(onA.connected && (await listed(a, id)), 'and stays connected on A');
+});
+
 /** The CONNACK error code (mqtt.js: `error` with the reason / return code) or 0 when accepted. */
 function connackOf(
   n: TestNode,

@@ -51,8 +51,8 @@ export class Registry {
   private readonly importing = new Map<string, string>();
   /**
    * Client ids claimed here (until another node takes them over): what a heal claims back
-   * (`healed`). An entry may outlive its session (a clean disconnect, an expiry): its heal claim
-   * then closes nothing here and may close the other side's session (see ARCHITECTURE.md).
+   * (`healed`). An entry may outlive its session (a clean disconnect, an expiry): a heal asks
+   * the shard first (`stillHeld`) and forgets it then.
    */
   private readonly held = new Map<string, Held>();
   /** Client ids of `held` whose claim did not reach its lock node (`retryUnsure`) */
@@ -276,16 +276,76 @@ export class Registry {
    */
   healed(peer: string, since: number): void {
     this.owners.clear();
-    let n = 0;
-    for (const [clientId, h] of this.held)
-      if (h.unsure || h.at >= since) {
+    const ids: string[] = [];
+    for (const [clientId, h] of this.held) if (h.unsure || h.at >= since) ids.push(clientId);
+    this.reclaim(ids, peer, since);
+  }
+
+  /**
+   * Heal claims for those of `ids` whose session is still here (a record can outlive its
+   * session: a clean disconnect, an expiry — claiming it back would close a live client elsewhere
+   * for nothing); records without one are forgotten.
+   */
+  private reclaim(ids: string[], peer: string, since: number): void {
+    if (ids.length === 0) return;
+    const asked = new Map(ids.map((id) => [id, this.held.get(id)]));
+    void this.stillHeld(ids).then((here) => {
+      let n = 0;
+      for (const [clientId, h] of asked) {
+        if (h === undefined || this.held.get(clientId) !== h) continue; // claimed again or taken over meanwhile
+        if (!here.has(clientId)) {
+          this.held.delete(clientId);
+          this.unsure.delete(clientId);
+          continue;
+        }
         n++;
         this.healClaim(clientId, h, peer);
       }
-    this.host.log.info(
-      { peer, since, reclaimed: n },
-      'netsplit healed: client ids claimed meanwhile claimed back',
-    );
+      this.host.log.info(
+        { peer, since, reclaimed: n },
+        'netsplit healed: client ids claimed meanwhile claimed back',
+      );
+    });
+  }
+
+  private holdSeq = 0;
+  private readonly holdWaits = new Map<number, (ids: string[] | null) => void>();
+
+  /**
+   * Which of `ids` still have a session (or a CONNECT) in their shard. A shard that does not
+   * answer within a call timeout (restarting) counts as holding all of its ids: claiming back
+   * too much closes nothing that is not also held elsewhere later.
+   */
+  private stillHeld(ids: string[]): Promise<Set<string>> {
+    const byShard = new Map<number, string[]>();
+    for (const id of ids) {
+      const s = shardOf(id, this.host.shards.length);
+      let list = byShard.get(s);
+      if (!list) byShard.set(s, (list = []));
+      list.push(id);
+    }
+    const out = new Set<string>();
+    return Promise.all(
+      [...byShard].map(
+        ([shard, list]) =>
+          new Promise<void>((resolve) => {
+            const reqId = ++this.holdSeq;
+            const timer = setTimeout(() => done(null), callTimeout(this.host.config));
+            const done = (got: string[] | null) => {
+              clearTimeout(timer);
+              this.holdWaits.delete(reqId);
+              for (const id of got ?? list) out.add(id);
+              resolve();
+            };
+            this.holdWaits.set(reqId, done);
+            if (!postShard(this.host, shard, { t: 'holds', reqId, clientIds: list })) done(null);
+          }),
+      ),
+    ).then(() => out);
+  }
+
+  onHolding(reqId: number, clientIds: string[]): void {
+    this.holdWaits.get(reqId)?.(clientIds);
   }
 
   /**
@@ -385,22 +445,27 @@ export class Registry {
    */
   private retryUnsure(): void {
     if (this.unsure.size === 0 || runningPeers(this.host.peers).length === 0) return;
-    for (const clientId of [...this.unsure]) {
-      this.unsure.delete(clientId);
-      const h = this.held.get(clientId);
-      if (h?.unsure) this.healClaim(clientId, h, '');
-    }
+    const ids: string[] = [];
+    for (const clientId of this.unsure) if (this.held.get(clientId)?.unsure) ids.push(clientId);
+    this.unsure.clear();
+    this.reclaim(ids, '', 0);
   }
 
   /** A heal takeover here: keep the session if it was claimed here later than `healAt`, else close it. */
-  private healHere(clientId: string, to: string, healAt: number): Promise<Found> {
+  private async healHere(clientId: string, to: string, healAt: number): Promise<Found> {
     const h = this.held.get(clientId);
-    if (h && (h.at > healAt || (h.at === healAt && this.host.name > to)))
-      return Promise.resolve({ ...NONE, newer: true });
+    if (h && (h.at > healAt || (h.at === healAt && this.host.name > to))) {
+      // Newer only if its session is still here (else the record is stale: forgotten).
+      if ((await this.stillHeld([clientId])).has(clientId) || this.held.get(clientId) !== h)
+        return { ...NONE, newer: true };
+      this.held.delete(clientId);
+      this.unsure.delete(clientId);
+      return NONE;
+    }
     // Not claimed here (a session restored here, or its record forgotten): closed all the same.
     if (!h) return this.takeoverHere(clientId, to, true, '').then(() => NONE);
     this.closeForHeal(clientId, to);
-    return Promise.resolve(NONE);
+    return NONE;
   }
 
   private closeForHeal(clientId: string, owner: string): void {

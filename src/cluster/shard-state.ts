@@ -253,7 +253,12 @@ export class ShardClusterState {
     else if (m.t === 'sharedIn') this.sharedIn(m.from, m.group, m.filter, m.entry, m.id);
     else if (m.t === 'sharedAcked') for (const id of m.ids) this.unacked.delete(id);
     else if (m.t === 'claimed') this.claimed(m.reqId, m.session, m.refused === true);
-    else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim, m.drains);
+    else if (m.t === 'holds') {
+      const pending = new Set<string>();
+      for (const c of this.claims.values()) pending.add(c.clientId);
+      const clientIds = m.clientIds.filter((id) => this.deps.sessionOf(id) !== undefined || pending.has(id));
+      this.link.postState({ t: 'holding', reqId: m.reqId, clientIds });
+    } else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim, m.drains);
     // No port to it (restarting): nothing of ours reaches it anyway; it waits for its timer.
     else if (m.t === 'takeoverDrain') this.deps.drainTo(m.to, m.reqId);
     else if (m.t === 'sessionIn') this.sessionIn(m.clientId, m.buf, m.done);

@@ -51,7 +51,9 @@ export type ShardToClusterState =
   /** Answer to `takeover` */
   | { t: 'exported'; reqId: number; session: SessionBlob | null }
   /** A session shipped from another node is in this node's store (its old node may forget it) */
-  | { t: 'imported'; clientId: string };
+  | { t: 'imported'; clientId: string }
+  /** Answer to `holds`: those of its client ids this shard has a session or a CONNECT for */
+  | { t: 'holding'; reqId: number; clientIds: string[] };
 
 export interface SharedOut {
   /** Peer slot the owner picked */
@@ -79,6 +81,8 @@ export type ClusterStateToShard =
    * (cluster.claim_quorum = majority), the CONNECT is refused with Server unavailable
    */
   | { t: 'claimed'; reqId: number; session: SessionBlob | null; refused?: boolean }
+  /** Netsplit heal (registry.ts): which of these client ids still have a session here? (`holding`) */
+  | { t: 'holds'; reqId: number; clientIds: string[] }
   /**
    * Another node takes the client over: close it (0x8E), ship (or discard) its session — once
    * `drains` other shards have sent their `drained` (what they were routing reached it first)

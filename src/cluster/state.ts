@@ -82,5 +82,6 @@ export class ClusterState {
     else if (m.t === 'claim') this.registry.onClaim(shard, m.reqId, m.clientId, m.clean);
     else if (m.t === 'exported') this.registry.onExported(m.reqId, m.session);
     else if (m.t === 'imported') this.registry.onImported(m.clientId);
+    else if (m.t === 'holding') this.registry.onHolding(m.reqId, m.clientIds);
   }
 }
