@@ -1,5 +1,6 @@
 import { type ClientHttp2Session, type ClientHttp2Stream, connect, constants } from 'node:http2';
 import { Counter, type Counters } from '../metrics/counters.js';
+import { isCut } from './partition.js';
 import { EnvelopeReader, FORWARD_PATH, forwardHeader, readForwardAck } from './wire.js';
 
 /** HTTP/2 flow-control window and largest frame on cluster connections (both directions). */
@@ -119,6 +120,7 @@ export class ForwardStream {
    */
   private open(): void {
     if (this.closed) return this.finish(this.err ?? new Error('forward stream closed'));
+    if (isCut(this.address)) return this.finish(new Error('partitioned (test)'));
     const session = connect(`http://${this.address}`, {
       settings: { initialWindowSize: H2_WINDOW, maxFrameSize: H2_FRAME },
     });

@@ -19,6 +19,7 @@ import type { NodeInfo } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
 import { LocalRoutes } from './local-routes.js';
+import { watchPartition } from './partition.js';
 import { clientTo, type Peer, PeerTable, touch } from './peers.js';
 import { ClusterState } from './state.js';
 import type { ClusterStateToMain } from './state-messages.js';
@@ -146,6 +147,15 @@ export class ClusterNode {
       sampleMemory(this.counters.row);
     });
     this.data.start();
+    watchPartition(
+      (name) => {
+        const p = this.peers.byName.get(name);
+        return p ? [p.address, p.clientAddress] : [];
+      },
+      (cut) => {
+        for (const n of cut) this.peers.byName.get(n)?.stream?.close(LOST);
+      },
+    );
     void this.firstJoinRound();
     this.log.info({ node: this.name, address: this.address }, 'cluster service listening');
     return port;
@@ -270,6 +280,7 @@ export class ClusterNode {
         this.contacts.add(p.address);
         if (!p.synced) void this.join(p.address); // it knows us: make sure it has our slice too
         this.reportMembers(false);
+        this.maybeHealed(p);
         // A restarted durable node: which of its restored wills the cluster published (after
         // `restarted` above, which publishes the wills of its previous incarnation if it was running).
         const firedWills = req.wantFiredWills ? this.state.wills.firedFor(n.name) : [];
@@ -421,6 +432,7 @@ export class ClusterNode {
       this.pushRoutes(p);
       this.state.synced(p);
       this.log.info({ peer: p.name, address }, 'joined cluster peer');
+      this.maybeHealed(p);
     } catch (err) {
       const e = ConnectError.from(err);
       if (e.code === Code.AlreadyExists) this.selfAddresses.add(address);
@@ -441,6 +453,19 @@ export class ClusterNode {
     this.unsync(p, ACCEPTED); // its old incarnation is gone: known down
     p.status = 'stopped';
     p.incarnation = incarnation;
+    p.downAt = 0; // what its old incarnation held is gone: nothing to heal
+  }
+
+  /**
+   * A peer we had declared down (not left) is running again with the same incarnation and we
+   * are synced both ways: a netsplit (or a stall) healed. The registry claims back what this
+   * node claimed meanwhile, so that a client id owned on both sides ends with one owner.
+   */
+  private maybeHealed(p: Peer): void {
+    if (p.downAt === 0 || p.status !== 'running' || !p.synced) return;
+    const since = p.downAt;
+    p.downAt = 0;
+    this.state.healed(p, since);
   }
 
   /** `code`: how the batches still in its stream end (ACCEPTED when the peer is known down). */
@@ -494,6 +519,8 @@ export class ClusterNode {
     if (p.status !== 'running') return;
     p.status = 'stopped';
     p.left = reason === 'left';
+    if (p.left) p.downAt = 0;
+    else if (p.downAt === 0) p.downAt = p.lastSeen;
     this.state.gone(p, reason === 'left' ? 'left' : 'down');
     this.peers.dropRoutes(p);
     // `Leave` is known down: held acks go as if it had no subscribers. Missed heartbeats are only

@@ -3,6 +3,7 @@ import { createGrpcTransport } from '@connectrpc/connect-node';
 import type { TopicIndex } from '../routing/topic-index.js';
 import { type ForwardStream, H2_FRAME, H2_WINDOW } from './forward.js';
 import { ClusterService } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
+import { partitionInterceptors } from './partition.js';
 
 /** Most peers a node routes to: one bit of the remote-route index per peer. */
 export const MAX_PEERS = 32;
@@ -31,6 +32,11 @@ export class Peer {
   status: 'running' | 'stopped' = 'stopped';
   /** Stopped by its Leave (known down), until it runs again */
   left = false;
+  /**
+   * Declared down by missed heartbeats: its last traffic before that (ms), until it runs again
+   * with the same incarnation (a heal: node.ts `maybeHealed`); 0 otherwise
+   */
+  downAt = 0;
   /** Last traffic seen from it: heartbeat (either direction), join, route push, forward batch or ack */
   lastSeen = 0;
   /** Its route slice as it last sent it, and that slice's version */
@@ -66,6 +72,7 @@ export function clientTo(address: string): Client<typeof ClusterService> {
     ClusterService,
     createGrpcTransport({
       baseUrl: `http://${address}`,
+      interceptors: partitionInterceptors(address),
       // Wide windows for acks too (see the server in node.ts).
       nodeOptions: { settings: { initialWindowSize: H2_WINDOW, maxFrameSize: H2_FRAME } },
     }),

@@ -52,6 +52,8 @@ export interface ShardStateDeps {
   /** Sends, queues, or holds while the session merges */
   deliver: Delivery['deliver'];
   readonly claimTimeoutMs: number;
+  /** cluster.claim_quorum = majority: a claim not answered in time refuses the CONNECT */
+  readonly claimQuorum: boolean;
   readonly log: { warn(o: object, msg: string): void };
 }
 
@@ -66,6 +68,7 @@ interface PendingClaim {
   clientId: string;
   socket: ClaimSocket;
   attach: () => void;
+  refuse: () => void;
   timer: NodeJS.Timeout;
   /** Takeovers by other nodes that arrived while this claim was in flight: run after it */
   deferred: (() => void)[];
@@ -249,8 +252,13 @@ export class ShardClusterState {
     else if (m.t === 'sharedPeerGone') this.peerGone(m.slot);
     else if (m.t === 'sharedIn') this.sharedIn(m.from, m.group, m.filter, m.entry, m.id);
     else if (m.t === 'sharedAcked') for (const id of m.ids) this.unacked.delete(id);
-    else if (m.t === 'claimed') this.claimed(m.reqId, m.session);
-    else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim, m.drains);
+    else if (m.t === 'claimed') this.claimed(m.reqId, m.session, m.refused === true);
+    else if (m.t === 'holds') {
+      const pending = new Set<string>();
+      for (const c of this.claims.values()) pending.add(c.clientId);
+      const clientIds = m.clientIds.filter((id) => this.deps.sessionOf(id) !== undefined || pending.has(id));
+      this.link.postState({ t: 'holding', reqId: m.reqId, clientIds });
+    } else if (m.t === 'takeover') this.takeover(m.reqId, m.clientId, m.clean, m.afterClaim, m.drains);
     // No port to it (restarting): nothing of ours reaches it anyway; it waits for its timer.
     else if (m.t === 'takeoverDrain') this.deps.drainTo(m.to, m.reqId);
     else if (m.t === 'sessionIn') this.sessionIn(m.clientId, m.buf, m.done);
@@ -346,7 +354,7 @@ export class ShardClusterState {
    * node ships is adopted, then the connection attaches as usual and resumes it. Bytes the
    * client sends meanwhile wait in the socket (nothing reads it before attach).
    */
-  claimThenAttach(socket: ClaimSocket, h: ConnectionOrigin, attach: () => void): void {
+  claimThenAttach(socket: ClaimSocket, h: ConnectionOrigin, attach: () => void, refuse: () => void): void {
     const clientId = h.connect.clientId;
     const reqId = ++this.claimSeq;
     if (!this.link.postState({ t: 'claim', reqId, clientId, clean: h.connect.clean })) {
@@ -355,17 +363,28 @@ export class ShardClusterState {
     }
     const timer = setTimeout(() => {
       this.deps.counters.row[Counter.claimFailures]++;
-      this.deps.log.warn({ clientId }, 'session claim not answered in time: session starts here');
-      this.claimed(reqId, null);
+      const quorum = this.deps.claimQuorum;
+      this.deps.log.warn(
+        { clientId },
+        quorum
+          ? 'session claim not answered in time: CONNECT refused'
+          : 'session claim not answered in time: session starts here',
+      );
+      this.claimed(reqId, null, quorum);
     }, this.deps.claimTimeoutMs);
-    this.claims.set(reqId, { clientId, socket, attach, timer, deferred: [], early: [] });
+    this.claims.set(reqId, { clientId, socket, attach, refuse, timer, deferred: [], early: [] });
   }
 
-  private claimed(reqId: number, blob: Uint8Array | null): void {
+  private claimed(reqId: number, blob: Uint8Array | null, refused = false): void {
     const c = this.claims.get(reqId);
     if (!c) return;
     this.claims.delete(reqId);
     clearTimeout(c.timer);
+    if (refused) {
+      if (!c.socket.destroyed) c.refuse();
+      for (const run of c.deferred) run();
+      return;
+    }
     if (blob && blob.length > 0) {
       try {
         const snap = decodeSession(blob);

@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import type { Counters } from '../metrics/counters.js';
 import type { ClusterToShard } from '../threads/messages.js';
 import { ClusterStateService } from './gen/emqx_ts/cluster/v1/state_pb.js';
+import { partitionInterceptors } from './partition.js';
 import { type Peer, type PeerTable, touch } from './peers.js';
 import type { ClusterStateToMain } from './state-messages.js';
 
@@ -33,7 +34,10 @@ const clients = new Map<string, StateClient>();
 export function stateClient(address: string): StateClient {
   let c = clients.get(address);
   if (!c) {
-    c = createClient(ClusterStateService, createGrpcTransport({ baseUrl: `http://${address}` }));
+    c = createClient(
+      ClusterStateService,
+      createGrpcTransport({ baseUrl: `http://${address}`, interceptors: partitionInterceptors(address) }),
+    );
     clients.set(address, c);
   }
   return c;

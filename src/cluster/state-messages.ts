@@ -51,7 +51,9 @@ export type ShardToClusterState =
   /** Answer to `takeover` */
   | { t: 'exported'; reqId: number; session: SessionBlob | null }
   /** A session shipped from another node is in this node's store (its old node may forget it) */
-  | { t: 'imported'; clientId: string };
+  | { t: 'imported'; clientId: string }
+  /** Answer to `holds`: those of its client ids this shard has a session or a CONNECT for */
+  | { t: 'holding'; reqId: number; clientIds: string[] };
 
 export interface SharedOut {
   /** Peer slot the owner picked */
@@ -74,8 +76,13 @@ export type ClusterStateToShard =
   | { t: 'sharedIn'; from: number; group: string; filter: string; entry: Uint8Array; id: number }
   /** The member on `slot` acknowledged shared deliveries `ids` this shard sent */
   | { t: 'sharedAcked'; slot: number; ids: number[] }
-  /** Answer to `claim`: the session the previous owner shipped, if any */
-  | { t: 'claimed'; reqId: number; session: SessionBlob | null }
+  /**
+   * Answer to `claim`: the session the previous owner shipped, if any; `refused`: no quorum
+   * (cluster.claim_quorum = majority), the CONNECT is refused with Server unavailable
+   */
+  | { t: 'claimed'; reqId: number; session: SessionBlob | null; refused?: boolean }
+  /** Netsplit heal (registry.ts): which of these client ids still have a session here? (`holding`) */
+  | { t: 'holds'; reqId: number; clientIds: string[] }
   /**
    * Another node takes the client over: close it (0x8E), ship (or discard) its session — once
    * `drains` other shards have sent their `drained` (what they were routing reached it first)

@@ -60,6 +60,11 @@ export class ClusterState {
     this.shared.synced(p);
   }
 
+  /** A peer declared down (not left) runs again, same incarnation: a netsplit healed (registry.ts). */
+  healed(p: Peer, since: number): void {
+    this.registry.healed(p.name, since);
+  }
+
   gone(p: Peer, why: PeerGone): void {
     this.wills.gone(p, why);
     this.shared.gone(p, why);
@@ -81,5 +86,6 @@ export class ClusterState {
     else if (m.t === 'claim') this.registry.onClaim(shard, m.reqId, m.clientId, m.clean);
     else if (m.t === 'exported') this.registry.onExported(m.reqId, m.session);
     else if (m.t === 'imported') this.registry.onImported(m.clientId);
+    else if (m.t === 'holding') this.registry.onHolding(m.reqId, m.clientIds);
   }
 }

@@ -47,6 +47,8 @@ export const RESTART_ONLY: ReadonlySet<OptionKey> = new Set<OptionKey>([
   'cluster.port',
   'cluster.listen_host',
   'cluster.advertise',
+  // Read by the shards (a claim not answered in time) as well: one mode for all threads.
+  'cluster.claim_quorum',
   'cluster.k8s.service',
   'cluster.k8s.namespace',
   'cluster.k8s.port_name',

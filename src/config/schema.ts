@@ -483,6 +483,12 @@ export const SCHEMA = {
     max: 3600,
     doc: 'Seconds without a heartbeat after which a peer is down: its routes are dropped until it rejoins',
   },
+  'cluster.claim_quorum': {
+    type: 'string',
+    default: 'none',
+    choices: ['none', 'majority'],
+    doc: 'What a CONNECT needs to claim its client id cluster-wide. none: the lock node among the nodes this node sees (on a netsplit each side may accept the same client id; when it heals the later claim keeps it and the other connection is taken over, its session discarded). majority: the lock node among the known members (every node seen since start minus those that left with Leave) must be reachable, and a majority of the known members too, else the CONNECT is refused with CONNACK 0x88 Server unavailable (3 in MQTT 3.1.1): a minority side never accepts a client id; a 2-node cluster then refuses every claim while one node is down. Restart only',
+  },
   'cluster.forward_ack_timeout': {
     type: 'number',
     default: 5,

@@ -194,6 +194,8 @@ export const Counter = {
   shippedRestored: 240, // sessions shipped to a node that died before storing them, restored here (cluster thread)
   takeoverLateUncopied: 241, // batches not copied for a late scan: an export outlived its hold past MAX_LATE_BYTES
   willsRestoredDropped: 242, // restored wills not published: the cluster published them for this node's previous incarnation
+  healClosed: 244, // sessions closed here after a netsplit healed: the client was claimed later on the other side
+  claimsRefused: 245, // CONNECTs refused (0x88 / 3): cluster.claim_quorum = majority and no quorum reachable
   // Memory of the thread that owns the row (gauges, bytes; issue #9 item 11): 246..249, written
   // by that thread about once a second (`sampleMemory`). 250..255 free for hardening.
   memHeapUsed: 246,

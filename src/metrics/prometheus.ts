@@ -329,6 +329,16 @@ export function createRegistry(src: PrometheusSources): Registry {
       Counter.claimFailures,
     ],
     [
+      'emqx_ts_cluster_heal_closed_total',
+      'Sessions closed on this node when a netsplit healed (the same client id was claimed later on the other side)',
+      Counter.healClosed,
+    ],
+    [
+      'emqx_ts_cluster_claims_refused_total',
+      'CONNECTs refused with Server unavailable: claim_quorum = majority and no majority or lock node reachable',
+      Counter.claimsRefused,
+    ],
+    [
       'emqx_ts_cluster_takeover_drain_timeouts_total',
       'Cross-node takeovers exported before every other shard had routed what it held (a shard died)',
       Counter.takeoverDrainTimeouts,

@@ -42,6 +42,18 @@ export class SessionLifecycle {
     private readonly d: LifecycleDeps,
   ) {}
 
+  /**
+   * The cluster could not grant the client id (cluster.claim_quorum = majority without a
+   * reachable quorum, src/cluster/registry.ts): CONNACK 0x88 Server unavailable (MQTT 5) /
+   * 3 Server unavailable (MQTT 3.1.1), then close. No session is made.
+   */
+  refuseUnavailable(socket: Socket, h: ConnectionOrigin): void {
+    this.s.counters.row[Counter.packetsConnackError]++;
+    socket.on('error', () => {});
+    socket.end(h.connect.protocolVersion === 5 ? encodeConnackV5(0x88) : encodeConnack(false, 3));
+    socket.destroySoon();
+  }
+
   /** Makes the connection and its session: takeover, resume or a new session, then CONNACK. */
   attach(socket: Socket, h: ConnectionOrigin, auth?: ClientAuth): void {
     if (this.s.stopping) {

@@ -168,6 +168,7 @@ export class Shard implements BatchVisitor, ShardState {
           },
           // Longer than the cluster thread's claim call (4 × its call timeout), which answers first.
           claimTimeoutMs: 5 * Math.min(5000, Math.max(500, this.config['cluster.down_after'] * 1000)),
+          claimQuorum: this.config['cluster.claim_quorum'] === 'majority',
           log: this.log,
         })
       : null);
@@ -184,7 +185,12 @@ export class Shard implements BatchVisitor, ShardState {
     this.accept = new ConnectionAccept(this, main, {
       attach: (socket, h) =>
         clusterState
-          ? clusterState.claimThenAttach(socket, h, () => this.lifecycle.attach(socket, h))
+          ? clusterState.claimThenAttach(
+              socket,
+              h,
+              () => this.lifecycle.attach(socket, h),
+              () => this.lifecycle.refuseUnavailable(socket, h),
+            )
           : this.lifecycle.attach(socket, h),
       scheduleTurnEnd: this.scheduleTurnEnd,
       threadMessageError: (err, from, msg) => this.threadMessageError(err, from, msg),
