@@ -11,17 +11,21 @@ import { startBroker, waitFor, within } from './helpers/broker.js';
 import { startNode } from './helpers/cluster.js';
 import { pollUntil } from './helpers/cluster-clients.js';
 
-test('a cluster thread that dies is restarted, rejoins and forwards again', {
-  timeout: 90_000,
-}, async (t) => {
-  const a = await startBroker(t, {
-    'node.name': 'rsa@127.0.0.1',
+/** Node A: a broker in this process (its supervisor is reachable), clustered on loopback. */
+const inProcessNode = (t: Parameters<typeof startBroker>[0], name: string) =>
+  startBroker(t, {
+    'node.name': name,
     'cluster.discovery': 'static',
     'cluster.port': 0,
     'cluster.listen_host': '127.0.0.1',
     'cluster.advertise': '127.0.0.1',
     'cluster.down_after': 2,
   });
+
+test('a cluster thread that dies is restarted, rejoins and forwards again', {
+  timeout: 90_000,
+}, async (t) => {
+  const a = await inProcessNode(t, 'rsa@127.0.0.1');
   const cluster = a.supervisor.cluster!;
   assert.ok(cluster.ready && cluster.port > 0);
   const b = await startNode(t, { name: 'rsb@127.0.0.1', seeds: [cluster.port] });
@@ -57,14 +61,7 @@ test('a cluster thread that dies is restarted, rejoins and forwards again', {
 test('a cluster thread that dies does not make its peers publish the wills of its clients, which are still connected [MQTT-3.1.2-8]', {
   timeout: 90_000,
 }, async (t) => {
-  const a = await startBroker(t, {
-    'node.name': 'rwa@127.0.0.1',
-    'cluster.discovery': 'static',
-    'cluster.port': 0,
-    'cluster.listen_host': '127.0.0.1',
-    'cluster.advertise': '127.0.0.1',
-    'cluster.down_after': 2,
-  });
+  const a = await inProcessNode(t, 'rwa@127.0.0.1');
   const cluster = a.supervisor.cluster!;
   const b = await startNode(t, { name: 'rwb@127.0.0.1', seeds: [cluster.port] });
   await b.waitPeer('rwa@127.0.0.1', 'running');
