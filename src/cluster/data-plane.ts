@@ -9,6 +9,7 @@ import { ACCEPTED, type BatchDone, ForwardStream, LOST, QUEUE_FULL } from './for
 import type { ForwardBatch } from './gen/emqx_ts/cluster/v1/cluster_pb.js';
 import { type Peer, type PeerTable, touch } from './peers.js';
 import { EnvelopeReader, forwardAck, readForwardBatch } from './wire.js';
+import { YOUNG_GC_BYTES, YoungGc } from './young-gc.js';
 
 /**
  * The cluster thread's data plane: the forward stream to every synced peer (out), the streams
@@ -19,6 +20,8 @@ export class DataPlane {
   private readonly touched: Peer[] = [];
   private stallTimer: NodeJS.Timeout | null = null;
   stopping = false;
+  /** Scavenges after every few MiB of buffers taken in (young-gc.ts: else V8 runs mark-compacts) */
+  readonly youngGc = new YoungGc(YOUNG_GC_BYTES);
   /**
    * Gate of incoming batches (tombstones.ts): calls `run` (hand to the shard, ack) now or later,
    * in arrival order
@@ -153,6 +156,7 @@ export class DataPlane {
     });
     req.on('data', (chunk: Buffer) => {
       if (failed) return;
+      this.youngGc.add(chunk.length);
       try {
         reader.push(chunk);
       } catch (err) {
@@ -267,6 +271,7 @@ export class DataPlane {
         }
       }
       peer.outParts.push(Buffer.from(part.buf, 0, part.len));
+      this.youngGc.add(part.buf.byteLength);
       peer.outCount += part.count;
       if (done) {
         parts++;
