@@ -22,6 +22,7 @@ const node = new ClusterNode(
   post,
 );
 node.boot = init.boot;
+node.onSynced = (peers) => post({ t: 'synced', peers });
 for (const p of init.shards) if (p) node.listenShard(p);
 // A durable first start: the shards hold the wills they restored until the first join round
 // has asked the peers which of them the cluster published (a restarted thread's shards do not).

@@ -267,15 +267,21 @@ export class Broker implements BrokerView {
     return boundPort(this.apiServer);
   }
 
-  /** For /readyz: the MQTT listener is up, every shard is running, and no shutdown has begun. */
+  /**
+   * For /readyz: the MQTT listener is up, every shard is running, no shutdown has begun and,
+   * clustered, the first join round is over — a node that takes clients before it holds its
+   * peers' routes would ack their publishes to remote subscribers and route them nowhere.
+   */
   readiness(): Readiness {
     const shards = this.supervisor.shards.map((s) => ({
       shard: s.id,
       running: s.ready && s.worker !== null,
     }));
     const listener = this.supervisor.accepting;
-    const ready = listener && !this.stopping && shards.every((s) => s.running);
-    return { ready, listener, stopping: this.stopping, shards };
+    const cluster = this.supervisor.cluster;
+    const clusterSynced = cluster ? cluster.synced : undefined;
+    const ready = listener && !this.stopping && shards.every((s) => s.running) && clusterSynced !== false;
+    return { ready, listener, stopping: this.stopping, shards, clusterSynced };
   }
 
   /** Routes messages from the broker itself ($SYS, REST publish) through a running shard. */

@@ -13,6 +13,8 @@ export interface Readiness {
   listener: boolean;
   stopping: boolean;
   shards: { shard: number; running: boolean }[];
+  /** Clustered: the first join round is over (false until then); absent on a single node */
+  clusterSynced?: boolean;
 }
 
 /**

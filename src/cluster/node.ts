@@ -250,6 +250,8 @@ export class ClusterNode {
   private service(): ServiceImpl<typeof ClusterService> {
     return {
       join: (req) => {
+        // Leaving: a peer's join round must not make it running again after our Leave.
+        if (this.stopping) throw new ConnectError('node stopping', Code.Unavailable);
         const n = req.node;
         if (!n?.name || !n.address)
           throw new ConnectError('node name and address required', Code.InvalidArgument);
@@ -328,10 +330,10 @@ export class ClusterNode {
    * node alone, or a whole cluster restarting, publishes its restored wills itself).
    */
   private async firstJoinRound(): Promise<void> {
-    if (!this.askFiredWills) return this.joinRound();
-    const fired = new Set<string>();
+    const fired = this.askFiredWills ? new Set<string>() : null;
     this.fired = fired;
     const limit = 2 * this.joinTimeout() + 1000;
+    const deadline = Date.now() + limit;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       this.joinAll(),
@@ -341,7 +343,20 @@ export class ClusterNode {
     ]);
     clearTimeout(timer);
     this.fired = null;
-    if (!this.stopping) this.state.wills.verdict(fired);
+    if (this.stopping) return;
+    if (fired) this.state.wills.verdict(fired);
+    // Each peer we joined joins us back with its route slice: ready (/readyz) once the slice of
+    // every peer we joined or that joined us is here, within the same bound. Polled: this runs
+    // once, at start.
+    const missing = () =>
+      [...this.peers.byName.values()].some(
+        (p) => (p.synced || p.status === 'running') && p.routeVersion === 0n,
+      );
+    while (missing() && !this.stopping && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    if (this.stopping) return;
+    const peers = [...this.peers.byName.values()].filter((p) => p.status === 'running').length;
+    this.reportMembers(true); // main's view of the members (and their routes) first, in order
+    this.onSynced(peers);
   }
 
   /** Joins every contact, then those their answers taught us, until no new one comes. */
@@ -356,6 +371,8 @@ export class ClusterNode {
     }
   }
 
+  /** The first join round is over and every running peer's routes are here (or its bound ran out) */
+  onSynced: (peers: number) => void = () => {};
   /** Set on a durable first start (workers/cluster.ts): the first join round asks for fired wills */
   askFiredWills = false;
   /** While the first join round runs: the fired wills its answers list */

@@ -24,6 +24,11 @@ export interface ClusterHost {
 export class ClusterThread {
   worker: Worker | null = null;
   generation = 0;
+  /**
+   * The first cluster thread's first join round is over (ClusterToMain `synced`): the node
+   * holds its peers' routes. Stays true across thread restarts (its clients are served on).
+   */
+  synced = false;
   /** One per process: peers tell a restarted cluster thread from a restarted node by it */
   private readonly boot = BigInt(Date.now()) * 1000n + BigInt(randomInt(1000));
   ready = false;
@@ -111,6 +116,9 @@ export class ClusterThread {
         this.port = m.port;
         this.log.info({ port: m.port, generation: m.generation }, 'cluster thread ready');
         this.firstStart?.();
+      } else if (m.t === 'synced') {
+        if (!this.synced) this.log.info({ peers: m.peers }, 'cluster synced');
+        this.synced = true;
       } else if (m.t === 'listenFailed') {
         const reason = `cluster service cannot listen: ${m.error}`;
         if (this.firstStart) this.firstStart(new Error(reason));

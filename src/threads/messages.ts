@@ -89,6 +89,11 @@ export type MainToCluster =
 
 export type ClusterToMain =
   | { t: 'ready'; generation: number; port: number }
+  /**
+   * The first join round is over: every peer that answered holds our routes and we hold
+   * theirs (or the bound ran out); /readyz waits for it
+   */
+  | { t: 'synced'; peers: number }
   | { t: 'listenFailed'; error: string }
   /** Sent on every membership change and once a second */
   | { t: 'members'; members: ClusterMember[] }
