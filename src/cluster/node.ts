@@ -269,6 +269,10 @@ export class ClusterNode {
           }
         }
         const p = this.peers.get(n.name);
+        // A join it sent before its Leave, arriving after: the incarnation that left stays
+        // stopped (a node that comes back has a new one).
+        if (p.left && p.incarnation === n.incarnation)
+          throw new ConnectError('this incarnation left the cluster', Code.FailedPrecondition);
         if (p.incarnation !== n.incarnation) this.restarted(p, n.incarnation, n.boot);
         p.address = n.address;
         p.version = n.version;
