@@ -6,12 +6,19 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import mqtt, { type IClientOptions } from 'mqtt';
+import type { IClientOptions } from 'mqtt';
 import type { Broker } from '../src/broker/broker.js';
 import { Registry } from '../src/cluster/registry.js';
 import { within } from './helpers/broker.js';
 import { startNode, type TestNode } from './helpers/cluster.js';
-import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
+import {
+  connectTo,
+  Inbox,
+  pollUntil,
+  resumeInbox,
+  subscribeTo,
+  threeNodes,
+} from './helpers/cluster-clients.js';
 import { PacketClient } from './helpers/raw.js';
 
 type Ctx = Parameters<typeof startNode>[0];
@@ -132,21 +139,7 @@ test('takeover across nodes and the will of the connection it closes: published 
   const later = await withWill(t, n1, 'tw-later', 'tw/later', 2);
   const takenAt = Date.now();
   for (const id of ['tw-now', 'tw-later']) {
-    const c = mqtt.connect({
-      host: '127.0.0.1',
-      port: n2.mqttPort,
-      clientId: id,
-      reconnectPeriod: 0,
-      ...persistent,
-    });
-    t.after(() => new Promise<void>((r) => c.end(true, {}, () => r())));
-    const connack = await within(
-      new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
-        c.once('connect', resolve);
-        c.once('error', reject);
-      }),
-      `${id} to connect to n2`,
-    );
+    const { connack } = await resumeInbox(t, n2, id, persistent);
     assert.equal(connack.sessionPresent, true, `${id}: session present 1 [MQTT-3.2.2-2]`);
   }
   assert.equal(await within(now.closed, 'DISCONNECT to tw-now'), 0x8e, 'session taken over [MQTT-3.1.4-3]');
@@ -205,20 +198,6 @@ test('clean start discards the session everywhere, also when its lock node resta
     'n1 to discard the session',
   );
   // A later clean start 0 anywhere finds no session [MQTT-3.2.2-3] (session present 0).
-  const again = mqtt.connect({
-    host: '127.0.0.1',
-    port: n1.mqttPort,
-    clientId: id,
-    reconnectPeriod: 0,
-    ...persistent,
-  });
-  t.after(() => new Promise<void>((r) => again.end(true, {}, () => r())));
-  const connack = await within(
-    new Promise<{ sessionPresent: boolean }>((resolve, reject) => {
-      again.once('connect', resolve);
-      again.once('error', reject);
-    }),
-    'to connect to n1 again',
-  );
+  const { connack } = await resumeInbox(t, n1, id, persistent);
   assert.equal(connack.sessionPresent, false, 'the discarded session is not resumed');
 });

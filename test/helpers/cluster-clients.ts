@@ -3,7 +3,7 @@
  * collect what arrives, waiting on arrivals (never fixed sleeps).
  */
 import assert from 'node:assert/strict';
-import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type IConnackPacket, type IPublishPacket, type MqttClient } from 'mqtt';
 import { within } from './broker.js';
 import { startNode, type TestNode } from './cluster.js';
 
@@ -83,10 +83,21 @@ function client(t: Ctx, node: TestNode, clientId: string, opts: IClientOptions):
   return c;
 }
 
-async function connected(c: MqttClient, clientId: string, node: TestNode): Promise<void> {
-  await within(
-    new Promise<void>((resolve, reject) => {
-      c.once('connect', () => resolve());
+/** connectInbox that also resolves with the CONNACK (session present after a takeover). */
+export async function resumeInbox(
+  t: Ctx,
+  node: TestNode,
+  clientId: string,
+  opts: IClientOptions = {},
+): Promise<{ inbox: Inbox; connack: IConnackPacket }> {
+  const inbox = new Inbox(client(t, node, clientId, opts));
+  return { inbox, connack: await connected(inbox.c, clientId, node) };
+}
+
+function connected(c: MqttClient, clientId: string, node: TestNode): Promise<IConnackPacket> {
+  return within(
+    new Promise<IConnackPacket>((resolve, reject) => {
+      c.once('connect', resolve);
       c.once('error', reject);
     }),
     `${clientId} to connect to ${node.name}`,
