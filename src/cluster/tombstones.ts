@@ -185,13 +185,14 @@ export class Tombstones {
    */
   scan(buf: Buffer, off: number, len: number, only?: Tombstone): void {
     if (this.byClient.size === 0) return;
+    const list: Tombstone[] = only ? [only] : [...this.byClient.values()]; // once per batch, not per entry
     const end = off + len;
     let p = off;
     while (p < end) {
       const next = entryEnd(buf, p, end);
       const topicLen = buf.readUInt32LE(p + 1);
       const topic = buf.toString('utf8', p + 5, p + 5 + topicLen);
-      for (const t of only ? [only] : this.byClient.values()) {
+      for (const t of list) {
         if (!t.filters.some((f) => topicMatches(f, topic))) continue;
         this.queue(t.to, t.clientId, Buffer.from(buf.subarray(p, next)), false, false);
         this.host.counters.row[Counter.tombstoneForwarded]++;
