@@ -7,14 +7,14 @@
 //  - a late subscriber of `#` on the peer (node 2) against one on the publisher's node: time to
 //    receive all N (both read their own copy).
 //   npm run build && node --import tsx bench/cluster-retained.ts [--count 20000] [--payload 64] [--window 200] [--rounds 2]
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
-import { freePort, HOST } from './brokers.js';
+import { HOST } from './brokers.js';
+import { metric, type Node, sleep, startNode } from './cluster-node.js';
 import { cpuMicros, rssBytes } from './procstat.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -29,65 +29,8 @@ const { values: args } = parseArgs({
 const COUNT = Number(args.count);
 const PAYLOAD = Buffer.alloc(Number(args.payload), 0x61);
 const WINDOW = Number(args.window);
-
-interface Node {
-  child: ChildProcess;
-  mqtt: number;
-  cluster: number;
-  metrics: number;
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function metric(n: Node, name: string): Promise<number> {
-  const text = await (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  return line ? Number(line.slice(name.length + 1)) : Number.NaN;
-}
-
-async function startNode(name: string, dir: string, seeds: number[] | null): Promise<Node> {
-  const [mq, cluster, metrics, api] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-  const clusterArgs =
-    seeds === null
-      ? ['--cluster.discovery=none']
-      : [
-          '--cluster.discovery=static',
-          `--cluster.port=${cluster}`,
-          `--cluster.advertise=${HOST}`,
-          `--cluster.listen_host=${HOST}`,
-          `--cluster.static.seeds=${seeds.map((p) => `${HOST}:${p}`).join(',')}`,
-        ];
-  const child = spawn(
-    process.execPath,
-    [
-      path.join(root, 'dist/src/main.js'),
-      `--name=${name}`,
-      `--host=${HOST}`,
-      `--port=${mq}`,
-      '--shards=1',
-      `--metrics.port=${metrics}`,
-      `--api.port=${api}`,
-      `--node.data_dir=${path.join(dir, name)}`,
-      '--log-level=warn',
-      '--sys_topics.sys_msg_interval=0',
-      '--sys_topics.sys_heartbeat_interval=0',
-      '--mqtt.max_inflight=1000',
-      '--mqtt.max_mqueue_len=1000000',
-      ...clusterArgs,
-    ],
-    { stdio: 'ignore' },
-  );
-  const node = { child, mqtt: mq, cluster, metrics };
-  for (let i = 0; i < 200; i++) {
-    try {
-      await metric(node, 'emqx_connections_count');
-      return node;
-    } catch {
-      await sleep(50);
-    }
-  }
-  throw new Error(`${name} did not start`);
-}
+/** Late subscribers get the whole set queued */
+const QUEUE = ['--mqtt.max_mqueue_len=1000000'];
 
 function connect(n: Node, clientId: string): Promise<MqttClient> {
   return new Promise((resolve, reject) => {
@@ -136,11 +79,12 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 async function round(r: number, nodes: 1 | 2): Promise<Record<string, number>> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'emqx-ts-bench-ret-'));
-  const n1 = await startNode(`ret${r}a@${HOST}`, dir, nodes === 1 ? null : []);
+  const n1 = await startNode(`ret${r}a@${HOST}`, nodes === 1 ? null : [], dir, root, QUEUE);
   const all = [n1];
   if (nodes === 2) {
-    all.push(await startNode(`ret${r}b@${HOST}`, dir, [n1.cluster]));
-    while ((await metric(n1, 'emqx_cluster_nodes_running')) < 2) await sleep(50);
+    all.push(await startNode(`ret${r}b@${HOST}`, [n1.cluster], dir, root, QUEUE));
+    // (its metrics port may open just after MQTT's)
+    while ((await metric(n1, 'emqx_cluster_nodes_running').catch(() => 0)) < 2) await sleep(50);
   }
   try {
     const peer = all[nodes - 1];

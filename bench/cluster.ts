@@ -8,14 +8,14 @@
 // measured in the same rounds (the two builds alternate, first one first, then the other).
 // BENCH_EMQX_TS_NODE_ARGS (or BENCH_NODE_ARGS): extra node flags, e.g. --cpu-prof; with
 // BENCH_NODE_STDOUT=PREFIX each node's stdout goes to PREFIX.<node name> (e.g. --trace-gc).
-import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, openSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { freePort, HOST } from './brokers.js';
+import { HOST } from './brokers.js';
+import { metric, type Node, nodeArgs, sleep, startNode } from './cluster-node.js';
 import { cpuMicros } from './procstat.js';
 import {
   encodeConnect,
@@ -26,6 +26,8 @@ import {
   PUBLISH,
 } from './proto.js';
 
+/** Deep enough for the closed loop's window at QoS 1 */
+const QUEUE = ['--mqtt.max_mqueue_len=100000'];
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
   options: {
@@ -40,20 +42,6 @@ const { values: args } = parseArgs({
   },
 });
 
-interface Node {
-  child: ChildProcess;
-  mqtt: number;
-  cluster: number;
-  metrics: number;
-}
-
-/** A counter of a node's Prometheus exposition. */
-async function metric(n: Node, name: string): Promise<number> {
-  const text = await (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  return line ? Number(line.slice(name.length + 1)) : Number.NaN;
-}
-
 /** CPU seconds of each thread of a node (builds that export emqx_ts_thread_cpu_seconds), by name. */
 async function threadCpu(n: Node): Promise<Map<string, number>> {
   const text = await (await fetch(`http://${HOST}:${n.metrics}/metrics`)).text();
@@ -62,61 +50,6 @@ async function threadCpu(n: Node): Promise<Map<string, number>> {
     out.set(m[1], Number(m[2]));
   return out;
 }
-
-const nodeArgs = (process.env.BENCH_EMQX_TS_NODE_ARGS ?? process.env.BENCH_NODE_ARGS ?? '')
-  .split(' ')
-  .filter(Boolean);
-
-async function startNode(name: string, seeds: number[], dir: string, build: string): Promise<Node> {
-  const [mqtt, cluster, metrics, api] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-  const child = spawn(
-    process.execPath,
-    [
-      // e.g. --cpu-prof (profiles every thread; written on the graceful stop)
-      ...nodeArgs,
-      path.join(build, 'dist/src/main.js'),
-      `--name=${name}`,
-      `--host=${HOST}`,
-      `--port=${mqtt}`,
-      '--shards=1',
-      `--metrics.port=${metrics}`,
-      `--api.port=${api}`,
-      `--node.data_dir=${path.join(dir, name)}`,
-      '--log-level=warn',
-      '--sys_topics.sys_msg_interval=0',
-      '--sys_topics.sys_heartbeat_interval=0',
-      '--mqtt.max_mqueue_len=100000',
-      '--mqtt.max_inflight=1000',
-      '--cluster.discovery=static',
-      `--cluster.port=${cluster}`,
-      `--cluster.advertise=${HOST}`,
-      `--cluster.listen_host=${HOST}`,
-      `--cluster.static.seeds=${seeds.map((p) => `${HOST}:${p}`).join(',')}`,
-    ],
-    // BENCH_NODE_STDOUT=PREFIX: each node's stdout to PREFIX.<name> (e.g. for --trace-gc)
-    {
-      stdio: process.env.BENCH_NODE_STDOUT
-        ? ['ignore', openSync(`${process.env.BENCH_NODE_STDOUT}.${name}`, 'w'), 'ignore']
-        : 'ignore',
-    },
-  );
-  const node = { child, mqtt, cluster, metrics };
-  for (let i = 0; i < 200; i++) {
-    if (await canConnect(mqtt)) return node;
-    await sleep(50);
-  }
-  throw new Error(`${name} did not start`);
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const canConnect = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const s = net.connect(port, HOST, () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 
 /** A raw MQTT 3.1.1 connection: counts PUBLISH/PUBACK frames, acks QoS 1 deliveries. */
 class Conn {
@@ -313,8 +246,8 @@ if (process.env.BENCH_EMQX_TS_ROOT)
   builds.push({ name: 'base', root: path.resolve(process.env.BENCH_EMQX_TS_ROOT) });
 const pairs: { name: string; root: string; nodes: Node[]; idle: number }[] = [];
 for (const b of builds) {
-  const n1 = await startNode(`${b.name}1@127.0.0.1`, [], dir, b.root);
-  const n2 = await startNode(`${b.name}2@127.0.0.1`, [n1.cluster], dir, b.root);
+  const n1 = await startNode(`${b.name}1@127.0.0.1`, [], dir, b.root, QUEUE);
+  const n2 = await startNode(`${b.name}2@127.0.0.1`, [n1.cluster], dir, b.root, QUEUE);
   pairs.push({ ...b, nodes: [n1, n2], idle: 0 });
 }
 const qoses = args.qos!.split(',').map(Number);
