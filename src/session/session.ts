@@ -2,6 +2,7 @@ import type { Logger } from '../log.js';
 import type { WillMessage } from '../protocol/codec.js';
 import type { QoS } from '../protocol/constants.js';
 import type { SharedFilter } from '../routing/shared.js';
+import { InflightTable } from './inflight.js';
 import type { Message } from './message.js';
 
 /**
@@ -100,7 +101,7 @@ export class Session {
   // The maps are made on first use: an empty Map costs ~200 bytes, and most of a broker's
   // connections are idle ones that never need some (or any) of them.
   private subs: Map<string, Subscription> | null = null;
-  private inflightMap: Map<number, InflightEntry> | null = null;
+  private inflightMap: InflightTable<InflightEntry> | null = null;
   private rel: Map<number, number> | null = null;
   queue: QueuedDelivery[] = [];
   nextPacketId = 1;
@@ -154,8 +155,8 @@ export class Session {
   }
 
   /** QoS 1/2 deliveries by packet id. Insertion order is send order, the order to resend in [MQTT-4.6.0-1] */
-  get inflight(): Map<number, InflightEntry> {
-    if (this.inflightMap === null) this.inflightMap = new Map();
+  get inflight(): InflightTable<InflightEntry> {
+    if (this.inflightMap === null) this.inflightMap = new InflightTable();
     return this.inflightMap;
   }
 
