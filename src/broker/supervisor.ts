@@ -82,6 +82,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   /** Starts every shard, then the cluster thread; resolves when all report ready. */
   async start(): Promise<void> {
     applyHeapGrowing(this.config['node.heap_growing_percent']);
+    applyMemoryReducer(this.config['node.memory_reducer']);
     await Promise.all(this.shards.map((s) => this.spawn(s)));
     await this.cluster?.start();
   }
@@ -342,4 +343,18 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
  */
 function applyHeapGrowing(percent: number): void {
   if (percent > 0) setFlagsFromString(`--heap-growing-percent=${percent}`);
+}
+
+/**
+ * V8's memory reducer, off unless `node.memory_reducer` (process-wide flag, set before the first
+ * worker starts; each heap reads it when it is created). When a thread goes idle it runs
+ * memory-reducing mark-compacts that shrink the young generation and set a tight old-generation
+ * limit; a shard that then takes a burst of QoS 1/2 traffic (thousands of held messages alive
+ * at each scavenge) promotes them, reaches that limit within two scavenges, and stays for
+ * seconds in a regime of ~10 mark-compacts a second, about twice the CPU per message
+ * (docs/PERFORMANCE.md, cluster, "Sixth stop"). Without it the heap keeps the size its load
+ * gave it, as V8's regular GCs size it.
+ */
+function applyMemoryReducer(on: boolean): void {
+  if (!on) setFlagsFromString('--no-memory-reducer');
 }

@@ -21,6 +21,7 @@ export const RESTART_ONLY: ReadonlySet<OptionKey> = new Set<OptionKey>([
   'node.shards',
   'node.shard_young_generation_mb',
   'node.heap_growing_percent',
+  'node.memory_reducer',
   'node.name',
   'node.data_dir',
   'metrics.host',

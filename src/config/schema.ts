@@ -96,6 +96,11 @@ export const SCHEMA = {
     max: 300,
     doc: "How far V8 lets a thread's heap grow past its live size before the next full GC, percent (process-wide; 0 = V8's own factor, up to 300 % on a large machine). V8's own factor let each shard reserve 2-3x its live heap after a connection storm, and never give it back (docs/RELIABILITY.md)",
   },
+  'node.memory_reducer': {
+    type: 'boolean',
+    default: false,
+    doc: "V8's memory reducer: full GCs when a thread turns idle, to shrink its heap (process-wide). Off by default: it left an idle shard with a small young generation and a tight old-generation limit, and the next burst of QoS 1/2 traffic then ran ~10 mark-compacts a second for seconds, 2x the CPU per message (docs/PERFORMANCE.md)",
+  },
   'mqtt.max_packet_size': {
     type: 'number',
     integer: true,
