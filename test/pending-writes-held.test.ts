@@ -27,7 +27,7 @@ test('held deliveries: acknowledged ones never written, the others written once,
   let acked = 0;
   for (let round = 0; round < 20_000; round++) {
     for (let k = 0; k < 5; k++) {
-      const e = { seq: seq++, qos: 1, msg: {} } as unknown as InflightEntry;
+      const e = { seq: seq++, qos: 1, msg: {}, w: null, stored: false } as unknown as InflightEntry;
       const t = {
         parts: 1,
         partDone() {
@@ -40,7 +40,7 @@ test('held deliveries: acknowledged ones never written, the others written once,
     }
     while (live.length > 40) {
       const e = live.shift()!;
-      w.removeDelivery(`c${e.seq % 3}`, e.seq);
+      w.removeDelivery(`c${e.seq % 3}`, e);
       acked++;
     }
     if (round % 7 === 0) {

@@ -127,15 +127,10 @@ export class ShardDurability {
   // ------------------------------------------------------------------------------------------
   // Sessions and their deliveries
 
-  /** After restoring: the restored sessions' records are as stored; their deliveries are known. */
+  /** After restoring: the restored sessions' records are as stored (their deliveries are marked `stored`). */
   restored(): void {
-    for (const session of this.s.sessions.values()) {
-      const seqs: number[] = [];
-      for (const d of session.queue) seqs.push(d.seq);
-      if (session.inflightCount > 0) for (const e of session.inflight.values()) seqs.push(e.seq);
-      if (seqs.length > 0) this.w.loaded(session.clientId, seqs);
+    for (const session of this.s.sessions.values())
       if (session.expiryInterval > 0) this.persistent.add(session.clientId);
-    }
     this.s.counters.row[Counter.persistentSessions] = this.persistent.size;
   }
 
@@ -187,7 +182,7 @@ export class ShardDurability {
   /** The delivery is complete (acknowledged) or dropped (expired, queue full, redispatched). */
   done(session: Session, e: QueuedDelivery | InflightEntry): void {
     if (session.expiryInterval === 0 || e.qos === 0) return;
-    this.w.removeDelivery(session.clientId, e.seq);
+    this.w.removeDelivery(session.clientId, e);
     this.countHeld();
     // Its batch's last held delivery: confirmed now when nothing of it was stored.
     if (this.w.batchesReady) this.settleBatches();
