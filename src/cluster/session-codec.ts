@@ -139,8 +139,10 @@ export function restoreSession(session: Session, snap: SessionSnapshot): void {
     );
   }
   for (const [id, at] of snap.rel) session.awaitingRel.set(id, at);
-  session.queue = snap.queue.map((d) =>
-    newDelivery(msgFrom(d.m), d.qos, d.retainFlag, d.subIds, d.group, session.deliverySeq++),
+  session.queue.replace(
+    snap.queue.map((d) =>
+      newDelivery(msgFrom(d.m), d.qos, d.retainFlag, d.subIds, d.group, session.deliverySeq++),
+    ),
   );
   const w = snap.pendingWill;
   if (w) {

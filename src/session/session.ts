@@ -3,6 +3,7 @@ import type { WillMessage } from '../protocol/codec.js';
 import type { QoS } from '../protocol/constants.js';
 import type { SharedFilter } from '../routing/shared.js';
 import type { Message } from './message.js';
+import { DeliveryQueue } from './queue.js';
 
 /**
  * What the session layer (lifecycle, delivery, queries) asks of the connection that currently
@@ -125,7 +126,8 @@ export class Session {
   private subs: Map<string, Subscription> | null = null;
   private inflightMap: Map<number, InflightEntry> | null = null;
   private rel: Map<number, number> | null = null;
-  queue: QueuedDelivery[] = [];
+  /** Deliveries waiting for an inflight slot or for the client to come back, oldest first */
+  readonly queue = new DeliveryQueue<QueuedDelivery>();
   nextPacketId = 1;
   will: WillMessage | null = null;
   /** A will waiting for its Will Delay Interval (MQTT 5), published at `willAt` unless resumed */

@@ -152,7 +152,7 @@ export class PendingWrites {
     this.dirty.delete(session);
     // Nothing is stored for a discarded session: acks waiting for its deliveries are free.
     if (session.inflightCount > 0) for (const e of session.inflight.values()) this.forget(e);
-    for (let i = 0; i < session.queue.length; i++) this.forget(session.queue[i]);
+    for (let i = 0; i < session.queue.length; i++) this.forget(session.queue.get(i));
     if (this.rel.length > 0)
       this.rel = this.rel.filter((o) => {
         if (o.c !== c) return true;
