@@ -118,8 +118,14 @@ export class Message {
   /** A fresh QoS 1/2 PUBLISH frame with the given packet id (the caller may keep it). */
   qosFrame(qos: 1 | 2, packetId: number, dup: boolean): Buffer {
     if (this.frameQ === null) {
-      this.frameQ = encodePublish(this.topicBytes, this.payload, 1, this.deliverRetained, false, 0);
-      this.pidOffset = this.frameQ.length - this.payload.length - 2;
+      // The first QoS 1/2 delivery: encoded with its own flags and packet id and kept as the
+      // template that later ones copy and patch (patch sets every flag and the id), so a message
+      // with one QoS 1/2 subscriber on this shard — the usual case — is encoded once, not
+      // encoded and then copied.
+      const f = encodePublish(this.topicBytes, this.payload, qos, this.deliverRetained, dup, packetId);
+      this.frameQ = f;
+      this.pidOffset = f.length - this.payload.length - 2;
+      return f;
     }
     return patch(this.frameQ, this.pidOffset, qos, packetId, dup, this.deliverRetained);
   }
@@ -154,17 +160,20 @@ export class Message {
         return this.frame0v5;
       }
       if (this.frameQv5 === null) {
-        this.frameQv5 = encodePublishV5(
+        // As in qosFrame: the first one is the template.
+        const f = encodePublishV5(
           this.topicBytes,
           this.payload,
-          1,
+          qos,
           retainFlag,
-          false,
-          0,
+          dup,
+          packetId,
           this.props,
           null,
         );
-        this.pidOffsetV5 = publishPacketIdOffset(this.frameQv5);
+        this.frameQv5 = f;
+        this.pidOffsetV5 = publishPacketIdOffset(f);
+        return f;
       }
       return patch(this.frameQv5, this.pidOffsetV5, qos, packetId, dup, retainFlag);
     }
@@ -187,7 +196,7 @@ function patch(
   retain: boolean,
 ): Buffer {
   const out = Buffer.allocUnsafe(template.length);
-  template.copy(out);
+  out.set(template);
   out[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0);
   out[offset] = packetId >> 8;
   out[offset + 1] = packetId & 0xff;
