@@ -2,7 +2,7 @@ import { Counter } from '../metrics/counters.js';
 import type { InflightEntry, QueuedDelivery, Session } from '../session/session.js';
 import type { HeldAck } from '../shard/held-ack.js';
 import type { ShardState } from '../shard/state.js';
-import type { ShardToShard } from '../threads/messages.js';
+import { peerBatchCommitted, type ShardToShard } from '../threads/messages.js';
 import { type BatchWaiter, PendingWrites } from './pending-writes.js';
 import type { DurableStore } from './types.js';
 
@@ -368,7 +368,7 @@ export class ShardDurability {
       }
       if (now > 0) {
         this.s.counters.row[Counter.outboxConfirmedUnwritten]++;
-        this.s.peers[from]?.postMessage({ t: 'batchCommitted', seq: now } satisfies ShardToShard);
+        this.s.peers[from]?.postMessage(peerBatchCommitted(now) satisfies ShardToShard);
       }
       if (n === 0) continue;
       if (n === q.length) q.length = 0;
@@ -539,10 +539,7 @@ export class ShardDurability {
     for (let i = 0; i < acks.length; i++) acks[i].partDone();
     for (let i = 0; i < confirms.length; i += 2) {
       this.confirmsHeld[confirms[i]]--;
-      this.s.peers[confirms[i]]?.postMessage({
-        t: 'batchCommitted',
-        seq: confirms[i + 1],
-      } satisfies ShardToShard);
+      this.s.peers[confirms[i]]?.postMessage(peerBatchCommitted(confirms[i + 1]) satisfies ShardToShard);
     }
   }
 
