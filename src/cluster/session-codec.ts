@@ -1,7 +1,13 @@
 import type { WillMessage } from '../protocol/codec.js';
 import type { QoS } from '../protocol/constants.js';
 import { Message } from '../session/message.js';
-import type { DeliveryOptions, Session, Subscription } from '../session/session.js';
+import {
+  type DeliveryOptions,
+  type InflightEntry,
+  newDelivery,
+  type Session,
+  type Subscription,
+} from '../session/session.js';
 
 /**
  * A session as shipped to another node on takeover: subscriptions, inflight QoS 1/2 (with
@@ -119,25 +125,25 @@ export function restoreSession(session: Session, snap: SessionSnapshot): void {
   session.createdAt = snap.createdAt;
   session.nextPacketId = snap.nextPacketId;
   for (const [id, e] of snap.inflight) {
-    session.inflight.set(id, {
-      qos: e.qos as 1 | 2,
-      released: e.released,
-      retainFlag: e.retainFlag,
-      subIds: e.subIds,
-      group: e.group,
-      msg: msgFrom(e.m),
-      seq: session.deliverySeq++,
-    });
+    session.inflight.set(
+      id,
+      newDelivery(
+        msgFrom(e.m),
+        e.qos as 1 | 2,
+        e.retainFlag,
+        e.subIds,
+        e.group,
+        session.deliverySeq++,
+        e.released,
+      ) as InflightEntry,
+    );
   }
   for (const [id, at] of snap.rel) session.awaitingRel.set(id, at);
-  session.queue = snap.queue.map((d) => ({
-    qos: d.qos,
-    retainFlag: d.retainFlag,
-    subIds: d.subIds,
-    group: d.group,
-    msg: msgFrom(d.m),
-    seq: session.deliverySeq++,
-  }));
+  session.queue.replace(
+    snap.queue.map((d) =>
+      newDelivery(msgFrom(d.m), d.qos, d.retainFlag, d.subIds, d.group, session.deliverySeq++),
+    ),
+  );
   const w = snap.pendingWill;
   if (w) {
     session.pendingWill = {

@@ -421,12 +421,14 @@ export function encodePublish(
   let pos = writeLength(out, 1, rem);
   out[pos++] = topic.length >> 8;
   out[pos++] = topic.length & 0xff;
-  pos += topic.copy(out, pos);
+  // TypedArray set: native, where Buffer.copy goes through JS checks first (small copies)
+  out.set(topic, pos);
+  pos += topic.length;
   if (qos > 0) {
     out[pos++] = packetId >> 8;
     out[pos++] = packetId & 0xff;
   }
-  payload.copy(out, pos);
+  out.set(payload, pos);
   return out;
 }
 

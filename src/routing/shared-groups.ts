@@ -220,7 +220,7 @@ export class SharedGroupRouting {
           this.redispatch(d.msg, d.group, session.clientId);
         }
       }
-      session.queue = keep;
+      session.queue.replace(keep);
     }
   }
 

@@ -4,6 +4,7 @@ import type { QoS } from '../protocol/constants.js';
 import type { SharedFilter } from '../routing/shared.js';
 import { InflightTable } from './inflight.js';
 import type { Message } from './message.js';
+import { DeliveryQueue } from './queue.js';
 
 /**
  * What the session layer (lifecycle, delivery, queries) asks of the connection that currently
@@ -74,20 +75,43 @@ export interface DeliveryOptions {
   group: string | null;
 }
 
-/** A QoS 1/2 message sent to the client and not yet fully acknowledged. */
-export interface InflightEntry extends DeliveryOptions {
+/**
+ * One delivery of a message to a session: queued (waiting for an inflight slot or for the
+ * client to come back), then, the same object, inflight once sent. Made by `newDelivery` only,
+ * so that every delivery has one shape.
+ */
+export interface QueuedDelivery extends DeliveryOptions {
   msg: Message;
   /** The delivery's key in the durable store (session-wide, increasing) */
   seq: number;
-  qos: 1 | 2;
-  /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP */
+  /** Inflight QoS 2: false waiting for PUBREC; true PUBREL sent, waiting for PUBCOMP */
   released: boolean;
+  /**
+   * Durable store (storage/pending-writes.ts): its write not flushed yet (held for the PUBACK,
+   * or pending), null when none. Opaque here.
+   */
+  w: object | null;
+  /** Durable store: its record is written (by a flush) and not removed since */
+  stored: boolean;
 }
 
-/** A message waiting for an inflight slot or for the client to come back. */
-export interface QueuedDelivery extends DeliveryOptions {
-  msg: Message;
-  seq: number;
+/** A QoS 1/2 message sent to the client and not yet fully acknowledged. */
+export interface InflightEntry extends QueuedDelivery {
+  qos: 1 | 2;
+}
+
+/** A delivery, queued or inflight (the one place that makes them: one object shape). */
+export function newDelivery(
+  msg: Message,
+  qos: QoS,
+  retainFlag: boolean,
+  subIds: number[] | null,
+  group: string | null,
+  seq: number,
+  released = false,
+  stored = false,
+): QueuedDelivery {
+  return { msg, qos, retainFlag, subIds, group, seq, released, w: null, stored };
 }
 
 /** Session Expiry Interval meaning "never" [MQTT-3.1.2-?] */
@@ -103,7 +127,8 @@ export class Session {
   private subs: Map<string, Subscription> | null = null;
   private inflightMap: InflightTable<InflightEntry> | null = null;
   private rel: Map<number, number> | null = null;
-  queue: QueuedDelivery[] = [];
+  /** Deliveries waiting for an inflight slot or for the client to come back, oldest first */
+  readonly queue = new DeliveryQueue<QueuedDelivery>();
   nextPacketId = 1;
   will: WillMessage | null = null;
   /** A will waiting for its Will Delay Interval (MQTT 5), published at `willAt` unless resumed */

@@ -25,12 +25,13 @@ import { ReplayVisitor } from '../storage/replay.js';
 import { restoreSessions } from '../storage/restore.js';
 import { ShardDurability } from '../storage/shard-durability.js';
 import type { DurableStore } from '../storage/types.js';
-import type {
-  ConnectionOrigin,
-  MainToShard,
-  PeerBatch,
-  ShardInit,
-  ShardToShard,
+import {
+  type ConnectionOrigin,
+  type MainToShard,
+  type PeerBatch,
+  peerBatchAck,
+  type ShardInit,
+  type ShardToShard,
 } from '../threads/messages.js';
 import { ConnectionAccept } from './accept.js';
 import { Connection } from './connection.js';
@@ -226,14 +227,15 @@ export class Shard implements BatchVisitor, ShardState {
     if (!port) return;
     port.on('message', (m: ShardToShard) => {
       try {
-        if (m.t === 'batch') {
+        if (typeof m === 'number') {
+          // batchCommitted (seq > 0) or batchAck (-bytes), threads/messages.ts
+          if (m > 0) this.durable?.onConfirmed(i, m);
+          else this.router.windows.acked(i, -m);
+        } else if (m.t === 'batch') {
           if (this.deferredBatches !== null) this.deferredBatches.push({ from: i, port, m });
           else this.onPeerBatch(i, port, m);
         } else if (m.t === 'drained') this.clusterState?.onDrained(m.reqId);
-        else if (m.t === 'batchCommitted') this.durable?.onConfirmed(i, m.seq);
-        else if (m.t === 'batchAck') {
-          this.router.windows.acked(i, m.bytes);
-        } else if (m.t === 'hold' || m.t === 'release') this.flow.onPeerHold(i, m.clientId, m.t === 'hold');
+        else if (m.t === 'hold' || m.t === 'release') this.flow.onPeerHold(i, m.clientId, m.t === 'hold');
         else if (m.t === 'adopt') {
           // First: from here on the fds are ours (the sender stops tracking them).
           port.postMessage({ t: 'adopted', seq: m.seq } satisfies ShardToShard);
@@ -270,7 +272,7 @@ export class Shard implements BatchVisitor, ShardState {
       this.flow.sourceShard = -1;
       if (m.seq !== undefined) this.durable?.endBatch();
     }
-    port.postMessage({ t: 'batchAck', bytes: m.len } satisfies ShardToShard);
+    port.postMessage(peerBatchAck(m.len) satisfies ShardToShard);
   }
 
   /** Every live peer has rejoined the groups owned here: the batches held meanwhile, in order. */

@@ -27,9 +27,22 @@ export interface BatchWaiter {
   written: boolean;
 }
 
-/** A delivery's latest state, written at the next flush (null: remove it). */
+/** What a delivery op stands for */
+const HELD = 0; // a first write held for the PUBACK (in the held queue)
+const PUT = 1; // its latest state, written at the next flush (in the pending list)
+const DEL = 2; // its record is removed at the next flush (in the pending list)
+const DEAD = 3; // nothing any more: skipped (and freed) where it is listed
+
+/**
+ * A delivery's write not flushed yet. Linked from the delivery itself (`e.w`), so that a
+ * change of the same delivery (queued, then sent; acknowledged) finds it without a lookup; it
+ * is listed once, in the held queue or in the pending list, and freed from there.
+ */
 interface DeliveryOp {
   e: QueuedDelivery | InflightEntry;
+  /** Its session's client id (the store key) */
+  c: string;
+  state: number;
   /** packet id once sent (0 = queued) */
   i: number;
   /** QoS 2 after PUBREC: only the packet id is kept */
@@ -40,28 +53,10 @@ interface DeliveryOp {
   due: number;
   /** Held: the peer batch it came in, confirmed once none of its deliveries is held */
   b: BatchWaiter | null;
-  /** Held: its client (for the move into a flush) */
-  r: ClientDeliveries | null;
-  /** Held and then done (acknowledged, dropped): skipped when it reaches the queue's head */
-  dead: boolean;
-}
-
-/** One client id's deliveries: what the store holds and what changes at the next flush. */
-class ClientDeliveries {
-  /** seq → latest state (insertion order = first change since the last flush) */
-  readonly pending = new Map<number, DeliveryOp | null>();
-  /**
-   * seq → a first write held for the subscriber's PUBACK (durability.online_ack_wait): moved
-   * into `pending` when the wait is over, dropped (never written) when acknowledged first
-   */
-  readonly held = new Map<number, DeliveryOp>();
-  /** seqs written to the store by earlier flushes (or loaded from it) and not removed since */
-  readonly stored = new Set<number>();
-  constructor(readonly clientId: string) {}
 }
 
 /** A free slot of the held queue */
-const NO_OP: DeliveryOp = { e: NO_ENTRY, i: 0, rel: false, t: null, due: 0, b: null, r: null, dead: true };
+const NO_OP: DeliveryOp = { e: NO_ENTRY, c: '', state: DEAD, i: 0, rel: false, t: null, due: 0, b: null };
 
 /** An outbox entry to put (bytes) or remove (null), with the acks waiting for the put. */
 interface OutboxOp {
@@ -83,8 +78,8 @@ interface OutboxOp {
  * flush's reads (the keys of a removed session) see every earlier flush committed.
  */
 export class PendingWrites {
-  private readonly clients = new Map<string, ClientDeliveries>();
-  private readonly touched = new Set<ClientDeliveries>();
+  /** Delivery writes for the next flush, in the order of their first change (PUT, DEL, DEAD) */
+  private pend: DeliveryOp[] = [];
   /** Delivery ops written or dropped, for reuse */
   private readonly freeOps: DeliveryOp[] = [];
   /** Sessions whose record (subscriptions, expiry, wills) is written at the next flush */
@@ -126,7 +121,7 @@ export class PendingWrites {
   /** When the first held write is due (ms), or 0 when none is held. */
   nextDue(): number {
     const q = this.heldQ;
-    while (this.heldHead < q.length && q[this.heldHead].dead) this.popHeld();
+    while (this.heldHead < q.length && q[this.heldHead].state !== HELD) this.popHeld();
     let due = this.heldHead < q.length ? q[this.heldHead].due : 0;
     this.compactHeld();
     if (this.outboxHeld.size > 0) {
@@ -138,29 +133,13 @@ export class PendingWrites {
 
   get empty(): boolean {
     return (
-      this.touched.size === 0 &&
+      this.pend.length === 0 &&
       this.dirty.size === 0 &&
       this.gone.length === 0 &&
       this.rel.length === 0 &&
       this.outbox.size === 0 &&
       this.marks.size === 0
     );
-  }
-
-  /** After restoring: the deliveries the store holds, so that their removal is written. */
-  loaded(clientId: string, seqs: Iterable<number>): void {
-    const r = this.client(clientId);
-    for (const s of seqs) r.stored.add(s);
-    if (r.stored.size === 0) this.clients.delete(clientId);
-  }
-
-  private client(clientId: string): ClientDeliveries {
-    let r = this.clients.get(clientId);
-    if (r === undefined) {
-      r = new ClientDeliveries(clientId);
-      this.clients.set(clientId, r);
-    }
-    return r;
   }
 
   sessionChanged(session: Session): void {
@@ -171,19 +150,9 @@ export class PendingWrites {
   sessionGone(session: Session): void {
     const c = session.clientId;
     this.dirty.delete(session);
-    const r = this.clients.get(c);
-    if (r !== undefined) {
-      // Nothing is stored for a discarded session: acks waiting for its deliveries are free.
-      for (const op of r.pending.values())
-        if (op !== null) {
-          op.t?.partDone();
-          this.freeOp(op);
-        }
-      for (const op of r.held.values()) this.dropHeld(op);
-      r.held.clear();
-      this.touched.delete(r);
-      this.clients.delete(c);
-    }
+    // Nothing is stored for a discarded session: acks waiting for its deliveries are free.
+    if (session.inflightCount > 0) for (const e of session.inflight.values()) this.forget(e);
+    for (let i = 0; i < session.queue.length; i++) this.forget(session.queue.get(i));
     if (this.rel.length > 0)
       this.rel = this.rel.filter((o) => {
         if (o.c !== c) return true;
@@ -191,6 +160,20 @@ export class PendingWrites {
         return false;
       });
     this.gone.push(c);
+  }
+
+  /** A delivery of a session that is gone: its write is not made, its ack is free of it. */
+  private forget(e: QueuedDelivery): void {
+    e.stored = false;
+    const op = e.w as DeliveryOp | null;
+    if (op === null) return;
+    e.w = null;
+    if (op.state === HELD) this.dropHeld(op);
+    else {
+      op.t?.partDone();
+      op.t = null;
+      op.state = DEAD;
+    }
   }
 
   /**
@@ -207,61 +190,55 @@ export class PendingWrites {
     hold = false,
     b: BatchWaiter | null = null,
   ): void {
-    const r = this.client(clientId);
-    if (r.held.size > 0) {
-      const h = r.held.get(e.seq);
-      if (h !== undefined) {
-        if (t !== null) {
-          if (h.t !== null && h.t !== t) h.t.partDone();
-          h.t = t;
-        }
-        h.e = e;
-        h.i = i;
-        h.rel = rel;
-        if (hold) return;
-        // No longer to be held (QoS 2 released, …): written at the next flush.
-        r.held.delete(e.seq);
-        if (h.b !== null) h.b.written = true;
-        const op = this.op(h.e, h.i, h.rel, h.t);
-        h.t = null;
-        this.dropHeld(h);
-        r.pending.set(e.seq, op);
-        this.touched.add(r);
-        return;
-      }
-    }
-    const op = r.pending.get(e.seq);
-    if (op === undefined && hold && this.holdMs > 0 && !r.stored.has(e.seq)) {
-      // First write of a delivery to a connected subscriber: held for its PUBACK.
-      const h = this.op(e, i, rel, t);
-      h.due = Date.now() + this.holdMs;
-      h.b = b;
-      h.r = r;
-      if (b !== null) b.deferred++;
-      r.held.set(e.seq, h);
-      this.heldQ.push(h);
-      this.heldLive++;
-      return;
-    }
-    if (op == null) r.pending.set(e.seq, this.op(e, i, rel, t));
-    else {
+    const op = e.w as DeliveryOp | null;
+    if (op !== null) {
       // A later state of an unflushed delivery: the ack waiting for it waits for this one.
       if (t !== null) {
         if (op.t !== null && op.t !== t) op.t.partDone();
         op.t = t;
       }
-      op.e = e;
       op.i = i;
       op.rel = rel;
+      if (op.state !== HELD || hold) return;
+      // No longer to be held (QoS 2 released, …): written at the next flush.
+      if (op.b !== null) op.b.written = true;
+      const p = this.op(e, clientId, PUT, i, rel, op.t);
+      op.t = null;
+      this.dropHeld(op);
+      e.w = p;
+      this.pend.push(p);
+      return;
     }
-    this.touched.add(r);
+    if (hold && this.holdMs > 0 && !e.stored) {
+      // First write of a delivery to a connected subscriber: held for its PUBACK.
+      const h = this.op(e, clientId, HELD, i, rel, t);
+      h.due = Date.now() + this.holdMs;
+      h.b = b;
+      if (b !== null) b.deferred++;
+      e.w = h;
+      this.heldQ.push(h);
+      this.heldLive++;
+      return;
+    }
+    const p = this.op(e, clientId, PUT, i, rel, t);
+    e.w = p;
+    this.pend.push(p);
   }
 
   /** A delivery op from the free list (no allocation per delivery once warm). */
-  private op(e: QueuedDelivery | InflightEntry, i: number, rel: boolean, t: HeldAck | null): DeliveryOp {
+  private op(
+    e: QueuedDelivery | InflightEntry,
+    c: string,
+    state: number,
+    i: number,
+    rel: boolean,
+    t: HeldAck | null,
+  ): DeliveryOp {
     const op = this.freeOps.pop();
-    if (op === undefined) return { e, i, rel, t, due: 0, b: null, r: null, dead: false };
+    if (op === undefined) return { e, c, state, i, rel, t, due: 0, b: null };
     op.e = e;
+    op.c = c;
+    op.state = state;
     op.i = i;
     op.rel = rel;
     op.t = t;
@@ -271,19 +248,19 @@ export class PendingWrites {
   private freeOp(op: DeliveryOp): void {
     op.t = null;
     op.e = NO_ENTRY;
+    op.c = '';
+    op.state = DEAD;
     op.due = 0;
     op.b = null;
-    op.r = null;
-    op.dead = false;
     if (this.freeOps.length < 1024) this.freeOps.push(op);
   }
 
-  /** A held delivery done (acknowledged, dropped, or moved to `pending`): its ack and batch are free of it. */
+  /** A held delivery done (acknowledged, dropped, or moved to a new op): its ack and batch are free of it. */
   private dropHeld(h: DeliveryOp): void {
     h.t?.partDone();
     h.t = null;
     this.releaseBatch(h);
-    h.dead = true; // freed when it reaches the queue's head
+    h.state = DEAD; // freed when it reaches the queue's head
     this.heldLive--;
   }
 
@@ -322,10 +299,8 @@ export class PendingWrites {
     const q = this.heldQ;
     while (this.heldHead < q.length) {
       const h = q[this.heldHead];
-      if (!h.dead) {
+      if (h.state === HELD) {
         if (!all && h.due > now) break;
-        const r = h.r!;
-        r.held.delete(h.e.seq);
         if (h.b !== null) h.b.written = true;
         this.releaseBatch(h);
         this.heldLive--;
@@ -333,9 +308,8 @@ export class PendingWrites {
         // Moved, not copied: the queue's slot lets go of it.
         q[this.heldHead] = NO_OP;
         h.due = 0;
-        h.r = null;
-        r.pending.set(h.e.seq, h);
-        this.touched.add(r);
+        h.state = PUT;
+        this.pend.push(h);
         this.heldHead++;
         if (this.heldHead === q.length) {
           q.length = 0;
@@ -354,31 +328,34 @@ export class PendingWrites {
       }
   }
 
-  removeDelivery(clientId: string, seq: number): void {
-    const r = this.clients.get(clientId);
-    if (r === undefined) return;
-    if (r.held.size > 0) {
-      const h = r.held.get(seq);
-      if (h !== undefined) {
+  /** The delivery is done (acknowledged, dropped): its record goes, or is never written. */
+  removeDelivery(clientId: string, e: QueuedDelivery | InflightEntry): void {
+    const op = e.w as DeliveryOp | null;
+    if (op !== null) {
+      if (op.state === HELD) {
         // Acknowledged within the wait: never written (its record was never stored).
-        r.held.delete(seq);
-        this.dropHeld(h);
+        e.w = null;
+        this.dropHeld(op);
         this.skipped += 2;
         this.heldAcked++;
-        if (r.pending.size === 0 && r.held.size === 0 && r.stored.size === 0) this.clients.delete(clientId);
         return;
       }
-    }
-    // Done before its record was flushed: nothing to store for it, its publisher's ack is free.
-    const op = r.pending.get(seq);
-    if (op != null) {
+      // Done before its record was flushed: nothing to store for it, its publisher's ack is free.
       op.t?.partDone();
-      this.freeOp(op);
+      op.t = null;
+      if (e.stored) op.state = DEL;
+      else {
+        e.w = null;
+        op.state = DEAD;
+        this.skipped += 2;
+      }
+      return;
     }
-    if (r.stored.has(seq)) {
-      r.pending.set(seq, null);
-      this.touched.add(r);
-    } else if (r.pending.delete(seq)) this.skipped += 2;
+    if (e.stored) {
+      const p = this.op(e, clientId, DEL, 0, false, null);
+      e.w = p;
+      this.pend.push(p);
+    }
   }
 
   /** Returns the op, so that the PUBLISH's ack (held after this) can wait for it. */
@@ -436,23 +413,24 @@ export class PendingWrites {
     for (const s of this.dirty) store.putSession(s.clientId, storedSession(s));
     n += this.dirty.size;
     this.dirty.clear();
-    for (const r of this.touched) {
-      for (const [seq, op] of r.pending) {
-        if (op === null) {
-          store.deleteDelivery(r.clientId, seq);
-          r.stored.delete(seq);
-        } else {
-          store.putDelivery(r.clientId, seq, storedDelivery(op));
-          r.stored.add(seq);
-          if (op.t !== null) parts.push(op.t);
-          this.freeOp(op);
-        }
+    const pend = this.pend;
+    for (let k = 0; k < pend.length; k++) {
+      const op = pend[k];
+      const e = op.e;
+      if (op.state === PUT) {
+        store.putDelivery(op.c, e.seq, storedDelivery(op));
+        e.stored = true;
+        if (op.t !== null) parts.push(op.t);
+        n++;
+      } else if (op.state === DEL) {
+        store.deleteDelivery(op.c, e.seq);
+        e.stored = false;
         n++;
       }
-      r.pending.clear();
-      if (r.stored.size === 0 && r.held.size === 0) this.clients.delete(r.clientId);
+      if (e.w === op) e.w = null;
+      this.freeOp(op);
     }
-    this.touched.clear();
+    pend.length = 0;
     for (let i = 0; i < this.rel.length; i++) {
       const o = this.rel[i];
       if (o.at < 0) store.deleteAwaitingRel(o.c, o.id);

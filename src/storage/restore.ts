@@ -3,7 +3,7 @@ import type { WillMessage } from '../protocol/codec.js';
 import type { QoS } from '../protocol/constants.js';
 import type { SubscribeOptions } from '../routing/subscriptions.js';
 import { Message } from '../session/message.js';
-import { NEVER_EXPIRES, Session } from '../session/session.js';
+import { type InflightEntry, NEVER_EXPIRES, newDelivery, Session } from '../session/session.js';
 import type { ShardState } from '../shard/state.js';
 import type { DurableStore, LoadedSession, StoredDelivery } from './types.js';
 
@@ -113,9 +113,10 @@ function build(
       continue;
     }
     row[Counter.messagesRestored]++;
-    const base = { msg: message(d), seq, retainFlag: d.r, subIds: d.s, group: d.g };
-    if (d.i > 0 && d.q > 0) session.inflight.set(d.i, { ...base, qos: d.q as 1 | 2, released: d.rel });
-    else session.queue.push({ ...base, qos: d.q as QoS });
+    // Stored: their removal is written when they are done.
+    const e = newDelivery(message(d), d.q as QoS, d.r, d.s, d.g, seq, d.rel, true);
+    if (d.i > 0 && d.q > 0) session.inflight.set(d.i, e as InflightEntry);
+    else session.queue.push(e);
   }
   session.deliverySeq = Math.max(session.deliverySeq, maxSeq + 1);
   for (const [id, at] of l.awaitingRel) session.awaitingRel.set(id, at);

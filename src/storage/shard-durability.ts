@@ -2,7 +2,7 @@ import { Counter } from '../metrics/counters.js';
 import type { InflightEntry, QueuedDelivery, Session } from '../session/session.js';
 import type { HeldAck } from '../shard/held-ack.js';
 import type { ShardState } from '../shard/state.js';
-import type { ShardToShard } from '../threads/messages.js';
+import { peerBatchCommitted, type ShardToShard } from '../threads/messages.js';
 import { type BatchWaiter, PendingWrites } from './pending-writes.js';
 import type { DurableStore } from './types.js';
 
@@ -127,15 +127,10 @@ export class ShardDurability {
   // ------------------------------------------------------------------------------------------
   // Sessions and their deliveries
 
-  /** After restoring: the restored sessions' records are as stored; their deliveries are known. */
+  /** After restoring: the restored sessions' records are as stored (their deliveries are marked `stored`). */
   restored(): void {
-    for (const session of this.s.sessions.values()) {
-      const seqs: number[] = [];
-      for (const d of session.queue) seqs.push(d.seq);
-      if (session.inflightCount > 0) for (const e of session.inflight.values()) seqs.push(e.seq);
-      if (seqs.length > 0) this.w.loaded(session.clientId, seqs);
+    for (const session of this.s.sessions.values())
       if (session.expiryInterval > 0) this.persistent.add(session.clientId);
-    }
     this.s.counters.row[Counter.persistentSessions] = this.persistent.size;
   }
 
@@ -187,7 +182,7 @@ export class ShardDurability {
   /** The delivery is complete (acknowledged) or dropped (expired, queue full, redispatched). */
   done(session: Session, e: QueuedDelivery | InflightEntry): void {
     if (session.expiryInterval === 0 || e.qos === 0) return;
-    this.w.removeDelivery(session.clientId, e.seq);
+    this.w.removeDelivery(session.clientId, e);
     this.countHeld();
     // Its batch's last held delivery: confirmed now when nothing of it was stored.
     if (this.w.batchesReady) this.settleBatches();
@@ -373,7 +368,7 @@ export class ShardDurability {
       }
       if (now > 0) {
         this.s.counters.row[Counter.outboxConfirmedUnwritten]++;
-        this.s.peers[from]?.postMessage({ t: 'batchCommitted', seq: now } satisfies ShardToShard);
+        this.s.peers[from]?.postMessage(peerBatchCommitted(now) satisfies ShardToShard);
       }
       if (n === 0) continue;
       if (n === q.length) q.length = 0;
@@ -544,10 +539,7 @@ export class ShardDurability {
     for (let i = 0; i < acks.length; i++) acks[i].partDone();
     for (let i = 0; i < confirms.length; i += 2) {
       this.confirmsHeld[confirms[i]]--;
-      this.s.peers[confirms[i]]?.postMessage({
-        t: 'batchCommitted',
-        seq: confirms[i + 1],
-      } satisfies ShardToShard);
+      this.s.peers[confirms[i]]?.postMessage(peerBatchCommitted(confirms[i + 1]) satisfies ShardToShard);
     }
   }
 

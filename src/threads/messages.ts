@@ -242,10 +242,24 @@ export interface PeerBatch {
   replay?: boolean;
 }
 
-/** The receiver committed every batch up to `seq` from this shard: its outbox entries may go. */
-export interface PeerBatchCommitted {
-  t: 'batchCommitted';
-  seq: number;
+/**
+ * The two messages a receiving shard posts per batch, as bare numbers (a number is about half
+ * the cost of a small object to post, and the subscriber's shard of fan-in posts one or two per
+ * batch): `seq > 0` — batchCommitted: the receiver committed (or needs nothing stored of) every
+ * batch up to `seq` from this shard, its outbox entries may go; `-bytes < 0` — batchAck: a batch
+ * of `bytes` from the receiver was processed (routing/peer-window.ts). See `peerBatchCommitted`
+ * and `peerBatchAck`.
+ */
+export type PeerBatchNumber = number;
+
+/** batchCommitted for outbox seq `seq` (> 0) */
+export function peerBatchCommitted(seq: number): PeerBatchNumber {
+  return seq;
+}
+
+/** batchAck of a batch of `bytes` (> 0) */
+export function peerBatchAck(bytes: number): PeerBatchNumber {
+  return -bytes;
 }
 
 /** A session on the sending shard joins or leaves a shared group owned by the receiver. */
@@ -312,12 +326,6 @@ export interface TunnelBatch {
 /** A congested subscriber holds a QoS 0 publisher of the receiving shard, or lets go (flow-control.ts). */
 export type PeerHold = { t: 'hold'; clientId: string } | { t: 'release'; clientId: string };
 
-/** A batch of `bytes` from the receiver was processed (routing/peer-window.ts). */
-export interface PeerBatchAck {
-  t: 'batchAck';
-  bytes: number;
-}
-
 /**
  * Cluster takeover barrier (cluster/shard-state.ts): everything this shard routed to the
  * receiver before it is in the receiver's port ahead of this message.
@@ -330,15 +338,14 @@ export interface PeerDrained {
 export type ShardToShard =
   | PeerBatch
   | PeerDrained
-  | PeerBatchCommitted
+  | PeerBatchNumber
   | SharedMembership
   | SharedJoined
   | SharedRejoined
   | PeerAdopt
   | PeerAdopted
   | TunnelBatch
-  | PeerHold
-  | PeerBatchAck;
+  | PeerHold;
 
 /** A message published by the broker (not by a client). */
 export interface BrokerPublish {
