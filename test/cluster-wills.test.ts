@@ -6,7 +6,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { untilPast } from './helpers/base.js';
 import { startNode, type TestNode } from './helpers/cluster.js';
-import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
+import {
+  connectTo,
+  Inbox,
+  pollUntil,
+  subscribeTo,
+  threeNodes,
+  willClient,
+} from './helpers/cluster-clients.js';
 
 const metric = async (n: TestNode, name: string) => (await n.scrape()).values.get(name) ?? 0;
 
@@ -103,18 +110,7 @@ test('a will waiting for its delay on a node killed with -9: the survivor publis
   // On n2: Will Delay Interval 60 s, Session Expiry Interval 10 s. The connection drops
   // without DISCONNECT: the will is due when the session ends, 10 s later.
   const EXPIRY = 10;
-  const c = await connectTo(t, n2, 'wp-pending', {
-    protocolVersion: 5,
-    properties: { sessionExpiryInterval: EXPIRY },
-    will: {
-      topic: 'will/pending',
-      payload: Buffer.from('gone'),
-      qos: 1,
-      retain: false,
-      properties: { willDelayInterval: 60 },
-    },
-  });
-  c.on('error', () => {});
+  const c = await willClient(t, n2, 'wp-pending', 'will/pending', 60, EXPIRY);
   await pollUntil(
     () => metric(n1, 'emqx_ts_cluster_wills_received_total'),
     (v) => v >= 1,
