@@ -84,6 +84,8 @@ interface PendingClaim {
 export class ShardClusterState {
   /** Wills the cluster thread holds for clients of this shard (resent to a restarted thread) */
   private readonly wills = new Map<string, ClusterWill>();
+  /** When each pending will (`ClusterWill.pending`) is due, ms: its delay is sent as what is left */
+  private readonly willsDue = new Map<string, number>();
   private set: ClusterWill[] = [];
   private clear: string[] = [];
   private scheduled = false;
@@ -114,7 +116,11 @@ export class ShardClusterState {
       // The old thread's takeovers: nobody takes their answer any more, the sessions stay here.
       for (const w of this.drainWaits.values()) clearTimeout(w.timer);
       this.drainWaits.clear();
-      this.set = [...this.wills.values()];
+      const now = Date.now();
+      this.set = [...this.wills.values()].map((w) => {
+        const due = this.willsDue.get(w.clientId);
+        return due === undefined ? w : { ...w, will: { ...w.will, delay: secondsLeft(due, now) } };
+      });
       this.clear = [];
       // A new cluster thread: peers' slots start again; groups with local members are re-sent.
       this.peerGone(-1);
@@ -149,9 +155,11 @@ export class ShardClusterState {
     } else if (session.pendingWill) {
       // Due at its delay or when the session ends, whichever comes first [MQTT-3.1.3-9].
       const due = session.expiresAt > 0 ? Math.min(session.willAt, session.expiresAt) : session.willAt;
-      const delay = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+      const delay = secondsLeft(due, Date.now());
       will = { clientId: id, will: { ...session.pendingWill, delay }, pending: true };
+      this.willsDue.set(id, due);
     }
+    if (!will?.pending) this.willsDue.delete(id);
     if (will) {
       this.wills.set(id, will);
       this.set.push(will);
@@ -467,4 +475,9 @@ export class ShardClusterState {
     if (w.expiry !== undefined && w.expiry >= 0) msg.expiryAt = Date.now() + w.expiry * 1000;
     this.deps.publish(msg);
   }
+}
+
+/** Whole seconds from `now` to `due` (rounded up), 0 when past. */
+function secondsLeft(due: number, now: number): number {
+  return Math.max(0, Math.ceil((due - now) / 1000));
 }
