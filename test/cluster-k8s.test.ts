@@ -5,9 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer as createH2Server, type ServerHttp2Session } from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { waitFor } from './helpers/broker.js';
 import { startNode } from './helpers/cluster.js';
 import { connectTo as connect, Inbox as Sub, subscribeTo as sub } from './helpers/cluster-clients.js';
@@ -80,14 +82,19 @@ test('k8s discovery: nodes find each other through watched EndpointSlices (and a
   assert.match(manifest, /name: EMQX_CLUSTER__K8S__SERVICE\s+value: emqx-ts-headless/);
 });
 
-test('k8s discovery: a terminating endpoint is not joined', { timeout: 60_000 }, async (t) => {
-  const api = new FakeKubeApi('emqx-test2', 'svc', 'tok');
+/** A stand-in API server for namespace `ns` (service `svc`), its kubeconfig, the nodes' options. */
+async function standIn(t: TestContext, ns: string) {
+  const api = new FakeKubeApi(ns, 'svc', 'tok');
   await api.start();
   t.after(() => api.stop());
   const dir = mkdtempSync(join(tmpdir(), 'emqx-ts-k8s-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const env = { KUBECONFIG: api.writeKubeconfig(dir) };
-  const args = ['--cluster.discovery=k8s', '--cluster.k8s.service=svc'];
+  return { api, env, args: ['--cluster.discovery=k8s', '--cluster.k8s.service=svc'] };
+}
+
+test('k8s discovery: a terminating endpoint is not joined', { timeout: 60_000 }, async (t) => {
+  const { api, env, args } = await standIn(t, 'emqx-test2');
   const n1 = await startNode(t, { name: 'kt1@127.0.0.1', args, env });
   const n2 = await startNode(t, { name: 'kt2@127.0.0.1', args, env });
   await waitFor(() => api.watches >= 2, 'both nodes to watch');
@@ -102,4 +109,64 @@ test('k8s discovery: a terminating endpoint is not joined', { timeout: 60_000 },
   }
   api.putSlice('svc-b', ['127.0.0.1'], n2.clusterPort);
   await n1.waitPeer(n2.name, 'running');
+});
+
+test('k8s discovery: a deleted EndpointSlice (watch DELETED) takes its address out of the seed set: it is not joined again', {
+  timeout: 60_000,
+}, async (t) => {
+  const { api, env, args } = await standIn(t, 'emqx-test3');
+  // A listed endpoint that is not a node: an HTTP/2 server answering every call with gRPC
+  // status 14 (unavailable), counting the Join calls it gets.
+  let joins = 0;
+  const gone = createH2Server((req, res) => {
+    if (req.url.endsWith('/Join')) joins++;
+    res.writeHead(200, { 'content-type': 'application/grpc', 'grpc-status': '14' });
+    res.end();
+  });
+  const sessions = new Set<ServerHttp2Session>();
+  gone.on('session', (s) => sessions.add(s));
+  await new Promise<void>((r) => gone.listen(0, '127.0.0.1', r));
+  t.after(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sessions) s.destroy();
+        gone.close(() => r());
+      }),
+  );
+  const gonePort = (gone.address() as AddressInfo).port;
+
+  const n1 = await startNode(t, { name: 'kd1@127.0.0.1', args, env });
+  const n2 = await startNode(t, { name: 'kd2@127.0.0.1', args, env });
+  await waitFor(() => api.watches >= 2, 'both nodes to watch');
+  api.putSlice('svc-a', ['127.0.0.1'], n1.clusterPort);
+  api.putSlice('svc-b', ['127.0.0.1'], n2.clusterPort);
+  api.putSlice('svc-gone', ['127.0.0.1'], gonePort);
+  await Promise.all([n1.waitPeer(n2.name, 'running'), n2.waitPeer(n1.name, 'running')]);
+  // Both nodes try the listed endpoint every join round (1 s) while it is listed.
+  await waitFor(() => joins >= 4, 'joins of the listed endpoint');
+
+  api.deleteSlice('svc-gone');
+  // The DELETED event reaches both watches; a join already on its way may still arrive: wait
+  // for a quiet 1.5 s (a join round is 1 s; while listed, each node joins it every round).
+  let seen = joins;
+  let quietSince = Date.now();
+  await waitFor(
+    () => {
+      if (joins !== seen) {
+        seen = joins;
+        quietSince = Date.now();
+      }
+      return Date.now() - quietSince >= 1500;
+    },
+    'the deleted endpoint to be joined no more',
+    15_000,
+  );
+  const after = joins;
+  // Three more join rounds: nothing more for the deleted endpoint; the nodes stay clustered.
+  const until = Date.now() + 3000;
+  while (Date.now() < until) {
+    assert.equal(joins, after, 'the deleted endpoint was joined again');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.equal((await n1.nodes()).find((n) => n.node === n2.name)?.node_status, 'running');
 });

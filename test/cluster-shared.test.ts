@@ -173,3 +173,71 @@ test('a $share group across 3 nodes with hash_topic: each topic always reaches t
   const used = members.filter((m) => m.got.length > 0).length;
   assert.ok(used >= 2, `the topics spread over the members (${used} of 3 got some)`);
 });
+
+test('a $share group with members on 2 of 3 nodes, QoS 1 messages in flight when one member node is killed with -9: every message acked to the publisher reaches a member (at least once)', {
+  timeout: 120_000,
+}, async (t) => {
+  // Queues long enough for what n3 had not acknowledged, all redispatched to one member at once
+  // (the default 1000 drops the oldest: not what this checks).
+  const [n1, n2, n3] = await threeNodes(t, 'shk', [1, 1, 1], { args: ['--mqtt.max_mqueue_len=1000000'] });
+  const m2 = new Inbox(await connectTo(t, n2, 'shk-m2', { protocolVersion: 5 }));
+  const m3 = new Inbox(await connectTo(t, n3, 'shk-m3', { protocolVersion: 5 }));
+  m3.c.on('error', () => {});
+  for (const m of [m2, m3]) await subscribeTo(m.c, '$share/k/kj/#', 1);
+  await pollUntil(
+    () => metric(n1, 'emqx_ts_cluster_shared_remote_groups'),
+    (v) => v === 2,
+    'n1 to know the members on n2 and n3',
+  );
+
+  // The publisher on n1 (no member there) keeps 4 QoS 1 PUBLISHes in flight until told to stop,
+  // at most ~400/s: a flood that starves the heartbeats gets n2 marked down too (seen: then its
+  // unacknowledged messages have no member left to go to and are dropped).
+  const pub = await connectTo(t, n1, 'shk-pub', { protocolVersion: 5 });
+  const acked: string[] = [];
+  let failed = 0;
+  let next = 0;
+  let stop = false;
+  const pump = async () => {
+    while (!stop) {
+      const p = `k${next++}`;
+      try {
+        await pub.publishAsync(`kj/${next % 7}`, p, { qos: 1 });
+        acked.push(p);
+      } catch {
+        failed++; // not acked (MQTT 5 reason code): not promised
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  const pumps = Array.from({ length: 4 }, pump);
+  await m3.until((g) => g.length >= 20, 'the member on n3 to get messages');
+  await m2.until((g) => g.length >= 20, 'the member on n2 to get messages');
+  await n3.kill9();
+  const killedAt = acked.length;
+  await n1.waitPeer(n3.name, 'stopped');
+  // Messages n1 sent to n3 after the kill and before it saw n3 down, and after, are acked too.
+  const downAt = acked.length;
+  await pollUntil(
+    async () => acked.length,
+    (n) => n >= downAt + 50,
+    'more acks after n3 is down',
+  );
+  stop = true;
+  await Promise.all(pumps);
+
+  const got = () => new Set([...m2.got, ...m3.got].map((g) => g.payload));
+  const missing = () => acked.filter((p) => !got().has(p));
+  await m2.until(() => missing().length === 0, 'every acked message at a member', 30_000).catch(() => {});
+  assert.deepEqual(
+    missing(),
+    [],
+    `acked messages that reached no member (${acked.length} acked, ${killedAt} before the kill, ` +
+      `${downAt} before n3 was seen down, ${failed} not acked; n2 dropped ` +
+      `${await metric(n2, 'emqx_delivery_dropped_queue_full')} for a full queue)`,
+  );
+  assert.ok(
+    (await metric(n1, 'emqx_ts_cluster_shared_redispatched_total')) > 0,
+    'messages sent to n3 and not acknowledged there went to the member on n2',
+  );
+});

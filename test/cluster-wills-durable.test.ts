@@ -7,16 +7,20 @@
  * real MQTT clients, real kill -9.
  */
 import assert from 'node:assert/strict';
+import { type AddressInfo, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
+import { untilPast } from './helpers/base.js';
 import { startNode, type TestNode } from './helpers/cluster.js';
 import {
   connectInbox,
   connectTo,
   Inbox,
   pollUntil,
+  resumeInbox,
   subscribeTo,
   threeNodes,
+  willClient,
 } from './helpers/cluster-clients.js';
 
 const DURABLE = ['--durability.mode=sync'];
@@ -44,18 +48,7 @@ async function afterRestoredWills(t: Ctx, n: TestNode, id: string, sub: Inbox): 
   await n.out
     .waitFor((l) => l.includes('"msg":"restored wills:'), `${n.name}: restored wills`, 20_000)
     .catch(() => {});
-  const x = await connectTo(t, n, id, {
-    protocolVersion: 5,
-    properties: { sessionExpiryInterval: 30 },
-    will: {
-      topic: `will/${id}`,
-      payload: Buffer.from('marker'),
-      qos: 1,
-      retain: false,
-      properties: { willDelayInterval: 1 },
-    },
-  });
-  x.on('error', () => {});
+  const x = await willClient(t, n, id, `will/${id}`, 1, 30);
   x.stream.destroy();
   await sub.until((g) => g.some((m) => m.topic === `will/${id}`), `${id}'s will (marker)`, 20_000);
 }
@@ -204,4 +197,136 @@ test('durable cluster restarted as a whole (both nodes killed with -9): the rest
   assert.equal(count(sub2.got, 'will/a'), 1, `will/a once: ${JSON.stringify(sub2.got.map((g) => g.topic))}`);
   assert.equal(await metric(n2b, 'emqx_ts_wills_restored_dropped_total'), 0, 'nothing dropped');
   assert.equal(await metric(n1b, 'emqx_ts_cluster_wills_published_total'), 0, 'n1b published none of it');
+});
+
+/** A TCP server that accepts and never answers: a seed whose joins time out (join timeout 2 s). */
+async function silentSeed(t: Ctx): Promise<number> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  );
+  return (server.address() as AddressInfo).port;
+}
+
+test('durable: a session that expired while its node was down has its will published at the next start, once, then it is purged — also when the node is killed again while it holds that will for its first join round [MQTT-3.1.3-9]', {
+  timeout: 180_000,
+}, async (t) => {
+  const name = 'we1@127.0.0.1';
+  const n = await startNode(t, { name, args: DURABLE });
+  const sub = await connectInbox(t, n, 'we-sub', { clean: false });
+  sub.c.on('error', () => {});
+  await subscribeTo(sub.c, 'will/#', 1);
+  // Will Delay Interval 60 s, Session Expiry Interval 8 s: the will is due when the session ends.
+  const EXPIRY = 8;
+  const w = await willClient(t, n, 'we-w', 'will/w', 60, EXPIRY);
+  await committed(w, 'we/w');
+  const closedAt = Date.now();
+  w.stream.destroy();
+  await pollUntil(
+    () => metric(n, 'emqx_client_disconnected'),
+    (v) => v >= 1,
+    'the close on the node',
+  );
+  // The offline session with its pending will is committed (a later SUBACK on the same shard
+  // waits for its own commit), then the node dies before the session expires.
+  await subscribeTo(sub.c, 'we/after-close', 1);
+  await n.kill9();
+  assert.ok(Date.now() < closedAt + EXPIRY * 1000, 'killed before the session expired (test premise)');
+  assert.equal(count(sub.got, 'will/w'), 0, 'no will before the kill (test premise)');
+  await untilPast(closedAt + EXPIRY * 1000 + 500, 'the session to expire while the node is down');
+
+  // Start 2, seeded with a peer that never answers: the restored wills are held for the first
+  // join round (two join timeouts + 1 s); the node is killed again inside it.
+  const seed = await silentSeed(t);
+  const n2 = await startNode(t, { name, seeds: [seed], dataDir: n.dataDir, args: DURABLE });
+  const sub2 = await connectInbox(t, n2, 'we-sub', { clean: false });
+  sub2.c.on('error', () => {});
+  // A commit after the restore's writes (the SUBACK waits for its own).
+  await subscribeTo(sub2.c, 'we/after-restart', 1);
+  const round = () => n2.out.lines.some((l) => l.includes('"msg":"first join round over'));
+  assert.equal(round(), false, 'killed inside the first join round (test premise)');
+  await n2.kill9();
+  assert.equal(round(), false, 'killed inside the first join round (test premise)');
+  assert.equal(count(sub2.got, 'will/w'), 0, 'the will was held (test premise)');
+
+  // Start 3, alone: the will comes, once.
+  const n3 = await startNode(t, { name, dataDir: n.dataDir, args: DURABLE });
+  const sub3 = await connectInbox(t, n3, 'we-sub', { clean: false });
+  sub3.c.on('error', () => {});
+  await sub3.until((g) => count(g, 'will/w') >= 1, "the expired session's will after the restart", 30_000);
+  await afterRestoredWills(t, n3, 'we-x', sub3);
+  assert.equal(count(sub3.got, 'will/w'), 1, `will/w once: ${JSON.stringify(sub3.got.map((g) => g.topic))}`);
+  await subscribeTo(sub3.c, 'we/after-will', 1);
+  await n3.kill9();
+
+  // Start 4: the session was purged with its will's publish: no second will, nothing to resume.
+  const n4 = await startNode(t, { name, dataDir: n.dataDir, args: DURABLE });
+  const sub4 = await connectInbox(t, n4, 'we-sub', { clean: false });
+  sub4.c.on('error', () => {});
+  await afterRestoredWills(t, n4, 'we-y', sub4);
+  assert.equal(
+    count(sub4.got, 'will/w'),
+    0,
+    `no will/w again: ${JSON.stringify(sub4.got.map((g) => g.topic))}`,
+  );
+  const { connack } = await resumeInbox(t, n4, 'we-w', {
+    protocolVersion: 5,
+    clean: false,
+    properties: { sessionExpiryInterval: EXPIRY },
+  });
+  assert.equal(connack.sessionPresent, false, 'the expired session is gone');
+});
+
+test('durable cluster: a will waiting for its delay on a node killed with -9 is published by the survivor when the session ends; the node restarted after that drops it and purges the session, once [MQTT-3.1.3-9]', {
+  timeout: 180_000,
+}, async (t) => {
+  const n1 = await startNode(t, { name: 'wc1@127.0.0.1', args: DURABLE });
+  const n2 = await startNode(t, { name: 'wc2@127.0.0.1', seeds: [n1.clusterPort], args: DURABLE });
+  await Promise.all([n1.waitPeer(n2.name, 'running'), n2.waitPeer(n1.name, 'running')]);
+  const s1 = await connectInbox(t, n1, 'wc-sub1');
+  await subscribeTo(s1.c, 'will/#', 1);
+  const keep = await connectTo(t, n2, 'wc-keep', { clean: false });
+  keep.on('error', () => {});
+  // Will Delay Interval 60 s, Session Expiry Interval 6 s: due when the session ends.
+  const EXPIRY = 6;
+  const w = await willClient(t, n2, 'wc-w', 'will/w', 60, EXPIRY);
+  await committed(w, 'wc/w');
+  const received = () => metric(n1, 'emqx_ts_cluster_wills_received_total');
+  await pollUntil(received, (v) => v >= 1, 'n1 to hold the will');
+  const closedAt = Date.now();
+  w.stream.destroy();
+  await pollUntil(received, (v) => v >= 2, 'n1 to hold the pending will');
+  await subscribeTo(keep, 'wc/after-close', 1); // n2's record of the offline session is committed
+  await n2.kill9();
+  assert.ok(Date.now() < closedAt + EXPIRY * 1000, 'killed before the session expired (test premise)');
+
+  await s1.until((g) => count(g, 'will/w') >= 1, 'the will from the survivor', 30_000);
+  await untilPast(closedAt + EXPIRY * 1000 + 500, 'the session to have expired');
+  await n1.waitPeer(n2.name, 'stopped');
+  // n2 again on its data dir: the expired session's will is the cluster's: dropped, not again.
+  const again = () =>
+    startNode(t, { name: n2.name, seeds: [n1.clusterPort], dataDir: n2.dataDir, args: DURABLE });
+  const n2b = await again();
+  await afterRestoredWills(t, n2b, 'wc-x', s1);
+  assert.equal(count(s1.got, 'will/w'), 1, `will/w once: ${JSON.stringify(s1.got.map((g) => g.topic))}`);
+  assert.equal(await metric(n2b, 'emqx_ts_wills_restored_dropped_total'), 1, 'n2b dropped the will');
+  assert.equal(await metric(n2b, 'emqx_ts_sessions_purged_total'), 1, 'the expired session');
+  // Its record went with the drop: a later start finds nothing of it.
+  const keep2 = await connectTo(t, n2b, 'wc-keep', { clean: false });
+  keep2.on('error', () => {});
+  await subscribeTo(keep2, 'wc/after-drop', 1);
+  await n2b.kill9();
+  const n2c = await again();
+  await afterRestoredWills(t, n2c, 'wc-y', s1);
+  assert.equal(await metric(n2c, 'emqx_ts_sessions_purged_total'), 0, 'no expired session left to purge');
+  assert.equal(count(s1.got, 'will/w'), 1, `will/w once: ${JSON.stringify(s1.got.map((g) => g.topic))}`);
 });

@@ -4,8 +4,16 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { TestNode } from './helpers/cluster.js';
-import { connectTo, Inbox, pollUntil, subscribeTo, threeNodes } from './helpers/cluster-clients.js';
+import { untilPast } from './helpers/base.js';
+import { startNode, type TestNode } from './helpers/cluster.js';
+import {
+  connectTo,
+  Inbox,
+  pollUntil,
+  subscribeTo,
+  threeNodes,
+  willClient,
+} from './helpers/cluster-clients.js';
 
 const metric = async (n: TestNode, name: string) => (await n.scrape()).values.get(name) ?? 0;
 
@@ -84,4 +92,53 @@ test('wills of the clients of a node killed with -9 are published once by the su
     (await metric(n1, 'emqx_ts_cluster_wills_published_total')) +
     (await metric(n2, 'emqx_ts_cluster_wills_published_total'));
   assert.equal(published, 2, 'one survivor published the two wills');
+});
+
+test('a will waiting for its delay on a node killed with -9: the survivor publishes it when the session ends, if that comes first, counted from the connection loss [MQTT-3.1.3-9]', {
+  timeout: 120_000,
+}, async (t) => {
+  const n1 = await startNode(t, { name: 'wp1@127.0.0.1' });
+  const n2 = await startNode(t, { name: 'wp2@127.0.0.1', seeds: [n1.clusterPort] });
+  await Promise.all([n1.waitPeer(n2.name, 'running'), n2.waitPeer(n1.name, 'running')]);
+  const sub = new Inbox(await connectTo(t, n1, 'wp-sub', { protocolVersion: 5 }));
+  await subscribeTo(sub.c, 'will/#', 1);
+  let arrived = 0;
+  sub.c.on('message', (topic) => {
+    if (topic === 'will/pending' && arrived === 0) arrived = Date.now();
+  });
+
+  // On n2: Will Delay Interval 60 s, Session Expiry Interval 10 s. The connection drops
+  // without DISCONNECT: the will is due when the session ends, 10 s later.
+  const EXPIRY = 10;
+  const c = await willClient(t, n2, 'wp-pending', 'will/pending', 60, EXPIRY);
+  await pollUntil(
+    () => metric(n1, 'emqx_ts_cluster_wills_received_total'),
+    (v) => v >= 1,
+    "n1 to hold the connection's will",
+  );
+  const closedAt = Date.now();
+  c.stream.destroy();
+  // n2 sends the will again once it waits for its delay (the connection has ended).
+  await pollUntil(
+    () => metric(n1, 'emqx_ts_cluster_wills_received_total'),
+    (v) => v >= 2,
+    'n1 to hold the pending will',
+  );
+  // n2 dies 3 s into the 10 s: the survivor must not start the count again at the death.
+  await untilPast(closedAt + 3000, '3 s after the connection loss');
+  await n2.kill9();
+  await n1.waitPeer(n2.name, 'stopped');
+  const downSeen = Date.now();
+  await sub.until((g) => g.some((m) => m.topic === 'will/pending'), 'the pending will', 40_000);
+  const after = arrived - closedAt;
+  assert.ok(
+    after >= EXPIRY * 1000 - 100,
+    `not before the session ends: ${after} ms after the connection loss`,
+  );
+  const due = Math.max(closedAt + EXPIRY * 1000, downSeen);
+  assert.ok(
+    arrived <= due + 2500,
+    `at the session's end (or when n2 was seen down, if later): ${arrived - due} ms after ` +
+      `(${after} ms after the connection loss, n2 seen down after ${downSeen - closedAt} ms)`,
+  );
 });

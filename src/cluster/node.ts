@@ -53,8 +53,13 @@ export class ClusterNode {
   private server: Http2Server | null = null;
   private readonly peers: PeerTable;
   private readonly local: LocalRoutes;
-  /** Addresses to join: discovered, or learnt from peers; self once recognised */
+  /** Addresses to join learnt from peers (their members, and peers that joined us) */
   private readonly contacts = new Set<string>();
+  /**
+   * What the last discovery round gave (replaced every round): an address it stops listing
+   * (a deleted EndpointSlice, a seed gone from DNS) is not joined again unless a peer names it.
+   */
+  private discovered = new Set<string>();
   private readonly selfAddresses = new Set<string>();
   private readonly timers: NodeJS.Timeout[] = [];
   private downAfterMs: number;
@@ -368,7 +373,7 @@ export class ClusterNode {
     const tried = new Set<string>();
     for (;;) {
       await this.discover();
-      const todo = [...this.contacts].filter((a) => !tried.has(a) && !this.selfAddresses.has(a));
+      const todo = this.toJoin().filter((a) => !tried.has(a));
       if (todo.length === 0 || this.stopping) return;
       for (const a of todo) tried.add(a);
       await Promise.all(todo.map((a) => this.join(a)));
@@ -388,10 +393,20 @@ export class ClusterNode {
 
   private async discover(): Promise<void> {
     try {
-      for (const a of await this.discovery.addresses()) if (!this.selfAddresses.has(a)) this.contacts.add(a);
+      const found = new Set<string>();
+      for (const a of await this.discovery.addresses()) if (!this.selfAddresses.has(a)) found.add(a);
+      this.discovered = found;
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'cluster discovery failed');
+      this.log.warn({ err: (err as Error).message }, 'cluster discovery failed'); // the last list stays
     }
+  }
+
+  /** Addresses to join: discovered now, or learnt from peers; never our own. */
+  private toJoin(): string[] {
+    const out = new Set(this.discovered);
+    for (const a of this.contacts) out.add(a);
+    for (const a of this.selfAddresses) out.delete(a);
+    return [...out];
   }
 
   private async joinRound(): Promise<void> {
@@ -399,7 +414,7 @@ export class ClusterNode {
     await this.discover();
     const synced = new Set<string>();
     for (const p of this.peers.byName.values()) if (p.synced || p.joining) synced.add(p.address);
-    for (const a of this.contacts) if (!synced.has(a) && !this.selfAddresses.has(a)) void this.join(a);
+    for (const a of this.toJoin()) if (!synced.has(a)) void this.join(a);
   }
 
   /** Joins in flight, by address (a second join of the same address waits for the first) */

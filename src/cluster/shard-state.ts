@@ -83,7 +83,9 @@ interface PendingClaim {
  */
 export class ShardClusterState {
   /** Wills the cluster thread holds for clients of this shard (resent to a restarted thread) */
-  private readonly wills = new Map<string, WillMessage & { delay: number }>();
+  private readonly wills = new Map<string, ClusterWill>();
+  /** When each pending will (`ClusterWill.pending`) is due, ms: its delay is sent as what is left */
+  private readonly willsDue = new Map<string, number>();
   private set: ClusterWill[] = [];
   private clear: string[] = [];
   private scheduled = false;
@@ -114,7 +116,11 @@ export class ShardClusterState {
       // The old thread's takeovers: nobody takes their answer any more, the sessions stay here.
       for (const w of this.drainWaits.values()) clearTimeout(w.timer);
       this.drainWaits.clear();
-      this.set = [...this.wills].map(([clientId, will]) => ({ clientId, will }));
+      const now = Date.now();
+      this.set = [...this.wills.values()].map((w) => {
+        const due = this.willsDue.get(w.clientId);
+        return due === undefined ? w : { ...w, will: { ...w.will, delay: secondsLeft(due, now) } };
+      });
       this.clear = [];
       // A new cluster thread: peers' slots start again; groups with local members are re-sent.
       this.peerGone(-1);
@@ -135,22 +141,28 @@ export class ShardClusterState {
 
   /**
    * The will this node would publish for the session now: the connection's (with its delay
-   * capped by the session expiry, as on close here) or one waiting for its delay; none → cleared.
+   * capped by the session expiry, as on close here) or one waiting for its delay (what is left
+   * of it, capped by what is left of the session); none → cleared.
    */
   syncWill(session: Session): void {
     const id = session.clientId;
-    let will: (WillMessage & { delay: number }) | null = null;
+    let will: ClusterWill | null = null;
     if (session.will) {
       const w = session.will;
       const delay =
         w.delay && w.delay > 0 && session.expiryInterval > 0 ? Math.min(w.delay, session.expiryInterval) : 0;
-      will = { ...w, delay };
+      will = { clientId: id, will: { ...w, delay } };
     } else if (session.pendingWill) {
-      will = { ...session.pendingWill, delay: Math.max(0, Math.ceil((session.willAt - Date.now()) / 1000)) };
+      // Due at its delay or when the session ends, whichever comes first [MQTT-3.1.3-9].
+      const due = session.expiresAt > 0 ? Math.min(session.willAt, session.expiresAt) : session.willAt;
+      const delay = secondsLeft(due, Date.now());
+      will = { clientId: id, will: { ...session.pendingWill, delay }, pending: true };
+      this.willsDue.set(id, due);
     }
+    if (!will?.pending) this.willsDue.delete(id);
     if (will) {
       this.wills.set(id, will);
-      this.set.push({ clientId: id, will });
+      this.set.push(will);
     } else if (this.wills.delete(id)) this.clear.push(id);
     else return;
     this.schedule();
@@ -463,4 +475,9 @@ export class ShardClusterState {
     if (w.expiry !== undefined && w.expiry >= 0) msg.expiryAt = Date.now() + w.expiry * 1000;
     this.deps.publish(msg);
   }
+}
+
+/** Whole seconds from `now` to `due` (rounded up), 0 when past. */
+function secondsLeft(due: number, now: number): number {
+  return Math.max(0, Math.ceil((due - now) / 1000));
 }

@@ -32,6 +32,8 @@ export type ClusterStateToMain =
 export interface ClusterWill {
   clientId: string;
   will: WillMessage;
+  /** Its connection has ended: `will.delay` (what is left) already runs */
+  pending?: boolean;
 }
 
 /** A session as shipped between nodes on takeover (src/cluster/session-codec.ts encodes it). */

@@ -15,7 +15,8 @@ import type { ClusterWill } from './state-messages.js';
  * turn, the full table on join. When a peer is marked down (missed heartbeats) or comes back
  * with a new incarnation (it crashed and restarted), its wills are published by exactly one
  * survivor: the running node with the smallest name in that survivor's view, after the Will
- * Delay Interval (capped by the session expiry at the origin), unless the client connects
+ * Delay Interval capped by the session expiry at the origin (for a client whose connection had
+ * ended already, what was left of both when the entry arrived), unless the client connects
  * again somewhere first. A peer that left (graceful stop) drains its clients without wills,
  * as a single node's shutdown does. A netsplit looks like a death to both sides: wills of
  * clients still connected on the other side fire too (documented in ARCHITECTURE.md).
@@ -31,7 +32,8 @@ const FIRED_KEEP_MS = 7 * 24 * 3600 * 1000;
 
 export class WillSync {
   private readonly local = new Map<string, WillEntry>();
-  private readonly remote = new Map<string, Map<string, WillEntry>>();
+  /** Peers' wills by peer name and client id, with when each arrived */
+  private readonly remote = new Map<string, Map<string, { e: WillEntry; at: number }>>();
   /** Wills of dead peers' clients waiting for their delay, by client id */
   private readonly delayed = new Map<string, NodeJS.Timeout>();
   private set: WillEntry[] = [];
@@ -94,13 +96,14 @@ export class WillSync {
       this.remote.set(p.name, table);
     }
     const fired = this.fired.get(p.name);
+    const now = Date.now();
     for (const e of req.set) {
       fired?.delete(e.clientId); // a new will: the one that fired is history
       if (topicNameError(e.topic) !== null || e.qos > 2) {
         this.host.counters.row[Counter.clusterErrors]++;
         continue;
       }
-      table.set(e.clientId, e);
+      table.set(e.clientId, { e, at: now });
       this.host.counters.row[Counter.willsReceived]++;
       this.cancel(e.clientId); // it connected again on that node
     }
@@ -125,14 +128,18 @@ export class WillSync {
     this.remember(p.name, table.keys());
     if (!this.publisherFor(p)) return;
     this.host.log.info({ peer: p.name, wills: table.size, why }, 'publishing the wills of a dead node');
-    for (const e of table.values()) {
-      if (e.delay === 0) this.publish(e);
+    const now = Date.now();
+    for (const { e, at } of table.values()) {
+      // A connection's will waits its delay from now (the node's death ended the connection);
+      // one already waiting there (`pending`) what was left of it when it arrived.
+      const ms = e.pending ? at + e.delay * 1000 - now : e.delay * 1000;
+      if (ms <= 0) this.publish(e);
       else {
         this.cancel(e.clientId);
         const t = setTimeout(() => {
           this.delayed.delete(e.clientId);
           this.publish(e);
-        }, e.delay * 1000);
+        }, ms);
         t.unref();
         this.delayed.set(e.clientId, t);
       }
@@ -209,5 +216,6 @@ function toEntry(w: ClusterWill): WillEntry {
     props: m.props ?? new Uint8Array(0),
     expiry: BigInt(m.expiry ?? -1),
     delay: m.delay ?? 0,
+    pending: w.pending === true,
   });
 }

@@ -331,13 +331,11 @@ export class SessionLifecycle {
         }
         continue;
       }
-      if (
-        session.pendingWill &&
-        now >= session.willAt &&
-        this.s.peersRestored &&
-        this.s.heldWills?.get(session.clientId) !== session.pendingWill
-      ) {
-        const w = session.pendingWill;
+      const w = session.pendingWill;
+      // A restored will held until the cluster's word on it: neither published nor ended with
+      // its session yet (the session record, which holds it, stays until then).
+      if (w && this.s.heldWills?.get(session.clientId) === w) continue;
+      if (w && now >= session.willAt && this.s.peersRestored) {
         session.pendingWill = null;
         this.publishWill(session.clientId, w);
         this.s.durable?.sessionChanged(session);

@@ -37,7 +37,7 @@ import { ConnectionAccept } from './accept.js';
 import { Connection } from './connection.js';
 import { answerQuery } from './queries.js';
 import { asBuffer, RetainedRelay } from './retained-relay.js';
-import type { MainLink, ShardState } from './state.js';
+import type { EndedWill, MainLink, ShardState } from './state.js';
 
 /**
  * Longest a durable first start in a cluster holds its restored wills after `listen` when the
@@ -75,7 +75,7 @@ export class Shard implements BatchVisitor, ShardState {
   stopping = false;
   peersRestored = true;
   /** Wills of sessions that expired while the broker was down (or ended while held), until released */
-  restoredWills: { clientId: string; will: WillMessage }[] = [];
+  restoredWills: EndedWill[] = [];
   heldWills: Map<string, WillMessage> | null = null;
   /** The cluster's word on the held wills (firedWills): ids it published; null until it comes */
   private firedWills: Set<string> | null = null;
@@ -551,6 +551,8 @@ export class Shard implements BatchVisitor, ShardState {
     for (const w of ended) {
       if (fired?.has(w.clientId)) dropped++;
       else this.lifecycle.publishWill(w.clientId, w.will);
+      // Published or the cluster's: the expired session's record goes, with what it wrote.
+      if (w.stored) this.durable?.recordGone(w.clientId);
     }
     if (held === null) return;
     if (this.heldTimer) clearTimeout(this.heldTimer);

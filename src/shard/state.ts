@@ -52,9 +52,21 @@ export interface ShardState {
    */
   heldWills: Map<string, WillMessage> | null;
   /** Restored wills of sessions that ended (expired while down, or while held), to release */
-  restoredWills: { clientId: string; will: WillMessage }[];
+  restoredWills: EndedWill[];
   /** Hooks, authorizer, banned list (src/hooks/security.ts) */
   readonly security: ShardSecurity;
   /** The durable store's shard side (storage/shard-durability.ts); null with durability.mode none */
   readonly durable: ShardDurability | null;
+}
+
+/** The will of a restored session that ended, to publish (or drop: the cluster published it). */
+export interface EndedWill {
+  clientId: string;
+  will: WillMessage;
+  /**
+   * The session expired while the broker was down and its record is still stored (with the
+   * will): removed when the will is published or dropped, in the same flush as what the will's
+   * publish writes, so that a kill before then finds the will again at the next start.
+   */
+  stored?: boolean;
 }

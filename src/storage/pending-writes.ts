@@ -146,6 +146,11 @@ export class PendingWrites {
     this.dirty.add(session);
   }
 
+  /** A session not in memory (stored, see ShardDurability.recordGone): its records go. */
+  recordGone(clientId: string): void {
+    this.gone.push(clientId);
+  }
+
   /** The session ended: its records go, and nothing of it that is pending is written. */
   sessionGone(session: Session): void {
     const c = session.clientId;

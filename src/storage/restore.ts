@@ -4,7 +4,7 @@ import type { QoS } from '../protocol/constants.js';
 import type { SubscribeOptions } from '../routing/subscriptions.js';
 import { Message } from '../session/message.js';
 import { type InflightEntry, NEVER_EXPIRES, newDelivery, Session } from '../session/session.js';
-import type { ShardState } from '../shard/state.js';
+import type { EndedWill, ShardState } from '../shard/state.js';
 import type { DurableStore, LoadedSession, StoredDelivery } from './types.js';
 
 /** What restoring needs of the shard: subscribing a restored session's plain filters. */
@@ -36,24 +36,30 @@ function message(d: StoredDelivery): Message {
  * sessions and messages are purged. A session that was connected when the broker stopped lost
  * its connection without DISCONNECT: its will becomes due (after its delay) as on any such
  * close [MQTT-3.1.2-8]. Returns the wills of sessions that expired while the broker was down,
- to publish once the shard runs.
+ * to publish once the shard runs [MQTT-3.1.3-9]: such a session is not restored, but its record
+ * (with the will) stays stored until then (its deliveries and QoS 2 ids go now).
  */
 export function restoreSessions(
   s: ShardState,
   store: DurableStore,
   mine: (clientId: string) => boolean,
   deps: RestoreDeps,
-): { clientId: string; will: WillMessage }[] {
+): EndedWill[] {
   const now = Date.now();
   const row = s.counters.row;
-  const wills: { clientId: string; will: WillMessage }[] = [];
+  const wills: EndedWill[] = [];
   for (const l of store.loadSessions(mine)) {
     const r = l.session;
     if (r.x > 0 && now >= r.x) {
-      // Expired while the broker was down: its delayed will is still owed [MQTT-3.1.3-9].
+      // Expired while the broker was down: its delayed will is still owed [MQTT-3.1.3-9]. The
+      // record stays (written again after the removal of all its keys, in the same
+      // transaction) until the will is published: a kill before that must not lose it.
       store.deleteSession(l.clientId);
       row[Counter.sessionsPurged]++;
-      if (r.pw) wills.push({ clientId: l.clientId, will: will(r.pw)! });
+      if (r.pw) {
+        store.putSession(l.clientId, { ...r, w: null, subs: [] });
+        wills.push({ clientId: l.clientId, will: will(r.pw)!, stored: true });
+      }
       continue;
     }
     const session = build(s, store, l, now, deps);

@@ -147,6 +147,17 @@ export class ShardDurability {
     this.scheduleTurnEnd();
   }
 
+  /**
+   * The record of a session that is not in memory (expired while the broker was down, kept for
+   * its will) goes at the next flush — unless a persistent session of that client id has been
+   * made since: its own record replaced that one.
+   */
+  recordGone(clientId: string): void {
+    if (this.persistent.has(clientId)) return;
+    this.w.recordGone(clientId);
+    this.scheduleTurnEnd();
+  }
+
   /** The session ended (discarded, expired, or no longer persistent): all its records go. */
   sessionGone(session: Session): void {
     if (this.persistent.delete(session.clientId))

@@ -156,3 +156,31 @@ export async function threeNodes(
   ]);
   return [n1, n2, n3];
 }
+
+/**
+ * An MQTT 5 client of `node` with a QoS 1 will on `topic` (payload `gone`), a Will Delay Interval
+ * of `delay` s and a Session Expiry Interval of `expiry` s; its errors are ignored (tests cut its
+ * connection to make the will due).
+ */
+export async function willClient(
+  t: Ctx,
+  node: TestNode,
+  clientId: string,
+  topic: string,
+  delay: number,
+  expiry: number,
+): Promise<MqttClient> {
+  const c = await connectTo(t, node, clientId, {
+    protocolVersion: 5,
+    properties: { sessionExpiryInterval: expiry },
+    will: {
+      topic,
+      payload: Buffer.from('gone'),
+      qos: 1,
+      retain: false,
+      properties: { willDelayInterval: delay },
+    },
+  });
+  c.on('error', () => {});
+  return c;
+}
