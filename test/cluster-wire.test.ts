@@ -115,8 +115,8 @@ test('EnvelopeReader: any split of the stream gives the same messages, each in a
 });
 
 test('readEntries: each entry gets its own topic and publisher, also when the previous one is reused', () => {
-  // readEntries reuses the previous entry's topic view and publisher id while the bytes repeat:
-  // same-length topics and ids that differ must still be told apart.
+  // readEntries reuses the previous entry's publisher id while its bytes repeat (and any reuse
+  // of a topic view must do the same): same-length topics and ids that differ are told apart.
   const sent: [string, string, string][] = [
     ['t/aa', 'c1', 'p0'],
     ['t/aa', 'c1', 'p1'],

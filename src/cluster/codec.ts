@@ -147,20 +147,14 @@ export function readEntries(b: Buffer, len: number, now: number, visit: (msg: Me
   let from = '';
   let fromAt = -1;
   let fromLen = -1;
-  // Likewise its topic: mostly one publisher's runs of one topic, so the previous entry's topic
-  // view is reused when the bytes are the same (one Buffer view less per message; a view
-  // shared by messages of one batch pins nothing more than each one's own view would).
-  let topic: Buffer = EMPTY;
-  let topicAt = -1;
   let p = 0;
   while (p < len) {
     if (p + 5 > len) throw truncated();
     const flags = b[p];
     const qos = flags & 3;
     if (qos === 3) throw new RangeError('forward entry with QoS 3');
-    const tAt = p + 5;
-    const tl = u32(b, p + 1);
-    let q = tAt + tl;
+    const topicAt = p + 5;
+    let q = topicAt + u32(b, p + 1);
     if (q + 4 > len) throw truncated();
     const payloadAt = q + 4;
     q = payloadAt + u32(b, q);
@@ -178,12 +172,8 @@ export function readEntries(b: Buffer, len: number, now: number, visit: (msg: Me
       fromAt = fromBytesAt;
       fromLen = n;
     }
-    if (tl !== topic.length || !sameBytes(b, topicAt, tAt, tl)) {
-      topic = b.subarray(tAt, tAt + tl);
-      topicAt = tAt;
-    }
     const msg = new Message(
-      topic,
+      b.subarray(topicAt, payloadAt - 4),
       b.subarray(payloadAt, fromBytesAt - 4),
       qos as QoS,
       (flags & 4) !== 0,
