@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { create, toBinary } from '@bufbuild/protobuf';
+import { EntryWriter, readEntries } from '../src/cluster/codec.js';
 import { ForwardAckSchema, ForwardBatchSchema } from '../src/cluster/gen/emqx_ts/cluster/v1/cluster_pb.js';
 import {
   EnvelopeReader,
@@ -15,6 +16,7 @@ import {
   readForwardAck,
   readForwardBatch,
 } from '../src/cluster/wire.js';
+import { Message } from '../src/session/message.js';
 
 /** A gRPC length-prefixed message (uncompressed). */
 function envelope(body: Uint8Array): Buffer {
@@ -110,4 +112,28 @@ test('EnvelopeReader: any split of the stream gives the same messages, each in a
   // Compressed (no grpc-encoding was negotiated) and oversized messages are refused.
   assert.throws(() => new EnvelopeReader(100, () => {}).push(Buffer.from([1, 0, 0, 0, 1, 0])), RangeError);
   assert.throws(() => new EnvelopeReader(100, () => {}).push(Buffer.from([0, 0, 0, 1, 0])), RangeError);
+});
+
+test('readEntries: each entry gets its own topic and publisher, also when the previous one is reused', () => {
+  // readEntries reuses the previous entry's publisher id while its bytes repeat (and any reuse
+  // of a topic view must do the same): same-length topics and ids that differ are told apart.
+  const sent: [string, string, string][] = [
+    ['t/aa', 'c1', 'p0'],
+    ['t/aa', 'c1', 'p1'],
+    ['t/ab', 'c1', 'p2'],
+    ['t/ab', 'c2', 'p3'],
+    ['t/aa', 'c2', 'p4'],
+    ['u/aa/long', 'c1', 'p5'],
+    ['t/aa', 'c1', 'p6'],
+  ];
+  const w = new EntryWriter(16);
+  for (const [topic, from, payload] of sent)
+    w.add(Message.fromStrings(topic, Buffer.from(payload), 0, false, from), 0);
+  const { buf, count } = w.take();
+  assert.equal(count, sent.length);
+  const got: [string, string, string][] = [];
+  readEntries(buf, buf.length, Date.now(), (m) => {
+    got.push([m.topicBytes.toString(), m.from, m.payload.toString()]);
+  });
+  assert.deepEqual(got, sent);
 });
