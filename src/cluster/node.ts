@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto';
 import { createServer, type Http2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
-import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
+import { type Client, Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { RESTART_ONLY } from '../config/reload.js';
 import type { Config, OptionKey } from '../config/schema.js';
@@ -307,7 +307,13 @@ export class ClusterNode {
       },
       leave: (req) => {
         const p = this.peers.byName.get(req.name);
-        if (p && p.incarnation === req.incarnation) this.down(p, 'left');
+        if (p && p.incarnation === req.incarnation) {
+          this.down(p, 'left');
+          // Also when it was not running here (yet): a join of that incarnation arriving after
+          // its Leave is refused (join above).
+          p.left = true;
+          p.downAt = 0;
+        }
         return {};
       },
       pushRoutes: (req) => {
@@ -419,13 +425,18 @@ export class ClusterNode {
 
   /** Joins in flight, by address (a second join of the same address waits for the first) */
   private readonly joiningAddresses = new Map<string, Promise<void>>();
+  /** The client of each join in flight, by address (stop() sends its Leave there too) */
+  private readonly joinClients = new Map<string, Client<typeof ClusterService>>();
   /** Versions of our slice as sent to peers: every join and every delta gets the next one */
   private pushSeq = 0;
 
   private join(address: string): Promise<void> {
     let j = this.joiningAddresses.get(address);
     if (!j) {
-      j = this.joinOnce(address).finally(() => this.joiningAddresses.delete(address));
+      j = this.joinOnce(address).finally(() => {
+        this.joiningAddresses.delete(address);
+        this.joinClients.delete(address);
+      });
       this.joiningAddresses.set(address, j);
     }
     return j;
@@ -436,6 +447,7 @@ export class ClusterNode {
     const version = ++this.pushSeq;
     try {
       const client = clientTo(address);
+      this.joinClients.set(address, client);
       const fired = this.fired;
       const res = await client.join(
         {
@@ -446,6 +458,7 @@ export class ClusterNode {
         { timeoutMs: this.joinTimeout() },
       );
       if (fired) for (const id of res.firedWills) fired.add(id);
+      if (this.stopping) return; // stop() told that address we leave
       const n = res.node;
       if (!n?.name || n.name === this.name) {
         this.selfAddresses.add(address);
@@ -690,15 +703,22 @@ export class ClusterNode {
     void this.discovery.stop();
     if (this.scanTimer) clearTimeout(this.scanTimer);
     const leaves: Promise<unknown>[] = [];
+    const told = new Set<string>();
+    const leave = (address: string, client: Client<typeof ClusterService>) => {
+      if (told.has(address)) return;
+      told.add(address);
+      leaves.push(
+        client.leave({ name: this.name, incarnation: this.incarnation }, { timeoutMs: 2000 }).catch(() => {}),
+      );
+    };
     for (const p of this.peers.byName.values()) {
       p.stream?.close();
-      if (p.synced && p.client)
-        leaves.push(
-          p.client
-            .leave({ name: this.name, incarnation: this.incarnation }, { timeoutMs: 2000 })
-            .catch(() => {}),
-        );
+      if (p.client && p.incarnation !== 0n) leave(p.clientAddress, p.client);
     }
+    // A join still in flight: that peer may already list this node running (it handled the
+    // join and its answer is on the way), so it is told too, on the join's own connection. Were
+    // it left out, the peer would see this node running until down_after.
+    for (const [address, client] of this.joinClients) leave(address, client);
     await Promise.all(leaves);
     await new Promise<void>((resolve) => {
       if (!this.server) return resolve();
