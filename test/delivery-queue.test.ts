@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import v8 from 'node:v8';
-import vm from 'node:vm';
 import { DeliveryQueue } from '../src/session/queue.js';
+import { v8Gc } from './helpers/v8-gc.js';
 
 test('FIFO order and length across front trims, with shift, drop and replace', () => {
   const q = new DeliveryQueue<number>();
@@ -48,18 +48,6 @@ test('FIFO order and length across front trims, with shift, drop and replace', (
   q.replace([1, 2, 3]);
   assert.deepEqual([...q], [1, 2, 3]);
 });
-
-type Gc = (o?: { type: 'minor' | 'major' }) => void;
-function v8Gc(): Gc {
-  const own = (globalThis as { gc?: unknown }).gc;
-  if (typeof own === 'function') return own as Gc;
-  v8.setFlagsFromString('--expose-gc');
-  try {
-    return vm.runInNewContext('gc') as Gc;
-  } finally {
-    v8.setFlagsFromString('--no-expose-gc');
-  }
-}
 
 /**
  * A long-lived queue (moved to the old generation by full GCs) churned as fan-in's subscriber
