@@ -362,7 +362,7 @@ function applyMemoryReducer(on: boolean): void {
 
 /**
  * When a heap starts incremental marking, `node.gc_marking_start_percent` (process-wide flags,
- * set before the first worker). V8's own rule starts it as soon as the old generation's room
+ * set before the first worker). V8's own rule (as read from its traces) starts it as soon as the old generation's room
  * left (limit − size) is less than the young generation's capacity. After a full GC the limit
  * is live + max(live × heap_growing_percent, 8 MiB) + the young generation's capacity, so with
  * `node.heap_growing_percent` at 30 and a young generation grown to its 16 MiB semi-spaces (a
