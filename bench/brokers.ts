@@ -1,7 +1,7 @@
 // Starts each broker under test as a child process on a free loopback port and stops it again.
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -81,8 +81,16 @@ class ChildBroker implements Broker {
       this.exit = `failed to start: ${err.message}`;
     });
     // Always drain stdout/stderr: a full pipe would block a logging broker and distort the figures.
+    // BENCH_NODE_STDOUT=PREFIX: every line also to PREFIX.<label>, after its wall-clock ms (e.g.
+    // --trace-gc in BENCH_EMQX_TS_NODE_ARGS, matched to the rounds' start times of the output).
+    const prefix = process.env.BENCH_NODE_STDOUT;
+    const copy = prefix ? createWriteStream(`${prefix}.${name.replace(/[^\w.-]/g, '_')}`) : null;
     for (const stream of [proc.stdout, proc.stderr]) {
-      if (stream) createInterface({ input: stream }).on('line', (line) => this.onLine(line));
+      if (stream)
+        createInterface({ input: stream }).on('line', (line) => {
+          copy?.write(`${Date.now()} ${line}\n`);
+          this.onLine(line);
+        });
     }
   }
 

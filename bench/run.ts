@@ -341,7 +341,7 @@ async function main(): Promise<void> {
         }
         outcomes.push(o);
         const bad = problems(o, b);
-        const took = `[${((Date.now() - t0) / 1000).toFixed(1)} s]`;
+        const took = `[${((Date.now() - t0) / 1000).toFixed(1)} s${process.env.BENCH_NODE_STDOUT ? ` from ${t0}` : ''}]`;
         console.log(
           `  r${r + 1} ${name.padEnd(9)} ${progress(o)} ${took}${bad.length ? `  !! ${bad.join('; ')}` : ''}`,
         );

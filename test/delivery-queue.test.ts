@@ -5,7 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import v8 from 'node:v8';
 import { DeliveryQueue } from '../src/session/queue.js';
+import { v8Gc } from './helpers/v8-gc.js';
 
 test('FIFO order and length across front trims, with shift, drop and replace', () => {
   const q = new DeliveryQueue<number>();
@@ -45,4 +47,38 @@ test('FIFO order and length across front trims, with shift, drop and replace', (
   );
   q.replace([1, 2, 3]);
   assert.deepEqual([...q], [1, 2, 3]);
+});
+
+/**
+ * A long-lived queue (moved to the old generation by full GCs) churned as fan-in's subscriber
+ * churns it (one push and one shift per message, ≈ `window` queued), each delivery holding
+ * 1 KiB of young memory: after the last shift, what scavenges have kept alive is what dead
+ * copies of the queue's array still point to.
+ */
+function retainedAfterShift(window: number): number {
+  const gc = v8Gc();
+  const q = new DeliveryQueue<unknown>();
+  for (let k = 0; k < window; k++) q.push({ small: k });
+  gc();
+  gc(); // the queue and its array are old now
+  for (let n = 0; n < 20000; n++) {
+    q.push({ held: new Array(128).fill(n) });
+    q.shift();
+  }
+  while (q.length > 0) q.shift();
+  gc({ type: 'minor' });
+  gc({ type: 'minor' });
+  const before = v8.getHeapStatistics().used_heap_size;
+  gc(); // frees what the scavenges kept
+  return before - v8.getHeapStatistics().used_heap_size;
+}
+
+test('deliveries shifted off the queue are not kept alive through scavenges', () => {
+  for (const window of [100, 1000, 2000, 5000]) {
+    const kept = retainedAfterShift(window);
+    assert.ok(
+      kept < 4 << 20,
+      `window ${window}: scavenges kept ${(kept / 1048576).toFixed(1)} MiB of shifted deliveries`,
+    );
+  }
 });

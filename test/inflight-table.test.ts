@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import v8 from 'node:v8';
-import vm from 'node:vm';
 import { InflightTable } from '../src/session/inflight.js';
+import { v8Gc } from './helpers/v8-gc.js';
 
 // A session's inflight deliveries (src/session/inflight.ts): a Map's subset, and no dead copy of
 // its table keeps deliveries alive through scavenges (docs/PERFORMANCE.md, cluster, "Sixth stop").
@@ -32,18 +32,6 @@ test('InflightTable: get, set, has, delete and size as a Map, iterated in insert
   assert.equal(t.size, 0);
   assert.deepEqual([...t], []);
 });
-
-type Gc = (o?: { type: 'minor' | 'major' }) => void;
-function v8Gc(): Gc {
-  const own = (globalThis as { gc?: unknown }).gc;
-  if (typeof own === 'function') return own as Gc;
-  v8.setFlagsFromString('--expose-gc');
-  try {
-    return vm.runInNewContext('gc') as Gc;
-  } finally {
-    v8.setFlagsFromString('--no-expose-gc');
-  }
-}
 
 /**
  * A long-lived table (moved to the old generation by full GCs) churned the way a window of

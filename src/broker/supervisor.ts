@@ -83,6 +83,7 @@ export class Supervisor extends EventEmitter<SupervisorEvents> {
   async start(): Promise<void> {
     applyHeapGrowing(this.config['node.heap_growing_percent']);
     applyMemoryReducer(this.config['node.memory_reducer']);
+    applyMarkingStart(this.config['node.gc_marking_start_percent']);
     await Promise.all(this.shards.map((s) => this.spawn(s)));
     await this.cluster?.start();
   }
@@ -357,4 +358,22 @@ function applyHeapGrowing(percent: number): void {
  */
 function applyMemoryReducer(on: boolean): void {
   if (!on) setFlagsFromString('--no-memory-reducer');
+}
+
+/**
+ * When a heap starts incremental marking, `node.gc_marking_start_percent` (process-wide flags,
+ * set before the first worker). V8's own rule (as read from its traces) starts it as soon as the old generation's room
+ * left (limit − size) is less than the young generation's capacity. After a full GC the limit
+ * is live + max(live × heap_growing_percent, 8 MiB) + the young generation's capacity, so with
+ * `node.heap_growing_percent` at 30 and a young generation grown to its 16 MiB semi-spaces (a
+ * busy QoS 1 shard) the room is 24 MiB, under the 32 MiB of the two semi-spaces, and marking
+ * starts again right after every mark-compact: ~20 a second whatever is promoted (fan-in, in
+ * `none` and `sync` alike; docs/PERFORMANCE.md, Durability, fourth pass). With a percent, it
+ * starts once the old generation is that full (soft trigger: from a task), and at once half-way
+ * from there to the limit (hard trigger). The limit itself is unchanged.
+ */
+function applyMarkingStart(percent: number): void {
+  if (percent <= 0) return;
+  setFlagsFromString(`--incremental-marking-soft-trigger=${percent}`);
+  setFlagsFromString(`--incremental-marking-hard-trigger=${Math.floor((percent + 100) / 2)}`);
 }

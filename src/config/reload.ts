@@ -22,6 +22,7 @@ export const RESTART_ONLY: ReadonlySet<OptionKey> = new Set<OptionKey>([
   'node.shard_young_generation_mb',
   'node.heap_growing_percent',
   'node.memory_reducer',
+  'node.gc_marking_start_percent',
   'node.name',
   'node.data_dir',
   'metrics.host',

@@ -101,6 +101,14 @@ export const SCHEMA = {
     default: false,
     doc: "V8's memory reducer: full GCs when a thread turns idle, to shrink its heap (process-wide). Off by default: it left an idle shard with a small young generation and a tight old-generation limit, and the next burst of QoS 1/2 traffic then ran ~10 mark-compacts a second for seconds, 2x the CPU per message (docs/PERFORMANCE.md)",
   },
+  'node.gc_marking_start_percent': {
+    type: 'number',
+    integer: true,
+    default: 80,
+    min: 0,
+    max: 99,
+    doc: "A thread's old generation starts its incremental marking (the start of a full GC) once it is this full, percent of its limit (process-wide; 0 = V8's own rule, which with node.heap_growing_percent's tight limit and a full-size young generation starts marking right after every full GC: ~20 mark-compacts a second on a busy QoS 1 shard, docs/PERFORMANCE.md)",
+  },
   'mqtt.max_packet_size': {
     type: 'number',
     integer: true,
