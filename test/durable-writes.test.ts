@@ -69,18 +69,24 @@ test('sync: QoS 1 batches to a shard with no persistent session go without an ou
   await publish(pub, 'obs/x', 'stored', { qos: 1 });
   await inbox.wait(21);
   assert.equal(snap().outboxSkipped, w.outboxSkipped, 'this batch went to the outbox');
-  // The outbox put (committed before the PUBACK) and the receiver's mark, at least.
-  await waitFor(() => snap().storeWrites >= w.storeWrites + 2, 'the outbox entry and the mark written').catch(
-    (err) => {
-      // Failed once in a loaded full run (not reproduced since): which counters moved, to tell why.
-      const now = snap() as unknown as Record<string, number>;
-      const then = w as unknown as Record<string, number>;
-      const moved: Record<string, number> = {};
-      for (const k of Object.keys(now)) if (now[k] !== then[k]) moved[k] = now[k] - then[k];
-      console.log(`counters moved since the session was written: ${JSON.stringify(moved)}`);
-      throw err;
-    },
-  );
+  // The receiver's mark, and the outbox put — written at our next flush, or, when the receiver
+  // committed its mark and confirmed before that flush came (its turn was late, or a commit was
+  // still in flight), dropped with its remove unwritten (2 skipped writes). The likely cause of
+  // one timeout in a loaded full run (read from the code; that run printed no counters).
+  const stored = () => {
+    const n = snap();
+    const written = n.storeWrites - w.storeWrites;
+    return written >= 2 || (written >= 1 && n.storeWritesSkipped - w.storeWritesSkipped >= 2);
+  };
+  await waitFor(stored, 'the outbox entry (or its confirmation) and the mark written').catch((err) => {
+    // Which counters moved, to tell why.
+    const now = snap() as unknown as Record<string, number>;
+    const then = w as unknown as Record<string, number>;
+    const moved: Record<string, number> = {};
+    for (const k of Object.keys(now)) if (now[k] !== then[k]) moved[k] = now[k] - then[k];
+    console.log(`counters moved since the session was written: ${JSON.stringify(moved)}`);
+    throw err;
+  });
   assert.ok(snap().storeCommits > w.storeCommits);
 });
 
