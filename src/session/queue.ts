@@ -11,9 +11,14 @@
  * scavenge until the next full GC (docs/PERFORMANCE.md, cluster, "Sixth stop", and Durability,
  * fourth pass; test/delivery-queue.test.ts).
  */
+/** The storage of every empty queue that never held anything: no write reaches it (mask -1). */
+const NONE: never[] = [];
+
 export class DeliveryQueue<T> {
-  private a: (T | undefined)[] = new Array(16).fill(undefined);
-  private mask = 15;
+  // Storage on first push: most sessions (idle connections) never queue, and a 16-slot array
+  // each would cost ~150 bytes per connection.
+  private a: (T | undefined)[] = NONE;
+  private mask = -1;
   private h = 0;
   private n = 0;
 
@@ -54,17 +59,17 @@ export class DeliveryQueue<T> {
     if (this.n === 0) this.shrink();
   }
 
-  /** Empty: a ring grown past 1024 slots goes back to 16 (every slot is clear already). */
+  /** Empty: a ring grown past 1024 slots gives its storage back (every slot is clear already). */
   private shrink(): void {
     this.h = 0;
     if (this.mask < 1024) return;
-    this.a = new Array(16).fill(undefined);
-    this.mask = 15;
+    this.a = NONE;
+    this.mask = -1;
   }
 
   /** A ring of at least `need` slots holding the same items, oldest at 0; the old one cleared. */
   private grow(need: number): void {
-    let cap = this.mask + 1;
+    let cap = Math.max(16, this.mask + 1);
     while (cap < need) cap *= 2;
     const old = this.a;
     const a: (T | undefined)[] = new Array(cap).fill(undefined);
