@@ -308,11 +308,13 @@ export class ClusterNode {
       leave: (req) => {
         const p = this.peers.byName.get(req.name);
         if (p && p.incarnation === req.incarnation) {
-          this.down(p, 'left');
-          // Also when it was not running here (yet): a join of that incarnation arriving after
-          // its Leave is refused (join above).
-          p.left = true;
-          p.downAt = 0;
+          if (p.status === 'running') this.down(p, 'left');
+          else {
+            // Not running here (yet): a join of that incarnation arriving after its Leave is
+            // refused all the same (join above).
+            p.left = true;
+            p.downAt = 0;
+          }
         }
         return {};
       },
@@ -423,31 +425,34 @@ export class ClusterNode {
     for (const a of this.toJoin()) if (!synced.has(a)) void this.join(a);
   }
 
-  /** Joins in flight, by address (a second join of the same address waits for the first) */
-  private readonly joiningAddresses = new Map<string, Promise<void>>();
-  /** The client of each join in flight, by address (stop() sends its Leave there too) */
-  private readonly joinClients = new Map<string, Client<typeof ClusterService>>();
+  /**
+   * Joins in flight, by address (a second join of the same address waits for the first), with
+   * their client (stop() sends its Leave there too)
+   */
+  private readonly joiningAddresses = new Map<
+    string,
+    { client: Client<typeof ClusterService>; done: Promise<void> }
+  >();
   /** Versions of our slice as sent to peers: every join and every delta gets the next one */
   private pushSeq = 0;
 
   private join(address: string): Promise<void> {
     let j = this.joiningAddresses.get(address);
     if (!j) {
-      j = this.joinOnce(address).finally(() => {
-        this.joiningAddresses.delete(address);
-        this.joinClients.delete(address);
-      });
+      const client = clientTo(address);
+      j = {
+        client,
+        done: this.joinOnce(address, client).finally(() => this.joiningAddresses.delete(address)),
+      };
       this.joiningAddresses.set(address, j);
     }
-    return j;
+    return j.done;
   }
 
-  private async joinOnce(address: string): Promise<void> {
+  private async joinOnce(address: string, client: Client<typeof ClusterService>): Promise<void> {
     const snapshot = [...this.local.filters];
     const version = ++this.pushSeq;
     try {
-      const client = clientTo(address);
-      this.joinClients.set(address, client);
       const fired = this.fired;
       const res = await client.join(
         {
@@ -718,7 +723,7 @@ export class ClusterNode {
     // A join still in flight: that peer may already list this node running (it handled the
     // join and its answer is on the way), so it is told too, on the join's own connection. Were
     // it left out, the peer would see this node running until down_after.
-    for (const [address, client] of this.joinClients) leave(address, client);
+    for (const [address, j] of this.joiningAddresses) leave(address, j.client);
     await Promise.all(leaves);
     await new Promise<void>((resolve) => {
       if (!this.server) return resolve();
